@@ -1,0 +1,114 @@
+/* aipm.h: the public API of the native sampler.
+ *
+ * The text between the CDEF markers is also the cffi cdef (csrc/build_native.py reads it),
+ * so it must stay plain declarations: no preprocessor lines, no inline code.
+ *
+ * Conventions (borrowed from pyinstrument and psutil): functions return >= 0 on success and
+ * a negative AIPM_E* code on failure; the engine keeps a message naming the failing call and
+ * file for the last failure of a setup function (aipm_last_error). The sampler thread never
+ * fails: it counts errors per channel instead.
+ */
+#ifndef AIPM_H
+#define AIPM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* AIPM_CDEF_BEGIN */
+
+/* One reading. 24 bytes; the Python side mirrors it as a numpy structured dtype. */
+typedef struct {
+    int64_t t_ns;      /* CLOCK_MONOTONIC time the reading refers to */
+    double value;      /* in the channel's unit, already scaled (J, W, %, bytes) */
+    uint32_t channel;  /* id returned by aipm_add_* */
+    uint32_t flags;    /* AIPM_FLAG_* */
+} aipm_record;
+
+enum {
+    AIPM_FLAG_REPEAT = 1,   /* value unchanged, emitted only so that a live channel shows it is alive */
+    AIPM_FLAG_FINAL = 2     /* last reading, taken when the sampler stopped */
+};
+
+enum {
+    AIPM_OK = 0,
+    AIPM_ENOMEM = -1,
+    AIPM_EOPEN = -2,       /* open/dlopen failed; aipm_last_error says which file and why */
+    AIPM_EREAD = -3,       /* a first read failed */
+    AIPM_EPARSE = -4,      /* the file did not hold a number */
+    AIPM_ESYMBOL = -5,     /* a library function is missing */
+    AIPM_ENVML = -6,       /* NVML returned an error; aipm_last_error has its text */
+    AIPM_EARG = -7,        /* bad argument (unknown channel, GPU index out of range) */
+    AIPM_ESTATE = -8,      /* not allowed while running (or not running) */
+    AIPM_EGONE = -9        /* the file was removed while open */
+};
+
+/* What an NVML channel reads; one GPU can have several. */
+enum {
+    AIPM_NVML_POWER_SAMPLES = 0,  /* nvmlDeviceGetSamples(TOTAL_POWER): driver's buffered trace, W */
+    AIPM_NVML_POWER_INSTANT = 1,  /* field NVML_FI_DEV_POWER_INSTANT (186), W */
+    AIPM_NVML_ENERGY = 2,         /* nvmlDeviceGetTotalEnergyConsumption, J (counter) */
+    AIPM_NVML_UTILIZATION = 3,    /* nvmlDeviceGetUtilizationRates .gpu, % */
+    AIPM_NVML_MEMORY_USED = 4,    /* nvmlDeviceGetMemoryInfo .used, bytes */
+    AIPM_NVML_POWER_AVERAGE = 5   /* nvmlDeviceGetPowerUsage, W (a 1 s average on Ampere and newer) */
+};
+
+typedef struct {
+    uint64_t reads;           /* successful reads */
+    uint64_t errors;          /* failed reads */
+    uint64_t changes;         /* readings that differed from the previous one (or new buffered samples) */
+    uint64_t read_ns_total;   /* wall time spent inside successful reads */
+    int64_t last_read_ns;     /* time of the last successful read (tells stale from dead) */
+    int64_t last_change_ns;   /* time of the last change */
+    int32_t last_error;       /* errno or NVML code of the last failure, 0 if none */
+    int32_t last_error_kind;  /* AIPM_E* of the last failure */
+    double last_value;
+} aipm_channel_stats;
+
+typedef struct {
+    uint64_t wakeups;            /* sampler loop iterations */
+    uint64_t missed_deadlines;   /* channel periods skipped because the loop was late */
+    uint64_t overflows;          /* records dropped because the ring was full */
+    uint64_t records_written;    /* records that made it into the ring */
+    int64_t lateness_max_ns;     /* worst wake-up lateness against the absolute deadline */
+    int64_t lateness_sum_ns;
+    int64_t cpu_ns;              /* CPU time used by the sampler thread */
+    uint32_t ring_capacity;
+    uint32_t n_channels;
+} aipm_sampler_stats;
+
+typedef struct aipm_engine aipm_engine;
+
+aipm_engine *aipm_engine_new(uint32_t ring_capacity_log2);
+void aipm_engine_free(aipm_engine *e);
+const char *aipm_last_error(aipm_engine *e);
+int64_t aipm_now_ns(void);
+
+/* Channels. Each returns the new channel id (>= 0) or an AIPM_E* code. Periods in ns.
+ * A setup function opens what it reads once and reads it once, so that a channel that
+ * cannot work fails here, with a message, rather than later in the sampler. */
+int aipm_add_text_counter(aipm_engine *e, const char *path, double scale, int64_t period_ns);
+int aipm_add_msr_counter(aipm_engine *e, const char *path, uint64_t reg, double scale,
+                         int64_t period_ns);
+int aipm_add_perf_counter(aipm_engine *e, uint32_t type, uint64_t config, int cpu, double scale,
+                          int64_t period_ns);
+int aipm_add_lateness_channel(aipm_engine *e);  /* records the sampler's wake-up lateness, ns */
+
+/* NVML: open the library (dlopen + dlsym + nvmlInit); returns the number of GPUs. */
+int aipm_nvml_open(aipm_engine *e, const char *library_path);
+int aipm_nvml_device_name(aipm_engine *e, uint32_t gpu, char *buf, uint32_t len);
+int aipm_add_nvml_channel(aipm_engine *e, uint32_t gpu, int kind, int64_t period_ns);
+const char *aipm_nvml_error_string(aipm_engine *e, int32_t code);
+
+int aipm_start(aipm_engine *e);
+int aipm_stop(aipm_engine *e);      /* joins the thread; emits one FINAL record per channel */
+int aipm_running(aipm_engine *e);
+
+/* Copies up to max records out of the ring, oldest first; returns how many. */
+size_t aipm_drain(aipm_engine *e, aipm_record *out, size_t max);
+size_t aipm_pending(aipm_engine *e);
+int aipm_channel_stats_get(aipm_engine *e, uint32_t channel, aipm_channel_stats *out);
+void aipm_sampler_stats_get(aipm_engine *e, aipm_sampler_stats *out);
+
+/* AIPM_CDEF_END */
+
+#endif
