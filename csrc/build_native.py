@@ -3,11 +3,14 @@
 The cdef is the public header itself, between its CDEF markers, so the C API and what
 Python sees cannot drift apart. Needs only gcc: no CUDA toolkit, no NVML headers.
 """
+import os
 import pathlib
+import sys
 
 from cffi import FFI
 
 CSRC = pathlib.Path(__file__).resolve().parent
+ROOT = CSRC.parent
 SOURCES = ["engine.c", "ring.c", "src_files.c", "src_nvml.c"]
 
 
@@ -17,16 +20,22 @@ def header_cdef() -> str:
     return body
 
 
+if __name__ == "__main__":
+    # In-place build for development and for machines without network access for pip's build
+    # isolation: `python csrc/build_native.py` leaves aipm_fast/_aipm_native*.so in the tree.
+    os.chdir(ROOT)
+
 ffibuilder = FFI()
 ffibuilder.cdef(header_cdef())
 ffibuilder.set_source(
     "aipm_fast._aipm_native",
     '#include "aipm.h"',
-    sources=[str(CSRC / name) for name in SOURCES],
-    include_dirs=[str(CSRC)],
+    # relative paths: setuptools builds from the project root and refuses absolute sources
+    sources=[os.path.relpath(CSRC / name, os.getcwd()) for name in SOURCES],
+    include_dirs=[os.path.relpath(CSRC, os.getcwd())],
     libraries=["dl", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=True)
+    ffibuilder.compile(tmpdir=str(ROOT), verbose="-v" in sys.argv)

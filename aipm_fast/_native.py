@@ -1,0 +1,177 @@
+"""The one module that imports the compiled sampler (aipm_fast._aipm_native).
+
+Everything else in the package talks to the C core through `Engine`, which turns negative
+return codes into exceptions carrying the C side's message (which file, which call, why), and
+drains the ring straight into numpy without a Python object per sample.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from aipm_fast._aipm_native import ffi, lib
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "aipm-fast's native sampler (aipm_fast._aipm_native) is not built. Install the package "
+        "with `pip install .` (needs gcc), or build it in place with "
+        "`python csrc/build_native.py`."
+    ) from exc
+
+RECORD_DTYPE = np.dtype(
+    [("t_ns", "<i8"), ("value", "<f8"), ("channel", "<u4"), ("flags", "<u4")]
+)
+if ffi.sizeof("aipm_record") != RECORD_DTYPE.itemsize:  # pragma: no cover - a build mismatch
+    raise ImportError("aipm_record and RECORD_DTYPE disagree in size: rebuild the extension")
+
+FLAG_REPEAT = lib.AIPM_FLAG_REPEAT
+FLAG_FINAL = lib.AIPM_FLAG_FINAL
+
+NVML_KINDS = {
+    "power_samples": lib.AIPM_NVML_POWER_SAMPLES,
+    "power_instant": lib.AIPM_NVML_POWER_INSTANT,
+    "energy": lib.AIPM_NVML_ENERGY,
+    "utilization": lib.AIPM_NVML_UTILIZATION,
+    "memory_used": lib.AIPM_NVML_MEMORY_USED,
+    "power_average": lib.AIPM_NVML_POWER_AVERAGE,
+}
+
+ERROR_NAMES = {
+    lib.AIPM_ENOMEM: "out of memory",
+    lib.AIPM_EOPEN: "cannot open",
+    lib.AIPM_EREAD: "read failed",
+    lib.AIPM_EPARSE: "not a number",
+    lib.AIPM_ESYMBOL: "missing library function",
+    lib.AIPM_ENVML: "NVML error",
+    lib.AIPM_EARG: "bad argument",
+    lib.AIPM_ESTATE: "wrong state",
+    lib.AIPM_EGONE: "file removed",
+}
+
+
+class NativeError(RuntimeError):
+    """A setup call of the C core failed; `code` is the AIPM_E* value."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def now_ns() -> int:
+    """CLOCK_MONOTONIC in ns, the clock every record is stamped with."""
+    return lib.aipm_now_ns()
+
+
+def _ns(seconds: float) -> int:
+    return max(1, int(round(seconds * 1e9)))
+
+
+class Engine:
+    """One sampler thread, its channels and its ring buffer."""
+
+    def __init__(self, ring_capacity_log2: int = 18):
+        self._e = lib.aipm_engine_new(ring_capacity_log2)
+        if self._e == ffi.NULL:
+            raise NativeError(lib.AIPM_EARG, f"cannot create the engine with a ring of 2**{ring_capacity_log2} records")
+
+    # -- setup -------------------------------------------------------------------------
+    def _check(self, rc: int) -> int:
+        if rc < 0:
+            message = ffi.string(lib.aipm_last_error(self._e)).decode(errors="replace")
+            raise NativeError(rc, message or ERROR_NAMES.get(rc, f"error {rc}"))
+        return rc
+
+    def add_text_counter(self, path: str, scale: float, period_s: float) -> int:
+        return self._check(lib.aipm_add_text_counter(self._e, path.encode(), scale, _ns(period_s)))
+
+    def add_msr_counter(self, path: str, register: int, scale: float, period_s: float) -> int:
+        return self._check(lib.aipm_add_msr_counter(self._e, path.encode(), register, scale, _ns(period_s)))
+
+    def add_perf_counter(self, type_: int, config: int, cpu: int, scale: float, period_s: float) -> int:
+        return self._check(lib.aipm_add_perf_counter(self._e, type_, config, cpu, scale, _ns(period_s)))
+
+    def add_lateness_channel(self) -> int:
+        return self._check(lib.aipm_add_lateness_channel(self._e))
+
+    def nvml_open(self, library: str) -> int:
+        return self._check(lib.aipm_nvml_open(self._e, library.encode()))
+
+    def nvml_device_name(self, gpu: int) -> str:
+        buf = ffi.new("char[]", 96)
+        if lib.aipm_nvml_device_name(self._e, gpu, buf, 96) < 0:
+            return f"GPU {gpu}"
+        return ffi.string(buf).decode(errors="replace")
+
+    def nvml_error_string(self, code: int) -> str:
+        return ffi.string(lib.aipm_nvml_error_string(self._e, code)).decode(errors="replace")
+
+    def add_nvml_channel(self, gpu: int, kind: str, period_s: float) -> int:
+        return self._check(lib.aipm_add_nvml_channel(self._e, gpu, NVML_KINDS[kind], _ns(period_s)))
+
+    # -- running -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._check(lib.aipm_start(self._e))
+
+    def stop(self) -> None:
+        if lib.aipm_running(self._e):
+            lib.aipm_stop(self._e)
+
+    @property
+    def running(self) -> bool:
+        return bool(lib.aipm_running(self._e))
+
+    def pending(self) -> int:
+        return lib.aipm_pending(self._e)
+
+    def drain(self, max_records: int | None = None) -> np.ndarray:
+        """Everything in the ring (or at most max_records), oldest first, as RECORD_DTYPE."""
+        n = self.pending() if max_records is None else max_records
+        out = np.empty(n, dtype=RECORD_DTYPE)
+        got = self.drain_into(out)
+        return out[:got]
+
+    def drain_into(self, out: np.ndarray) -> int:
+        """Copies into a preallocated RECORD_DTYPE array; returns how many records."""
+        if out.size == 0:
+            return 0
+        return lib.aipm_drain(self._e, ffi.from_buffer("aipm_record[]", out), out.size)
+
+    def channel_stats(self, channel: int) -> dict:
+        s = ffi.new("aipm_channel_stats *")
+        self._check(lib.aipm_channel_stats_get(self._e, channel, s))
+        return {
+            "reads": s.reads,
+            "errors": s.errors,
+            "changes": s.changes,
+            "read_ns_total": s.read_ns_total,
+            "last_read_ns": s.last_read_ns,
+            "last_change_ns": s.last_change_ns,
+            "last_error": s.last_error,
+            "last_error_kind": s.last_error_kind,
+            "last_value": s.last_value,
+        }
+
+    def sampler_stats(self) -> dict:
+        s = ffi.new("aipm_sampler_stats *")
+        lib.aipm_sampler_stats_get(self._e, s)
+        return {
+            "wakeups": s.wakeups,
+            "missed_deadlines": s.missed_deadlines,
+            "overflows": s.overflows,
+            "records_written": s.records_written,
+            "lateness_max_ns": s.lateness_max_ns,
+            "lateness_mean_ns": s.lateness_sum_ns / s.wakeups if s.wakeups else 0.0,
+            "cpu_ns": s.cpu_ns,
+            "ring_capacity": s.ring_capacity,
+            "n_channels": s.n_channels,
+        }
+
+    def close(self) -> None:
+        if self._e is not None and self._e != ffi.NULL:
+            lib.aipm_engine_free(self._e)
+        self._e = None
+
+    def __del__(self):  # the C side owns a thread and fds: never leak them
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,219 @@
+"""The `aipm-fast` command line."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from aipm_fast.config import EngineConfig
+
+console = Console(stderr=True)   # tables and messages; stdout stays clean for --json
+out = Console()
+
+
+def engine_options(func):
+    """The hardware paths every command accepts (each also an environment variable)."""
+    options = [
+        click.option("--powercap-root", envvar="AIPM_POWERCAP_ROOT", help="powercap sysfs folder [/sys/class/powercap]"),
+        click.option("--msr-root", envvar="AIPM_MSR_ROOT", help="folder with <cpu>/msr files [/dev/cpu]"),
+        click.option("--perf-root", envvar="AIPM_PERF_ROOT", help="perf PMU sysfs folder [/sys/bus/event_source/devices]"),
+        click.option("--cpu-root", envvar="AIPM_CPU_ROOT", help="CPU topology sysfs folder [/sys/devices/system/cpu]"),
+        click.option("--nvml-lib", envvar="AIPM_NVML_LIB", help="NVML library [libnvidia-ml.so.1]"),
+        click.option("--gpus", help="comma list of GPU indices to read [all]"),
+        click.option("--no-cpu", is_flag=True, help="do not read RAPL"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_config(powercap_root, msr_root, perf_root, cpu_root, nvml_lib, gpus, no_cpu) -> EngineConfig:
+    try:
+        gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
+    except ValueError:
+        raise click.BadParameter(f"expected a comma list of GPU indices, got {gpus!r}", param_hint="--gpus")
+    return EngineConfig.from_env(powercap_root=powercap_root, msr_root=msr_root, perf_root=perf_root,
+                                 cpu_root=cpu_root, nvml_lib=nvml_lib, gpus=gpu_list,
+                                 cpu=False if no_cpu else None)
+
+
+def _engine_kwargs(kwargs: dict) -> dict:
+    keys = ("powercap_root", "msr_root", "perf_root", "cpu_root", "nvml_lib", "gpus", "no_cpu")
+    return {k: kwargs.pop(k) for k in keys}
+
+
+def print_problems(problems, notes=()) -> None:
+    for p in problems:
+        console.print(f"[yellow]not measured[/] {p.source}: [bold]{p.target}[/]: {p.error}")
+        if p.fix:
+            console.print(f"    fix: {p.fix}")
+    for n in notes:
+        console.print(f"[dim]note: {n}[/]")
+
+
+@click.group()
+@click.version_option(package_name="aipm-fast")
+def main():
+    """aipm-fast: energy of deep-learning work, from RAPL and NVML sampled at their real rate."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")
+@engine_options
+def devices(as_json, **kwargs):
+    """List every power source tried, its channels, and why any is unavailable."""
+    from aipm_fast.recorder import Recorder
+
+    rec = Recorder(make_config(**_engine_kwargs(kwargs)))
+    found = rec.discovery
+    if as_json:
+        out.print_json(data={
+            "channels": [dataclasses.asdict(c) for c in found.channels],
+            "devices": found.devices,
+            "problems": [dataclasses.asdict(p) for p in found.problems],
+            "notes": found.notes,
+        })
+    else:
+        table = Table(title="channels")
+        for col in ("domain", "channel", "source", "unit", "period", "reads"):
+            table.add_column(col)
+        for c in found.channels:
+            table.add_row(c.domain, c.name.rsplit(".", 1)[1], c.source, c.unit,
+                          f"{c.period_s * 1e3:g} ms", c.detail)
+        out.print(table)
+        for domain, name in found.devices.items():
+            out.print(f"{domain}: {name}")
+        if not found.channels:
+            console.print("[red]no power source can be read on this machine[/]")
+        print_problems(found.problems, found.notes)
+    rec.close()
+
+
+@main.command()
+@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(min=0.5))
+@click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")
+@engine_options
+def probe(seconds, as_json, **kwargs):
+    """Measure each channel's real update interval and the cost of one read."""
+    from aipm_fast.probe import run_probe
+
+    config = make_config(**_engine_kwargs(kwargs))
+    with console.status(f"probing for {seconds:g} s"):
+        result = run_probe(config, seconds)
+    if as_json:
+        out.print_json(data=result)
+        return
+    table = Table(title=f"sources, probed for {seconds:g} s")
+    for col in ("channel", "status", "read every", "update median", "p10", "p90", "updates", "read cost"):
+        table.add_column(col, justify="right" if col not in ("channel", "status") else "left")
+
+    def ms(v):
+        return "-" if v is None else f"{v:.3g} ms"
+
+    for r in result["channels"]:
+        status = r["status"] + (f" ({r['last_error']})" if r["last_error"] else "")
+        table.add_row(r["channel"], status, ms(r["read_period_ms"]), ms(r["update_median_ms"]),
+                      ms(r["update_p10_ms"]), ms(r["update_p90_ms"]), str(r["updates"]),
+                      "-" if r["read_cost_us"] is None else f"{r['read_cost_us']:.3g} µs")
+    out.print(table)
+    s = result["sampler"]
+    out.print(f"sampler: {s['wakeups']} wake-ups, lateness p50 {s['lateness_p50_us'] or 0:.1f} µs, "
+              f"p99 {s['lateness_p99_us'] or 0:.1f} µs, CPU {s['cpu_percent_of_core']:.2f}% of a core, "
+              f"missed deadlines {s['missed_deadlines']}, ring overflows {s['overflows']}")
+    print_problems([_problem(p) for p in result["problems"]], result["notes"])
+
+
+def _problem(d):
+    from aipm_fast.sources import Problem
+    return Problem(**d)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds to record (without a command)")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for samples.parquet and summary.json")
+@click.option("--drain-every", default=0.25, show_default=True, type=click.FloatRange(min=0.01), help="seconds between drains (and file writes)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@engine_options
+def record(duration, out_dir, drain_every, command, **kwargs):
+    """Record every live channel for --duration seconds, or for the lifetime of a command:
+
+    aipm-fast record --out run1 -- python train.py
+    """
+    from aipm_fast.recorder import Recorder
+    from aipm_fast.storage import ParquetSampleWriter, write_json
+
+    if bool(duration) == bool(command):
+        raise click.UsageError("give either --duration S or a command after --, not both and not neither")
+    config = make_config(**_engine_kwargs(kwargs))
+    os.makedirs(out_dir, exist_ok=True)
+    rec = Recorder(config)
+    if not rec.channels:
+        console.print("[red]no power source can be read here: the recording will hold no samples[/]")
+    print_problems(rec.discovery.problems, rec.discovery.notes)
+    writer = ParquetSampleWriter(os.path.join(out_dir, "samples.parquet"), rec.channel_names())
+    rec.add_sink(writer)
+
+    def on_term(signum, frame):  # a polite kill still leaves complete files behind
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_term)
+    exit_code = 0
+    proc = None
+    rec.start()
+    try:
+        if command:
+            try:
+                proc = subprocess.Popen(list(command))
+            except OSError as exc:
+                raise click.ClickException(f"cannot run {command[0]!r}: {exc.strerror}")
+        deadline = time.monotonic() + duration if duration else None
+        with console.status("recording") as status:
+            while True:
+                time.sleep(drain_every)
+                rec.drain()
+                status.update(f"recording: {(time.monotonic() - (deadline - duration if deadline else 0)):.0f} s"
+                              if deadline else f"recording while {command[0]} runs ({writer.rows} samples)")
+                if proc is not None and proc.poll() is not None:
+                    exit_code = proc.returncode
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: writing what was recorded[/]")
+        if proc is not None:
+            exit_code = proc.wait()
+        else:
+            exit_code = 130
+    finally:
+        rec.stop()
+        writer.close()
+        summary = rec.summary()
+        if command:
+            summary["command"] = list(command)
+            summary["command_exit_code"] = exit_code
+        write_json(os.path.join(out_dir, "summary.json"), summary)
+        signal.signal(signal.SIGTERM, previous)
+        rec.close()
+    _print_domains(summary)
+    sys.exit(exit_code)
+
+
+def _print_domains(summary: dict) -> None:
+    table = Table(title=f"energy over {summary['duration_s']:.2f} s")
+    for col in ("domain", "energy (J)", "mean power (W)", "method"):
+        table.add_column(col)
+    for domain, d in summary["domains"].items():
+        table.add_row(domain, "-" if d["energy_j"] is None else f"{d['energy_j']:.3f}",
+                      "-" if d["mean_power_w"] is None else f"{d['mean_power_w']:.2f}", d["method"])
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

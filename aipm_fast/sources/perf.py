@@ -1,0 +1,95 @@
+"""RAPL through the perf `power` PMU: perf_event_open on the events that sysfs lists.
+
+Used only when neither powercap nor MSR gives a RAPL domain. Event names map to the same
+domain names as the other RAPL sources (energy-pkg -> rapl:package-N, energy-ram ->
+rapl:package-N/dram, energy-psys -> rapl:psys).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from aipm_fast.sources.base import Channel, Discovery, Problem
+
+EVENT_DOMAINS = {
+    "energy-pkg": "",
+    "energy-cores": "core",
+    "energy-gpu": "uncore",
+    "energy-ram": "dram",
+    "energy-psys": "psys",
+}
+
+PERF_FIX = ("run as root or lower /proc/sys/kernel/perf_event_paranoid to 0 "
+            "(`sudo sysctl kernel.perf_event_paranoid=0`); system-wide events need it")
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def parse_event(text: str) -> int:
+    """'event=0x02' (possibly with other terms) -> the config value."""
+    m = re.search(r"event=(0x[0-9a-fA-F]+|\d+)", text)
+    if not m:
+        raise ValueError(f"no event= term in {text!r}")
+    return int(m.group(1), 0)
+
+
+def parse_cpumask(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            cpus += range(int(a), int(b) + 1)
+        elif part:
+            cpus.append(int(part))
+    return cpus
+
+
+def discover(engine, config) -> Discovery:
+    found = Discovery()
+    pmu = os.path.join(config.perf_root, "power")
+    if not os.path.isdir(pmu):
+        found.problems.append(Problem("perf", pmu, "no power PMU",
+                                      "the kernel exposes no RAPL perf events here (needs the intel_rapl_perf "
+                                      "or amd rapl perf driver)"))
+        return found
+    try:
+        pmu_type = int(_read(os.path.join(pmu, "type")))
+        cpus = parse_cpumask(_read(os.path.join(pmu, "cpumask"))) if os.path.exists(
+            os.path.join(pmu, "cpumask")) else [0]
+    except (OSError, ValueError) as exc:
+        found.problems.append(Problem("perf", pmu, f"unreadable PMU description: {exc}"))
+        return found
+    events_dir = os.path.join(pmu, "events")
+    events = sorted(e for e in os.listdir(events_dir) if e in EVENT_DOMAINS) if os.path.isdir(events_dir) else []
+    if not events:
+        found.problems.append(Problem("perf", events_dir, "no energy-* events"))
+        return found
+    period = config.period("rapl")
+    for event in events:
+        base = os.path.join(events_dir, event)
+        try:
+            event_config = parse_event(_read(base))
+            scale = float(_read(base + ".scale")) if os.path.exists(base + ".scale") else 1.0
+        except (OSError, ValueError) as exc:
+            found.problems.append(Problem("perf", base, f"unreadable event: {exc}"))
+            continue
+        suffix = EVENT_DOMAINS[event]
+        for pkg, cpu in enumerate(cpus):
+            if suffix == "psys":
+                if pkg:
+                    continue
+                domain = "rapl:psys"
+            else:
+                domain = f"rapl:package-{pkg}" + (f"/{suffix}" if suffix else "")
+            try:
+                cid = engine.add_perf_counter(pmu_type, event_config, cpu, scale, period)
+            except Exception as exc:
+                found.problems.append(Problem("perf", f"{event} on cpu {cpu}", str(exc), PERF_FIX))
+                continue
+            found.channels.append(Channel(cid, f"{domain}.energy", domain, "energy", "J", "perf", period,
+                                          detail=f"perf {event} (type {pmu_type}, config {event_config:#x}) cpu {cpu}"))
+            found.devices[domain] = f"perf power/{event}/ on CPU {cpu}"
+    return found

@@ -1,0 +1,97 @@
+"""RAPL through Linux powercap: <root>/intel-rapl:N[:M]/energy_uj.
+
+Zones are found by walking the root (the class folder lists every zone, subzones included, as
+flat links; the device tree nests them), deduplicated by real path, and named from their
+`name` file, subzones under their parent: rapl:package-0, rapl:package-0/core.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+from aipm_fast.sources.base import Channel, Discovery, Problem
+
+ZONE_RE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
+
+PERMISSION_FIX = (
+    "since Linux 5.10 energy_uj is readable only by root (CVE-2020-8694). Run as root, or grant "
+    "read access: `sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj "
+    "/sys/class/powercap/intel-rapl:*/*/energy_uj` (until reboot), or a udev rule / systemd-tmpfiles "
+    "entry that does the same at boot"
+)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def find_zones(root: str) -> list[tuple[str, str, str]]:
+    """(zone id like '0' or '0:1', real path, parent id or '') for every RAPL zone under root."""
+    seen: dict[str, tuple[str, str, str]] = {}
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        depth = dirpath[len(root):].count(os.sep)
+        if depth > 2:
+            dirnames[:] = []
+            continue
+        for d in dirnames:
+            m = ZONE_RE.match(d)
+            if not m:
+                continue
+            real = os.path.realpath(os.path.join(dirpath, d))
+            zone_id = m.group(1) if m.group(2) is None else f"{m.group(1)}:{m.group(2)}"
+            seen.setdefault(real, (zone_id, real, m.group(1) if m.group(2) is not None else ""))
+    return sorted(seen.values(), key=lambda z: [int(x) for x in z[0].split(":")])
+
+
+def discover(engine, config) -> Discovery:
+    found = Discovery()
+    root = config.powercap_root
+    if not os.path.isdir(root):
+        found.problems.append(Problem("powercap", root, "no such folder",
+                                      "load the intel_rapl_common/intel_rapl_msr modules, or point "
+                                      "AIPM_POWERCAP_ROOT (--powercap-root) at a mounted sysfs"))
+        return found
+    zones = find_zones(root)
+    if not zones:
+        found.problems.append(Problem("powercap", root, "no intel-rapl zones",
+                                      "this machine exposes no RAPL through powercap (virtual machines "
+                                      "rarely do); MSR or perf may still work"))
+        return found
+    names = {}
+    for zone_id, path, _ in zones:
+        try:
+            names[zone_id] = _read(os.path.join(path, "name"))
+        except OSError:
+            names[zone_id] = f"zone-{zone_id}"
+    for zone_id, path, parent in zones:
+        domain = f"rapl:{names[parent]}/{names[zone_id]}" if parent else f"rapl:{names[zone_id]}"
+        energy_file = os.path.join(path, "energy_uj")
+        try:
+            wrap_uj = float(_read(os.path.join(path, "max_energy_range_uj")))
+        except (OSError, ValueError) as exc:
+            found.problems.append(Problem("powercap", os.path.join(path, "max_energy_range_uj"),
+                                          f"unreadable ({exc}); wraparound cannot be handled",
+                                          "check the powercap driver"))
+            continue
+        try:
+            cid = engine.add_text_counter(energy_file, 1e-6, config.period("rapl"))
+        except Exception as exc:  # NativeError: message names the call and the file
+            fix = PERMISSION_FIX if _is_permission(exc, energy_file) else ""
+            found.problems.append(Problem("powercap", energy_file, str(exc), fix))
+            continue
+        found.channels.append(Channel(cid, f"{domain}.energy", domain, "energy", "J", "powercap",
+                                      config.period("rapl"), wrap=wrap_uj * 1e-6, detail=energy_file))
+        found.devices[domain] = f"RAPL zone {names[zone_id]} ({os.path.basename(path)})"
+    return found
+
+
+def _is_permission(exc: Exception, path: str) -> bool:
+    if "Permission denied" in str(exc):
+        return True
+    try:
+        os.stat(path)
+        return not os.access(path, os.R_OK)
+    except OSError as e:
+        return e.errno == errno.EACCES

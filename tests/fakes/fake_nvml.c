@@ -1,0 +1,584 @@
+/* fake_nvml.c: a stand-in for libnvidia-ml.so.1, so that the NVML code paths can be tested on
+ * machines without a GPU.
+ *
+ * It exports the NVML functions that csrc/src_nvml.c looks up, with the real signatures and
+ * return codes, and answers from a scripted power trace instead of hardware. Everything is
+ * computed from the clock on demand (there is no background thread): a call at time t sees
+ * exactly what a driver that had been sampling since nvmlInit would hold at t. That keeps the
+ * fake stateless between calls, hence safe to call from the sampler thread and from the test
+ * thread at once, and makes the truth available in closed form (fake_nvml_energy_j).
+ *
+ * Configuration, read from the environment when nvmlInit_v2 takes the reference count from 0
+ * to 1 (NVML's init is reference counted; later inits share the first one's settings):
+ *   FAKE_NVML_GPUS=N                 number of GPUs (default 1, at most 64)
+ *   FAKE_NVML_TRACE=const:W          constant power (default const:100)
+ *                   triangle:B,A,P   triangle wave from B up to B+A and back, period P ms,
+ *                                    at B at the origin
+ *                   square:L,H,P     L for the first half of each period, H for the second
+ *                   GPU i draws the trace plus i*10 W.
+ *   FAKE_NVML_SAMPLE_MS=ms           driver sampling period (default 20)
+ *   FAKE_NVML_UTIL=G[,M]             utilisation rates in % (default 50,20)
+ *   FAKE_NVML_LOSE_GPU_AFTER_S=s     device functions fail with GPU_IS_LOST s seconds after init
+ *   FAKE_NVML_INIT_FAIL=1            nvmlInit_v2 fails with NVML_ERROR_UNKNOWN
+ * Compile-time switches -DFAKE_NVML_OMIT_SAMPLES and -DFAKE_NVML_OMIT_ENERGY leave out
+ * nvmlDeviceGetSamples and nvmlDeviceGetTotalEnergyConsumption, as older drivers do.
+ *
+ * Time origin: CLOCK_REALTIME at init, rounded down to a multiple of 20 ms. The driver's
+ * sample k is taken at origin + k * FAKE_NVML_SAMPLE_MS and holds the trace at that instant.
+ *
+ * Test helpers (not NVML): fake_nvml_energy_j, fake_nvml_power_w, fake_nvml_origin_us,
+ * fake_nvml_calls, fake_nvml_reset_calls. A test that loads this library with ctypes from the
+ * same path as the code under test shares its state (the dynamic loader maps a file once),
+ * so it sees the same origin and the same call counts.
+ *
+ * Plain C11 with libc only: no libm call is made (NAN is a compile-time constant), so the
+ * library builds with nothing but `gcc -shared -fPIC`. */
+#define _POSIX_C_SOURCE 200809L
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- NVML types, exactly as csrc/src_nvml.c declares them ---- */
+typedef int nvmlReturn_t;
+typedef union {
+    double dVal;
+    unsigned int uiVal;
+    unsigned long ulVal;
+    unsigned long long ullVal;
+    signed long long sllVal;
+    int siVal;
+} nvmlValue_t;
+typedef enum {
+    NVML_VALUE_TYPE_DOUBLE = 0,
+    NVML_VALUE_TYPE_UNSIGNED_INT = 1,
+    NVML_VALUE_TYPE_UNSIGNED_LONG = 2,
+    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3,
+    NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4,
+    NVML_VALUE_TYPE_SIGNED_INT = 5
+} nvmlValueType_t;
+typedef struct {
+    unsigned long long timeStamp; /* µs since the epoch */
+    nvmlValue_t sampleValue;
+} nvmlSample_t;
+typedef struct {
+    unsigned int fieldId;
+    unsigned int scopeId;
+    long long timestamp;
+    long long latencyUsec;
+    nvmlValueType_t valueType;
+    nvmlReturn_t nvmlReturn;
+    nvmlValue_t value;
+} nvmlFieldValue_t;
+typedef struct {
+    unsigned int gpu;
+    unsigned int memory;
+} nvmlUtilization_t;
+typedef struct {
+    unsigned long long total;
+    unsigned long long free;
+    unsigned long long used;
+} nvmlMemory_t;
+
+/* A device handle is a pointer to one of these (NVML's is an opaque struct pointer too). */
+struct fake_gpu {
+    unsigned int index;
+};
+typedef struct fake_gpu *nvmlDevice_t;
+
+#define NVML_SUCCESS 0
+#define NVML_ERROR_UNINITIALIZED 1
+#define NVML_ERROR_INVALID_ARGUMENT 2
+#define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_NOT_FOUND 6
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_ERROR_GPU_IS_LOST 15
+#define NVML_ERROR_UNKNOWN 999
+#define NVML_TOTAL_POWER_SAMPLES 0
+#define NVML_FI_DEV_POWER_INSTANT 186
+#define NVML_DEVICE_NAME_BUFFER_SIZE 64
+
+/* ---- the fake's own constants ---- */
+#define FAKE_MAX_GPUS 64
+#define FAKE_SAMPLE_DEPTH 120                  /* samples the driver keeps: ~2.4 s at 20 ms */
+#define FAKE_ORIGIN_GRID_US 20000ULL           /* the origin is a multiple of 20 ms */
+#define FAKE_ENERGY_OFFSET_MJ 123456789ULL     /* real counters count from driver load */
+#define FAKE_GPU_STEP_W 10.0                   /* GPU i draws i * 10 W more than GPU 0 */
+#define GIB (1024ULL * 1024ULL * 1024ULL)
+
+typedef enum { TRACE_CONST, TRACE_TRIANGLE, TRACE_SQUARE } trace_kind;
+
+struct fake_config {
+    unsigned int n_gpus;
+    trace_kind kind;
+    double lo, hi;          /* const: lo; triangle: lo = base, hi = base + amp; square: low, high */
+    long long period_us;    /* triangle and square */
+    long long sample_us;
+    unsigned int util_gpu, util_mem;
+    double lose_after_s;    /* < 0: never */
+};
+
+/* Written only while the reference count goes 0 -> 1, under init_lock, and published by the
+ * release store of `initialized`; the device functions read it after an acquire load. */
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static int refcount;
+static atomic_int initialized;
+static struct fake_config cfg;
+static long long origin_us;            /* CLOCK_REALTIME, µs; kept after shutdown for the helpers */
+static atomic_int have_origin;
+static long long init_monotonic_ns;
+static struct fake_gpu gpus[FAKE_MAX_GPUS];
+
+/* ---- call counting ---- */
+enum {
+    FN_INIT,
+    FN_SHUTDOWN,
+    FN_ERROR_STRING,
+    FN_GET_COUNT,
+    FN_GET_HANDLE,
+    FN_GET_NAME,
+    FN_GET_SAMPLES,
+    FN_GET_FIELD_VALUES,
+    FN_GET_ENERGY,
+    FN_GET_UTILIZATION,
+    FN_GET_MEMORY,
+    FN_GET_POWER,
+    FN_COUNT
+};
+static const char *const fn_names[FN_COUNT] = {
+    "nvmlInit_v2", "nvmlShutdown", "nvmlErrorString", "nvmlDeviceGetCount_v2",
+    "nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetName", "nvmlDeviceGetSamples",
+    "nvmlDeviceGetFieldValues", "nvmlDeviceGetTotalEnergyConsumption",
+    "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetPowerUsage",
+};
+static atomic_ulong fn_calls[FN_COUNT];
+
+static void count_call(int fn) { atomic_fetch_add_explicit(&fn_calls[fn], 1, memory_order_relaxed); }
+
+/* ---- clocks ---- */
+static long long clock_ns(clockid_t clk) {
+    struct timespec ts;
+    clock_gettime(clk, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ---- the trace ---- */
+
+/* floor division and modulo that also behave for times before the origin */
+static long long floor_div(long long a, long long b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
+static long long floor_mod(long long a, long long b) { return a - floor_div(a, b) * b; }
+
+/* Power of GPU 0 at rel_us µs after the origin, in W. Times are integers so that the phase of
+ * a grid instant is exact: a triangle corner that falls on a sample is sampled at its corner. */
+static double trace_power_w(long long rel_us) {
+    switch (cfg.kind) {
+    case TRACE_CONST:
+        return cfg.lo;
+    case TRACE_TRIANGLE: {
+        long long ph = floor_mod(rel_us, cfg.period_us);
+        double x = (double)ph / (double)cfg.period_us;          /* [0, 1) */
+        double f = x < 0.5 ? 2.0 * x : 2.0 * (1.0 - x);          /* 0 -> 1 -> 0 */
+        return cfg.lo + (cfg.hi - cfg.lo) * f;
+    }
+    case TRACE_SQUARE: {
+        long long ph = floor_mod(rel_us, cfg.period_us);
+        return 2 * ph < cfg.period_us ? cfg.lo : cfg.hi;        /* steps up at half period */
+    }
+    }
+    return 0.0;
+}
+
+/* Exact integral of the GPU 0 trace from the origin to rel_s seconds after it, in J.
+ * Whole periods contribute their mean; the last, partial period is integrated piecewise. */
+static double trace_energy_j(double rel_s) {
+    if (rel_s <= 0.0) return 0.0;
+    if (cfg.kind == TRACE_CONST) return cfg.lo * rel_s;
+    double p = (double)cfg.period_us / 1e6;
+    double half = p / 2.0;
+    double n = (double)(long long)(rel_s / p);  /* rel_s > 0, so truncation is floor */
+    double x = rel_s - n * p;                   /* time into the current period */
+    if (x < 0.0) x = 0.0;                       /* guard against rounding */
+    double base = cfg.lo, amp = cfg.hi - cfg.lo;
+    if (cfg.kind == TRACE_TRIANGLE) {
+        double whole = p * (base + amp / 2.0);
+        double part;
+        if (x <= half) {
+            part = base * x + amp * x * x / p;                        /* rising: amp * 2t/p */
+        } else {
+            double y = x - half;
+            part = base * x + amp * half / 2.0 + amp * (y - y * y / p); /* falling: amp * (1 - 2y/p) */
+        }
+        return n * whole + part;
+    }
+    /* square */
+    double whole = half * (cfg.lo + cfg.hi);
+    double part = x <= half ? cfg.lo * x : cfg.lo * half + cfg.hi * (x - half);
+    return n * whole + part;
+}
+
+static double gpu_power_w(unsigned int gpu, long long rel_us) {
+    return trace_power_w(rel_us) + FAKE_GPU_STEP_W * gpu;
+}
+
+static double gpu_energy_j(unsigned int gpu, double rel_s) {
+    if (rel_s <= 0.0) return 0.0;
+    return trace_energy_j(rel_s) + FAKE_GPU_STEP_W * gpu * rel_s;
+}
+
+/* NVML reports power as an integer number of mW. */
+static unsigned int to_mw(double w) {
+    double mw = w * 1000.0 + 0.5;
+    if (mw <= 0.0) return 0;
+    if (mw >= (double)UINT_MAX) return UINT_MAX;
+    return (unsigned int)mw;
+}
+
+/* ---- configuration ---- */
+
+static int parse_trace(const char *s, struct fake_config *c) {
+    double a = 0, b = 0, p = 0;
+    char tail;
+    if (sscanf(s, "const:%lf %c", &a, &tail) == 1) {
+        c->kind = TRACE_CONST;
+        c->lo = c->hi = a;
+        return 0;
+    }
+    if (sscanf(s, "triangle:%lf,%lf,%lf %c", &a, &b, &p, &tail) == 3 && p > 0) {
+        c->kind = TRACE_TRIANGLE;
+        c->lo = a;
+        c->hi = a + b;
+    } else if (sscanf(s, "square:%lf,%lf,%lf %c", &a, &b, &p, &tail) == 3 && p > 0) {
+        c->kind = TRACE_SQUARE;
+        c->lo = a;
+        c->hi = b;
+    } else {
+        return -1;
+    }
+    c->period_us = (long long)(p * 1000.0 + 0.5);
+    return c->period_us >= 2 ? 0 : -1;
+}
+
+static const char *env_or(const char *name, const char *fallback) {
+    const char *v = getenv(name);
+    return v && *v ? v : fallback;
+}
+
+/* Fills c from the environment; on a bad value says which on stderr (a silent fallback would
+ * make a test pass against the wrong trace) and returns -1. */
+static int read_config(struct fake_config *c) {
+    memset(c, 0, sizeof *c);
+    const char *s;
+    char tail;
+
+    s = env_or("FAKE_NVML_GPUS", "1");
+    int n = -1;
+    if (sscanf(s, "%d %c", &n, &tail) != 1 || n < 0 || n > FAKE_MAX_GPUS) goto bad_gpus;
+    c->n_gpus = (unsigned int)n;
+
+    s = env_or("FAKE_NVML_TRACE", "const:100");
+    if (parse_trace(s, c) != 0) {
+        fprintf(stderr, "fake_nvml: bad FAKE_NVML_TRACE=%s (want const:W, triangle:BASE,AMP,PERIOD_MS"
+                        " or square:LOW,HIGH,PERIOD_MS)\n", s);
+        return -1;
+    }
+
+    s = env_or("FAKE_NVML_SAMPLE_MS", "20");
+    double ms = 0;
+    if (sscanf(s, "%lf %c", &ms, &tail) != 1 || ms <= 0) {
+        fprintf(stderr, "fake_nvml: bad FAKE_NVML_SAMPLE_MS=%s\n", s);
+        return -1;
+    }
+    c->sample_us = (long long)(ms * 1000.0 + 0.5);
+    if (c->sample_us < 1) c->sample_us = 1;
+
+    s = env_or("FAKE_NVML_UTIL", "50,20");
+    int ug = -1, um = 20;
+    int got = sscanf(s, "%d,%d %c", &ug, &um, &tail);
+    if ((got != 1 && got != 2) || ug < 0 || ug > 100 || um < 0 || um > 100) {
+        fprintf(stderr, "fake_nvml: bad FAKE_NVML_UTIL=%s (want GPU[,MEMORY] in %%)\n", s);
+        return -1;
+    }
+    c->util_gpu = (unsigned int)ug;
+    c->util_mem = (unsigned int)um;
+
+    c->lose_after_s = -1.0;
+    s = getenv("FAKE_NVML_LOSE_GPU_AFTER_S");
+    if (s && *s) {
+        if (sscanf(s, "%lf %c", &c->lose_after_s, &tail) != 1 || c->lose_after_s < 0) {
+            fprintf(stderr, "fake_nvml: bad FAKE_NVML_LOSE_GPU_AFTER_S=%s\n", s);
+            return -1;
+        }
+    }
+    return 0;
+
+bad_gpus:
+    fprintf(stderr, "fake_nvml: bad FAKE_NVML_GPUS=%s (want 0..%d)\n", s, FAKE_MAX_GPUS);
+    return -1;
+}
+
+/* ---- common checks of the device functions ---- */
+
+static int is_initialized(void) { return atomic_load_explicit(&initialized, memory_order_acquire); }
+
+static int gpu_lost(void) {
+    if (cfg.lose_after_s < 0) return 0;
+    return (double)(clock_ns(CLOCK_MONOTONIC) - init_monotonic_ns) / 1e9 >= cfg.lose_after_s;
+}
+
+/* NVML's order: not initialised, then a bad handle, then the device's own state. */
+static nvmlReturn_t check_device(nvmlDevice_t d) {
+    if (!is_initialized()) return NVML_ERROR_UNINITIALIZED;
+    uintptr_t p = (uintptr_t)d, lo = (uintptr_t)gpus, hi = (uintptr_t)(gpus + cfg.n_gpus);
+    if (p < lo || p >= hi || (p - lo) % sizeof *gpus != 0) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpu_lost()) return NVML_ERROR_GPU_IS_LOST;
+    return NVML_SUCCESS;
+}
+
+static long long now_rel_us(void) { return clock_ns(CLOCK_REALTIME) / 1000 - origin_us; }
+
+/* ---- NVML API ---- */
+
+nvmlReturn_t nvmlInit_v2(void) {
+    count_call(FN_INIT);
+    const char *fail = getenv("FAKE_NVML_INIT_FAIL");
+    if (fail && *fail && strcmp(fail, "0") != 0)
+        return NVML_ERROR_UNKNOWN; /* what a machine whose driver is not loaded looks like */
+    pthread_mutex_lock(&init_lock);
+    if (refcount == 0) {
+        struct fake_config c;
+        if (read_config(&c) != 0) {
+            pthread_mutex_unlock(&init_lock);
+            return NVML_ERROR_UNKNOWN;
+        }
+        cfg = c;
+        for (unsigned int i = 0; i < FAKE_MAX_GPUS; i++) gpus[i].index = i;
+        long long now_us = clock_ns(CLOCK_REALTIME) / 1000;
+        origin_us = now_us - now_us % (long long)FAKE_ORIGIN_GRID_US;
+        init_monotonic_ns = clock_ns(CLOCK_MONOTONIC);
+        atomic_store_explicit(&have_origin, 1, memory_order_release);
+        atomic_store_explicit(&initialized, 1, memory_order_release);
+    }
+    refcount++;
+    pthread_mutex_unlock(&init_lock);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlShutdown(void) {
+    count_call(FN_SHUTDOWN);
+    nvmlReturn_t rc = NVML_SUCCESS;
+    pthread_mutex_lock(&init_lock);
+    if (refcount == 0) {
+        rc = NVML_ERROR_UNINITIALIZED;
+    } else if (--refcount == 0) {
+        atomic_store_explicit(&initialized, 0, memory_order_release);
+    }
+    pthread_mutex_unlock(&init_lock);
+    return rc;
+}
+
+/* The strings of the real library, for the codes that can plausibly come up. */
+const char *nvmlErrorString(nvmlReturn_t result) {
+    count_call(FN_ERROR_STRING);
+    switch (result) {
+    case 0: return "Success";
+    case 1: return "Uninitialized";
+    case 2: return "Invalid Argument";
+    case 3: return "Not Supported";
+    case 4: return "Insufficient Permissions";
+    case 5: return "Already Initialized";
+    case 6: return "Not Found";
+    case 7: return "Insufficient Size";
+    case 8: return "Insufficient External Power";
+    case 9: return "Driver Not Loaded";
+    case 10: return "Timeout";
+    case 12: return "NVML Shared Library Not Found";
+    case 13: return "Function Not Found";
+    case 15: return "GPU is lost";
+    case 999: return "Unknown Error";
+    }
+    return "Unknown Error";
+}
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *deviceCount) {
+    count_call(FN_GET_COUNT);
+    if (!is_initialized()) return NVML_ERROR_UNINITIALIZED;
+    if (!deviceCount) return NVML_ERROR_INVALID_ARGUMENT;
+    *deviceCount = cfg.n_gpus;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    count_call(FN_GET_HANDLE);
+    if (!is_initialized()) return NVML_ERROR_UNINITIALIZED;
+    if (!device || index >= cfg.n_gpus) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpu_lost()) return NVML_ERROR_GPU_IS_LOST;
+    *device = &gpus[index];
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
+    count_call(FN_GET_NAME);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!name) return NVML_ERROR_INVALID_ARGUMENT;
+    char buf[NVML_DEVICE_NAME_BUFFER_SIZE];
+    int n = snprintf(buf, sizeof buf, "Fake GPU %u", device->index);
+    if (n < 0 || (unsigned int)n >= length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    memcpy(name, buf, (size_t)n + 1);
+    return NVML_SUCCESS;
+}
+
+#ifndef FAKE_NVML_OMIT_SAMPLES
+/* The driver's power sample buffer: sample k is at origin + k * sample period, the newest is
+ * the last one not in the future and the oldest kept is FAKE_SAMPLE_DEPTH - 1 before it. */
+nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t device, int type, unsigned long long lastSeenTimeStamp,
+                                  nvmlValueType_t *sampleValType, unsigned int *sampleCount,
+                                  nvmlSample_t *samples) {
+    count_call(FN_GET_SAMPLES);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (type != NVML_TOTAL_POWER_SAMPLES) return NVML_ERROR_NOT_SUPPORTED; /* only power is faked */
+    if (!sampleValType || !sampleCount) return NVML_ERROR_INVALID_ARGUMENT;
+    *sampleValType = NVML_VALUE_TYPE_UNSIGNED_INT;
+    if (!samples) { /* a size query: how many the buffer can hold */
+        *sampleCount = FAKE_SAMPLE_DEPTH;
+        return NVML_SUCCESS;
+    }
+    long long rel = now_rel_us();
+    if (rel < 0) return NVML_ERROR_NOT_FOUND; /* the clock was set back past the origin */
+    long long newest = rel / cfg.sample_us;
+    long long first = newest - (FAKE_SAMPLE_DEPTH - 1);
+    if (first < 0) first = 0;
+    if (lastSeenTimeStamp >= (unsigned long long)origin_us) {
+        long long after = floor_div((long long)(lastSeenTimeStamp - (unsigned long long)origin_us),
+                                    cfg.sample_us) + 1;
+        if (after > first) first = after;
+    }
+    if (first > newest) return NVML_ERROR_NOT_FOUND;
+    unsigned long long n = (unsigned long long)(newest - first + 1);
+    if (n > *sampleCount) {
+        *sampleCount = (unsigned int)n; /* what would have been needed */
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (unsigned long long i = 0; i < n; i++) {
+        long long t = (first + (long long)i) * cfg.sample_us;
+        samples[i].timeStamp = (unsigned long long)(origin_us + t);
+        samples[i].sampleValue.ullVal = 0; /* clear the union's upper bytes */
+        samples[i].sampleValue.uiVal = to_mw(gpu_power_w(device->index, t));
+    }
+    *sampleCount = (unsigned int)n;
+    return NVML_SUCCESS;
+}
+#endif
+
+nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values) {
+    count_call(FN_GET_FIELD_VALUES);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (valuesCount < 0 || (valuesCount > 0 && !values)) return NVML_ERROR_INVALID_ARGUMENT;
+    long long rel = now_rel_us();
+    for (int i = 0; i < valuesCount; i++) {
+        nvmlFieldValue_t *f = &values[i];
+        f->timestamp = origin_us + rel;
+        f->latencyUsec = 0;
+        f->value.ullVal = 0;
+        if (f->fieldId == NVML_FI_DEV_POWER_INSTANT) {
+            f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+            f->value.uiVal = to_mw(gpu_power_w(device->index, rel));
+            f->nvmlReturn = NVML_SUCCESS;
+        } else {
+            f->nvmlReturn = NVML_ERROR_NOT_SUPPORTED; /* per field, as NVML reports it */
+        }
+    }
+    return NVML_SUCCESS;
+}
+
+#ifndef FAKE_NVML_OMIT_ENERGY
+/* mJ since "driver load": the exact integral since the origin plus a fixed offset, truncated
+ * to whole mJ as the real counter is. */
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
+    count_call(FN_GET_ENERGY);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!energy) return NVML_ERROR_INVALID_ARGUMENT;
+    double mj = gpu_energy_j(device->index, (double)now_rel_us() / 1e6) * 1000.0;
+    *energy = FAKE_ENERGY_OFFSET_MJ + (unsigned long long)(mj > 0.0 ? mj : 0.0);
+    return NVML_SUCCESS;
+}
+#endif
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization) {
+    count_call(FN_GET_UTILIZATION);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!utilization) return NVML_ERROR_INVALID_ARGUMENT;
+    utilization->gpu = cfg.util_gpu;
+    utilization->memory = cfg.util_mem;
+    return NVML_SUCCESS;
+}
+
+/* 80 GiB cards with (10 + i) GiB in use, so that GPUs can be told apart. */
+nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
+    count_call(FN_GET_MEMORY);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!memory) return NVML_ERROR_INVALID_ARGUMENT;
+    memory->total = 80 * GIB;
+    memory->used = (10ULL + device->index) * GIB;
+    memory->free = memory->total - memory->used;
+    return NVML_SUCCESS;
+}
+
+/* The real one averages over about a second on Ampere and newer; the fake gives the trace
+ * at now, which makes its readings easy to check. */
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
+    count_call(FN_GET_POWER);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!power) return NVML_ERROR_INVALID_ARGUMENT;
+    *power = to_mw(gpu_power_w(device->index, now_rel_us()));
+    return NVML_SUCCESS;
+}
+
+/* ---- test helpers ---- */
+
+/* Joules GPU `gpu` has drawn from the origin to t (CLOCK_REALTIME seconds), without the
+ * counter's offset; energy over [t0, t1] is the difference of two calls. NAN before the first
+ * nvmlInit. Valid after nvmlShutdown too, until the next first init moves the origin. */
+double fake_nvml_energy_j(unsigned int gpu, double t_realtime_s) {
+    if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
+    return gpu_energy_j(gpu, t_realtime_s - (double)origin_us / 1e6);
+}
+
+/* The trace of GPU `gpu` at t (CLOCK_REALTIME seconds), in W. NAN before the first nvmlInit. */
+double fake_nvml_power_w(unsigned int gpu, double t_realtime_s) {
+    if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
+    double rel_us = (t_realtime_s - (double)origin_us / 1e6) * 1e6;
+    long long r = (long long)rel_us;
+    if ((double)r > rel_us) r--; /* floor, also before the origin */
+    return gpu_power_w(gpu, r);
+}
+
+/* The origin in µs since the epoch; 0 before the first nvmlInit. */
+unsigned long long fake_nvml_origin_us(void) {
+    if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return 0;
+    return (unsigned long long)origin_us;
+}
+
+/* How many times the NVML function `fn` was called since load (or fake_nvml_reset_calls).
+ * An unknown name gives ULONG_MAX, so that a misspelt name cannot pass an "== 0" check. */
+unsigned long fake_nvml_calls(const char *fn) {
+    if (!fn) return ULONG_MAX;
+    for (int i = 0; i < FN_COUNT; i++)
+        if (strcmp(fn, fn_names[i]) == 0) return atomic_load(&fn_calls[i]);
+    return ULONG_MAX;
+}
+
+void fake_nvml_reset_calls(void) {
+    for (int i = 0; i < FN_COUNT; i++) atomic_store(&fn_calls[i], 0);
+}

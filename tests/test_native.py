@@ -1,0 +1,141 @@
+"""The C core through its one Python front: channels, the ring, counting what was lost."""
+import time
+
+import numpy as np
+import pytest
+
+from aipm_fast._native import FLAG_FINAL, FLAG_REPEAT, RECORD_DTYPE, Engine, NativeError, now_ns
+
+
+def counter_file(tmp_path, value="1000000\n", name="energy_uj"):
+    path = tmp_path / name
+    path.write_text(value)
+    return str(path)
+
+
+def test_missing_file_is_refused_with_the_path_and_the_reason(tmp_path):
+    e = Engine(10)
+    with pytest.raises(NativeError, match=r"open\(.*/nope\): No such file or directory"):
+        e.add_text_counter(str(tmp_path / "nope"), 1e-6, 0.001)
+
+
+def test_garbage_at_setup_is_refused_as_not_a_number(tmp_path):
+    e = Engine(10)
+    with pytest.raises(NativeError, match="not a number"):
+        e.add_text_counter(counter_file(tmp_path, "garbage\n"), 1e-6, 0.001)
+
+
+def test_unchanged_reading_is_recorded_once_then_as_heartbeat_and_final(tmp_path):
+    e = Engine(12)
+    cid = e.add_text_counter(counter_file(tmp_path), 1e-6, 0.001)
+    e.start()
+    time.sleep(1.3)
+    e.stop()
+    recs = e.drain()
+    assert recs.dtype == RECORD_DTYPE
+    mine = recs[recs["channel"] == cid]
+    # first reading, one heartbeat after 1 s, one final reading at stop: not 1300 copies
+    assert 2 <= mine.size <= 4
+    assert mine["value"][0] == pytest.approx(1.0)
+    assert mine["flags"][0] == 0
+    assert mine["flags"][-1] & FLAG_FINAL
+    assert all(f & FLAG_REPEAT for f in mine["flags"][1:])
+    stats = e.channel_stats(cid)
+    assert stats["reads"] > 1000 and stats["errors"] == 0 and stats["changes"] == 1
+    # alive though unchanged: the last read is recent, the last change is old
+    assert stats["last_read_ns"] - stats["last_change_ns"] > 1e9
+
+
+def test_records_are_stamped_with_the_monotonic_clock(tmp_path):
+    e = Engine(12)
+    e.add_text_counter(counter_file(tmp_path), 1e-6, 0.01)
+    t0 = now_ns()
+    e.start()
+    time.sleep(0.05)
+    e.stop()
+    t1 = now_ns()
+    recs = e.drain()
+    assert np.all((recs["t_ns"] >= t0) & (recs["t_ns"] <= t1))
+
+
+def test_ring_overflow_is_counted_when_nobody_drains(tmp_path):
+    e = Engine(4)  # 16 slots
+    e.add_lateness_channel()  # one record per wake-up
+    e.add_text_counter(counter_file(tmp_path), 1e-6, 0.001)
+    e.start()
+    time.sleep(0.3)
+    e.stop()
+    stats = e.sampler_stats()
+    assert stats["records_written"] == 16
+    assert stats["overflows"] > 100
+    assert e.drain().size == 16
+
+
+def test_drain_in_pieces_keeps_order_across_the_ring_wrap(tmp_path):
+    e = Engine(6)  # 64 slots, drained often so that the indices wrap many times
+    lat = e.add_lateness_channel()
+    e.add_text_counter(counter_file(tmp_path), 1e-6, 0.001)
+    e.start()
+    got = []
+    for _ in range(40):
+        time.sleep(0.01)
+        got.append(e.drain(max_records=50))
+    e.stop()
+    got.append(e.drain())
+    recs = np.concatenate(got)
+    lateness = recs[recs["channel"] == lat]
+    assert lateness.size > 300
+    assert np.all(np.diff(lateness["t_ns"]) > 0)
+    assert e.sampler_stats()["overflows"] == 0
+
+
+def test_errors_mid_run_are_counted_and_the_channel_goes_on(tmp_path):
+    path = counter_file(tmp_path)
+    e = Engine(12)
+    cid = e.add_text_counter(path, 1e-6, 0.001)
+    e.start()
+    time.sleep(0.1)
+    with open(path, "r+") as f:
+        f.write("xx garbage\n")
+    time.sleep(0.1)
+    with open(path, "r+") as f:
+        f.truncate(0)
+        f.write("2000000\n")
+    time.sleep(0.1)
+    e.stop()
+    stats = e.channel_stats(cid)
+    assert stats["errors"] > 10
+    assert stats["last_error_kind"] == -4  # AIPM_EPARSE
+    recs = e.drain()
+    assert recs["value"][-1] == pytest.approx(2.0)
+
+
+def test_removed_file_is_reported_as_gone(tmp_path):
+    path = counter_file(tmp_path)
+    e = Engine(12)
+    cid = e.add_text_counter(path, 1e-6, 0.01)
+    e.start()
+    time.sleep(0.05)
+    import os
+    os.unlink(path)
+    time.sleep(1.2)  # removal is checked at heartbeat rate
+    e.stop()
+    stats = e.channel_stats(cid)
+    assert stats["errors"] >= 1 and stats["last_error_kind"] == -9  # AIPM_EGONE
+
+
+def test_channels_cannot_be_added_while_running(tmp_path):
+    e = Engine(10)
+    e.add_text_counter(counter_file(tmp_path), 1e-6, 0.01)
+    e.start()
+    try:
+        with pytest.raises(NativeError, match="while the sampler runs"):
+            e.add_text_counter(counter_file(tmp_path, name="other"), 1e-6, 0.01)
+    finally:
+        e.stop()
+
+
+def test_nvml_library_that_is_missing_is_explained():
+    e = Engine(10)
+    with pytest.raises(NativeError, match=r"dlopen\(/no/such/libnvidia-ml.so\)"):
+        e.nvml_open("/no/such/libnvidia-ml.so")
