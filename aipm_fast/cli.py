@@ -83,7 +83,7 @@ def devices(as_json, **kwargs):
         })
     else:
         table = Table(title="channels")
-        for col in ("domain", "channel", "source", "unit", "period", "reads"):
+        for col in ("domain", "channel", "source", "unit", "period", "reads from"):
             table.add_column(col)
         for c in found.channels:
             table.add_row(c.domain, c.name.rsplit(".", 1)[1], c.source, c.unit,

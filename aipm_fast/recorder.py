@@ -54,14 +54,15 @@ class Recorder:
         self.channels: dict[int, Channel] = {c.id: c for c in self.discovery.channels}
         self.lateness_channel = self.engine.add_lateness_channel() if lateness else None
         self._chunks: list[np.ndarray] = []
+        self.curve_errors: dict[str, str] = {}
         self._sinks = []
         self.start_ns: int | None = None
         self.stop_ns: int | None = None
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> "Recorder":
+        self.engine.start()     # returns once every channel has a first reading
         self.start_ns = now_ns()
-        self.engine.start()
         return self
 
     def stop(self) -> None:
@@ -161,10 +162,14 @@ class Recorder:
             if t.size < 2:
                 continue
             kind = ch.name.rsplit(".", 1)[1]
-            if ch.quantity == "energy":
-                curve = energy.counter_curve(t, v, ch.wrap)
-            else:
-                curve = energy.power_curve(t, v)
+            try:
+                if ch.quantity == "energy":
+                    curve = energy.counter_curve(t, v, ch.wrap)
+                else:
+                    curve = energy.power_curve(t, v)
+            except ValueError as exc:   # e.g. a counter that never advanced: reported by status()
+                self.curve_errors[ch.name] = str(exc)
+                continue
             out.setdefault(ch.domain, {})[kind] = curve
         return out
 
@@ -212,39 +217,40 @@ def classify(ch: Channel, s: dict, start_ns: int | None, end_ns: int,
 POWER_PREFERENCE = ("power_samples", "power_instant", "power_average")
 
 
+def _energy(curve, a: int, b: int) -> float:
+    return float(curve.energy(np.array([a]), np.array([b]))[0])
+
+
 def domain_energy(domain: str, curves: dict, statuses: dict, a: int, b: int) -> DomainEnergy:
+    """The best estimate of a domain's energy over [a, b], with how it was made.
+
+    The finest power trace integrates; where a counter exists too it anchors the trace's scale
+    over long spans (energy.scaled_curve). Stuck or dead channels are never used. Readings that
+    stop inside the span (a GPU lost, a file gone) give the energy of what they cover, marked
+    partial, rather than nothing."""
     span_s = (b - a) / 1e9
-    usable = {}
-    for kind, curve in curves.items():
-        st = statuses.get(f"{domain}.{kind}")
-        if st is not None and st.status in ("stuck", "dead"):
-            continue
-        usable[kind] = curve
-    alternatives = {}
-    for kind, curve in usable.items():
-        e = float(curve.energy(np.array([a]), np.array([b]))[0])
-        if np.isfinite(e):
-            alternatives[kind] = e
-    power_kind = next((k for k in POWER_PREFERENCE if k in alternatives), None)
-    if power_kind and "energy" in usable:
-        curve = energy.scaled_curve(usable[power_kind], usable["energy"])
-        best, method = float(curve.energy(np.array([a]), np.array([b]))[0]), f"{power_kind}: {curve.method}"
-    elif power_kind:
-        best, method = alternatives[power_kind], f"{power_kind}: {usable[power_kind].method}"
-    elif "energy" in alternatives:
-        best, method = alternatives["energy"], usable["energy"].method
-    else:
+    usable = {kind: curve for kind, curve in curves.items()
+              if statuses.get(f"{domain}.{kind}") is None
+              or statuses[f"{domain}.{kind}"].status not in ("stuck", "dead")}
+    alternatives = {kind: e for kind, e in ((k, _energy(c, a, b)) for k, c in usable.items()) if np.isfinite(e)}
+    power_kind = next((k for k in POWER_PREFERENCE if k in usable), None)
+    if power_kind is None and "energy" not in usable:
         reasons = [f"{n}: {st.status}" + (f" ({st.last_error})" if st.last_error else "")
                    for n, st in statuses.items() if n.startswith(domain + ".")]
         return DomainEnergy(None, None, "no usable reading: " + "; ".join(reasons), alternatives)
-    if not np.isfinite(best):
-        # readings stopped early (a GPU lost, a file gone): report what was covered, and say so
-        chosen = usable[power_kind] if power_kind else usable["energy"]
-        lo, hi = max(a, int(chosen.t_ns[0])), min(b, int(chosen.t_ns[-1]))
-        if hi <= lo:
-            return DomainEnergy(None, None, f"{method}: no readings inside the span", alternatives)
-        best = float(chosen.energy(np.array([lo]), np.array([hi]))[0])
-        covered = (hi - lo) / 1e9
-        return DomainEnergy(best, best / covered, f"{method}; partial: readings cover {covered:.3f} s "
-                            f"of {span_s:.3f} s", alternatives)
-    return DomainEnergy(best, best / span_s if span_s > 0 else None, method, alternatives)
+    if power_kind and "energy" in usable:
+        chosen = energy.scaled_curve(usable[power_kind], usable["energy"])
+        method = f"{power_kind}: {chosen.method}"
+    elif power_kind:
+        chosen, method = usable[power_kind], f"{power_kind}: {usable[power_kind].method}"
+    else:
+        chosen, method = usable["energy"], usable["energy"].method
+    best = _energy(chosen, a, b)
+    if np.isfinite(best):
+        return DomainEnergy(best, best / span_s if span_s > 0 else None, method, alternatives)
+    lo, hi = max(a, int(chosen.t_ns[0])), min(b, int(chosen.t_ns[-1]))
+    if hi <= lo:
+        return DomainEnergy(None, None, f"{method}: no readings inside the span", alternatives)
+    best, covered = _energy(chosen, lo, hi), (hi - lo) / 1e9
+    return DomainEnergy(best, best / covered, f"{method}; partial: readings cover {covered:.3f} s "
+                        f"of {span_s:.3f} s", alternatives)

@@ -107,7 +107,9 @@ static int read_channel(aipm_engine *e, aipm_channel *c, double *value, int32_t 
 
 /* Finish a setup: a first read must succeed, then the channel is committed. */
 static int commit_channel(aipm_engine *e, aipm_channel *c, const char *what) {
-    if (!c->is_buffered) {
+    /* NVML channels were read once by nvml_check_channel already: the energy counter costs
+     * milliseconds a call, so it is not read twice */
+    if (!c->is_buffered && c->type != CH_NVML) {
         int32_t err = 0;
         int rc = read_channel(e, c, &c->value, &err);
         if (rc != AIPM_OK) {
@@ -268,6 +270,7 @@ static void *sampler_main(void *arg) {
                 c->next_due_ns += behind * c->period_ns;
             }
         }
+        atomic_store_explicit(&e->first_pass_done, 1, memory_order_release);
     }
     /* a last reading of every channel, so the recording covers up to the stop */
     int64_t now = clock_ns(CLOCK_MONOTONIC);
@@ -289,12 +292,20 @@ int aipm_start(aipm_engine *e) {
     if (atomic_load(&e->running)) return AIPM_ESTATE;
     for (uint32_t i = 0; i < e->n_channels; i++) e->channels[i].have_value = 0;
     atomic_store(&e->running, 1);
+    atomic_store(&e->first_pass_done, 0);
     int rc = pthread_create(&e->thread, NULL, sampler_main, e);
     if (rc != 0) {
         atomic_store(&e->running, 0);
         engine_set_error(e, "pthread_create: %s", strerror(rc));
         return AIPM_ESTATE;
     }
+    /* Return once every channel holds a first reading, so that whatever the caller measures
+     * from now on lies inside the recording (thread start-up can take milliseconds). */
+    int64_t give_up = clock_ns(CLOCK_MONOTONIC) + 2000000000LL;
+    struct timespec nap = {0, 50000};
+    while (!atomic_load_explicit(&e->first_pass_done, memory_order_acquire) &&
+           clock_ns(CLOCK_MONOTONIC) < give_up)
+        nanosleep(&nap, NULL);
     return AIPM_OK;
 }
 

@@ -66,6 +66,7 @@ struct aipm_engine {
     int lateness_channel;       /* -1 if none */
     pthread_t thread;
     _Atomic int running;
+    _Atomic int first_pass_done; /* every channel has been read once since start */
     pthread_mutex_t stats_lock; /* guards channel stats against torn reads from Python */
     uint64_t wakeups, missed;
     int64_t lateness_max_ns, lateness_sum_ns, cpu_ns;

@@ -26,10 +26,10 @@
  * Time origin: CLOCK_REALTIME at init, rounded down to a multiple of 20 ms. The driver's
  * sample k is taken at origin + k * FAKE_NVML_SAMPLE_MS and holds the trace at that instant.
  *
- * Test helpers (not NVML): fake_nvml_energy_j, fake_nvml_power_w, fake_nvml_origin_us,
- * fake_nvml_calls, fake_nvml_reset_calls. A test that loads this library with ctypes from the
- * same path as the code under test shares its state (the dynamic loader maps a file once),
- * so it sees the same origin and the same call counts.
+ * Test helpers (not NVML): fake_nvml_energy_j, fake_nvml_energy_ns_j, fake_nvml_power_w,
+ * fake_nvml_origin_us, fake_nvml_calls, fake_nvml_reset_calls. A test that loads this library
+ * with ctypes from the same path as the code under test shares its state (the dynamic loader
+ * maps a file once), so it sees the same origin and the same call counts.
  *
  * Plain C11 with libc only: no libm call is made (NAN is a compile-time constant), so the
  * library builds with nothing but `gcc -shared -fPIC`. */
@@ -555,12 +555,19 @@ double fake_nvml_energy_j(unsigned int gpu, double t_realtime_s) {
     return gpu_energy_j(gpu, t_realtime_s - (double)origin_us / 1e6);
 }
 
-/* The trace of GPU `gpu` at t (CLOCK_REALTIME seconds), in W. NAN before the first nvmlInit. */
+/* The same from an integer time, ns since the epoch. A double holds an epoch time only to
+ * about 0.24 µs, which at a few hundred W is tens of µJ; this one is exact to the ns. */
+double fake_nvml_energy_ns_j(unsigned int gpu, long long t_realtime_ns) {
+    if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
+    return gpu_energy_j(gpu, (double)(t_realtime_ns - origin_us * 1000) / 1e9);
+}
+
+/* The trace of GPU `gpu` at t (CLOCK_REALTIME seconds, taken to the nearest µs so that a
+ * sample's timeStamp / 1e6 lands on its own grid instant), in W. NAN before the first init. */
 double fake_nvml_power_w(unsigned int gpu, double t_realtime_s) {
     if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
     double rel_us = (t_realtime_s - (double)origin_us / 1e6) * 1e6;
-    long long r = (long long)rel_us;
-    if ((double)r > rel_us) r--; /* floor, also before the origin */
+    long long r = rel_us >= 0 ? (long long)(rel_us + 0.5) : -(long long)(0.5 - rel_us);
     return gpu_power_w(gpu, r);
 }
 

@@ -1,0 +1,1 @@
+"""Standard deep-learning workloads for ``aipm-fast bench``."""

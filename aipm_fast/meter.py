@@ -1,0 +1,287 @@
+"""The user API: `Meter`, windows, per-inference and per-step marks.
+
+    from aipm_fast import Meter
+    with Meter(out_dir="runs/a") as m:
+        m.measure_baseline(2.0)
+        with m.window("eval"):
+            for batch in loader:
+                with m.inference():
+                    model(batch)
+    print(m.summary())
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import os
+import threading
+
+import numpy as np
+import pandas as pd
+
+from aipm_fast.config import EngineConfig
+from aipm_fast.coordinator import Coordinator, Mark, Window
+from aipm_fast.recorder import Recorder
+from aipm_fast.timing import HostTimer, cuda_timer, now_ns
+
+
+class Meter:
+    """Measures energy per window and per inference (or training step).
+
+    Takes the engine's options (powercap_root, msr_root, perf_root, nvml_lib, gpus, cpu,
+    periods_s, ...), or a ready EngineConfig as `config`. `cuda=None` uses CUDA events when
+    torch sees a GPU; `out_dir` streams results to CSV files as they are integrated.
+    """
+
+    def __init__(self, config: EngineConfig | None = None, *, out_dir: str | None = None,
+                 cuda: bool | None = None, drain_period_s: float = 0.1, timer=None, **engine_options):
+        self.recorder = Recorder(config, **engine_options)
+        if timer is None:
+            timer = cuda_timer() if cuda is not False else None
+            if timer is None and cuda:
+                raise RuntimeError("cuda=True but torch sees no CUDA device")
+            timer = timer or HostTimer()
+        self.timer = timer
+        self.out_dir = out_dir
+        self.coordinator = Coordinator(self.recorder, timer, out_dir, drain_period_s)
+        self.baseline_w: dict[str, float] = {}
+        self._index = itertools.count()
+        self._windows = itertools.count()
+        self._local = threading.local()
+        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task | None = None
+        self._started = False
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> "Meter":
+        """Start sampling, with the coordinator on a background thread."""
+        self._start_sampling()
+        self._thread = threading.Thread(target=asyncio.run, args=(self.coordinator.run(),),
+                                        name="aipm-coordinator", daemon=True)
+        self._thread.start()
+        return self
+
+    def _start_sampling(self) -> None:
+        if self._started:
+            raise RuntimeError("this Meter is already running")
+        self._started = True
+        if not self.recorder.channels:
+            import warnings
+            warnings.warn("aipm-fast: no power source can be read here; only times will be measured. "
+                          + "; ".join(str(p) for p in self.recorder.discovery.problems), stacklevel=3)
+        self.recorder.start()
+
+    def stop(self) -> None:
+        """Stop sampling, integrate everything still pending, close the result files."""
+        if not self._started:
+            return
+        self.coordinator.stop()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._finish()
+
+    def _finish(self) -> None:
+        self.recorder.stop()
+        self.coordinator.process(final=True)
+        self.coordinator.close()
+        self._started = False
+        if self.out_dir:
+            from aipm_fast.storage import write_json
+            write_json(os.path.join(self.out_dir, "meter.json"), self.report())
+
+    def __enter__(self) -> "Meter":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> "Meter":
+        self._start_sampling()
+        self._task = asyncio.get_running_loop().create_task(self.coordinator.run())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.coordinator.stop()
+        if self._task is not None:
+            await self._task
+            self._task = None
+        self._finish()
+
+    # -- marks ---------------------------------------------------------------------------
+    def window(self, name: str = "window") -> "_WindowMark":
+        """Context manager (and decorator) measuring a named window; windows may nest."""
+        return _WindowMark(self, name)
+
+    def inference(self) -> "_InferenceMark":
+        """Marks one inference: CUDA-event timed on GPU, host-timed on CPU."""
+        return _InferenceMark(self)
+
+    step = inference   # one training step is marked the same way
+
+    def _stack(self) -> list:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def _open(self, name: str) -> Window:
+        w = Window(next(self._windows), name, self.timer.window_edge())
+        self.coordinator.open_window(w)
+        self._stack().append(w)
+        return w
+
+    def _close(self, w: Window) -> None:
+        w.end_ns = self.timer.window_edge()
+        stack = self._stack()
+        if w in stack:
+            stack.remove(w)
+        self.coordinator.close_window(w)
+
+    # -- baseline ------------------------------------------------------------------------
+    def measure_baseline(self, seconds: float = 2.0) -> dict[str, float]:
+        """Idle power per domain over the next `seconds` (do nothing else meanwhile)."""
+        import time
+        if not self._started:
+            raise RuntimeError("start the Meter before measuring the baseline")
+        w = self._open("__baseline__")
+        time.sleep(seconds)
+        self._close(w)
+        self.flush(w)
+        duration = (w.end_ns - w.start_ns) / 1e9
+        self.baseline_w = {d: (w.end_j[d] - w.start_j[d]) / duration for d in w.end_j}
+        return dict(self.baseline_w)
+
+    def flush(self, window: Window | None = None, timeout_s: float = 10.0) -> None:
+        """Wait until every mark so far (or one window) is integrated."""
+        import time
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.coordinator.process(final=not self._started)
+            c = self.coordinator
+            if window is not None:
+                done = window.end_j or not window.end_ns
+            else:
+                done = not (c.marks or c._untimed or c._timed or c._open_edges)
+            if done or time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+    # -- results -------------------------------------------------------------------------
+    def _scales(self) -> dict[str, tuple[float, str]]:
+        return {d: self.coordinator.scale(d) for d in self.coordinator.tracks}
+
+    def inferences(self) -> pd.DataFrame:
+        """One row per (inference, domain): index, window, domain, energy_j, dynamic_energy_j,
+        latency_s, uncertainty_j, estimate (True where the source cannot resolve it)."""
+        if self._started:
+            self.flush()
+        frames = []
+        scales = self._scales()
+        for batch in self.coordinator.rows:
+            latency = (batch["end_ns"] - batch["start_ns"]) / 1e9
+            for domain in self.coordinator.tracks:
+                e, u, est = batch[domain]
+                k = scales[domain][0]
+                base = self.baseline_w.get(domain, np.nan) * k
+                frames.append(pd.DataFrame({
+                    "index": batch["index"], "window": batch["window"], "domain": domain,
+                    "start_ns": batch["start_ns"], "end_ns": batch["end_ns"], "latency_s": latency,
+                    "energy_j": e * k, "dynamic_energy_j": e * k - base * latency,
+                    "uncertainty_j": u * k, "estimate": est,
+                }))
+        if not frames:
+            return pd.DataFrame(columns=["index", "window", "domain", "start_ns", "end_ns", "latency_s",
+                                         "energy_j", "dynamic_energy_j", "uncertainty_j", "estimate"])
+        return pd.concat(frames, ignore_index=True).sort_values(["index", "domain"], ignore_index=True)
+
+    def windows(self) -> pd.DataFrame:
+        """One row per (window, domain): window, domain, energy_j, dynamic_energy_j, duration_s,
+        uncertainty_j, n_inferences, method."""
+        if self._started:
+            self.flush()
+        rows = []
+        scales = self._scales()
+        for w in self.coordinator.windows:
+            if w.name == "__baseline__" or w.end_ns is None:
+                continue
+            duration = (w.end_ns - w.start_ns) / 1e9
+            for domain, track in self.coordinator.tracks.items():
+                k, how = scales[domain]
+                e = (w.end_j.get(domain, np.nan) - w.start_j.get(domain, np.nan)) * k
+                rows.append({
+                    "window": w.name, "window_id": w.id, "domain": domain,
+                    "start_ns": w.start_ns, "end_ns": w.end_ns, "duration_s": duration,
+                    "energy_j": e,
+                    "dynamic_energy_j": e - self.baseline_w.get(domain, np.nan) * k * duration,
+                    "uncertainty_j": float(np.hypot(w.start_u.get(domain, np.nan), w.end_u.get(domain, np.nan))) * k,
+                    "n_inferences": w.n_marks,
+                    "method": f"{track.label}; {how}",
+                })
+        return pd.DataFrame(rows, columns=["window", "window_id", "domain", "start_ns", "end_ns", "duration_s",
+                                           "energy_j", "dynamic_energy_j", "uncertainty_j", "n_inferences", "method"])
+
+    def summary(self) -> pd.DataFrame:
+        """Per (window, domain): energy, joules per inference (total and dynamic), throughput,
+        and the uncertainty of joules per inference."""
+        w = self.windows()
+        n = w["n_inferences"].where(w["n_inferences"] > 0)
+        w["joules_per_inference"] = w["energy_j"] / n
+        w["dynamic_joules_per_inference"] = w["dynamic_energy_j"] / n
+        w["uncertainty_j_per_inference"] = w["uncertainty_j"] / n
+        w["throughput_per_s"] = n / w["duration_s"]
+        return w
+
+    def report(self) -> dict:
+        """Everything needed to judge the numbers: windows, scales, channel health, problems."""
+        return {
+            "windows": json.loads(self.windows().to_json(orient="records")),
+            "baseline_w": self.baseline_w,
+            "scales": {d: {"factor": k, "how": how} for d, (k, how) in self._scales().items()},
+            "recording": self.recorder.summary(),
+        }
+
+
+class _WindowMark:
+    __slots__ = ("meter", "name", "w")
+
+    def __init__(self, meter: Meter, name: str):
+        self.meter, self.name, self.w = meter, name, None
+
+    def __enter__(self):
+        self.w = self.meter._open(self.name)
+        return self.w
+
+    def __exit__(self, *exc):
+        self.meter._close(self.w)
+
+    def __call__(self, func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with _WindowMark(self.meter, self.name):
+                return func(*args, **kwargs)
+        return wrapper
+
+
+class _InferenceMark:
+    """Kept minimal: this runs once per inference in the user's hot loop."""
+    __slots__ = ("meter", "start")
+
+    def __init__(self, meter: Meter):
+        self.meter = meter
+
+    def __enter__(self):
+        self.start = self.meter.timer.begin()
+        return self
+
+    def __exit__(self, *exc):
+        m = self.meter
+        end = m.timer.end()
+        stack = m._stack()
+        w = stack[-1] if stack else None
+        if w is not None:
+            w.n_marks += 1
+        m.coordinator.marks.append(Mark(next(m._index), w.name if w else "", getattr(m.timer, "anchor", None),
+                                        self.start, end))

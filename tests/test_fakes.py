@@ -1,0 +1,528 @@
+"""Tests of the hardware fakes themselves (tests/fakes), through ctypes and plain file reads.
+
+The rest of the suite measures the sampler against these fakes, so they must be right first:
+a fake that is off by a sample or a wrap would turn into a wrong verdict on the code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fakes.msr import (AMD_PKG_ENERGY_STATUS, AMD_RAPL_POWER_UNIT,
+                       INTEL_DRAM_ENERGY_STATUS, INTEL_PKG_ENERGY_STATUS, INTEL_PP0_ENERGY_STATUS,
+                       INTEL_RAPL_POWER_UNIT, esu_of)
+
+# ---- NVML constants and structures (the layouts of csrc/src_nvml.c) ----
+SUCCESS, UNINITIALIZED, INVALID_ARGUMENT, NOT_SUPPORTED = 0, 1, 2, 3
+NOT_FOUND, INSUFFICIENT_SIZE, GPU_IS_LOST, UNKNOWN = 6, 7, 15, 999
+TOTAL_POWER_SAMPLES = 0
+FI_DEV_POWER_INSTANT = 186
+VALUE_TYPE_UNSIGNED_INT = 1
+ENERGY_OFFSET_MJ = 123456789
+ULONG_MAX = 2 ** (8 * ctypes.sizeof(ctypes.c_ulong)) - 1
+FAKE_ENV = ["FAKE_NVML_GPUS", "FAKE_NVML_TRACE", "FAKE_NVML_SAMPLE_MS", "FAKE_NVML_UTIL",
+            "FAKE_NVML_LOSE_GPU_AFTER_S", "FAKE_NVML_INIT_FAIL"]
+
+
+class Value(ctypes.Union):
+    _fields_ = [("dVal", ctypes.c_double), ("uiVal", ctypes.c_uint), ("ulVal", ctypes.c_ulong),
+                ("ullVal", ctypes.c_ulonglong), ("sllVal", ctypes.c_longlong), ("siVal", ctypes.c_int)]
+
+
+class Sample(ctypes.Structure):
+    _fields_ = [("timeStamp", ctypes.c_ulonglong), ("sampleValue", Value)]
+
+
+class FieldValue(ctypes.Structure):
+    _fields_ = [("fieldId", ctypes.c_uint), ("scopeId", ctypes.c_uint), ("timestamp", ctypes.c_longlong),
+                ("latencyUsec", ctypes.c_longlong), ("valueType", ctypes.c_int), ("nvmlReturn", ctypes.c_int),
+                ("value", Value)]
+
+
+class Utilization(ctypes.Structure):
+    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
+
+
+class Memory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+class Nvml:
+    """Thin wrapper over the ctypes library so that the tests read as NVML calls."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def handle(self, i):
+        h = ctypes.c_void_p()
+        assert self.lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(h)) == SUCCESS
+        return h
+
+    def samples(self, dev, last_seen=0, capacity=512):
+        """-> (rc, [(timestamp µs, mW)], count as returned)."""
+        buf = (Sample * max(capacity, 1))()
+        vtype = ctypes.c_int(-1)
+        count = ctypes.c_uint(capacity)
+        rc = self.lib.nvmlDeviceGetSamples(dev, TOTAL_POWER_SAMPLES, last_seen, ctypes.byref(vtype),
+                                           ctypes.byref(count), buf)
+        got = []
+        if rc == SUCCESS:
+            assert vtype.value == VALUE_TYPE_UNSIGNED_INT
+            got = [(buf[i].timeStamp, buf[i].sampleValue.uiVal) for i in range(count.value)]
+        return rc, got, count.value
+
+    def energy_mj(self, dev):
+        mj = ctypes.c_ulonglong()
+        rc = self.lib.nvmlDeviceGetTotalEnergyConsumption(dev, ctypes.byref(mj))
+        return rc, mj.value
+
+    def power_mw(self, dev):
+        mw = ctypes.c_uint()
+        rc = self.lib.nvmlDeviceGetPowerUsage(dev, ctypes.byref(mw))
+        return rc, mw.value
+
+    def instant_mw(self, dev, field=FI_DEV_POWER_INSTANT):
+        f = FieldValue(fieldId=field)
+        rc = self.lib.nvmlDeviceGetFieldValues(dev, 1, ctypes.byref(f))
+        return rc, f
+
+    def energy_j(self, gpu, t_ns):
+        """Truth since the origin at t (CLOCK_REALTIME ns), from the exact integer-time helper."""
+        return self.lib.fake_nvml_energy_ns_j(gpu, t_ns)
+
+    def origin_us(self):
+        return self.lib.fake_nvml_origin_us()
+
+    def error(self, rc):
+        return self.lib.nvmlErrorString(rc).decode()
+
+
+@pytest.fixture
+def nvml(fake_nvml_ctypes, monkeypatch):
+    """nvml(path=None, init=True, **FAKE_NVML_settings) -> Nvml, with only the given settings
+    in the environment (an outer FAKE_NVML_* cannot leak in)."""
+
+    def start(path=None, init=True, **env):
+        for name in FAKE_ENV:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(f"FAKE_NVML_{name.upper()}", str(value))
+        n = Nvml(fake_nvml_ctypes(path))
+        if init:
+            assert n.lib.nvmlInit_v2() == SUCCESS
+        return n
+
+    return start
+
+
+def triangle_mw(rel_us, base_w, amp_w, period_ms):
+    """The triangle trace at a grid instant, computed independently of the C code."""
+    p = period_ms * 1000
+    ph = rel_us % p
+    frac = ph / (p / 2) if 2 * ph < p else (p - ph) / (p / 2)
+    return round((base_w + amp_w * frac) * 1000)
+
+
+# ------------------------------------------------------------------------------------------
+# fake NVML
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("defines", [[], ["-DFAKE_NVML_OMIT_SAMPLES", "-DFAKE_NVML_OMIT_ENERGY"]])
+def test_fake_nvml_compiles_without_warnings(tmp_path, defines):
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not found")
+    src = Path(__file__).parent / "fakes" / "fake_nvml.c"
+    r = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", *defines, str(src),
+                        "-o", str(tmp_path / "f.so")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_devices_and_static_readings(nvml):
+    n = nvml(gpus=2, trace="const:100", util="70,30")
+    count = ctypes.c_uint()
+    assert n.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == SUCCESS and count.value == 2
+    h = ctypes.c_void_p()
+    assert n.lib.nvmlDeviceGetHandleByIndex_v2(2, ctypes.byref(h)) == INVALID_ARGUMENT
+    for i in range(2):
+        dev = n.handle(i)
+        name = ctypes.create_string_buffer(64)
+        assert n.lib.nvmlDeviceGetName(dev, name, 64) == SUCCESS
+        assert name.value == f"Fake GPU {i}".encode()
+        assert n.lib.nvmlDeviceGetName(dev, name, 5) == INSUFFICIENT_SIZE
+        # GPU i draws the trace plus i * 10 W, everywhere
+        assert n.power_mw(dev) == (SUCCESS, 100_000 + 10_000 * i)
+        rc, f = n.instant_mw(dev)
+        assert rc == SUCCESS and f.nvmlReturn == SUCCESS and f.valueType == VALUE_TYPE_UNSIGNED_INT
+        assert f.value.uiVal == 100_000 + 10_000 * i
+        rc, f = n.instant_mw(dev, field=187)  # any other field: not supported, per field
+        assert rc == SUCCESS and f.nvmlReturn == NOT_SUPPORTED
+        u = Utilization()
+        assert n.lib.nvmlDeviceGetUtilizationRates(dev, ctypes.byref(u)) == SUCCESS
+        assert (u.gpu, u.memory) == (70, 30)
+        m = Memory()
+        assert n.lib.nvmlDeviceGetMemoryInfo(dev, ctypes.byref(m)) == SUCCESS
+        assert m.total == 80 << 30 and m.used == (10 + i) << 30 and m.free == m.total - m.used
+    assert n.lib.nvmlDeviceGetPowerUsage(ctypes.c_void_p(8), ctypes.byref(ctypes.c_uint())) == INVALID_ARGUMENT
+    assert n.error(GPU_IS_LOST) == "GPU is lost"
+    assert n.error(NOT_FOUND) == "Not Found"
+    assert n.error(INSUFFICIENT_SIZE) == "Insufficient Size"
+
+
+def test_samples_lie_on_the_grid_and_follow_the_trace(nvml):
+    n = nvml(gpus=2, trace="triangle:100,200,400")
+    origin = n.origin_us()
+    assert origin % 20_000 == 0
+    time.sleep(0.3)
+    for gpu in range(2):
+        rc, got, count = n.samples(n.handle(gpu))
+        now_us = time.time_ns() // 1000
+        assert rc == SUCCESS and count == len(got) >= 14
+        stamps = [ts for ts, _ in got]
+        assert stamps[0] == origin  # fewer than 120 taken so far: the buffer starts at the origin
+        assert all(b - a == 20_000 for a, b in zip(stamps, stamps[1:]))
+        assert stamps[-1] <= now_us < stamps[-1] + 20_000 + 5_000  # the newest, never the future
+        for ts, mw in got:
+            assert mw == triangle_mw(ts - origin, 100, 200, 400) + 10_000 * gpu
+            assert mw == round(n.lib.fake_nvml_power_w(gpu, ts / 1e6) * 1000)
+
+
+def test_samples_are_incremental_by_last_seen(nvml):
+    n = nvml()
+    dev = n.handle(0)
+    time.sleep(0.1)
+    rc, got, _ = n.samples(dev)
+    assert rc == SUCCESS
+    last = got[-1][0]
+    # nothing newer than the newest: NOT_FOUND, unless a grid instant passed meanwhile
+    rc, newer, _ = n.samples(dev, last_seen=last)
+    assert rc == NOT_FOUND or (rc == SUCCESS and all(ts > last for ts, _ in newer))
+    # a last-seen stamp between two grid instants returns the sample after it
+    rc, tail, _ = n.samples(dev, last_seen=last - 5_000)
+    assert rc == SUCCESS and tail[0][0] == last
+    time.sleep(0.1)
+    rc, more, _ = n.samples(dev, last_seen=last)
+    assert rc == SUCCESS and 3 <= len(more) <= 8
+    assert [ts for ts, _ in more] == [last + 20_000 * (k + 1) for k in range(len(more))]
+    # a last-seen stamp in the future: nothing
+    rc, _, _ = n.samples(dev, last_seen=more[-1][0] + 10_000_000)
+    assert rc == NOT_FOUND
+
+
+def test_sample_buffer_depth_and_capacity(nvml):
+    n = nvml(sample_ms=2)  # fills the 120-deep buffer in 240 ms
+    dev = n.handle(0)
+    time.sleep(0.35)
+    vtype, count = ctypes.c_int(), ctypes.c_uint(0)
+    assert n.lib.nvmlDeviceGetSamples(dev, TOTAL_POWER_SAMPLES, 0, ctypes.byref(vtype), ctypes.byref(count),
+                                      None) == SUCCESS
+    assert count.value == 120  # samples == NULL: the buffer's depth
+    rc, got, _ = n.samples(dev)
+    assert rc == SUCCESS and len(got) == 120 and got[0][0] > n.origin_us()  # the oldest are gone
+    assert all(b[0] - a[0] == 2_000 for a, b in zip(got, got[1:]))
+    rc, _, needed = n.samples(dev, capacity=10)
+    assert rc == INSUFFICIENT_SIZE and needed == 120
+    rc, few, _ = n.samples(dev, last_seen=got[-4][0], capacity=3 + 50)
+    assert rc == SUCCESS and few[0][0] == got[-3][0]
+    assert n.lib.nvmlDeviceGetSamples(dev, 1, 0, ctypes.byref(vtype), ctypes.byref(count), None) == NOT_SUPPORTED
+
+
+def test_energy_counter_is_the_integral_of_the_trace(nvml):
+    n = nvml(gpus=2, trace="triangle:100,200,400")
+    devs = [n.handle(gpu) for gpu in range(2)]
+
+    def read_all():  # -> [(realtime before, counter, realtime after)] per GPU
+        out = []
+        for dev in devs:
+            a = time.time_ns()
+            rc, mj = n.energy_mj(dev)
+            out.append((a, mj, time.time_ns()))
+            assert rc == SUCCESS and mj >= ENERGY_OFFSET_MJ
+        return out
+
+    first = read_all()
+    time.sleep(0.5)
+    for gpu, ((a0, c0, b0), (a1, c1, b1)) in enumerate(zip(first, read_all())):
+        # the fake read the clock somewhere inside each bracket, and the integral is monotonic
+        lo = n.energy_j(gpu, a1) - n.energy_j(gpu, b0)
+        hi = n.energy_j(gpu, b1) - n.energy_j(gpu, a0)
+        assert lo - 0.002 <= (c1 - c0) / 1000 <= hi + 0.002
+        # absolute: counter = offset + truncated mJ since the origin
+        assert int(n.energy_j(gpu, a1) * 1000) - 1 <= c1 - ENERGY_OFFSET_MJ <= int(n.energy_j(gpu, b1) * 1000) + 1
+    # closed form: one period of the triangle is period * (base + amp / 2)
+    t0 = n.origin_us() * 1000
+    assert n.energy_j(0, t0 + 400_000_000) == pytest.approx(0.4 * 200.0, abs=1e-5)
+    assert n.energy_j(1, t0 + 400_000_000) == pytest.approx(0.4 * 210.0, abs=1e-5)
+    assert n.energy_j(0, t0 - 1_000_000) == 0.0  # nothing before the origin
+    # the seconds-as-double helper agrees, to the ~0.24 µs a double holds of an epoch time
+    t = time.time_ns()
+    assert n.lib.fake_nvml_energy_j(0, t / 1e9) == pytest.approx(n.energy_j(0, t), abs=1e-3)
+
+
+def test_trapezoid_of_samples_equals_the_integral(nvml):
+    # PERIOD_MS a multiple of 40: the corners are samples, so trapezoids are exact
+    n = nvml(trace="triangle:80,120,200")
+    time.sleep(0.45)
+    rc, got, _ = n.samples(n.handle(0))
+    assert rc == SUCCESS and len(got) >= 20
+    trapezoid = sum((b[0] - a[0]) / 1e6 * (a[1] + b[1]) / 2000 for a, b in zip(got, got[1:]))
+    exact = n.energy_j(0, got[-1][0] * 1000) - n.energy_j(0, got[0][0] * 1000)
+    assert trapezoid == pytest.approx(exact, rel=1e-6)
+
+
+def test_square_trace_steps_at_half_period(nvml):
+    n = nvml(trace="square:50,150,200")
+    time.sleep(0.25)
+    rc, got, _ = n.samples(n.handle(0))
+    origin = n.origin_us()
+    assert rc == SUCCESS
+    for ts, mw in got:
+        assert mw == (50_000 if (ts - origin) % 200_000 < 100_000 else 150_000)
+    assert n.energy_j(0, (origin + 200_000) * 1000) == pytest.approx(0.2 * 100.0, abs=1e-5)
+    assert n.energy_j(0, (origin + 150_000) * 1000) == pytest.approx(0.1 * 50 + 0.05 * 150, abs=1e-5)
+
+
+def test_gpu_lost_mid_run(nvml):
+    n = nvml(lose_gpu_after_s=0.2)
+    dev = n.handle(0)
+    assert n.power_mw(dev)[0] == SUCCESS
+    time.sleep(0.25)
+    assert n.power_mw(dev)[0] == GPU_IS_LOST
+    assert n.energy_mj(dev)[0] == GPU_IS_LOST
+    assert n.samples(dev)[0] == GPU_IS_LOST
+    assert n.instant_mw(dev)[0] == GPU_IS_LOST
+    h = ctypes.c_void_p()
+    assert n.lib.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(h)) == GPU_IS_LOST
+    count = ctypes.c_uint()
+    assert n.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == SUCCESS  # not a device function
+    assert n.error(GPU_IS_LOST) == "GPU is lost"
+
+
+def test_init_failure(nvml):
+    n = nvml(init=False, init_fail=1)
+    assert n.lib.nvmlInit_v2() == UNKNOWN
+    assert n.error(UNKNOWN) == "Unknown Error"
+    count = ctypes.c_uint()
+    assert n.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == UNINITIALIZED
+    assert n.lib.nvmlShutdown() == UNINITIALIZED
+
+
+def test_bad_setting_fails_init_and_says_why(nvml, capfd):
+    n = nvml(init=False, trace="sine:100")
+    assert n.lib.nvmlInit_v2() == UNKNOWN
+    assert "FAKE_NVML_TRACE=sine:100" in capfd.readouterr().err
+
+
+def test_init_is_reference_counted_and_truth_outlives_shutdown(nvml):
+    n = nvml()
+    assert n.lib.nvmlInit_v2() == SUCCESS  # second reference
+    assert n.lib.nvmlShutdown() == SUCCESS
+    count = ctypes.c_uint()
+    assert n.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == SUCCESS
+    assert n.lib.nvmlShutdown() == SUCCESS
+    assert n.lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) == UNINITIALIZED
+    assert n.energy_j(0, time.time_ns()) > 0  # the origin is kept for the truth helpers
+
+
+def test_omitted_functions_are_absent(nvml, build_fake_nvml):
+    n = nvml(path=build_fake_nvml(omit_samples=True))
+    assert not hasattr(n.lib, "nvmlDeviceGetSamples")
+    assert hasattr(n.lib, "nvmlDeviceGetTotalEnergyConsumption")
+    assert n.energy_mj(n.handle(0))[0] == SUCCESS
+    m = nvml(path=build_fake_nvml(omit_energy=True))
+    assert not hasattr(m.lib, "nvmlDeviceGetTotalEnergyConsumption")
+    assert hasattr(m.lib, "nvmlDeviceGetSamples")
+    assert m.power_mw(m.handle(0))[0] == SUCCESS
+
+
+def test_calls_are_counted(nvml):
+    n = nvml()
+    dev = n.handle(0)
+    n.lib.fake_nvml_reset_calls()
+    for _ in range(3):
+        n.energy_mj(dev)
+    n.power_mw(dev)
+    assert n.lib.fake_nvml_calls(b"nvmlDeviceGetTotalEnergyConsumption") == 3
+    assert n.lib.fake_nvml_calls(b"nvmlDeviceGetPowerUsage") == 1
+    assert n.lib.fake_nvml_calls(b"nvmlDeviceGetSamples") == 0
+    assert n.lib.fake_nvml_calls(b"nvmlDeviceGetTotalEnergy") == ULONG_MAX  # misspelt: never 0
+
+
+# ------------------------------------------------------------------------------------------
+# fake powercap
+# ------------------------------------------------------------------------------------------
+
+
+def unwrap(values, modulus):
+    """Counter readings -> cumulative values, and how many wraps were seen."""
+    out, offset, wraps = [values[0]], 0, 0
+    for a, b in zip(values, values[1:]):
+        if b < a:
+            offset += modulus
+            wraps += 1
+        out.append(b + offset)
+    return out, wraps
+
+
+def poll(read, seconds, interval=0.002):
+    """[(monotonic ns just before the read, value, monotonic ns just after)] for `seconds`."""
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.monotonic_ns()
+        v = read()
+        out.append((t0, v, time.monotonic_ns()))
+        time.sleep(interval)
+    return out
+
+
+def test_powercap_layout(fake_powercap):
+    root, writer = fake_powercap(packages=2, start=False)
+    zones = {"intel-rapl:0": "package-0", "intel-rapl:0:0": "core", "intel-rapl:0:1": "dram",
+             "intel-rapl:1": "package-1", "intel-rapl:1:0": "core"}
+    assert set(writer.tree.zones) == set(zones)
+    for key, name in zones.items():
+        top = root / key
+        assert (top / "name").read_text() == name + "\n"
+        assert (top / "max_energy_range_uj").read_text() == "3000000\n"
+        raw = (top / "energy_uj").read_bytes()
+        assert len(raw) == 8 and raw.endswith(b"\n") and 0 <= int(raw) < 3_000_000
+        if key.count(":") == 2:  # subzone: a flat symlink to the directory nested in its parent
+            parent = key.rsplit(":", 1)[0]
+            assert top.is_symlink() and not os.path.isabs(os.readlink(top))
+            assert top.resolve() == (root / parent / key).resolve()
+            assert (root / parent / key).is_dir() and not (root / parent / key).is_symlink()
+        else:
+            assert top.is_dir() and not top.is_symlink()
+    assert (root / "intel-rapl" / "enabled").exists() and not (root / "intel-rapl" / "name").exists()
+
+
+def test_powercap_writer_advances_in_place_and_wraps(fake_powercap):
+    root, writer = fake_powercap(start=False)  # package 20 W: a 3 J counter wraps every 150 ms
+    fds = {k: os.open(z.energy_path, os.O_RDONLY) for k, z in writer.tree.zones.items()}
+    try:
+        with writer:
+            readings = {k: [] for k in fds}
+            end = time.monotonic() + 0.6
+            while time.monotonic() < end:
+                for k, fd in fds.items():  # pread on fds opened before the writer started
+                    t0 = time.monotonic_ns()
+                    v = int(os.pread(fd, 64, 0))
+                    readings[k].append((t0, v, time.monotonic_ns()))
+                time.sleep(0.002)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    for key, rs in readings.items():
+        spec = writer.spec(key)
+        values, wraps = unwrap([v for _, v, _ in rs], spec.modulus)
+        if key == "intel-rapl:0":
+            assert wraps >= 3
+        truth_uj = writer.energy_j(key, rs[0][2], rs[-1][0]) * 1e6
+        slack_uj = writer.power_w(key) * 0.02 * 1e6  # a late writer tick at either end
+        assert abs((values[-1] - values[0]) - truth_uj) <= slack_uj, key
+        for (t0, _, t1), v in zip(rs, values):  # never ahead of the power, never far behind
+            model = lambda t: spec.initial + writer.power_w(key) * (t - writer.start_ns) / 1e3  # noqa: E731
+            assert model(t0) - slack_uj - 1 <= v <= model(t1) + 1
+
+
+def test_powercap_truth_stops_with_the_writer(fake_powercap):
+    root, writer = fake_powercap()
+    t0 = time.monotonic_ns()
+    time.sleep(0.05)
+    writer.stop()
+    frozen = writer.tree.read_uj("intel-rapl:0")
+    time.sleep(0.02)
+    assert writer.tree.read_uj("intel-rapl:0") == frozen
+    t1 = time.monotonic_ns()
+    assert writer.energy_j("intel-rapl:0", t0, t1) == pytest.approx(20.0 * (writer.stop_ns - t0) / 1e9)
+
+
+def test_powercap_faults(fake_powercap):
+    root, writer = fake_powercap()
+    zone = writer.tree.zones["intel-rapl:0:1"]
+    fd = os.open(zone.energy_path, os.O_RDONLY)
+    try:
+        writer.corrupt("intel-rapl:0:1")
+        time.sleep(0.02)
+        assert os.pread(fd, 64, 0) == b"garbage\n"  # seen through the fd kept open
+        writer.corrupt("intel-rapl:0:1", b"")
+        assert os.pread(fd, 64, 0) == b""
+        writer.restore("intel-rapl:0:1")
+        first = int(os.pread(fd, 64, 0))
+        time.sleep(0.02)
+        assert int(os.pread(fd, 64, 0)) != first
+        writer.remove("intel-rapl:0:1")
+        assert not zone.energy_path.exists()
+        assert os.fstat(fd).st_nlink == 0  # how a reader holding the fd can tell
+        before = writer.tree.read_uj("intel-rapl:0:0")
+        time.sleep(0.02)
+        assert writer.tree.read_uj("intel-rapl:0:0") != before  # the other zones carry on
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------
+# fake MSR
+# ------------------------------------------------------------------------------------------
+
+
+def test_msr_intel_layout(fake_msr):
+    root, writer = fake_msr(packages=2, start=False, reserved_high=0xDEAD)
+    tree = writer.tree
+    for cpu in (0, 1):
+        path = root / str(cpu) / "msr"
+        assert path.stat().st_size == INTEL_PP0_ENERGY_STATUS + 8  # the highest register
+        assert esu_of(tree.read_register(cpu, INTEL_RAPL_POWER_UNIT)) == 14
+        for reg in (INTEL_PKG_ENERGY_STATUS, INTEL_PP0_ENERGY_STATUS, INTEL_DRAM_ENERGY_STATUS):
+            assert tree.read_register(cpu, reg) >> 32 == 0xDEAD
+    assert tree.unit_j == pytest.approx(61.035e-6, rel=1e-4)
+    assert sorted(tree.counters) == ["cpu0/dram", "cpu0/package", "cpu0/pp0",
+                                     "cpu1/dram", "cpu1/package", "cpu1/pp0"]
+
+
+def test_msr_counters_advance_and_wrap(fake_msr):
+    root, writer = fake_msr(wrap_after_s=0.1, reserved_high=0x1)
+    tree = writer.tree
+    keys = ["cpu0/package", "cpu0/pp0", "cpu0/dram"]
+    fd = os.open(root / "0" / "msr", os.O_RDONLY)
+    try:  # all at once: each wraps 0.1 s after the writer started
+        both = poll(lambda: [int.from_bytes(os.pread(fd, 8, tree.counters[k][1]), "little") for k in keys], 0.3)
+    finally:
+        os.close(fd)
+    for i, key in enumerate(keys):
+        rs = [(t0, v[i], t1) for t0, v, t1 in both]
+        assert all(v >> 32 == 0x1 for _, v, _ in rs)  # reserved bits kept
+        counts, wraps = unwrap([v & 0xFFFFFFFF for _, v, _ in rs], 1 << 32)
+        assert wraps == 1
+        joules = (counts[-1] - counts[0]) * tree.unit_j
+        truth = writer.energy_j(key, rs[0][2], rs[-1][0])
+        assert joules == pytest.approx(truth, abs=writer.power_w(key) * 0.02)
+
+
+def test_msr_amd_is_sparse(fake_msr):
+    root, writer = fake_msr(vendor="amd", packages=2)
+    tree = writer.tree
+    assert sorted(tree.counters) == ["cpu0/package", "cpu1/package"]  # no core counter: see msr.py
+    before = {k: tree.read_counter(k) for k in tree.counters}
+    t0 = time.monotonic_ns()
+    time.sleep(0.05)
+    for cpu in (0, 1):
+        st = (root / str(cpu) / "msr").stat()
+        assert st.st_size == AMD_PKG_ENERGY_STATUS + 8
+        assert st.st_blocks * 512 < 1 << 20  # 3 GiB long, a few KiB on disk
+        # the package counter overlaps the unit register's upper bytes but leaves ESU alone
+        assert esu_of(tree.read_register(cpu, AMD_RAPL_POWER_UNIT)) == 16
+        key = f"cpu{cpu}/package"
+        joules = (tree.read_counter(key) - before[key]) % (1 << 32) * tree.unit_j
+        truth = writer.energy_j(key, t0, time.monotonic_ns())
+        assert joules == pytest.approx(truth, abs=writer.power_w(key) * 0.02)
+    assert writer.power_w("cpu1/package") == writer.power_w("cpu0/package") - 5.0
