@@ -65,6 +65,7 @@ class Coordinator:
         self._lock = threading.RLock()
         self._stopping = False
         self._writer = ResultWriter(out_dir, list(self.tracks)) if out_dir else None
+        recorder.add_sink(self._ingest)   # every drain, wherever it happens, reaches the tracks
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -77,7 +78,7 @@ class Coordinator:
 
     def process(self, final: bool = False) -> None:
         with self._lock:
-            self._ingest(self.rec.drain())
+            self.rec.drain()
             self._time_marks()
             now = time.monotonic_ns()
             self._resolve_window_edges(now, final)
@@ -87,11 +88,10 @@ class Coordinator:
 
     # -- steps ---------------------------------------------------------------------------
     def _ingest(self, records: np.ndarray) -> None:
-        if not records.size:
-            return
-        for track in (*self.tracks.values(), *self.anchors.values()):
-            sel = records[records["channel"] == track.channel_id]
-            track.append(sel["t_ns"], sel["value"])
+        with self._lock:
+            for track in (*self.tracks.values(), *self.anchors.values()):
+                sel = records[records["channel"] == track.channel_id]
+                track.append(sel["t_ns"], sel["value"])
 
     def _time_marks(self) -> None:
         while self.marks:
@@ -212,10 +212,12 @@ class Coordinator:
 
 
 def edge_uncertainty(track: DomainTrack, t_ns: int) -> float:
+    """Uncertainty (J) that one edge at t_ns contributes to any interval that ends there."""
     curve = track.curve()
     if curve is None:
         return float("nan")
-    return float(curve.edge_uncertainty(np.array([t_ns]))[0])
+    u, _ = curve._edge_uncertainty(np.atleast_1d(curve._rel_ns(np.array([t_ns], dtype=np.int64))))
+    return float(u[0])
 
 
 def choose_tracks(recorder) -> tuple[dict[str, DomainTrack], dict[str, DomainTrack]]:

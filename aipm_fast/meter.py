@@ -37,7 +37,7 @@ class Meter:
 
     def __init__(self, config: EngineConfig | None = None, *, out_dir: str | None = None,
                  cuda: bool | None = None, drain_period_s: float = 0.1, timer=None, **engine_options):
-        self.recorder = Recorder(config, **engine_options)
+        self.recorder = Recorder(config, keep_history=False, **engine_options)
         if timer is None:
             timer = cuda_timer() if cuda is not False else None
             if timer is None and cuda:

@@ -46,8 +46,11 @@ class Recorder:
     """Reads every channel that works here; `energy()` integrates them per domain."""
 
     def __init__(self, config: EngineConfig | None = None, *, lateness: bool = False,
-                 stuck_after_s: float = STUCK_AFTER_S, **options):
+                 stuck_after_s: float = STUCK_AFTER_S, keep_history: bool = True, **options):
         self.stuck_after_s = stuck_after_s
+        # A long-running Meter hands every drain to its coordinator and keeps nothing here,
+        # so that memory stays bounded; recordings (record, probe, bench runs) keep it all.
+        self.keep_history = keep_history
         self.config = config if config is not None else EngineConfig.from_env(**options)
         self.engine = Engine(self.config.ring_capacity_log2)
         self.discovery = discover_all(self.engine, self.config)
@@ -88,7 +91,8 @@ class Recorder:
     def drain(self) -> np.ndarray:
         records = self.engine.drain()
         if records.size:
-            self._chunks.append(records)
+            if self.keep_history:
+                self._chunks.append(records)
             for sink in self._sinks:
                 sink(records)
         return records
@@ -189,7 +193,7 @@ class Recorder:
         duration = ((self.stop_ns or now_ns()) - self.start_ns) / 1e9 if self.start_ns else 0.0
         return {
             "duration_s": duration,
-            "domains": {d: asdict(e) for d, e in self.energy().items()},
+            "domains": {d: asdict(e) for d, e in self.energy().items()} if self.keep_history else {},
             "devices": self.discovery.devices,
             "channels": [asdict(s) for s in self.status()],
             "sampler": self.engine.sampler_stats(),

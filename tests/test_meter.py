@@ -1,0 +1,238 @@
+"""The Meter on fake hardware: windows, per-inference energies, CUDA-event mapping, kill safety."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aipm_fast import Meter
+from aipm_fast.timing import EventTimer
+
+OFF = {"msr_root": "/nonexistent", "perf_root": "/nonexistent"}
+
+
+def busy(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def realtime_ns(monotonic_ns):
+    return monotonic_ns + (time.time_ns() - time.monotonic_ns())
+
+
+@pytest.fixture
+def hw(fake_powercap, fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_TRACE", "triangle:100,200,400")
+    root, writer = fake_powercap()
+    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), **OFF}, writer
+
+
+def test_window_energy_within_1_percent_of_the_truth(hw, fake_nvml_ctypes):
+    options, writer = hw
+    with Meter(**options, cuda=False) as m:
+        spans = []
+        for length in (0.05, 0.2, 0.5):
+            with m.window(f"w{length}") as w:
+                time.sleep(length)
+            spans.append(w)
+        time.sleep(0.3)
+    lib = fake_nvml_ctypes()
+    df = m.windows().set_index(["window", "domain"])
+    for w in spans:
+        pkg = df.loc[(w.name, "rapl:package-0")]
+        assert pkg["energy_j"] == pytest.approx(writer.energy_j("intel-rapl:0", w.start_ns, w.end_ns), rel=0.01)
+        gpu = df.loc[(w.name, "nvml:0")]
+        truth = lib.fake_nvml_energy_ns_j(0, realtime_ns(w.end_ns)) - lib.fake_nvml_energy_ns_j(0, realtime_ns(w.start_ns))
+        assert gpu["energy_j"] == pytest.approx(truth, rel=0.01), w.name   # windows >= 2 periods of 20 ms
+
+
+def test_inference_energies_sum_to_the_window(hw):
+    options, _ = hw
+    with Meter(**options, cuda=False) as m:
+        with m.window("loop"):
+            for _ in range(100):
+                with m.inference():
+                    busy(0.003)
+    inf = m.inferences()
+    win = m.windows().set_index("domain")
+    assert (inf.groupby("domain").size() == 100).all()
+    assert win.loc["nvml:0", "n_inferences"] == 100
+    # the loop's inferences are back to back, so they nearly fill the window
+    for domain, rows in inf.groupby("domain"):
+        covered = (rows["end_ns"].max() - rows["start_ns"].min()) / 1e9
+        share = covered / win.loc[domain, "duration_s"]
+        assert rows["energy_j"].sum() == pytest.approx(win.loc[domain, "energy_j"] * share, rel=0.02)
+    assert inf["latency_s"].median() == pytest.approx(0.003, rel=0.3)
+
+
+def test_uncertainty_grows_as_inferences_shrink_below_the_source_period(hw):
+    options, _ = hw
+    with Meter(**options, cuda=False) as m:
+        with m.window("mixed"):
+            for length in [0.002] * 20 + [0.08] * 5:
+                with m.inference():
+                    busy(length)
+    inf = m.inferences()
+    gpu = inf[inf["domain"] == "nvml:0"]
+    short, long_ = gpu[gpu["latency_s"] < 0.01], gpu[gpu["latency_s"] > 0.05]
+    rel = lambda d: (d["uncertainty_j"] / d["energy_j"]).median()
+    assert rel(short) > 3 * rel(long_)
+    assert short["estimate"].all() and not long_["estimate"].any()
+
+
+def test_baseline_gives_dynamic_energy(hw):
+    options, writer = hw
+    with Meter(**options, cuda=False) as m:
+        base = m.measure_baseline(0.5)
+        with m.window("w"):
+            time.sleep(0.3)
+    assert base["rapl:package-0"] == pytest.approx(writer.power_w("intel-rapl:0"), rel=0.02)
+    row = m.windows().set_index("domain").loc["rapl:package-0"]
+    # constant fake power: nothing above idle
+    assert abs(row["dynamic_energy_j"]) < 0.03 * row["energy_j"]
+
+
+def test_window_decorator_and_summary(hw):
+    options, _ = hw
+    m = Meter(**options, cuda=False)
+
+    @m.window("decorated")
+    def work():
+        for _ in range(10):
+            with m.inference():
+                busy(0.01)
+
+    with m:
+        work()
+    s = m.summary().set_index("domain").loc["rapl:package-0"]
+    assert s["window"] == "decorated" and s["n_inferences"] == 10
+    assert s["joules_per_inference"] == pytest.approx(s["energy_j"] / 10)
+    assert s["throughput_per_s"] == pytest.approx(10 / s["duration_s"])
+
+
+def test_async_code_can_await_the_meter(hw):
+    import asyncio
+    options, writer = hw
+
+    async def main():
+        async with Meter(**options, cuda=False) as m:
+            with m.window("async"):
+                await asyncio.sleep(0.3)
+        return m
+
+    m = asyncio.run(main())
+    row = m.windows().set_index("domain").loc["rapl:package-0"]
+    assert row["energy_j"] == pytest.approx(writer.energy_j("intel-rapl:0", row["start_ns"], row["end_ns"]), rel=0.01)
+
+
+class FakeGpu:
+    """A GPU clock that runs `lag_ns` behind the host: events complete only once their GPU time
+    has passed, and elapsed_time is the difference of GPU times, as with CUDA events."""
+
+    def __init__(self, lag_ns):
+        self.lag_ns = lag_ns
+        self.queue_ns = 0     # the time the GPU will reach the end of the work queued so far
+
+    def now(self):
+        return time.monotonic_ns()
+
+    def launch(self, seconds):
+        self.queue_ns = max(self.queue_ns, self.now()) + int(seconds * 1e9)
+
+    def synchronize(self):
+        while self.now() < self.queue_ns:
+            time.sleep(0.0005)
+
+    def event(self):
+        gpu = self
+
+        class Event:
+            t = None
+
+            def record(self):
+                self.t = max(gpu.queue_ns, gpu.now())
+
+            def query(self):
+                return gpu.now() >= self.t
+
+            def synchronize(self):
+                while not self.query():
+                    time.sleep(0.0005)
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) / 1e6
+
+        return Event()
+
+
+def test_cuda_event_times_map_onto_the_host_clock():
+    gpu = FakeGpu(lag_ns=0)
+    timer = EventTimer(gpu.event, gpu.synchronize)
+    anchor = timer.anchor
+    starts, ends = [], []
+    for _ in range(5):
+        s = timer.begin()
+        gpu.launch(0.01)              # asynchronous: the host runs ahead
+        e = timer.end()
+        starts.append(s)
+        ends.append(e)
+    host_after_launch = time.monotonic_ns()
+    assert timer.resolve(anchor, starts[-1], ends[-1]) is None    # the GPU is not there yet
+    gpu.synchronize()
+    times = [timer.resolve(anchor, s, e) for s, e in zip(starts, ends)]
+    lat = np.array([(b - a) / 1e6 for a, b in times])
+    assert lat == pytest.approx(10.0, abs=0.1)                      # GPU time, not host time
+    assert times[-1][1] > host_after_launch                         # mapped to when the GPU ran it
+    assert times[-1][1] - times[0][0] == pytest.approx(50e6, rel=0.02)
+
+
+def test_meter_with_fake_cuda_events(hw):
+    options, writer = hw
+    gpu = FakeGpu(0)
+    timer = EventTimer(gpu.event, gpu.synchronize)
+    with Meter(**options, timer=timer) as m:
+        with m.window("gpu"):
+            for _ in range(20):
+                with m.inference():
+                    gpu.launch(0.01)
+    inf = m.inferences()
+    pkg = inf[inf["domain"] == "rapl:package-0"]
+    assert pkg["latency_s"].median() == pytest.approx(0.01, rel=0.05)
+    truth = [writer.energy_j("intel-rapl:0", a, b) for a, b in zip(pkg["start_ns"], pkg["end_ns"])]
+    assert pkg["energy_j"].to_numpy() == pytest.approx(truth, rel=0.1)
+    # the window waits for the GPU at its edges, so it holds all 20 inferences
+    win = m.windows().set_index("domain").loc["rapl:package-0"]
+    assert win["duration_s"] >= 0.2
+
+
+def test_killed_process_leaves_readable_results(hw, tmp_path):
+    options, _ = hw
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import time, sys
+        from aipm_fast import Meter
+        m = Meter(powercap_root={options['powercap_root']!r}, nvml_lib={options['nvml_lib']!r},
+                  msr_root="/x", perf_root="/x", cuda=False, out_dir={str(out)!r}).start()
+        with m.window("forever"):
+            i = 0
+            while True:
+                with m.inference():
+                    time.sleep(0.01)
+                i += 1
+                if i == 50:
+                    print("ready", flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = pd.read_csv(out / "inferences.csv")
+    assert len(rows) >= 2 * 40     # two domains, most of the inferences before the kill
+    assert rows["energy_j"].notna().all() and (rows["energy_j"] > 0).all()
