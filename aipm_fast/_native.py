@@ -107,6 +107,10 @@ class Engine:
     def add_nvml_channel(self, gpu: int, kind: str, period_s: float) -> int:
         return self._check(lib.aipm_add_nvml_channel(self._e, gpu, NVML_KINDS[kind], _ns(period_s)))
 
+    def record_unchanged(self, on: bool = True) -> None:
+        """Record every reading, not only changes (sampling studies at full rate)."""
+        lib.aipm_set_record_unchanged(self._e, 1 if on else 0)
+
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
         self._check(lib.aipm_start(self._e))

@@ -341,8 +341,7 @@ def counter_curve(t_ns, value_j, wrap_j=None, *, first_is_new: bool | None = Non
     """Curve from an energy counter's readings: t_ns (int64 ns), value_j (float64, J).
 
     A decrease is a wrap when ``wrap_j`` (the counter's range, J) is given: wrap_j is added
-    from there on. A decrease of less than half the range is refused even then (the counter
-    would have had to advance over half its range between two readings: it was reset).
+    from there on, whatever the size of the decrease (at most one wrap between two readings).
     Without wrap_j any decrease raises ValueError naming the index and the values, so that a
     counter reset never turns into negative energy.
 

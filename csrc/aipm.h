@@ -99,6 +99,9 @@ int aipm_nvml_device_name(aipm_engine *e, uint32_t gpu, char *buf, uint32_t len)
 int aipm_add_nvml_channel(aipm_engine *e, uint32_t gpu, int kind, int64_t period_ns);
 const char *aipm_nvml_error_string(aipm_engine *e, int32_t code);
 
+/* Record every reading, changed or not (for studies of the sources at full rate); off by default. */
+void aipm_set_record_unchanged(aipm_engine *e, int on);
+
 int aipm_start(aipm_engine *e);
 int aipm_stop(aipm_engine *e);      /* joins the thread; emits one FINAL record per channel */
 int aipm_running(aipm_engine *e);

@@ -219,7 +219,7 @@ static void poll_channel(aipm_engine *e, uint32_t id, aipm_channel *c, int64_t n
         if (changed) c->last_emit_ns = now;
         return;
     }
-    if (changed || heartbeat) {
+    if (changed || heartbeat || e->record_unchanged) {
         /* the reading's time is the middle of the read call */
         engine_emit(e, id, t0 + (t1 - t0) / 2, value, (changed ? 0 : AIPM_FLAG_REPEAT) | extra_flags);
         c->last_emit_ns = now;
@@ -254,7 +254,7 @@ static void *sampler_main(void *arg) {
         now = clock_ns(CLOCK_MONOTONIC);
         int64_t late = now - deadline;
         e->wakeups++;
-        e->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+        if ((e->wakeups & 63) == 0) e->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID); /* a syscall: not every wake-up */
         e->lateness_sum_ns += late;
         if (late > e->lateness_max_ns) e->lateness_max_ns = late;
         if (e->lateness_channel >= 0) engine_emit(e, (uint32_t)e->lateness_channel, deadline, (double)late, 0);
@@ -315,6 +315,8 @@ int aipm_stop(aipm_engine *e) {
     pthread_join(e->thread, NULL);
     return AIPM_OK;
 }
+
+void aipm_set_record_unchanged(aipm_engine *e, int on) { e->record_unchanged = on; }
 
 int aipm_running(aipm_engine *e) { return atomic_load(&e->running); }
 

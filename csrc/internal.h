@@ -64,6 +64,7 @@ struct aipm_engine {
     aipm_channel channels[AIPM_MAX_CHANNELS];
     uint32_t n_channels;
     int lateness_channel;       /* -1 if none */
+    int record_unchanged;       /* emit every reading, not only changes */
     pthread_t thread;
     _Atomic int running;
     _Atomic int first_pass_done; /* every channel has been read once since start */

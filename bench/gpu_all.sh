@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Everything the GPU machine measures, in one go: build, devices, probe, record check, Meter checks.
+# Usage: bash bench/gpu_all.sh OUTDIR   (wheels of cffi/pycparser in .whl/ when pip has no network)
+set -u
+out=${1:-gpu-results}
+mkdir -p "$out"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+python3 csrc/build_native.py > "$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv > "$out/gpu.csv"
+python3 -m aipm_fast.cli devices | tee "$out/devices.txt"
+python3 -m aipm_fast.cli devices --json > "$out/devices.json"
+python3 -m aipm_fast.cli probe --seconds 5 | tee "$out/probe.txt"
+python3 -m aipm_fast.cli probe --seconds 5 --json > "$out/probe.json"
+python3 -m aipm_fast.cli record --out "$out/record" -- python3 -c "import sys; sys.path.insert(0,'bench'); from gpu_common import matmul_load; matmul_load(10)"
+cp "$out/record/summary.json" "$out/record_summary.json"
+(cd bench && python3 gpu_record_check.py --out "../$out/record_check.json")
+(cd bench && python3 gpu_meter_checks.py --out "../$out/meter_checks.json")
