@@ -64,6 +64,7 @@ class Coordinator:
         self.anchor_points: dict[str, list] = {}   # domain -> [first, last] (t, trace J, counter J)
         self._lock = threading.RLock()
         self._stopping = False
+        self.errors: list[str] = []
         self._writer = ResultWriter(out_dir, list(self.tracks)) if out_dir else None
         recorder.add_sink(self._ingest)   # every drain, wherever it happens, reaches the tracks
 
@@ -71,7 +72,13 @@ class Coordinator:
     async def run(self) -> None:
         while not self._stopping:
             await asyncio.sleep(self.drain_period_s)
-            self.process()
+            try:
+                self.process()
+            except Exception as exc:   # never let the meter die silently in the background
+                self.errors.append(repr(exc))
+                if len(self.errors) == 1:
+                    import warnings
+                    warnings.warn(f"aipm-fast coordinator: {exc!r}; measuring goes on", RuntimeWarning)
 
     def stop(self) -> None:
         self._stopping = True
@@ -109,7 +116,8 @@ class Coordinator:
         """Have readings of every domain passed t (or given up on it)?"""
         if final or now - t_ns > MAX_WAIT_NS:
             return True
-        return all(tr.last_ns is not None and tr.last_ns >= t_ns for tr in self.tracks.values())
+        return all(tr.last_ns is not None and tr.last_ns >= t_ns and tr.curve() is not None
+                   for tr in self.tracks.values())
 
     def _resolve_window_edges(self, now: int, final: bool) -> None:
         still = []

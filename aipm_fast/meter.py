@@ -88,6 +88,9 @@ class Meter:
         self.coordinator.process(final=True)
         self.coordinator.close()
         self._started = False
+        # free the engine now (thread, fds, NVML handle) rather than whenever the GC runs;
+        # the report below reads the statistics kept at close
+        self.recorder.close()
         if self.out_dir:
             from aipm_fast.storage import write_json
             write_json(os.path.join(self.out_dir, "meter.json"), self.report())
@@ -218,7 +221,7 @@ class Meter:
                     "dynamic_energy_j": e - self.baseline_w.get(domain, np.nan) * k * duration,
                     "uncertainty_j": float(np.hypot(w.start_u.get(domain, np.nan), w.end_u.get(domain, np.nan))) * k,
                     "n_inferences": w.n_marks,
-                    "method": f"{track.label}; {how}",
+                    "method": f"{track.label}; {how}" + (f"; {track.problem}" if track.problem else ""),
                 })
         return pd.DataFrame(rows, columns=["window", "window_id", "domain", "start_ns", "end_ns", "duration_s",
                                            "energy_j", "dynamic_energy_j", "uncertainty_j", "n_inferences", "method"])

@@ -66,7 +66,7 @@ def run_probe(config: EngineConfig, seconds: float = 3.0, on_tick=None) -> dict:
             "reads": st.reads, "errors": st.errors, "last_error": st.last_error,
         })
     lateness = records[records["channel"] == rec.lateness_channel]["value"] / 1e3
-    sampler = rec.engine.sampler_stats()
+    sampler = rec.sampler_stats()
     sampler.update({
         "lateness_p50_us": float(np.percentile(lateness, 50)) if lateness.size else None,
         "lateness_p99_us": float(np.percentile(lateness, 99)) if lateness.size else None,

@@ -58,6 +58,7 @@ class Recorder:
         self.lateness_channel = self.engine.add_lateness_channel() if lateness else None
         self._chunks: list[np.ndarray] = []
         self.curve_errors: dict[str, str] = {}
+        self._closed_stats = None
         self._sinks = []
         self.start_ns: int | None = None
         self.stop_ns: int | None = None
@@ -75,8 +76,21 @@ class Recorder:
         self.drain()
 
     def close(self) -> None:
+        """Stop and free the engine (its thread, fds and NVML handle). What was measured stays
+        readable: channel and sampler statistics are kept as they were at the end."""
+        if self._closed_stats is not None:
+            return
         self.stop()
+        final_status = self.status()
+        self._closed_stats = ({cid: self.engine.channel_stats(cid) for cid in self.channels},
+                              self.engine.sampler_stats(), final_status)
         self.engine.close()
+
+    def channel_stats(self, cid: int) -> dict:
+        return self._closed_stats[0][cid] if self._closed_stats else self.engine.channel_stats(cid)
+
+    def sampler_stats(self) -> dict:
+        return self._closed_stats[1] if self._closed_stats else self.engine.sampler_stats()
 
     def __enter__(self) -> "Recorder":
         return self.start()
@@ -132,10 +146,12 @@ class Recorder:
 
     # -- health --------------------------------------------------------------------------
     def status(self) -> list[ChannelStatus]:
+        if self._closed_stats:
+            return self._closed_stats[2]
         end = self.stop_ns or now_ns()
         out = []
         for cid, ch in self.channels.items():
-            s = self.engine.channel_stats(cid)
+            s = self.channel_stats(cid)
             out.append(ChannelStatus(
                 ch.name, ch.domain, ch.quantity, ch.source,
                 classify(ch, s, self.start_ns, end, self.stuck_after_s),
@@ -196,7 +212,7 @@ class Recorder:
             "domains": {d: asdict(e) for d, e in self.energy().items()} if self.keep_history else {},
             "devices": self.discovery.devices,
             "channels": [asdict(s) for s in self.status()],
-            "sampler": self.engine.sampler_stats(),
+            "sampler": self.sampler_stats(),
             "problems": [asdict(p) for p in self.discovery.problems],
             "notes": self.discovery.notes,
         }

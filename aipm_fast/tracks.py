@@ -21,6 +21,8 @@ class DomainTrack:
         self.t = np.empty(0, np.int64)
         self.v = np.empty(0, np.float64)
         self.base_j = 0.0                 # cumulative energy at t[0]
+        self.trimmed = False              # after a trim, t[0] is known to be a counter update
+        self.problem = ""                 # why no curve can be built (e.g. a stuck counter)
         self._curve: energy.EnergyCurve | None = None
 
     def append(self, t: np.ndarray, v: np.ndarray) -> None:
@@ -38,10 +40,17 @@ class DomainTrack:
 
     def curve(self) -> energy.EnergyCurve | None:
         if self._curve is None and self.t.size >= 2:
-            if self.quantity == "energy":
-                self._curve = energy.counter_curve(self.t, self.v, self.wrap)
-            else:
-                self._curve = energy.power_curve(self.t, self.v)
+            try:
+                if self.quantity == "energy":
+                    self._curve = energy.counter_curve(self.t, self.v, self.wrap,
+                                                       first_is_new=True if self.trimmed else None)
+                else:
+                    self._curve = energy.power_curve(self.t, self.v)
+                self.problem = ""
+            except ValueError as exc:
+                # a counter that has not advanced (yet, or ever): its energies are unknown (NaN),
+                # never 0 J, and the reason travels with the results
+                self.problem = str(exc)
         return self._curve
 
     def cumulative(self, t_ns: np.ndarray) -> np.ndarray:
@@ -65,6 +74,9 @@ class DomainTrack:
         if k <= 0:
             return
         c = self.curve()
+        if c is None:
+            return
         self.base_j += float(c.at(np.array([self.t[k]]))[0])
         self.t, self.v = self.t[k:], self.v[k:]
+        self.trimmed = True
         self._curve = None

@@ -2,7 +2,7 @@
 # Everything the GPU machine measures, in one go: build, devices, probe, record check, Meter checks.
 # Usage: bash bench/gpu_all.sh OUTDIR   (wheels of cffi/pycparser in .whl/ when pip has no network)
 set -u
-out=${1:-gpu-results}
+out=$(realpath -m "${1:-gpu-results}")
 mkdir -p "$out"
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
@@ -19,5 +19,5 @@ python3 -m aipm_fast.cli probe --seconds 5 | tee "$out/probe.txt"
 python3 -m aipm_fast.cli probe --seconds 5 --json > "$out/probe.json"
 python3 -m aipm_fast.cli record --out "$out/record" -- python3 -c "import sys; sys.path.insert(0,'bench'); from gpu_common import matmul_load; matmul_load(10)"
 cp "$out/record/summary.json" "$out/record_summary.json"
-(cd bench && python3 gpu_record_check.py --out "../$out/record_check.json")
-(cd bench && python3 gpu_meter_checks.py --out "../$out/meter_checks.json")
+(cd bench && python3 gpu_record_check.py --out "$out/record_check.json")
+(cd bench && python3 gpu_meter_checks.py --out "$out/meter_checks.json")

@@ -8,13 +8,17 @@
 * fake_nvml_ctypes(path=None) -> ctypes.CDLL                         (function factory)
   the library loaded in the test process with the helpers' signatures declared. Loaded from
   the same path as the code under test, it is the same instance (the loader maps a file once),
-  so fake_nvml_energy_j and fake_nvml_calls see what the code under test did. At teardown it
-  drops any nvmlInit reference the test left behind, so that the next test's settings apply.
-* fake_powercap(packages=1, powers_w=None, max_energy_range_uj=3_000_000, start=True)
-  -> FakePowercap(root, writer)                                     (function factory)
+  so fake_nvml_energy_ns_j and fake_nvml_calls see what the code under test did. It does not
+  shut NVML down at teardown: a test that calls nvmlInit_v2 through it calls nvmlShutdown too
+  (dropping references it did not take would let an engine leaked by an earlier test, when
+  garbage collected, shut NVML down under the next test's feet).
+* fake_powercap(packages=1, powers_w=None, max_energy_range_uj=3_000_000, start=True,
+  period_s=0.001) -> FakePowercap(root, writer)                     (function factory)
 * fake_msr(vendor="intel", packages=1, powers_w=None, esu=None, wrap_after_s=None,
-  reserved_high=0, start=True) -> FakeMsr(root, writer)             (function factory)
-  Writers still running at teardown are stopped.
+  reserved_high=0, start=True, period_s=0.001) -> FakeMsr(root, writer)   (function factory)
+  Writers still running at teardown are stopped. The writers update every period_s (1 ms,
+  as RAPL does), so a reading lags the truth by up to a period plus scheduling delay: over a
+  window of T seconds expect up to about 2 * period_s / T of relative error.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from fakes.msr import FakeMsr, MsrWriter, build_msr_tree  # noqa: E402
-from fakes.powercap import DEFAULT_MAX_ENERGY_RANGE_UJ, FakePowercap, PowercapWriter, build_powercap_tree  # noqa: E402
+from fakes.powercap import (DEFAULT_MAX_ENERGY_RANGE_UJ, DEFAULT_PERIOD_S, FakePowercap,  # noqa: E402
+                            PowercapWriter, build_powercap_tree)
 
 FAKE_NVML_SRC = TESTS_DIR / "fakes" / "fake_nvml.c"
 FAKE_NVML_CFLAGS = ["-std=c11", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra"]
@@ -107,17 +112,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 def fake_nvml_ctypes(fake_nvml_lib):
     """Factory: fake_nvml_ctypes(path=None) -> the fake loaded with ctypes (default variant
     unless a path from build_fake_nvml is given)."""
-    loaded = []
 
     def load(path=None) -> ctypes.CDLL:
-        lib = _declare(ctypes.CDLL(str(path or fake_nvml_lib)))
-        loaded.append(lib)
-        return lib
+        return _declare(ctypes.CDLL(str(path or fake_nvml_lib)))
 
-    yield load
-    for lib in loaded:
-        while lib.nvmlShutdown() == 0:  # 0: one reference dropped; 1 (UNINITIALIZED): none left
-            pass
+    return load
 
 
 @pytest.fixture
@@ -125,10 +124,10 @@ def fake_powercap(tmp_path):
     writers = []
 
     def make(packages: int = 1, powers_w=None, max_energy_range_uj: int = DEFAULT_MAX_ENERGY_RANGE_UJ,
-             start: bool = True) -> FakePowercap:
+             start: bool = True, period_s: float = DEFAULT_PERIOD_S) -> FakePowercap:
         root = tmp_path / f"powercap{len(writers)}"
         tree = build_powercap_tree(root, packages=packages, max_energy_range_uj=max_energy_range_uj)
-        writer = PowercapWriter(tree, powers_w)
+        writer = PowercapWriter(tree, powers_w, period_s=period_s)
         writers.append(writer)
         if start:
             writer.start()
@@ -144,10 +143,10 @@ def fake_msr(tmp_path):
     writers = []
 
     def make(vendor: str = "intel", packages: int = 1, powers_w=None, esu=None, wrap_after_s=None,
-             reserved_high: int = 0, start: bool = True) -> FakeMsr:
+             reserved_high: int = 0, start: bool = True, period_s: float = DEFAULT_PERIOD_S) -> FakeMsr:
         root = tmp_path / f"msr{len(writers)}"
         tree = build_msr_tree(root, vendor=vendor, packages=packages, esu=esu, reserved_high=reserved_high)
-        writer = MsrWriter(tree, powers_w, wrap_after_s=wrap_after_s)
+        writer = MsrWriter(tree, powers_w, wrap_after_s=wrap_after_s, period_s=period_s)
         writers.append(writer)
         if start:
             writer.start()

@@ -21,7 +21,7 @@ def record(seconds, **options):
     while time.monotonic() < end:
         time.sleep(0.1)
         rec.drain()
-    rec.stop()
+    rec.close()   # frees the engine (and the fake NVML's reference) now, not at GC time
     return rec
 
 

@@ -8,8 +8,12 @@
  * fake stateless between calls, hence safe to call from the sampler thread and from the test
  * thread at once, and makes the truth available in closed form (fake_nvml_energy_j).
  *
- * Configuration, read from the environment when nvmlInit_v2 takes the reference count from 0
- * to 1 (NVML's init is reference counted; later inits share the first one's settings):
+ * Configuration, read from the environment by every nvmlInit_v2. NVML's init is reference
+ * counted, and an init that finds the same settings in force shares them and their time
+ * origin (the code under test and a test's ctypes handle then agree on the truth). An init
+ * that finds different settings replaces them and restarts the origin even if references are
+ * still held: otherwise a reference leaked by an earlier test (an engine never closed) would
+ * silently pin that test's settings on the next one.
  *   FAKE_NVML_GPUS=N                 number of GPUs (default 1, at most 64)
  *   FAKE_NVML_TRACE=const:W          constant power (default const:100)
  *                   triangle:B,A,P   triangle wave from B up to B+A and back, period P ms,
@@ -18,7 +22,8 @@
  *                   GPU i draws the trace plus i*10 W.
  *   FAKE_NVML_SAMPLE_MS=ms           driver sampling period (default 20)
  *   FAKE_NVML_UTIL=G[,M]             utilisation rates in % (default 50,20)
- *   FAKE_NVML_LOSE_GPU_AFTER_S=s     device functions fail with GPU_IS_LOST s seconds after init
+ *   FAKE_NVML_LOSE_GPU_AFTER_S=s     device functions fail with GPU_IS_LOST s seconds after the
+ *                                    init that put the settings in force
  *   FAKE_NVML_INIT_FAIL=1            nvmlInit_v2 fails with NVML_ERROR_UNKNOWN
  * Compile-time switches -DFAKE_NVML_OMIT_SAMPLES and -DFAKE_NVML_OMIT_ENERGY leave out
  * nvmlDeviceGetSamples and nvmlDeviceGetTotalEnergyConsumption, as older drivers do.
@@ -123,8 +128,10 @@ struct fake_config {
     double lose_after_s;    /* < 0: never */
 };
 
-/* Written only while the reference count goes 0 -> 1, under init_lock, and published by the
- * release store of `initialized`; the device functions read it after an acquire load. */
+/* Written only by nvmlInit_v2, under init_lock, and published by the release store of
+ * `initialized`; the device functions read it after an acquire load. A change of settings
+ * while another holder is calling races with its reads; every field stays valid on its own
+ * (periods never 0), so such a holder sees a mix of old and new values at worst. */
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static int refcount;
 static atomic_int initialized;
@@ -321,6 +328,13 @@ bad_gpus:
     return -1;
 }
 
+static int same_config(const struct fake_config *a, const struct fake_config *b) {
+    return a->n_gpus == b->n_gpus && a->kind == b->kind && a->lo == b->lo && a->hi == b->hi &&
+           a->period_us == b->period_us && a->sample_us == b->sample_us &&
+           a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
+           a->lose_after_s == b->lose_after_s;
+}
+
 /* ---- common checks of the device functions ---- */
 
 static int is_initialized(void) { return atomic_load_explicit(&initialized, memory_order_acquire); }
@@ -348,13 +362,10 @@ nvmlReturn_t nvmlInit_v2(void) {
     const char *fail = getenv("FAKE_NVML_INIT_FAIL");
     if (fail && *fail && strcmp(fail, "0") != 0)
         return NVML_ERROR_UNKNOWN; /* what a machine whose driver is not loaded looks like */
+    struct fake_config c;
+    if (read_config(&c) != 0) return NVML_ERROR_UNKNOWN;
     pthread_mutex_lock(&init_lock);
-    if (refcount == 0) {
-        struct fake_config c;
-        if (read_config(&c) != 0) {
-            pthread_mutex_unlock(&init_lock);
-            return NVML_ERROR_UNKNOWN;
-        }
+    if (refcount == 0 || !same_config(&c, &cfg)) {
         cfg = c;
         for (unsigned int i = 0; i < FAKE_MAX_GPUS; i++) gpus[i].index = i;
         long long now_us = clock_ns(CLOCK_REALTIME) / 1000;
