@@ -222,10 +222,7 @@ class Coordinator:
 def edge_uncertainty(track: DomainTrack, t_ns: int) -> float:
     """Uncertainty (J) that one edge at t_ns contributes to any interval that ends there."""
     curve = track.curve()
-    if curve is None:
-        return float("nan")
-    u, _ = curve._edge_uncertainty(np.atleast_1d(curve._rel_ns(np.array([t_ns], dtype=np.int64))))
-    return float(u[0])
+    return float("nan") if curve is None else float(curve.edge_uncertainty(np.int64(t_ns)))
 
 
 def choose_tracks(recorder) -> tuple[dict[str, DomainTrack], dict[str, DomainTrack]]:
