@@ -215,5 +215,96 @@ def _print_domains(summary: dict) -> None:
     console.print(table)
 
 
+@main.command()
+@click.option("--model", help="architecture to measure (see --list-models)")
+@click.option("--list-models", is_flag=True, help="list the models and exit")
+@click.option("--batch-size", type=click.IntRange(min=1), help="inputs per forward pass [the model's published default]")
+@click.option("--sizes", help="input sizes: a list (112,224) or start:stop:step [the model's native size]")
+@click.option("--runs", default=10, show_default=True, type=click.IntRange(min=1),
+              help="repetitions per size (the maximum, with --precision)")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds per run [5]")
+@click.option("--iters", type=click.IntRange(min=1), help="forward passes per run (instead of --duration)")
+@click.option("--warmup", default=2.0, show_default=True, type=click.FloatRange(min=0), help="seconds of warm-up per size")
+@click.option("--baseline", default=3.0, show_default=True, type=click.FloatRange(min=0), help="seconds of idle baseline")
+@click.option("--device", help="cuda or cpu [cuda when present]")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
+@click.option("--weights", type=click.Path(dir_okay=False), help="local state-dict file (weights are random otherwise)")
+@click.option("--precision", type=click.FloatRange(min=0, min_open=True),
+              help="adaptive: stop repeating once the median J/inference is known to this relative precision (0.02 = 2%)")
+@click.option("--out", "out_dir", default=None, help="output folder [aipm-bench/<model>]")
+@click.option("--no-plots", is_flag=True, help="skip the PNG plots")
+@engine_options
+def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, baseline, device, dtype, weights,
+          precision, out_dir, no_plots, **kwargs):
+    """Joules per inference of a model at several input sizes, repeated runs, medians.
+
+    aipm-fast bench --model vit_b_16 --sizes 224,384 --runs 10
+    """
+    from rich.progress import Progress
+
+    from aipm_fast.bench import models
+    if list_models:
+        table = Table(title="models")
+        for col in ("model", "input", "native size", "batch size", "needs", "available"):
+            table.add_column(col)
+        for r in models.list_models():
+            table.add_row(r.name, r.input_kind, str(r.native_size), str(r.default_batch_size),
+                          r.requires or "-", "yes" if r.available else "no")
+        out.print(table)
+        return
+    if not model:
+        raise click.UsageError("give --model (see --list-models)")
+    from aipm_fast import report
+    from aipm_fast.bench.protocol import Benchmark, BenchError, BenchOptions
+    try:
+        spec = models.get_spec(model)
+        size_list = models.parse_sizes(sizes, spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model/--sizes")
+    if device is None:
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = make_config(**_engine_kwargs(kwargs))
+    opts = BenchOptions(model=model, sizes=size_list, batch_size=batch_size or spec.default_batch_size, runs=runs,
+                        duration_s=None if iters else (duration or 5.0), iters=iters, warmup_s=warmup,
+                        baseline_s=baseline, device=device, dtype=dtype, out=out_dir or os.path.join("aipm-bench", model),
+                        weights=weights, precision=precision, engine={"config": config})
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"{model}", total=len(size_list) * runs)
+        done = {}
+
+        def tick(size, k):
+            done[size] = k
+            progress.update(task, completed=sum(done.values()), description=f"{model} size {size} run {k}")
+        try:
+            summary = Benchmark(opts, progress=tick, log=lambda msg: console.print(msg)).run()
+        except (BenchError, models.BenchModelError) as exc:
+            raise click.ClickException(str(exc))
+    console.print(report.format_table(summary, title=f"{model}: medians over runs ({opts.out})"))
+    if not no_plots:
+        result = report.build_report(opts.out)
+        if result["skipped"]:
+            console.print(f"[dim]plots skipped: {', '.join(result['skipped'])} (see `aipm-fast report`)[/]")
+    console.print(f"results in {opts.out}/ (summary.csv, per-run folders, plots/)")
+
+
+@main.command("report")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+def report_command(folder):
+    """Rebuild summary.csv and the plots of a finished (or partial) bench folder."""
+    from aipm_fast import report
+    try:
+        result = report.build_report(folder)
+        summary = report.summarize(report.load_runs(folder))
+    except report.ReportError as exc:
+        raise click.ClickException(str(exc))
+    console.print(report.format_table(summary, title=folder))
+    for path in result["plots"]:
+        console.print(f"plot: {path}")
+    for name, why in result["skipped"].items():
+        console.print(f"[dim]plot {name} skipped: {why}[/]")
+    console.print(f"summary: {result['summary']}")
+
+
 if __name__ == "__main__":
     main()

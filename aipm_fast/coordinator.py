@@ -66,6 +66,11 @@ class Coordinator:
         self._stopping = False
         self.errors: list[str] = []
         self._writer = ResultWriter(out_dir, list(self.tracks)) if out_dir else None
+        # side quantities (GPU utilisation, memory) kept for a few minutes: they are few readings
+        # (10 Hz), and a benchmark run asks for their mean over its window after it ends
+        self.side = {ch.id: SideSeries(ch.name, ch.domain, ch.quantity) for ch in recorder.channels.values()
+                     if ch.quantity in ("utilization", "memory")}
+        self.side_keep_ns = int(300e9)
         recorder.add_sink(self._ingest)   # every drain, wherever it happens, reaches the tracks
 
     # -- the loop ------------------------------------------------------------------------
@@ -99,6 +104,10 @@ class Coordinator:
             for track in (*self.tracks.values(), *self.anchors.values()):
                 sel = records[records["channel"] == track.channel_id]
                 track.append(sel["t_ns"], sel["value"])
+            for cid, series in self.side.items():
+                sel = records[records["channel"] == cid]
+                series.append(sel["t_ns"], sel["value"], keep_from=int(sel["t_ns"][-1]) - self.side_keep_ns
+                              if sel.size else None)
 
     def _time_marks(self) -> None:
         while self.marks:
@@ -217,6 +226,36 @@ class Coordinator:
     def close(self) -> None:
         if self._writer:
             self._writer.close()
+
+
+class SideSeries:
+    """Recent readings of a side quantity (utilisation %, memory bytes) of one domain."""
+
+    def __init__(self, name: str, domain: str, quantity: str):
+        self.name, self.domain, self.quantity = name, domain, quantity
+        self.t = np.empty(0, np.int64)
+        self.v = np.empty(0, np.float64)
+
+    def append(self, t: np.ndarray, v: np.ndarray, keep_from: int | None) -> None:
+        if t.size:
+            self.t, self.v = np.concatenate([self.t, t]), np.concatenate([self.v, v])
+            if keep_from is not None:
+                k = int(np.searchsorted(self.t, keep_from))
+                self.t, self.v = self.t[k:], self.v[k:]
+
+    def mean(self, a_ns: int, b_ns: int) -> float:
+        """Time-weighted mean over [a, b], each reading held until the next (NaN if none)."""
+        if self.t.size == 0 or self.t[0] > b_ns:
+            return float("nan")
+        edges = np.clip(np.append(self.t, b_ns), a_ns, b_ns)
+        weights = np.diff(edges)
+        if weights.sum() <= 0:
+            return float(self.v[np.searchsorted(self.t, a_ns, side="right") - 1])
+        return float(np.dot(weights, self.v) / weights.sum())
+
+    def max(self, a_ns: int, b_ns: int) -> float:
+        sel = self.v[(self.t >= a_ns) & (self.t <= b_ns)]
+        return float(sel.max()) if sel.size else float("nan")
 
 
 def edge_uncertainty(track: DomainTrack, t_ns: int) -> float:

@@ -226,6 +226,24 @@ class Meter:
         return pd.DataFrame(rows, columns=["window", "window_id", "domain", "start_ns", "end_ns", "duration_s",
                                            "energy_j", "dynamic_energy_j", "uncertainty_j", "n_inferences", "method"])
 
+    def resolved_marks(self, since: int = 0) -> tuple[list[tuple[int, dict[str, float]]], int]:
+        """Marks integrated since an earlier call, without waiting: ([(index, {domain: J})], position).
+
+        Pass the returned position as `since` next time (0 the first time). A mark's energy is
+        known only once the readings pass its end (typically 0.1-1 s later), so the latest marks
+        are not here yet. Energies are scaled as in inferences(); NaN where a domain could not
+        be integrated. Cheap enough to call once per training step.
+        """
+        rows = self.coordinator.rows
+        end = len(rows)
+        scales = {d: k for d, (k, _) in self._scales().items()}
+        out = []
+        for batch in rows[since:end]:
+            energies = {d: batch[d][0] * k for d, k in scales.items()}
+            for i, index in enumerate(batch["index"].tolist()):
+                out.append((index, {d: float(e[i]) for d, e in energies.items()}))
+        return out, end
+
     def summary(self) -> pd.DataFrame:
         """Per (window, domain): energy, joules per inference (total and dynamic), throughput,
         and the uncertainty of joules per inference."""
@@ -269,8 +287,9 @@ class _WindowMark:
 
 
 class _InferenceMark:
-    """Kept minimal: this runs once per inference in the user's hot loop."""
-    __slots__ = ("meter", "start")
+    """Kept minimal: this runs once per inference in the user's hot loop. Once the mark has
+    ended, `index` is its index in inferences() and resolved_marks()."""
+    __slots__ = ("meter", "start", "index")
 
     def __init__(self, meter: Meter):
         self.meter = meter
@@ -286,5 +305,6 @@ class _InferenceMark:
         w = stack[-1] if stack else None
         if w is not None:
             w.n_marks += 1
-        m.coordinator.marks.append(Mark(next(m._index), w.name if w else "", getattr(m.timer, "anchor", None),
+        self.index = i = next(m._index)
+        m.coordinator.marks.append(Mark(i, w.name if w else "", getattr(m.timer, "anchor", None),
                                         self.start, end))

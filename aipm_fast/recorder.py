@@ -102,6 +102,9 @@ class Recorder:
         """sink(records) is called with every drained RECORD_DTYPE array (e.g. a file writer)."""
         self._sinks.append(sink)
 
+    def remove_sink(self, sink) -> None:
+        self._sinks.remove(sink)
+
     def drain(self) -> np.ndarray:
         records = self.engine.drain()
         if records.size:

@@ -1,0 +1,316 @@
+"""The deep-learning energy benchmark: the protocol behind `aipm-fast bench`.
+
+For each input size: warm up, then repeat a run (10 by default) of many inferences, each run
+a window of the Meter and each forward pass a mark (CUDA-event timed on GPU). An idle
+baseline is measured first, so results give total and dynamic (above idle) energy.
+
+One inference is one input sample: joules per inference = the run's energy / (forward passes x
+batch size), as in the AIPowerMeter tables. Latency is that of one forward pass (one batch).
+
+Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts):
+    meta.json                              model, options, versions, devices
+    input_<size>/run_<k>/run.json          the run's figures (aipm_fast.report reads it)
+    input_<size>/run_<k>/inferences.csv    one row per forward pass
+    input_<size>/run_<k>/power_metrics.json, latency.csv    AIPowerMeter's layout
+    input_<size>/run_0/samples.parquet     raw readings of the first run of each size
+    summary.csv, plots/*.png               medians over runs, from aipm_fast.report
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from aipm_fast import report
+from aipm_fast.bench import models
+from aipm_fast.storage import ParquetSampleWriter, write_json
+
+
+@dataclass
+class BenchOptions:
+    model: str
+    sizes: list[int]
+    batch_size: int
+    runs: int = 10
+    duration_s: float | None = 5.0       # per run; ignored when iters is given
+    iters: int | None = None             # forward passes per run
+    warmup_s: float = 2.0
+    baseline_s: float = 3.0
+    device: str = "cpu"
+    dtype: str = "float32"
+    out: str = "aipm-bench"
+    weights: str | None = None
+    precision: float | None = None       # adaptive: stop once the median J/inference is this well known
+    min_runs: int = 3
+    engine: dict = field(default_factory=dict)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def median_precision(values: list[float]) -> float:
+    """Relative half-width of an approximate 95% interval of the median (McGill et al.'s notch:
+    1.58 IQR / sqrt(n)), or inf while fewer than three values are finite."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)])
+    if v.size < 3 or np.median(v) == 0:
+        return math.inf
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return 1.58 * (q3 - q1) / math.sqrt(v.size) / abs(med)
+
+
+def _dtype(name: str):
+    import torch
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in table:
+        raise BenchError(f"--dtype {name!r}: choose one of {', '.join(table)}")
+    return table[name]
+
+
+def _parts(domains: list[str]) -> dict[str, list[str]]:
+    """Which domains make up 'gpu' and 'cpu'. CPU: packages plus their DRAM (which powercap
+    does not count inside the package); core/uncore are inside the package and not added.
+    The platform (psys) domain is used only where no package can be read."""
+    gpu = [d for d in domains if d.startswith("nvml:")]
+    packages = [d for d in domains if d.startswith("rapl:package-") and d.count("/") == 0]
+    dram = [d for d in domains if d.startswith("rapl:package-") and d.endswith("/dram")]
+    cpu = packages + dram if packages else [d for d in domains if d == "rapl:psys"]
+    return {"gpu": gpu, "cpu": cpu}
+
+
+class Benchmark:
+    def __init__(self, opts: BenchOptions, meter=None, progress=None, log=print):
+        self.opts = opts
+        self.spec = models.get_spec(opts.model)
+        for size in opts.sizes:
+            models.validate_size(opts.model, size)
+        if opts.duration_s is None and opts.iters is None:
+            raise BenchError("give --duration or --iters")
+        self.meter = meter
+        self.progress = progress
+        self.log = log
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> pd.DataFrame:
+        import torch
+
+        from aipm_fast import Meter
+        opts = self.opts
+        if opts.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BenchError("--device cuda, but torch sees no CUDA device; use --device cpu")
+        os.makedirs(opts.out, exist_ok=True)
+        dtype = _dtype(opts.dtype)
+        own_meter = self.meter is None
+        if own_meter:
+            if opts.device.startswith("cuda"):
+                torch.cuda.init()
+            self.meter = Meter(cuda=opts.device.startswith("cuda"), **opts.engine)
+            import warnings
+            with warnings.catch_warnings():   # the benchmark says itself what it cannot measure
+                warnings.simplefilter("ignore")
+                self.meter.start()
+        m = self.meter
+        try:
+            self.parts = _parts(list(m.coordinator.tracks))
+            self.missing_reason = self._missing_reason()
+            if self.missing_reason:
+                self.log(f"energy not measured: {self.missing_reason}")
+            write_json(os.path.join(opts.out, "meta.json"), self._meta())
+            if opts.baseline_s > 0:
+                self._sync()
+                m.measure_baseline(opts.baseline_s)
+            model = None
+            for size in opts.sizes:
+                if model is None or self.spec.name == "vit_b_16":   # ViT's position embedding depends on size
+                    model = models.build_model(opts.model, weights_path=opts.weights, device=opts.device,
+                                               dtype=dtype, size=size)
+                inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
+                self._warmup(model, inputs)
+                self._runs_of_size(model, inputs, size)
+        finally:
+            if own_meter:
+                m.stop()
+        report.write_summary(opts.out)
+        return report.summarize(report.load_runs(opts.out))
+
+    def _runs_of_size(self, model, inputs, size: int) -> None:
+        opts = self.opts
+        jpi = []
+        k = 0
+        while True:
+            run = self._one_run(model, inputs, size, k)
+            jpi.append(_headline(run))
+            k += 1
+            if self.progress:
+                self.progress(size, k)
+            if opts.precision is None:
+                if k >= opts.runs:
+                    break
+            else:
+                if k >= opts.min_runs and median_precision(jpi) <= opts.precision:
+                    self.log(f"size {size}: median known to ±{100 * median_precision(jpi):.2f}% after {k} runs")
+                    break
+                if k >= opts.runs:
+                    self.log(f"size {size}: precision {100 * median_precision(jpi):.2f}% after the maximum "
+                             f"{k} runs (asked {100 * opts.precision:g}%)")
+                    break
+
+    def _warmup(self, model, inputs) -> None:
+        end = time.monotonic() + self.opts.warmup_s
+        models.forward(model, inputs)
+        while time.monotonic() < end:
+            models.forward(model, inputs)
+        self._sync()
+
+    def _sync(self) -> None:
+        if self.opts.device.startswith("cuda"):
+            import torch
+            torch.cuda.synchronize()
+
+    def _one_run(self, model, inputs, size: int, k: int) -> dict:
+        import torch
+        opts, m = self.opts, self.meter
+        run_dir = os.path.join(opts.out, f"input_{size}", f"run_{k}")
+        os.makedirs(run_dir, exist_ok=True)
+        writer = None
+        if k == 0:   # the raw trace of one run per size, for the power-trace plot
+            writer = ParquetSampleWriter(os.path.join(run_dir, "samples.parquet"), m.recorder.channel_names())
+            m.recorder.add_sink(writer)
+        if opts.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        name = f"input_{size}/run_{k}"
+        passes = 0
+        try:
+            with m.window(name) as w:
+                end = time.monotonic() + (opts.duration_s or 0)
+                while (passes < opts.iters) if opts.iters else (time.monotonic() < end):
+                    with m.inference():
+                        models.forward(model, inputs)
+                    passes += 1
+            m.flush()
+        finally:
+            if writer is not None:
+                m.recorder.remove_sink(writer)
+                writer.close()
+        return self._write_run(run_dir, size, k, w, passes)
+
+    # -- results -----------------------------------------------------------------------------
+    def _write_run(self, run_dir: str, size: int, k: int, w, passes: int) -> dict:
+        opts, m = self.opts, self.meter
+        name = f"input_{size}/run_{k}"
+        windows = m.windows()
+        win = windows[windows["window_id"] == w.id].set_index("domain")
+        inf = m.inferences()
+        inf = inf[inf["window"] == name]
+        samples = passes * opts.batch_size
+        duration = (w.end_ns - w.start_ns) / 1e9
+        per_pass = inf.pivot_table(index="index", columns="domain", values="energy_j", aggfunc="first") \
+            if len(inf) else pd.DataFrame()
+        lat = inf.drop_duplicates("index").set_index("index")
+        table = pd.DataFrame({"index": lat.index, "start_ns": lat["start_ns"].to_numpy(),
+                              "end_ns": lat["end_ns"].to_numpy(), "latency_s": lat["latency_s"].to_numpy()})
+        energy = {}
+        for part, domains in self.parts.items():
+            usable = [d for d in domains if d in win.index and np.isfinite(win.loc[d, "energy_j"])]
+            col = f"{part}_j"
+            if usable and len(usable) == len(domains):
+                e = float(sum(win.loc[d, "energy_j"] for d in usable))
+                dyn = float(sum(win.loc[d, "dynamic_energy_j"] for d in usable))
+                dyn = dyn if np.isfinite(dyn) else None
+                energy[part] = {"energy_j": e, "dynamic_energy_j": dyn, "joules_per_inference": e / samples,
+                                "dynamic_joules_per_inference": None if dyn is None else dyn / samples}
+                table[col] = per_pass[usable].sum(axis=1).reindex(lat.index).to_numpy() if len(per_pass) else np.nan
+            else:
+                energy[part] = None
+                table[col] = np.nan
+        measured = [energy[p] for p in ("gpu", "cpu") if energy[p] is not None]
+        if measured:
+            energy["total"] = {key: (None if any(x[key] is None for x in measured) else sum(x[key] for x in measured))
+                               for key in ("energy_j", "dynamic_energy_j", "joules_per_inference",
+                                           "dynamic_joules_per_inference")}
+            table["total_j"] = table[[f"{p}_j" for p in ("gpu", "cpu") if energy[p] is not None]].sum(axis=1)
+        else:
+            energy["total"] = None
+            table["total_j"] = np.nan
+        util, mem = self._gpu_side(w)
+        run = {
+            "model": opts.model, "size": size, "run": k, "batch_size": opts.batch_size, "device": opts.device,
+            "n_inferences": int(samples), "duration_s": duration,
+            "latency_median_s": float(table["latency_s"].median()) if len(table) else duration / max(passes, 1),
+            "throughput_per_s": samples / duration if duration > 0 else 0.0,
+            "gpu_utilization_pct": util, "gpu_memory_gb": mem,
+            "energy": energy,
+            "energy_missing_reason": None if measured else (self.missing_reason or "no power reading covered this run"),
+        }
+        table[["index", "start_ns", "end_ns", "latency_s", "gpu_j", "cpu_j", "total_j"]].to_csv(
+            os.path.join(run_dir, "inferences.csv"), index=False)
+        table[["latency_s"]].to_csv(os.path.join(run_dir, "latency.csv"), index=False)
+        write_json(os.path.join(run_dir, "power_metrics.json"), _aipowermeter_metrics(run))
+        write_json(os.path.join(run_dir, "run.json"), run)   # last: its presence marks a complete run
+        return run
+
+    def _gpu_side(self, w) -> tuple[float | None, float | None]:
+        if not self.opts.device.startswith("cuda"):
+            return None, None
+        import torch
+        util = [s.mean(w.start_ns, w.end_ns) for s in self.meter.coordinator.side.values()
+                if s.quantity == "utilization"]
+        util = [u for u in util if np.isfinite(u)]
+        mem = torch.cuda.max_memory_allocated() / 1e9
+        return (float(np.mean(util)) if util else None), mem
+
+    def _missing_reason(self) -> str:
+        missing = [p for p, domains in self.parts.items() if not domains]
+        if not missing:
+            return ""
+        problems = self.meter.recorder.discovery.problems
+        why = "; ".join(str(p) for p in problems) or "no source found"
+        return f"no {' and no '.join(p.upper() for p in missing)} power source is readable here ({why})"
+
+    def _meta(self) -> dict:
+        import torch
+        versions = {"python": platform.python_version(), "torch": torch.__version__}
+        for pkg in ("torchvision", "transformers", "ultralytics", "numpy"):
+            try:
+                versions[pkg] = __import__(pkg).__version__
+            except Exception:
+                pass
+        from aipm_fast import __version__
+        versions["aipm_fast"] = __version__
+        devices = dict(self.meter.recorder.discovery.devices)
+        if self.opts.device.startswith("cuda"):
+            devices["cuda"] = torch.cuda.get_device_name()
+        return {"model": self.opts.model, "input_kind": self.spec.input_kind, "options": asdict(self.opts),
+                "versions": versions, "devices": devices, "host": platform.node(),
+                "energy_parts": self.parts, "inference": "one input sample (a batch holds batch_size)",
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _headline(run: dict) -> float:
+    for part in ("total", "gpu", "cpu"):
+        if run["energy"].get(part):
+            return run["energy"][part]["joules_per_inference"]
+    return run["latency_median_s"]   # no energy: adapt on latency instead
+
+
+def _aipowermeter_metrics(run: dict) -> dict:
+    """The run's figures under AIPowerMeter's power_metrics.json names (energies in J)."""
+    e = run["energy"]
+    g = e.get("gpu") or {}
+    c = e.get("cpu") or {}
+    return {
+        "nvidia_draw_absolute": g.get("energy_j"),
+        "nvidia_estimated_attributable_power_draw": g.get("dynamic_energy_j"),
+        "intel_power": c.get("energy_j"),
+        "total_power_draw": (e.get("total") or {}).get("energy_j"),
+        "nvidia_average_gpu_utilization": run["gpu_utilization_pct"],
+        "nvidia_max_memory_gb": run["gpu_memory_gb"],
+        "duration_s": run["duration_s"],
+        "n_inferences": run["n_inferences"],
+        "unit": "J",
+    }

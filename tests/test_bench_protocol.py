@@ -1,0 +1,119 @@
+"""`aipm-fast bench` end to end on CPU with fake hardware, tiny model and sizes."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from aipm_fast.bench.protocol import BenchOptions, Benchmark, median_precision
+
+pytest.importorskip("torchvision")
+
+
+def options(tmp_path, **kw):
+    base = dict(model="resnet18", sizes=[32], batch_size=2, runs=2, duration_s=0.6, warmup_s=0.2, baseline_s=0.5,
+                device="cpu", out=str(tmp_path / "out"))
+    base.update(kw)
+    return BenchOptions(**base)
+
+
+@pytest.fixture
+def fake_engine(fake_powercap, fake_nvml_lib):
+    root, writer = fake_powercap()
+    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), "msr_root": "/x", "perf_root": "/x"}, writer
+
+
+def test_layout_and_energy_per_inference_match_the_fake_power(tmp_path, fake_engine):
+    engine, writer = fake_engine
+    opts = options(tmp_path, sizes=[32, 48], engine=engine)
+    summary = Benchmark(opts, log=lambda m: None).run()
+    out = tmp_path / "out"
+    assert (out / "meta.json").exists() and (out / "summary.csv").exists()
+    for size in (32, 48):
+        for k in (0, 1):
+            run_dir = out / f"input_{size}" / f"run_{k}"
+            for name in ("run.json", "inferences.csv", "latency.csv", "power_metrics.json"):
+                assert (run_dir / name).exists(), run_dir / name
+        assert (out / f"input_{size}" / "run_0" / "samples.parquet").exists()
+    run = json.loads((out / "input_32" / "run_0" / "run.json").read_text())
+    # CPU part: package + dram of the fake (20 W + 4 W); GPU part: the fake GPU's 100 W
+    cpu_w = writer.power_w("intel-rapl:0") + writer.power_w("intel-rapl:0:1")
+    assert run["energy"]["cpu"]["joules_per_inference"] == pytest.approx(cpu_w / run["throughput_per_s"], rel=0.03)
+    assert run["energy"]["gpu"]["joules_per_inference"] == pytest.approx(100.0 / run["throughput_per_s"], rel=0.03)
+    assert run["energy"]["total"]["energy_j"] == pytest.approx(
+        run["energy"]["gpu"]["energy_j"] + run["energy"]["cpu"]["energy_j"])
+    # constant fake power: nothing above the idle baseline
+    assert abs(run["energy"]["cpu"]["dynamic_energy_j"]) < 0.05 * run["energy"]["cpu"]["energy_j"]
+    inf = pd.read_csv(out / "input_32" / "run_0" / "inferences.csv")
+    assert len(inf) * 2 == run["n_inferences"]             # one row per forward pass of batch 2
+    assert inf["total_j"].sum() == pytest.approx(run["energy"]["total"]["energy_j"], rel=0.1)
+    # the summary is the median over runs
+    runs = [json.loads((out / "input_48" / f"run_{k}" / "run.json").read_text()) for k in (0, 1)]
+    expected = sorted(r["energy"]["total"]["joules_per_inference"] for r in runs)
+    row = summary.set_index("size").loc[48]
+    assert row["total_joules_per_inference"] == pytest.approx(sum(expected) / 2)
+    assert list(summary["size"]) == [32, 48]
+
+
+def test_adaptive_mode_stops_once_the_median_is_known():
+    assert median_precision([1.0, 1.0]) == float("inf")
+    assert median_precision([1.0, 1.01, 0.99, 1.0]) < 0.02
+    assert median_precision([1.0, 2.0, 0.5, 1.5]) > 0.2
+
+
+def test_adaptive_run_count(tmp_path, fake_engine):
+    engine, _ = fake_engine
+    opts = options(tmp_path, runs=6, precision=0.05, duration_s=0.4, engine=engine)
+    Benchmark(opts, log=lambda m: None).run()
+    done = sorted(os.listdir(tmp_path / "out" / "input_32"))
+    assert 3 <= len(done) <= 6       # at least min_runs, at most --runs
+
+
+def test_bench_cli_without_power_source_reports_latency_and_says_why(tmp_path):
+    env = {**os.environ, "AIPM_POWERCAP_ROOT": "/nonexistent", "AIPM_MSR_ROOT": "/nonexistent",
+           "AIPM_PERF_ROOT": "/nonexistent", "AIPM_NVML_LIB": "/nonexistent/libnvidia-ml.so.1"}
+    out = tmp_path / "bare"
+    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "resnet18", "--device", "cpu",
+                             "--runs", "2", "--duration", "1", "--sizes", "32", "--baseline", "0.2", "--warmup", "0.2",
+                             "--out", str(out), "--no-plots"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "energy not measured" in result.stderr and "libnvidia-ml.so.1" in result.stderr
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary.loc[0, "throughput_per_s"] > 0 and summary.loc[0, "latency_median_s"] > 0
+    run = json.loads((out / "input_32" / "run_0" / "run.json").read_text())
+    assert run["energy"]["total"] is None and "powercap" in run["energy_missing_reason"]
+
+
+def test_report_rebuilds_a_finished_folder_and_names_a_broken_file(tmp_path, fake_engine):
+    engine, _ = fake_engine
+    Benchmark(options(tmp_path, engine=engine), log=lambda m: None).run()
+    out = tmp_path / "out"
+    os.remove(out / "summary.csv")
+    ok = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "report", str(out)], capture_output=True, text=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "summary.csv").exists() and (out / "plots" / "energy_vs_size.png").exists()
+    broken = out / "input_32" / "run_1" / "run.json"
+    broken.write_text('{"model": "resnet18", "size": ')
+    bad = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "report", str(out)], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and str(broken) in bad.stderr
+
+
+def test_unknown_model_and_bad_sizes_are_clear_errors(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "nope"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "unknown model 'nope'" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "vit_b_16", "--sizes", "30"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "30" in result.stderr
+
+
+def test_list_models():
+    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--list-models"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0
+    for name in ("alexnet", "resnet50", "vit_b_16", "yolov5s", "bert"):
+        assert name in result.stdout
