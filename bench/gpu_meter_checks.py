@@ -24,14 +24,15 @@ from gpu_common import IndependentCounter
 from aipm_fast import Meter
 
 
-def steady_windows(ref: IndependentCounter, seconds: float = 30.0) -> dict:
+def steady_windows(ref: IndependentCounter, seconds: float = 40.0) -> dict:
     lengths = [0.05, 0.1, 0.25, 1.0, 2.0]
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     stop = threading.Event()
 
     def load():
+        # a deep queue, synchronised rarely, so the GPU never idles between products
         while not stop.is_set():
-            for _ in range(20):
+            for _ in range(200):
                 a @ a
             torch.cuda.synchronize()
 
@@ -65,8 +66,9 @@ def steady_windows(ref: IndependentCounter, seconds: float = 30.0) -> dict:
 
 def alternating(ref: IndependentCounter, seconds: float = 15.0) -> dict:
     big = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    small = torch.randn(1024, 1024, device="cuda", dtype=torch.bfloat16)
-    kinds = {"heavy_long": (big, 24), "light_long": (small, 3000), "heavy_short": (big, 4), "light_short": (small, 400)}
+    # light work: a spin kernel (torch.cuda._sleep, in GPU cycles at ~2 GHz) keeps one SM busy
+    kinds = {"heavy_long": (big, 24), "light_long": (None, 60_000_000), "heavy_short": (big, 4),
+             "light_short": (None, 8_000_000)}
     schedule = ["heavy_long", "light_long", "heavy_short", "light_short"]
     labels = []
     with Meter(gpus=[0]) as m:
@@ -80,8 +82,11 @@ def alternating(ref: IndependentCounter, seconds: float = 15.0) -> dict:
                 kind = schedule[i % 4]
                 x, reps = kinds[kind]
                 with m.inference():
-                    for _ in range(reps):
-                        x @ x
+                    if x is None:
+                        torch.cuda._sleep(reps)
+                    else:
+                        for _ in range(reps):
+                            x @ x
                 labels.append(kind)
                 i += 1
                 if i % 50 == 0:
@@ -132,17 +137,17 @@ def overhead(pairs: int = 6, iters: int = 30) -> dict:
                             model(x)
                     torch.cuda.synchronize()
                     times[mode].append((time.perf_counter() - t) / iters)
+            inf = m.inferences()
             mark_cost = []
             for _ in range(2000):        # host CPU cost of one mark, around no work
                 t = time.perf_counter_ns()
                 with m.inference():
                     pass
                 mark_cost.append(time.perf_counter_ns() - t)
-        inf = m.inferences()
     off, on = np.median(times["off"]), np.median(times["on"])
     return {"iter_ms_off": off * 1e3, "iter_ms_on": on * 1e3, "slowdown_pct": 100 * (on / off - 1),
             "pairs": pairs, "iters_per_block": iters, "mark_cpu_us_median": float(np.median(mark_cost) / 1e3),
-            "joules_per_inference_median": float(inf[inf["domain"] == "nvml:0"]["energy_j"].median())}
+            "joules_per_batch_median": float(inf[inf["domain"] == "nvml:0"]["energy_j"].median())}
 
 
 def main() -> None:

@@ -1,0 +1,208 @@
+"""A Prometheus endpoint for live power and energy (needs the `prometheus` extra).
+
+    exporter = PrometheusExporter(meter, port=9464).start()   # http://127.0.0.1:9464/metrics
+    ...
+    exporter.stop()
+
+Nothing is pushed or polled in the background: each scrape reads the coordinator's per-domain
+tracks (the last few seconds of readings and the running total) under its lock, so a scrape
+costs one integration per domain and the figures are those the meter itself uses.
+
+Metrics, each labelled domain, host, rank, device (plus any constant `labels` given):
+  aipm_power_watts           mean power over the last `power_window_s` of readings
+  aipm_energy_joules_total   energy since the meter started (a counter)
+  aipm_step_energy_joules    energy of the last step (or inference) that was integrated
+  aipm_steps_total           steps integrated so far (labels host, rank)
+
+The exporter has its own registry, so it never mixes with (or is mixed into) the process's
+default one, and several meters can serve on several ports.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+
+from aipm_fast.coordinator import choose_tracks
+
+KEEP_NS = 10_000_000_000   # readings a recorder's view keeps: enough for any power window
+
+
+class _MeterView:
+    """What the collector reads, from a Meter's coordinator (scaled as the meter scales)."""
+
+    def __init__(self, meter):
+        self.coordinator = meter.coordinator
+        self.devices = meter.recorder.discovery.devices
+        self.lock = meter.coordinator._lock
+        self.tracks = meter.coordinator.tracks
+        self._rows_seen = 0
+        self._steps = 0
+
+    def scale(self, domain: str) -> float:
+        return self.coordinator.scale(domain)[0]
+
+    def steps(self) -> tuple[int, dict[str, float]]:
+        """(steps integrated so far, energy of the last one per domain, unscaled)."""
+        rows = self.coordinator.rows
+        for batch in rows[self._rows_seen:]:     # rows only grow: count each batch once
+            self._steps += int(batch["index"].size)
+        self._rows_seen = len(rows)
+        last = rows[-1] if rows else None
+        return self._steps, ({d: float(last[d][0][-1]) for d in self.tracks if d in last} if last else {})
+
+    def close(self) -> None:
+        pass
+
+
+class _RecorderView(_MeterView):
+    """A bare Recorder has no coordinator: keep our own tracks, fed by every drain. The total
+    then counts from the exporter's first drain, and nothing is scaled."""
+
+    def __init__(self, recorder):
+        self.recorder = recorder
+        self.devices = recorder.discovery.devices
+        self.lock = threading.Lock()
+        self.tracks, _ = choose_tracks(recorder)
+        recorder.add_sink(self._ingest)
+
+    def _ingest(self, records: np.ndarray) -> None:
+        with self.lock:
+            for track in self.tracks.values():
+                sel = records[records["channel"] == track.channel_id]
+                track.append(sel["t_ns"], sel["value"])
+                if track.last_ns is not None:
+                    track.trim(track.last_ns - KEEP_NS)
+
+    def scale(self, domain: str) -> float:
+        return 1.0
+
+    def steps(self):
+        return 0, {}
+
+    def close(self) -> None:
+        remove = getattr(self.recorder, "remove_sink", None)
+        if remove is not None:
+            remove(self._ingest)
+
+
+class _EnergyCollector:
+    """A prometheus_client custom collector: builds the metric families at each scrape."""
+
+    def __init__(self, exporter: "PrometheusExporter"):
+        self.exporter = exporter
+        self._reported: dict[str, float] = {}   # last energy per domain: a counter never goes down
+
+    def describe(self):
+        return []    # no collect() at registration: the meter may not have read anything yet
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        ex = self.exporter
+        names = ["domain", "host", "rank", "device", *ex.extra_labels]
+        power = GaugeMetricFamily("aipm_power_watts", "Mean power over the last readings (W)", labels=names)
+        energy = CounterMetricFamily("aipm_energy_joules", "Energy since the meter started (J)", labels=names)
+        step = GaugeMetricFamily("aipm_step_energy_joules", "Energy of the last integrated step (J)", labels=names)
+        steps = CounterMetricFamily("aipm_steps", "Steps integrated so far",
+                                    labels=["host", "rank", *ex.extra_labels])
+        view = ex.view
+        with view.lock:
+            n_steps, last_step = view.steps()
+            for domain, track in view.tracks.items():
+                values = [domain, ex.host, ex.rank, view.devices.get(domain, ""), *ex.extra_labels.values()]
+                k = view.scale(domain)
+                total_j, power_w = _latest(track, ex.power_window_ns)
+                if np.isfinite(power_w):
+                    power.add_metric(values, power_w * k)
+                if np.isfinite(total_j):
+                    # the counter-derived scale settles after a few seconds; a small step down
+                    # would read as a counter reset to Prometheus, so hold the highest value
+                    reported = max(total_j * k, self._reported.get(domain, 0.0))
+                    self._reported[domain] = reported
+                    energy.add_metric(values, reported)
+                if np.isfinite(last_step.get(domain, np.nan)):
+                    step.add_metric(values, last_step[domain] * k)
+        steps.add_metric([ex.host, ex.rank, *ex.extra_labels.values()], n_steps)
+        return [power, energy, step, steps]
+
+
+def _latest(track, window_ns: int) -> tuple[float, float]:
+    """(energy since start at the last reading, mean power over the window before it)."""
+    t_last = track.last_ns
+    if t_last is None or track.curve() is None:
+        return float("nan"), float("nan")
+    t0 = max(int(track.t[0]), t_last - window_ns)
+    e0, e1 = track.cumulative(np.array([t0, t_last]))
+    return float(e1), float((e1 - e0) / (t_last - t0) * 1e9) if t_last > t0 else float("nan")
+
+
+class PrometheusExporter:
+    """Serves a Meter's (or a Recorder's) power and energy on http://addr:port/metrics.
+
+    `port=0` lets the system choose a free port; `.port` tells which once started. The default
+    address is loopback: pass addr="0.0.0.0" for Prometheus on another machine to reach it.
+    `labels` adds constant labels (e.g. {"job_id": "..."}); host and rank default to the
+    hostname and $RANK (0 outside a distributed launch) and may be overridden there."""
+
+    def __init__(self, meter_or_recorder, port: int = 9464, addr: str = "127.0.0.1",
+                 labels: dict | None = None, power_window_s: float = 1.0):
+        from prometheus_client import CollectorRegistry
+        labels = dict(labels or {})
+        self.host = str(labels.pop("host", socket.gethostname()))
+        self.rank = str(labels.pop("rank", os.environ.get("RANK", "0")))
+        self.extra_labels = {str(k): str(v) for k, v in labels.items()}
+        self.port, self.addr = port, addr
+        self.power_window_ns = int(power_window_s * 1e9)
+        is_meter = hasattr(meter_or_recorder, "coordinator")
+        self.view = _MeterView(meter_or_recorder) if is_meter else _RecorderView(meter_or_recorder)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_EnergyCollector(self))
+        self._server = self._thread = None
+
+    def start(self) -> "PrometheusExporter":
+        from prometheus_client import start_http_server
+        started = start_http_server(self.port, addr=self.addr, registry=self.registry)
+        if started is not None:            # prometheus_client >= 0.17 returns (server, thread)
+            self._server, self._thread = started
+            self.port = self._server.server_port
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (with prometheus_client < 0.17 the server lives until the process ends)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(5.0)
+            self._server = self._thread = None
+        self.view.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.addr}:{self.port}/metrics"
+
+    def __enter__(self) -> "PrometheusExporter":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(port: int = 9464, addr: str = "127.0.0.1", duration_s: float | None = None,
+          labels: dict | None = None, on_ready=None, **engine_options) -> None:
+    """Meter the whole machine and serve it until interrupted (Ctrl-C) or for `duration_s`.
+    `engine_options` are the Meter's (powercap_root, nvml_lib, gpus, ...); `on_ready(exporter)`
+    is called once serving, e.g. to print the address."""
+    from aipm_fast.meter import Meter
+    meter = Meter(cuda=False, **engine_options)   # no marks to time: no CUDA context
+    with meter, PrometheusExporter(meter, port, addr, labels) as exporter:
+        if on_ready is not None:
+            on_ready(exporter)
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.2 if deadline is None else max(0.0, min(0.2, deadline - time.monotonic())))
+        except KeyboardInterrupt:
+            pass
