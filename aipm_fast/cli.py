@@ -288,6 +288,23 @@ def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, 
     console.print(f"results in {opts.out}/ (summary.csv, per-run folders, plots/)")
 
 
+@main.command()
+@click.option("--port", default=9464, show_default=True, type=click.IntRange(0, 65535), help="port to serve /metrics on")
+@click.option("--addr", default="127.0.0.1", show_default=True, help="address to bind (0.0.0.0 for every interface)")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="stop after this many seconds [never]")
+@engine_options
+def serve(port, addr, duration, **kwargs):
+    """Serve this machine's live power and cumulative energy to Prometheus."""
+    try:
+        from aipm_fast.integrations import prometheus
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise click.ClickException("aipm-fast serve needs prometheus_client: pip install 'aipm-fast[prometheus]'")
+    config = make_config(**_engine_kwargs(kwargs))
+    prometheus.serve(port, addr, duration, config=config,
+                     on_ready=lambda e: console.print(f"serving {e.url} (Ctrl-C stops)"))
+
+
 @main.command("report")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def report_command(folder):

@@ -20,6 +20,7 @@ from aipm_fast.tracks import DomainTrack
 
 POWER_PREFERENCE = ("power_samples", "power_instant", "power_average")
 MAX_WAIT_NS = 5_000_000_000   # an edge that no reading passes within 5 s is integrated as unknown
+SILENT_NS = 3_000_000_000     # a domain with no usable reading for this long is not waited for
 
 
 @dataclass
@@ -125,8 +126,18 @@ class Coordinator:
         """Have readings of every domain passed t (or given up on it)?"""
         if final or now - t_ns > MAX_WAIT_NS:
             return True
-        return all(tr.last_ns is not None and tr.last_ns >= t_ns and tr.curve() is not None
-                   for tr in self.tracks.values())
+        return all(self._track_ready(tr, t_ns, now) for tr in self.tracks.values())
+
+    def _track_ready(self, tr: DomainTrack, t_ns: int, now: int) -> bool:
+        if tr.last_ns is not None and tr.last_ns >= t_ns and tr.curve() is not None:
+            return True
+        # A domain that cannot give energy must not hold every other one back: a stuck counter
+        # (readings, but no curve after a while), a dead channel (no readings at all) or a
+        # silent one (a GPU lost: live channels report at least once a second).
+        started = self.rec.start_ns if self.rec.start_ns is not None else now
+        if now - started < SILENT_NS:
+            return False
+        return tr.last_ns is None or tr.curve() is None or now - tr.last_ns > SILENT_NS
 
     def _resolve_window_edges(self, now: int, final: bool) -> None:
         still = []

@@ -83,3 +83,9 @@ def test_record_a_command_passes_its_exit_code_on(hw, tmp_path):
 def test_record_refuses_both_or_neither_duration_and_command(tmp_path):
     result = aipm("record", "--out", str(tmp_path / "x"), check=False)
     assert result.returncode == 2 and "either --duration" in result.stderr
+
+
+def test_serve_prints_its_address_and_stops_after_duration(hw):
+    env, _ = hw
+    result = aipm("serve", "--port", "0", "--duration", "1", env=env)
+    assert "serving http://127.0.0.1:" in result.stderr

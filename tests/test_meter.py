@@ -243,3 +243,22 @@ def test_killed_process_leaves_readable_results(hw, tmp_path):
     rows = pd.read_csv(out / "inferences.csv")
     assert len(rows) >= 2 * 40     # two domains, most of the inferences before the kill
     assert rows["energy_j"].notna().all() and (rows["energy_j"] > 0).all()
+
+
+def test_a_stuck_counter_does_not_hold_back_the_other_domains(hw):
+    options, writer = hw
+    writer.freeze("intel-rapl:0:1")       # dram never advances: its counter gives no curve
+    with Meter(**options, cuda=False) as m:
+        time.sleep(3.5)                   # long enough for the meter to call it stuck
+        t0 = time.monotonic()
+        with m.window("after"):
+            for _ in range(5):
+                with m.inference():
+                    busy(0.01)
+        m.flush()
+        waited = time.monotonic() - t0
+    assert waited < 2.0                   # not the 5 s give-up of every edge
+    win = m.windows().set_index("domain")
+    assert np.isnan(win.loc["rapl:package-0/dram", "energy_j"])
+    assert "changed 0 time" in win.loc["rapl:package-0/dram", "method"]
+    assert win.loc["rapl:package-0", "energy_j"] > 0

@@ -1,12 +1,14 @@
-"""Training-loop integrations: energy per step and per epoch, logged by the framework's own logger.
+"""Integrations with training frameworks and monitoring: Lightning, Hugging Face, torch.distributed,
+Prometheus. Each module imports its framework lazily, so that none is needed to use the others.
+
+Training loops:
 
 * `aipm_fast.integrations.lightning.AipmCallback`: a PyTorch Lightning callback
   (pip install 'aipm-fast[lightning]').
 * `aipm_fast.integrations.huggingface.AipmTrainerCallback`: a Hugging Face `TrainerCallback`
   (pip install 'aipm-fast[huggingface]').
 
-Each module imports its framework when it is imported itself, never from here, so that
-`import aipm_fast` stays free of both. Both log the same keys (joules):
+Both log the same keys (joules) through the framework's own logger:
 
     energy/step_j, energy/step_j/<domain>     the latest step whose energy is known
     energy/epoch_j, energy/epoch_j/<domain>   the epoch just ended

@@ -257,8 +257,9 @@ def _totals(per_rank: pd.DataFrame, keys: list[str], extra: dict) -> pd.DataFram
 def _assemble(per_rank: pd.DataFrame, totals: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     per_rank = per_rank.assign(scope="rank", n_ranks=1)
     table = pd.concat([per_rank, totals], ignore_index=True)
-    for col in ("start_ns", "end_ns"):
-        table[col] = table[col].astype("Int64")   # ns do not fit a float exactly
+    for col in ("start_ns", "end_ns", "window_id", "index", "n_inferences"):
+        if col in table:   # integers stay integers next to the totals' empty cells (ns do not fit a float)
+            table[col] = table[col].astype("Int64")
     first = ["scope", "rank", "node", *keys, "domain", "energy_j", "duration_s", "start_ns", "end_ns", "n_ranks"]
     return table[first + [c for c in table.columns if c not in first]]
 
@@ -276,10 +277,12 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
     if window is not None:
         rows = rows[rows["window"].isin([window] if isinstance(window, str) else list(window))]
     rows = rows[rows["domain"].isin(additive_domains(rows["domain"].unique()))]
-    part = np.where(rows["domain"].str.startswith("nvml:"), "gpu", "host")
-    per_rank = rows.groupby(["rank", "node"]).agg(energy_j=("energy_j", _sum_strict)).join(
-        rows.assign(part=part).pivot_table(index=["rank", "node"], columns="part", values="energy_j",
-                                           aggfunc=_sum_strict).add_suffix("_energy_j"))
+    per_rank = rows.groupby(["rank", "node"]).agg(energy_j=("energy_j", _sum_strict))
+    is_gpu = rows["domain"].str.startswith("nvml:")
+    for part, sel in (("gpu", is_gpu), ("host", ~is_gpu)):
+        # a rank that reads no host source adds 0 J of host energy; NaN stays for unknown readings
+        by_rank = rows[sel].groupby(["rank", "node"])["energy_j"].agg(_sum_strict)
+        per_rank[f"{part}_energy_j"] = by_rank.reindex(per_rank.index, fill_value=0.0)
     windows = rows.drop_duplicates(["rank", "window", "seq"])
     per_rank = per_rank.join(windows.groupby(["rank", "node"]).agg(
         n_steps=("n_inferences", "sum"), duration_s=("duration_s", "sum"))).reset_index()

@@ -8,11 +8,14 @@ Nothing is pushed or polled in the background: each scrape reads the coordinator
 tracks (the last few seconds of readings and the running total) under its lock, so a scrape
 costs one integration per domain and the figures are those the meter itself uses.
 
-Metrics, each labelled domain, host, rank, device (plus any constant `labels` given):
+Metrics, each labelled domain, host, rank, device, additive (plus any constant `labels` given):
   aipm_power_watts           mean power over the last `power_window_s` of readings
   aipm_energy_joules_total   energy since the meter started (a counter)
   aipm_step_energy_joules    energy of the last step (or inference) that was integrated
   aipm_steps_total           steps integrated so far (labels host, rank)
+
+RAPL core and uncore lie inside their package (and psys holds the packages): sum only series
+with additive="true", e.g. `sum by (host) (aipm_power_watts{additive="true"})`.
 
 The exporter has its own registry, so it never mixes with (or is mixed into) the process's
 default one, and several meters can serve on several ports.
@@ -27,6 +30,7 @@ import time
 import numpy as np
 
 from aipm_fast.coordinator import choose_tracks
+from aipm_fast.integrations.distributed import additive_domains
 
 KEEP_NS = 10_000_000_000   # readings a recorder's view keeps: enough for any power window
 
@@ -102,7 +106,7 @@ class _EnergyCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         ex = self.exporter
-        names = ["domain", "host", "rank", "device", *ex.extra_labels]
+        names = ["domain", "host", "rank", "device", "additive", *ex.extra_labels]
         power = GaugeMetricFamily("aipm_power_watts", "Mean power over the last readings (W)", labels=names)
         energy = CounterMetricFamily("aipm_energy_joules", "Energy since the meter started (J)", labels=names)
         step = GaugeMetricFamily("aipm_step_energy_joules", "Energy of the last integrated step (J)", labels=names)
@@ -111,8 +115,10 @@ class _EnergyCollector:
         view = ex.view
         with view.lock:
             n_steps, last_step = view.steps()
+            additive = set(additive_domains(view.tracks))
             for domain, track in view.tracks.items():
-                values = [domain, ex.host, ex.rank, view.devices.get(domain, ""), *ex.extra_labels.values()]
+                values = [domain, ex.host, ex.rank, view.devices.get(domain, ""),
+                          "true" if domain in additive else "false", *ex.extra_labels.values()]
                 k = view.scale(domain)
                 total_j, power_w = _latest(track, ex.power_window_ns)
                 if np.isfinite(power_w):

@@ -1,0 +1,254 @@
+"""Hugging Face `Trainer`: energy per optimizer step and per epoch, in the Trainer's own logs.
+
+    from aipm_fast.integrations.huggingface import AipmTrainerCallback
+
+    callback = AipmTrainerCallback()                 # owns a Meter for the training run
+    trainer = Trainer(model, args, train_dataset=data, callbacks=[callback])
+    trainer.train()
+    callback.epochs                                  # one dict per epoch
+
+Each optimizer step (`on_step_begin` to `on_step_end`, all its gradient-accumulation
+micro-batches) is a step mark, each epoch a window `epoch_<n>`, the run a window `train`. At
+every log the callback adds, in joules (totals add the domains without overlap, see
+`aipm_fast.integrations.distributed.additive_domains`):
+
+    energy/step_j, energy/step_j/<domain>     the latest step whose energy is known
+    energy/epoch_j, energy/epoch_j/<domain>   the last epoch ended since the previous log
+    energy/epoch_j_per_sample                 its energy per training sample
+    energy/train_j, energy/train_j/<domain>   in the Trainer's final log (the one with train_runtime)
+
+The Trainer copies a log into `trainer.state.log_history` and then hands it to the callbacks
+in order; the callback adds its keys to both. The integrations chosen with `report_to`
+(TensorBoard, W&B, MLflow, ...) come before the callbacks given to `Trainer(callbacks=...)`,
+so to have them receive the energy keys too, add the callback with `callback.attach(trainer)`,
+which puts it ahead of them.
+"""
+from __future__ import annotations
+
+import math
+
+try:
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import DefaultFlowCallback
+except ModuleNotFoundError as exc:
+    if (exc.name or "").split(".")[0] != "transformers":
+        raise
+    raise ModuleNotFoundError("aipm_fast.integrations.huggingface needs Hugging Face transformers: "
+                              "pip install 'aipm-fast[huggingface]'", name=exc.name) from None
+
+from aipm_fast.integrations.distributed import additive_domains
+
+
+def _total_j(energies: dict[str, float]) -> float:
+    """Sum of the domains that add up without overlap (NaN if any of them is unknown)."""
+    parts = additive_domains(energies)
+    return float(sum(energies[d] for d in parts)) if parts else math.nan
+
+
+def _window_energy(meter, window) -> tuple[dict[str, float], float]:
+    """({domain: J}, duration in s) of a closed window, as Meter.windows() gives it. Waits for
+    this window's end only, not for marks that other threads may keep adding."""
+    tracks = meter.coordinator.tracks
+    meter.flush(window)
+    if len(window.end_j) < len(tracks):
+        meter.flush(window)   # caught while the coordinator filled it in: done once it lets go
+    energies = {d: (window.end_j.get(d, math.nan) - window.start_j.get(d, math.nan)) * meter.coordinator.scale(d)[0]
+                for d in tracks}
+    return energies, (window.end_ns - window.start_ns) / 1e9
+
+
+def _energy_keys(prefix: str, energies: dict[str, float]) -> dict[str, float]:
+    """{prefix: total, prefix/<domain>: J}, leaving out what is not a finite number."""
+    keys = {prefix: _total_j(energies), **{f"{prefix}/{d}": e for d, e in energies.items()}}
+    return {k: float(v) for k, v in keys.items() if math.isfinite(v)}
+
+
+class AipmTrainerCallback(TrainerCallback):
+    """Energy per step and per epoch, added to the Trainer's logs.
+
+    meter: a running Meter to use; the callback neither starts nor stops it. Without one, the
+        callback makes a Meter from `meter_options` (the Meter's keyword arguments: out_dir,
+        cuda, gpus, powercap_root, ...), starts it at `on_train_begin` and stops it at
+        `on_train_end`. The Trainer has no hook for a run that raises: call `callback.close()`
+        (in a `finally`) where that matters; the Meter's threads never keep the process alive.
+        The Meter stays at `callback.meter` for inferences(), windows().
+
+    `energy/step_j` is the energy of the most recent step whose energy is known, not of the
+    step just logged: a step is integrated only once the power readings pass its end,
+    typically 0.1-1 s later, so it lags the loop by a few steps (and the first logs of a run
+    have none). Epoch figures are exact: at the end of an epoch the callback waits for its
+    readings (a fraction of a second, once per epoch) and adds them to the next log.
+
+    Only the main process (`state.is_world_process_zero`) adds keys to the logs; every
+    process measures and keeps its own tables: `callback.epochs`, one dict per epoch (epoch,
+    steps, samples, duration_s, energy_j, energy_j_per_sample, energy_j/<domain>), and
+    `callback.train` the same for the whole run. Samples are those this process trained on,
+    counted from the batch size (the last batch of an epoch may be short: the count is capped
+    at the process's share of the training set).
+    """
+
+    def __init__(self, meter=None, **meter_options):
+        if meter is not None and meter_options:
+            raise TypeError("AipmTrainerCallback takes either a running Meter or Meter options, not both")
+        self.meter = meter
+        self._owns = meter is None
+        self._options = meter_options
+        self.epochs: list[dict] = []
+        self.train: dict | None = None
+        self.last_step: dict[str, float] | None = None    # {domain: J} of the latest resolved step
+        self._clear()
+
+    def _clear(self) -> None:
+        self._step = None          # the open step mark
+        self._epoch = None         # (window mark, Window, epoch number) of the open epoch
+        self._train = None         # (window mark, Window) of the open training window
+        self._steps = 0
+        self._mine: set[int] = set()   # indices of this callback's steps not integrated yet
+        self._last_index = -1
+        self._position = 0
+        self._unlogged: dict[str, float] = {}   # epoch keys waiting for the next log
+
+    def attach(self, trainer):
+        """Add this callback to `trainer` ahead of the `report_to` integrations, so that they
+        receive the energy keys too (callbacks given to `Trainer(callbacks=...)` follow them)."""
+        callbacks = trainer.callback_handler.callbacks
+        if self in callbacks:
+            callbacks.remove(self)
+        flow = [i for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)]
+        callbacks.insert(flow[0] + 1 if flow else 0, self)
+        return self
+
+    # -- life cycle ----------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._clear()
+        self.epochs, self.train, self.last_step = [], None, None
+        if self._owns:
+            from aipm_fast.meter import Meter
+            self.meter = Meter(**self._options).start()
+        elif not getattr(self.meter, "_started", True):
+            raise RuntimeError("AipmTrainerCallback(meter=...) needs a running Meter: start it before "
+                               "training, or pass Meter options and let the callback own one")
+        self._position = len(self.meter.coordinator.rows)   # marks from before the run are not ours
+        self._train = self._open("train")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._close_train()
+        self.close()
+
+    def close(self) -> None:
+        """Close what is still open and stop the Meter if the callback owns it (idempotent)."""
+        self._close_step()
+        for attr in ("_epoch", "_train"):
+            opened = getattr(self, attr)
+            if opened is not None:
+                setattr(self, attr, None)
+                opened[0].__exit__(None, None, None)
+        if self._owns and self.meter is not None:
+            self.meter.stop()
+
+    def _close_train(self) -> None:
+        self._close_step()
+        if self._train is None:
+            return
+        (mark, w), self._train = self._train, None
+        mark.__exit__(None, None, None)
+        energies, duration = _window_energy(self.meter, w)
+        total = _total_j(energies)
+        steps = sum(e["steps"] for e in self.epochs)
+        known = [e["samples"] for e in self.epochs]
+        samples = sum(known) if known and None not in known else None
+        self.train = {"epoch": None, "steps": steps, "samples": samples, "duration_s": duration,
+                      "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
+                      **{f"energy_j/{d}": e for d, e in energies.items()}}
+        self._unlogged.update(_energy_keys("energy/train_j", energies))
+
+    # -- epochs --------------------------------------------------------------------------
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.meter is None:
+            return
+        self._close_step()
+        n = math.floor((state.epoch or 0) + 1e-6)
+        mark, w = self._open(f"epoch_{n}")
+        self._epoch = (mark, w, n)
+        self._steps = 0
+
+    def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):
+        self._close_step()
+        if self._epoch is None:
+            return
+        (mark, w, n), self._epoch = self._epoch, None
+        mark.__exit__(None, None, None)
+        energies, duration = _window_energy(self.meter, w)
+        total = _total_j(energies)
+        samples = self._samples(args, train_dataloader)
+        per_sample = total / samples if samples else None
+        self.epochs.append({"epoch": n, "steps": self._steps, "samples": samples, "duration_s": duration,
+                            "energy_j": total, "energy_j_per_sample": per_sample,
+                            **{f"energy_j/{d}": e for d, e in energies.items()}})
+        self._unlogged.update(_energy_keys("energy/epoch_j", energies))
+        if per_sample is not None and math.isfinite(per_sample):
+            self._unlogged["energy/epoch_j_per_sample"] = per_sample
+
+    def _samples(self, args, train_dataloader) -> int | None:
+        """Samples this process trained on in the epoch: steps x batch x accumulation, capped at
+        its share of the training set where the set has a length."""
+        n = self._steps * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        try:
+            share = math.ceil(len(train_dataloader.dataset) / max(int(args.world_size), 1))
+        except (AttributeError, TypeError):
+            return n or None
+        return min(n, share) or None
+
+    # -- steps ---------------------------------------------------------------------------
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.meter is None:
+            return
+        self._close_step()   # a step that never reached on_step_end
+        self._steps += 1
+        step = self.meter.step()
+        step.__enter__()
+        self._step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._close_step()
+
+    # -- logs ----------------------------------------------------------------------------
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.meter is None or logs is None:
+            return
+        if "train_runtime" in logs:   # the Trainer's final summary: training is over
+            self._close_train()
+        self._poll()
+        if not state.is_world_process_zero:
+            self._unlogged.clear()
+            return
+        added = dict(self._unlogged)
+        self._unlogged.clear()
+        if self.last_step is not None:
+            added.update(_energy_keys("energy/step_j", self.last_step))
+        if not added:
+            return
+        # the Trainer stored a copy of these logs in log_history just before this call
+        history = state.log_history
+        if history and history[-1].get("step") == state.global_step and all(k in history[-1] for k in logs):
+            history[-1].update(added)
+        logs.update(added)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _open(self, name: str):
+        mark = self.meter.window(name)
+        return mark, mark.__enter__()
+
+    def _close_step(self) -> None:
+        step, self._step = self._step, None
+        if step is not None:
+            step.__exit__(None, None, None)
+            self._mine.add(step.index)
+
+    def _poll(self) -> None:
+        marks, self._position = self.meter.resolved_marks(self._position)
+        for index, energies in marks:
+            if index in self._mine:
+                self._mine.discard(index)
+                if index > self._last_index:
+                    self._last_index, self.last_step = index, energies

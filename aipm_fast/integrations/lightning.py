@@ -1,0 +1,233 @@
+"""PyTorch Lightning: energy per training step and per epoch, logged through the module's logger.
+
+    from aipm_fast.integrations.lightning import AipmCallback
+
+    trainer = lightning.Trainer(callbacks=[AipmCallback()])           # owns a Meter for the fit
+    trainer = lightning.Trainer(callbacks=[AipmCallback(meter=m)])    # or uses a running Meter
+
+Each training batch is a step mark (`Meter.step()`), each training epoch a window `epoch_<n>`
+(it holds the epoch's validation too, the steps do not), the whole of `fit`'s training a window
+`train`. Logged keys, in joules (totals add the domains without overlap, see
+`aipm_fast.integrations.distributed.additive_domains`):
+
+    energy/step_j, energy/step_j/<domain>     every batch: the latest step whose energy is known
+    energy/epoch_j, energy/epoch_j/<domain>   at the end of each epoch
+    energy/epoch_j_per_sample                 where the batch size can be read from the batches
+    energy/train_j, energy/train_j/<domain>   at the end of training, to the trainer's loggers
+
+Works with `lightning.pytorch` or, where that is not installed, the older `pytorch_lightning`.
+"""
+from __future__ import annotations
+
+import math
+
+try:
+    try:
+        from lightning.pytorch import Callback
+        from lightning.pytorch.utilities.data import extract_batch_size
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "lightning":
+            raise
+        from pytorch_lightning import Callback
+        from pytorch_lightning.utilities.data import extract_batch_size
+except ModuleNotFoundError as exc:
+    if (exc.name or "").split(".")[0] not in ("lightning", "pytorch_lightning"):
+        raise
+    raise ModuleNotFoundError("aipm_fast.integrations.lightning needs PyTorch Lightning: "
+                              "pip install 'aipm-fast[lightning]'", name=exc.name) from None
+
+from aipm_fast.integrations.distributed import additive_domains
+
+
+def _total_j(energies: dict[str, float]) -> float:
+    """Sum of the domains that add up without overlap (NaN if any of them is unknown)."""
+    parts = additive_domains(energies)
+    return float(sum(energies[d] for d in parts)) if parts else math.nan
+
+
+def _window_energy(meter, window) -> tuple[dict[str, float], float]:
+    """({domain: J}, duration in s) of a closed window, as Meter.windows() gives it. Waits for
+    this window's end only, not for marks that other threads may keep adding."""
+    tracks = meter.coordinator.tracks
+    meter.flush(window)
+    if len(window.end_j) < len(tracks):
+        meter.flush(window)   # caught while the coordinator filled it in: done once it lets go
+    energies = {d: (window.end_j.get(d, math.nan) - window.start_j.get(d, math.nan)) * meter.coordinator.scale(d)[0]
+                for d in tracks}
+    return energies, (window.end_ns - window.start_ns) / 1e9
+
+
+def _energy_keys(prefix: str, energies: dict[str, float]) -> dict[str, float]:
+    """{prefix: total, prefix/<domain>: J}, leaving out what is not a finite number."""
+    keys = {prefix: _total_j(energies), **{f"{prefix}/{d}": e for d, e in energies.items()}}
+    return {k: float(v) for k, v in keys.items() if math.isfinite(v)}
+
+
+class AipmCallback(Callback):
+    """Energy per training step and per epoch, logged through `pl_module.log`.
+
+    meter: a running Meter to use; the callback neither starts nor stops it. Without one, the
+        callback makes a Meter from `meter_options` (the Meter's keyword arguments: out_dir,
+        cuda, gpus, powercap_root, ...), starts it at `on_fit_start` and stops it at the end of
+        the fit, or on an exception. It stays at `callback.meter` for inferences(), windows().
+    log_steps: log `energy/step_j` every batch (False: epochs and training only).
+
+    `energy/step_j` is the energy of the most recent step whose energy is known, not of the
+    batch that just ran: a step is integrated only once the power readings pass its end,
+    typically 0.1-1 s later, so the step keys lag the loop by a few steps (they start to
+    appear a fraction of a second into the first epoch). The epoch keys are exact: at the end
+    of an epoch the callback waits for its readings (a fraction of a second, once per epoch).
+
+    After the fit, `callback.epochs` holds one dict per epoch (epoch, steps, samples,
+    duration_s, energy_j, energy_j_per_sample, energy_j/<domain>) and `callback.train` the same
+    for the whole of training. Per sample means per sample trained on by this process.
+    """
+
+    def __init__(self, meter=None, *, log_steps: bool = True, **meter_options):
+        if meter is not None and meter_options:
+            raise TypeError("AipmCallback takes either a running Meter or Meter options, not both")
+        self.meter = meter
+        self.log_steps = log_steps
+        self._owns = meter is None
+        self._options = meter_options
+        self.epochs: list[dict] = []
+        self.train: dict | None = None
+        self.last_step: dict[str, float] | None = None    # {domain: J} of the latest resolved step
+        self._clear()
+
+    def _clear(self) -> None:
+        self._step = None          # the open step mark
+        self._epoch = None         # (window mark, Window) of the open epoch
+        self._train = None         # (window mark, Window) of the open training window
+        self._steps = self._samples = 0
+        self._samples_known = True
+        self._mine: set[int] = set()   # indices of this callback's steps not integrated yet
+        self._last_index = -1
+        self._position = 0
+
+    # -- life cycle ----------------------------------------------------------------------
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._clear()
+        self.epochs, self.train, self.last_step = [], None, None
+        if self._owns:
+            from aipm_fast.meter import Meter
+            self.meter = Meter(**self._options).start()
+        elif not getattr(self.meter, "_started", True):
+            raise RuntimeError("AipmCallback(meter=...) needs a running Meter: start it before fit, "
+                               "or pass Meter options and let the callback own one")
+        self._position = len(self.meter.coordinator.rows)   # marks from before the fit are not ours
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.meter is not None:
+            self._train = self._open("train")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # `log` is not allowed here: the figures go to the loggers directly
+        self._close_step()
+        if self._train is None:
+            return
+        (mark, w), self._train = self._train, None
+        mark.__exit__(None, None, None)
+        energies, duration = _window_energy(self.meter, w)
+        self.train = self._record(energies, duration, epoch=None)
+        metrics = _energy_keys("energy/train_j", energies)
+        if metrics and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._finish()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        self._close_step()
+        for attr in ("_epoch", "_train"):
+            opened = getattr(self, attr)
+            if opened is not None:
+                setattr(self, attr, None)
+                opened[0].__exit__(None, None, None)
+        if self._owns and self.meter is not None:
+            self.meter.stop()
+
+    # -- epochs --------------------------------------------------------------------------
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.meter is None:
+            return
+        self._close_step()
+        self._epoch = self._open(f"epoch_{trainer.current_epoch}")
+        self._steps = self._samples = 0
+        self._samples_known = True
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._close_step()   # a batch that ended the epoch early never reached on_train_batch_end
+        if self._epoch is None:
+            return
+        (mark, w), self._epoch = self._epoch, None
+        mark.__exit__(None, None, None)
+        energies, duration = _window_energy(self.meter, w)
+        record = self._record(energies, duration, epoch=trainer.current_epoch)
+        self.epochs.append(record)
+        metrics = _energy_keys("energy/epoch_j", energies)
+        per_sample = record["energy_j_per_sample"]
+        if per_sample is not None and math.isfinite(per_sample):
+            metrics["energy/epoch_j_per_sample"] = per_sample
+        for key, value in metrics.items():
+            pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
+
+    # -- steps ---------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
+        if self.meter is None:
+            return
+        self._close_step()   # the previous batch was skipped after its start hook
+        try:
+            self._samples += int(extract_batch_size(batch))
+        except Exception:    # no tensor to read a batch size from
+            self._samples_known = False
+        self._steps += 1
+        step = self.meter.step()
+        step.__enter__()
+        self._step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        self._close_step()
+        if not self.log_steps or self.meter is None:
+            return
+        self._poll()
+        if self.last_step is not None:
+            for key, value in _energy_keys("energy/step_j", self.last_step).items():
+                pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _open(self, name: str):
+        mark = self.meter.window(name)
+        return mark, mark.__enter__()
+
+    def _close_step(self) -> None:
+        step, self._step = self._step, None
+        if step is not None:
+            step.__exit__(None, None, None)
+            self._mine.add(step.index)
+
+    def _poll(self) -> None:
+        marks, self._position = self.meter.resolved_marks(self._position)
+        for index, energies in marks:
+            if index in self._mine:
+                self._mine.discard(index)
+                if index > self._last_index:
+                    self._last_index, self.last_step = index, energies
+
+    def _record(self, energies: dict[str, float], duration: float, epoch) -> dict:
+        total = _total_j(energies)
+        if epoch is None:   # the whole of training
+            steps = sum(e["steps"] for e in self.epochs)
+            known = [e["samples"] for e in self.epochs]
+            samples = sum(known) if known and None not in known else None
+        else:
+            steps, samples = self._steps, (self._samples if self._samples_known else None)
+        return {
+            "epoch": epoch, "steps": steps, "samples": samples, "duration_s": duration,
+            "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
+            **{f"energy_j/{d}": e for d, e in energies.items()},
+        }
