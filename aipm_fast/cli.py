@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -297,7 +296,7 @@ def serve(port, addr, duration, **kwargs):
     """Serve this machine's live power and cumulative energy to Prometheus."""
     try:
         from aipm_fast.integrations import prometheus
-        import prometheus_client  # noqa: F401
+        import prometheus_client  # noqa: F401  (the exporter needs it: fail here, clearly)
     except ImportError:
         raise click.ClickException("aipm-fast serve needs prometheus_client: pip install 'aipm-fast[prometheus]'")
     config = make_config(**_engine_kwargs(kwargs))

@@ -24,7 +24,7 @@ import pandas as pd
 from aipm_fast.config import EngineConfig
 from aipm_fast.coordinator import Coordinator, Mark, Window
 from aipm_fast.recorder import Recorder
-from aipm_fast.timing import HostTimer, cuda_timer, now_ns
+from aipm_fast.timing import HostTimer, cuda_timer
 
 
 class Meter:

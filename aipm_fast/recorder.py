@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from aipm_fast import energy
-from aipm_fast._native import FLAG_REPEAT, RECORD_DTYPE, Engine, now_ns
+from aipm_fast._native import RECORD_DTYPE, Engine, now_ns
 from aipm_fast.config import EngineConfig
 from aipm_fast.sources import Channel, discover_all
 

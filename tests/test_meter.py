@@ -1,5 +1,4 @@
 """The Meter on fake hardware: windows, per-inference energies, CUDA-event mapping, kill safety."""
-import os
 import signal
 import subprocess
 import sys

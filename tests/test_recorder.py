@@ -1,5 +1,4 @@
 """The engine end to end on fake hardware: energies against the fakes' truth, and faults."""
-import ctypes
 import time
 
 import numpy as np

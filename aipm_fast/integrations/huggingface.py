@@ -36,31 +36,9 @@ except ModuleNotFoundError as exc:
     raise ModuleNotFoundError("aipm_fast.integrations.huggingface needs Hugging Face transformers: "
                               "pip install 'aipm-fast[huggingface]'", name=exc.name) from None
 
-from aipm_fast.integrations.distributed import additive_domains
 
 
-def _total_j(energies: dict[str, float]) -> float:
-    """Sum of the domains that add up without overlap (NaN if any of them is unknown)."""
-    parts = additive_domains(energies)
-    return float(sum(energies[d] for d in parts)) if parts else math.nan
-
-
-def _window_energy(meter, window) -> tuple[dict[str, float], float]:
-    """({domain: J}, duration in s) of a closed window, as Meter.windows() gives it. Waits for
-    this window's end only, not for marks that other threads may keep adding."""
-    tracks = meter.coordinator.tracks
-    meter.flush(window)
-    if len(window.end_j) < len(tracks):
-        meter.flush(window)   # caught while the coordinator filled it in: done once it lets go
-    energies = {d: (window.end_j.get(d, math.nan) - window.start_j.get(d, math.nan)) * meter.coordinator.scale(d)[0]
-                for d in tracks}
-    return energies, (window.end_ns - window.start_ns) / 1e9
-
-
-def _energy_keys(prefix: str, energies: dict[str, float]) -> dict[str, float]:
-    """{prefix: total, prefix/<domain>: J}, leaving out what is not a finite number."""
-    keys = {prefix: _total_j(energies), **{f"{prefix}/{d}": e for d, e in energies.items()}}
-    return {k: float(v) for k, v in keys.items() if math.isfinite(v)}
+from aipm_fast.integrations.common import energy_keys, total_j, window_energy
 
 
 class AipmTrainerCallback(TrainerCallback):
@@ -152,15 +130,15 @@ class AipmTrainerCallback(TrainerCallback):
             return
         (mark, w), self._train = self._train, None
         mark.__exit__(None, None, None)
-        energies, duration = _window_energy(self.meter, w)
-        total = _total_j(energies)
+        energies, duration = window_energy(self.meter, w)
+        total = total_j(energies)
         steps = sum(e["steps"] for e in self.epochs)
         known = [e["samples"] for e in self.epochs]
         samples = sum(known) if known and None not in known else None
         self.train = {"epoch": None, "steps": steps, "samples": samples, "duration_s": duration,
                       "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
                       **{f"energy_j/{d}": e for d, e in energies.items()}}
-        self._unlogged.update(_energy_keys("energy/train_j", energies))
+        self._unlogged.update(energy_keys("energy/train_j", energies))
 
     # -- epochs --------------------------------------------------------------------------
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -178,14 +156,14 @@ class AipmTrainerCallback(TrainerCallback):
             return
         (mark, w, n), self._epoch = self._epoch, None
         mark.__exit__(None, None, None)
-        energies, duration = _window_energy(self.meter, w)
-        total = _total_j(energies)
+        energies, duration = window_energy(self.meter, w)
+        total = total_j(energies)
         samples = self._samples(args, train_dataloader)
         per_sample = total / samples if samples else None
         self.epochs.append({"epoch": n, "steps": self._steps, "samples": samples, "duration_s": duration,
                             "energy_j": total, "energy_j_per_sample": per_sample,
                             **{f"energy_j/{d}": e for d, e in energies.items()}})
-        self._unlogged.update(_energy_keys("energy/epoch_j", energies))
+        self._unlogged.update(energy_keys("energy/epoch_j", energies))
         if per_sample is not None and math.isfinite(per_sample):
             self._unlogged["energy/epoch_j_per_sample"] = per_sample
 
@@ -225,7 +203,7 @@ class AipmTrainerCallback(TrainerCallback):
         added = dict(self._unlogged)
         self._unlogged.clear()
         if self.last_step is not None:
-            added.update(_energy_keys("energy/step_j", self.last_step))
+            added.update(energy_keys("energy/step_j", self.last_step))
         if not added:
             return
         # the Trainer stored a copy of these logs in log_history just before this call

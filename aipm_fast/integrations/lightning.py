@@ -36,31 +36,9 @@ except ModuleNotFoundError as exc:
     raise ModuleNotFoundError("aipm_fast.integrations.lightning needs PyTorch Lightning: "
                               "pip install 'aipm-fast[lightning]'", name=exc.name) from None
 
-from aipm_fast.integrations.distributed import additive_domains
 
 
-def _total_j(energies: dict[str, float]) -> float:
-    """Sum of the domains that add up without overlap (NaN if any of them is unknown)."""
-    parts = additive_domains(energies)
-    return float(sum(energies[d] for d in parts)) if parts else math.nan
-
-
-def _window_energy(meter, window) -> tuple[dict[str, float], float]:
-    """({domain: J}, duration in s) of a closed window, as Meter.windows() gives it. Waits for
-    this window's end only, not for marks that other threads may keep adding."""
-    tracks = meter.coordinator.tracks
-    meter.flush(window)
-    if len(window.end_j) < len(tracks):
-        meter.flush(window)   # caught while the coordinator filled it in: done once it lets go
-    energies = {d: (window.end_j.get(d, math.nan) - window.start_j.get(d, math.nan)) * meter.coordinator.scale(d)[0]
-                for d in tracks}
-    return energies, (window.end_ns - window.start_ns) / 1e9
-
-
-def _energy_keys(prefix: str, energies: dict[str, float]) -> dict[str, float]:
-    """{prefix: total, prefix/<domain>: J}, leaving out what is not a finite number."""
-    keys = {prefix: _total_j(energies), **{f"{prefix}/{d}": e for d, e in energies.items()}}
-    return {k: float(v) for k, v in keys.items() if math.isfinite(v)}
+from aipm_fast.integrations.common import energy_keys, total_j, window_energy
 
 
 class AipmCallback(Callback):
@@ -128,9 +106,9 @@ class AipmCallback(Callback):
             return
         (mark, w), self._train = self._train, None
         mark.__exit__(None, None, None)
-        energies, duration = _window_energy(self.meter, w)
+        energies, duration = window_energy(self.meter, w)
         self.train = self._record(energies, duration, epoch=None)
-        metrics = _energy_keys("energy/train_j", energies)
+        metrics = energy_keys("energy/train_j", energies)
         if metrics and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -166,10 +144,10 @@ class AipmCallback(Callback):
             return
         (mark, w), self._epoch = self._epoch, None
         mark.__exit__(None, None, None)
-        energies, duration = _window_energy(self.meter, w)
+        energies, duration = window_energy(self.meter, w)
         record = self._record(energies, duration, epoch=trainer.current_epoch)
         self.epochs.append(record)
-        metrics = _energy_keys("energy/epoch_j", energies)
+        metrics = energy_keys("energy/epoch_j", energies)
         per_sample = record["energy_j_per_sample"]
         if per_sample is not None and math.isfinite(per_sample):
             metrics["energy/epoch_j_per_sample"] = per_sample
@@ -196,7 +174,7 @@ class AipmCallback(Callback):
             return
         self._poll()
         if self.last_step is not None:
-            for key, value in _energy_keys("energy/step_j", self.last_step).items():
+            for key, value in energy_keys("energy/step_j", self.last_step).items():
                 pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)
 
     # -- helpers -------------------------------------------------------------------------
@@ -219,7 +197,7 @@ class AipmCallback(Callback):
                     self._last_index, self.last_step = index, energies
 
     def _record(self, energies: dict[str, float], duration: float, epoch) -> dict:
-        total = _total_j(energies)
+        total = total_j(energies)
         if epoch is None:   # the whole of training
             steps = sum(e["steps"] for e in self.epochs)
             known = [e["samples"] for e in self.epochs]
