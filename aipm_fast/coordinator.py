@@ -50,7 +50,7 @@ class Window:
 
 class Coordinator:
     def __init__(self, recorder, timer, out_dir: str | None = None, drain_period_s: float = 0.1,
-                 keep_s: float = 10.0):
+                 keep_s: float = 2.0):
         self.rec = recorder
         self.timer = timer
         self.drain_period_s = drain_period_s
@@ -156,10 +156,11 @@ class Coordinator:
         self._open_edges = still
 
     def _integrate_marks(self, now: int, final: bool) -> None:
-        ready = [x for x in self._timed if self._covered(x[2], now, final)]
+        covered = [self._covered(x[2], now, final) for x in self._timed]
+        ready = [x for x, ok in zip(self._timed, covered) if ok]
         if not ready:
             return
-        self._timed = [x for x in self._timed if not self._covered(x[2], now, final)]
+        self._timed = [x for x, ok in zip(self._timed, covered) if not ok]
         a = np.array([x[1] for x in ready], dtype=np.int64)
         b = np.array([x[2] for x in ready], dtype=np.int64)
         batch = {

@@ -24,6 +24,7 @@ class DomainTrack:
         self.trimmed = False              # after a trim, t[0] is known to be a counter update
         self.problem = ""                 # why no curve can be built (e.g. a stuck counter)
         self._curve: energy.EnergyCurve | None = None
+        self._failed_size = -1            # readings count at the last failed build: not retried
 
     def append(self, t: np.ndarray, v: np.ndarray) -> None:
         if t.size:
@@ -39,7 +40,7 @@ class DomainTrack:
         return int(self.t[-1]) if self.t.size else None
 
     def curve(self) -> energy.EnergyCurve | None:
-        if self._curve is None and self.t.size >= 2:
+        if self._curve is None and self.t.size >= 2 and self.t.size != self._failed_size:
             try:
                 if self.quantity == "energy":
                     self._curve = energy.counter_curve(self.t, self.v, self.wrap,
@@ -51,6 +52,7 @@ class DomainTrack:
                 # a counter that has not advanced (yet, or ever): its energies are unknown (NaN),
                 # never 0 J, and the reason travels with the results
                 self.problem = str(exc)
+                self._failed_size = self.t.size
         return self._curve
 
     def cumulative(self, t_ns: np.ndarray) -> np.ndarray:

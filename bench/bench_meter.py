@@ -5,7 +5,9 @@
 1. CPU cost of one `with m.inference():` mark in host mode (target < 5 µs);
 2. a small CPU model loop (torchvision resnet18 at 64 px, batch 1) with per-inference marks
    against without, interleaved A/B in one process (target < 1% slower).
-The sampler reads fake RAPL and a fake NVML meanwhile, as it would read real ones.
+The sampler reads a fake powercap tree and a fake NVML meanwhile, at the default periods, as it
+would read real ones (the fake counters stand still: a writer process would compete for the
+CPU, which real RAPL does not).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 
 from bench_engine import fake_nvml  # noqa: E402
-from fakes.powercap import PowercapWriter, build_powercap_tree  # noqa: E402
+from fakes.powercap import build_powercap_tree  # noqa: E402
 
 from aipm_fast import Meter  # noqa: E402
 
@@ -33,7 +35,6 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tree = build_powercap_tree(os.path.join(tmp, "pc"))
-        writer = PowercapWriter(tree, None).start()
         try:
             with Meter(powercap_root=str(tree.root), nvml_lib=fake_nvml(tmp), msr_root="/x", perf_root="/x",
                        cuda=False) as m:
@@ -51,7 +52,7 @@ def main() -> None:
                 with torch.inference_mode():
                     for _ in range(20):
                         model(x)
-                    for p in range(10):
+                    for p in range(20):
                         for mode in (("off", "on") if p % 2 == 0 else ("on", "off")):
                             t = time.perf_counter()
                             for _ in range(100):
@@ -62,7 +63,7 @@ def main() -> None:
                                     model(x)
                             times[mode].append((time.perf_counter() - t) / 100)
         finally:
-            writer.stop()
+            pass
     off, on = np.median(times["off"]), np.median(times["on"])
     print(f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}")
