@@ -199,13 +199,13 @@ class Coordinator:
             pts[1] = point
 
     def _trim(self, now: int) -> None:
-        pending = [x[1] for x in self._timed] + [w.start_ns if k == "start" else w.end_ns
-                                                   for w, k in self._open_edges]
-        oldest_mark = min(pending, default=now)
-        keep_from = min(oldest_mark, now - self.keep_ns) - 1_000_000_000
-        if self._untimed:   # CUDA marks not timed yet may lie anywhere after their anchor
-            keep_from = min(keep_from, min(m.anchor.host_ns for m in self._untimed if m.anchor) - 1_000_000_000) \
-                if any(m.anchor for m in self._untimed) else keep_from
+        """Forget readings no pending edge can need: keep the last keep_s, and everything from
+        one second before the oldest edge still waiting (a CUDA mark not timed yet may lie
+        anywhere after its anchor)."""
+        pending = [x[1] for x in self._timed]
+        pending += [w.start_ns if k == "start" else w.end_ns for w, k in self._open_edges]
+        pending += [m.anchor.host_ns for m in self._untimed if m.anchor is not None]
+        keep_from = min([now - self.keep_ns, *pending]) - 1_000_000_000
         for track in (*self.tracks.values(), *self.anchors.values()):
             track.trim(keep_from)
 
