@@ -285,10 +285,24 @@ class Benchmark:
         devices = dict(self.meter.recorder.discovery.devices)
         if self.opts.device.startswith("cuda"):
             devices["cuda"] = torch.cuda.get_device_name()
+            versions["cuda"] = torch.version.cuda
+            versions["nvidia_driver"] = _nvidia_driver()
         return {"model": self.opts.model, "input_kind": self.spec.input_kind, "options": asdict(self.opts),
                 "versions": versions, "devices": devices, "host": platform.node(),
                 "energy_parts": self.parts, "inference": "one input sample (a batch holds batch_size)",
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _nvidia_driver() -> str | None:
+    """The kernel driver's version line (e.g. "... 580.159.04 ..."), where the driver exposes it."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            first = f.readline()
+    except OSError:
+        return None
+    import re
+    m = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", first)
+    return m.group(1) if m else first.strip()
 
 
 def _headline(run: dict) -> float:
