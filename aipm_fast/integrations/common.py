@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import math
+import os
 
-from aipm_fast.integrations.distributed import additive_domains
+import pandas as pd
+
+from aipm_fast.integrations.distributed import (_dist, _gather, additive_domains, gather_windows, job_summary,
+                                                rank_meter)
 
 
 def total_j(energies: dict[str, float]) -> float:
@@ -28,3 +32,84 @@ def energy_keys(prefix: str, energies: dict[str, float]) -> dict[str, float]:
     """{prefix: total, prefix/<domain>: J}, leaving out what is not a finite number."""
     keys = {prefix: total_j(energies), **{f"{prefix}/{d}": e for d, e in energies.items()}}
     return {k: float(v) for k, v in keys.items() if math.isfinite(v)}
+
+
+# -- distributed runs -------------------------------------------------------------------------------
+def is_distributed() -> bool:
+    """Whether a torch.distributed process group is up (then the callbacks gather on rank 0)."""
+    return _dist() is not None
+
+
+def owned_meter(options: dict, local_rank: int | None = None):
+    """The Meter a callback owns, not started. Under torch.distributed it meters this rank's
+    devices only (`rank_engine_options`, with the user's explicit `options` on top): its own
+    GPU, and the host (RAPL) on local rank 0 only, so each joule counts once in the job's totals.
+    `local_rank` is the framework's own figure; it replaces LOCAL_RANK, which some launchers
+    (Lightning's own, for its first process) leave unset."""
+    if not is_distributed():
+        from aipm_fast.meter import Meter
+        return Meter(**options)
+    environ = dict(os.environ)
+    if local_rank is not None and local_rank >= 0:
+        environ["LOCAL_RANK"] = str(local_rank)
+    return rank_meter(environ, **options)
+
+
+class _OneWindow:
+    """What `gather_windows` reads from a Meter (`windows()`), for one closed window only: the
+    figures the callback already logged for this process, and its own step count."""
+
+    def __init__(self, window, energies: dict[str, float], steps: int):
+        self.rows = [{"window": window.name, "window_id": window.id, "domain": d, "start_ns": window.start_ns,
+                      "end_ns": window.end_ns, "duration_s": (window.end_ns - window.start_ns) / 1e9,
+                      "energy_j": e, "n_inferences": steps} for d, e in energies.items()]
+
+    def windows(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=["window", "window_id", "domain", "start_ns", "end_ns",
+                                                "duration_s", "energy_j", "n_inferences"])
+
+
+def gather_job(window, energies: dict[str, float], steps: int, samples: int | None, group=None) -> dict | None:
+    """A window's figures from every rank, summed on rank 0: `job_summary` of the gathered table
+    ({"per_rank", "per_node", "total"}, plus "table") on rank 0, None on the others.
+
+    A collective: every rank calls it, for the same windows in the same order. `steps` and
+    `samples` are this rank's (None: unknown). In the total, n_steps is the most steps of any
+    rank (a job's step is one step on every rank), samples the sum over ranks (None if a rank
+    does not know its count), joules_per_step and joules_per_sample the job's energy over them.
+    Under NCCL the figures travel through the current CUDA device: it must be set
+    (`torch.cuda.set_device(local_rank)`; Lightning and the Trainer do it), or `group` a gloo group."""
+    table = gather_windows(_OneWindow(window, energies, steps), group=group)
+    counts = _gather({"rank": _dist().get_rank() if is_distributed() else 0, "steps": steps,
+                      "samples": samples}, group, 0)
+    if table is None or counts is None:
+        return None
+    summary = job_summary(table, window=window.name)
+    counts = pd.DataFrame(counts, columns=["rank", "steps", "samples"])
+    # every rank, those that meter no device too (their energy is NaN: others meter their GPU)
+    summary["per_rank"] = summary["per_rank"].drop(columns="n_steps").merge(
+        counts.rename(columns={"steps": "n_steps"}), on="rank", how="outer").sort_values("rank", ignore_index=True)
+    total = summary["total"]
+    n_steps = int(counts["steps"].max()) if len(counts) else 0
+    known = len(counts) > 0 and bool(counts["samples"].notna().all())
+    n_samples = int(counts["samples"].sum()) if known else None
+    total.update({
+        "n_steps": n_steps, "n_ranks": len(counts), "samples": n_samples,
+        "joules_per_step": total["energy_j"] / n_steps if n_steps else math.nan,
+        "joules_per_sample": total["energy_j"] / n_samples if n_samples else math.nan,
+    })
+    summary["table"] = table
+    return summary
+
+
+def job_keys(kind: str, summary: dict) -> dict[str, float]:
+    """Rank 0's job keys for a gathered window ("epoch" or "train"): energy/job/<kind>_j (over
+    every rank and node), energy/job/<kind>_j_per_step, energy/job/<kind>_j_per_sample, and
+    energy/rank<r>/<kind>_j per rank; what is not a finite number is left out."""
+    total = summary["total"]
+    keys = {f"energy/job/{kind}_j": total["energy_j"],
+            f"energy/job/{kind}_j_per_step": total["joules_per_step"],
+            f"energy/job/{kind}_j_per_sample": total["joules_per_sample"]}
+    for rank, energy in zip(summary["per_rank"]["rank"], summary["per_rank"]["energy_j"]):
+        keys[f"energy/rank{int(rank)}/{kind}_j"] = energy
+    return {k: float(v) for k, v in keys.items() if v is not None and math.isfinite(v)}

@@ -17,6 +17,22 @@ every log the callback adds, in joules (totals add the domains without overlap, 
     energy/epoch_j_per_sample                 its energy per training sample
     energy/train_j, energy/train_j/<domain>   in the Trainer's final log (the one with train_runtime)
 
+These are the figures of the process that logs them. When the run is distributed (a
+torch.distributed process group is up, as under torchrun or accelerate launch), every rank
+meters its own devices and the callback gathers the ranks' figures on rank 0 at the end of
+each epoch and of training, which adds (main process only):
+
+    energy/job/epoch_j                        the epoch's energy summed over every rank and node
+    energy/job/epoch_j_per_step               over the job's steps (the most steps of any rank)
+    energy/job/epoch_j_per_sample             over the samples of all ranks
+    energy/rank<r>/epoch_j                    each rank's share
+    energy/job/train_j, energy/job/train_j_per_step, energy/job/train_j_per_sample,
+    energy/rank<r>/train_j                    the same for the whole run, in the final log
+
+The gathering uses torch.distributed collectives: under NCCL they go through the current CUDA
+device, which the Trainer (accelerate) sets for each rank (pass `group=` a gloo group where it
+is not set).
+
 The Trainer copies a log into `trainer.state.log_history` and then hands it to the callbacks
 in order; the callback adds its keys to both. The integrations chosen with `report_to`
 (TensorBoard, W&B, MLflow, ...) come before the callbacks given to `Trainer(callbacks=...)`,
@@ -38,7 +54,8 @@ except ModuleNotFoundError as exc:
 
 
 
-from aipm_fast.integrations.common import energy_keys, total_j, window_energy
+from aipm_fast.integrations.common import (energy_keys, gather_job, is_distributed, job_keys, owned_meter,
+                                           total_j, window_energy)
 
 
 class AipmTrainerCallback(TrainerCallback):
@@ -50,6 +67,9 @@ class AipmTrainerCallback(TrainerCallback):
         `on_train_end`. The Trainer has no hook for a run that raises: call `callback.close()`
         (in a `finally`) where that matters; the Meter's threads never keep the process alive.
         The Meter stays at `callback.meter` for inferences(), windows().
+    group: the torch.distributed process group to gather over in a distributed run (default:
+        the whole world). Under NCCL without a current CUDA device, a gloo group
+        (`torch.distributed.new_group(backend="gloo")`).
 
     `energy/step_j` is the energy of the most recent step whose energy is known, not of the
     step just logged: a step is integrated only once the power readings pass its end,
@@ -63,17 +83,29 @@ class AipmTrainerCallback(TrainerCallback):
     `callback.train` the same for the whole run. Samples are those this process trained on,
     counted from the batch size (the last batch of an epoch may be short: the count is capped
     at the process's share of the training set).
+
+    Distributed runs: a Meter the callback owns meters this rank's GPU only, and the host (RAPL)
+    on local rank 0 only (`aipm_fast.integrations.distributed.rank_engine_options`, under the
+    explicit meter options), so that each joule counts once; a Meter passed in is used as it
+    is. Every rank gathers at each epoch end and at the end of training (collectives: all ranks
+    take part). On rank 0, `callback.job_epochs` holds one `job_summary` dict per epoch
+    ({"per_rank", "per_node", "total", "table"}, plus "epoch") and `callback.job_train` the
+    one of the whole run; both stay empty (None) on the other ranks.
     """
 
-    def __init__(self, meter=None, **meter_options):
+    def __init__(self, meter=None, *, group=None, **meter_options):
         if meter is not None and meter_options:
             raise TypeError("AipmTrainerCallback takes either a running Meter or Meter options, not both")
         self.meter = meter
+        self.group = group
         self._owns = meter is None
         self._options = meter_options
         self.epochs: list[dict] = []
         self.train: dict | None = None
         self.last_step: dict[str, float] | None = None    # {domain: J} of the latest resolved step
+        self.job_epochs: list[dict] = []                  # rank 0 of a distributed run: the job's epochs
+        self.job_train: dict | None = None
+        self._distributed = False
         self._clear()
 
     def _clear(self) -> None:
@@ -100,9 +132,10 @@ class AipmTrainerCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._clear()
         self.epochs, self.train, self.last_step = [], None, None
+        self.job_epochs, self.job_train = [], None
+        self._distributed = is_distributed()    # decided once, so that every rank gathers alike
         if self._owns:
-            from aipm_fast.meter import Meter
-            self.meter = Meter(**self._options).start()
+            self.meter = owned_meter(self._options, _local_rank(args)).start()
         elif not getattr(self.meter, "_started", True):
             raise RuntimeError("AipmTrainerCallback(meter=...) needs a running Meter: start it before "
                                "training, or pass Meter options and let the callback own one")
@@ -139,6 +172,10 @@ class AipmTrainerCallback(TrainerCallback):
                       "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
                       **{f"energy_j/{d}": e for d, e in energies.items()}}
         self._unlogged.update(energy_keys("energy/train_j", energies))
+        if self._distributed:
+            self.job_train = gather_job(w, energies, steps, samples, self.group)
+            if self.job_train is not None:
+                self._unlogged.update(job_keys("train", self.job_train))
 
     # -- epochs --------------------------------------------------------------------------
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -166,6 +203,11 @@ class AipmTrainerCallback(TrainerCallback):
         self._unlogged.update(energy_keys("energy/epoch_j", energies))
         if per_sample is not None and math.isfinite(per_sample):
             self._unlogged["energy/epoch_j_per_sample"] = per_sample
+        if self._distributed:   # every rank takes part; rank 0 gets the job's figures
+            job = gather_job(w, energies, self._steps, samples, self.group)
+            if job is not None:
+                self.job_epochs.append({"epoch": n, **job})
+                self._unlogged.update(job_keys("epoch", job))
 
     def _samples(self, args, train_dataloader) -> int | None:
         """Samples this process trained on in the epoch: steps x batch x accumulation, capped at
@@ -230,3 +272,12 @@ class AipmTrainerCallback(TrainerCallback):
                 self._mine.discard(index)
                 if index > self._last_index:
                     self._last_index, self.last_step = index, energies
+
+
+def _local_rank(args) -> int | None:
+    """The Trainer's local rank (None where it cannot tell: LOCAL_RANK then decides)."""
+    try:
+        return int(args.local_process_index)
+    except Exception:    # older TrainingArguments, or a stand-in without it
+        rank = getattr(args, "local_rank", -1)
+        return rank if isinstance(rank, int) and rank >= 0 else None

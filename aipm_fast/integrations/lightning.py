@@ -15,6 +15,22 @@ Each training batch is a step mark (`Meter.step()`), each training epoch a windo
     energy/epoch_j_per_sample                 where the batch size can be read from the batches
     energy/train_j, energy/train_j/<domain>   at the end of training, to the trainer's loggers
 
+These are the figures of the process that logs them. When the run is distributed (a
+torch.distributed process group is up, as under strategy="ddp"), every rank meters its own
+devices and the callback gathers the ranks' figures on rank 0 at the end of each epoch and of
+training, which adds (rank 0 only):
+
+    energy/job/epoch_j                        the epoch's energy summed over every rank and node
+    energy/job/epoch_j_per_step               over the job's steps (the most steps of any rank)
+    energy/job/epoch_j_per_sample             over the samples of all ranks, where every rank knows its count
+    energy/rank<r>/epoch_j                    each rank's share
+    energy/job/train_j, energy/job/train_j_per_step, energy/job/train_j_per_sample,
+    energy/rank<r>/train_j                    the same for the whole of training
+
+The gathering uses torch.distributed collectives: under NCCL they go through the current CUDA
+device, which Lightning sets for each rank before the fit starts (pass `group=` a gloo group
+where it is not set).
+
 Works with `lightning.pytorch` or, where that is not installed, the older `pytorch_lightning`.
 """
 from __future__ import annotations
@@ -38,7 +54,8 @@ except ModuleNotFoundError as exc:
 
 
 
-from aipm_fast.integrations.common import energy_keys, total_j, window_energy
+from aipm_fast.integrations.common import (energy_keys, gather_job, is_distributed, job_keys, owned_meter,
+                                           total_j, window_energy)
 
 
 class AipmCallback(Callback):
@@ -49,6 +66,9 @@ class AipmCallback(Callback):
         cuda, gpus, powercap_root, ...), starts it at `on_fit_start` and stops it at the end of
         the fit, or on an exception. It stays at `callback.meter` for inferences(), windows().
     log_steps: log `energy/step_j` every batch (False: epochs and training only).
+    group: the torch.distributed process group to gather over in a distributed run (default:
+        the whole world). Under NCCL without a current CUDA device, a gloo group
+        (`torch.distributed.new_group(backend="gloo")`).
 
     `energy/step_j` is the energy of the most recent step whose energy is known, not of the
     batch that just ran: a step is integrated only once the power readings pass its end,
@@ -59,18 +79,30 @@ class AipmCallback(Callback):
     After the fit, `callback.epochs` holds one dict per epoch (epoch, steps, samples,
     duration_s, energy_j, energy_j_per_sample, energy_j/<domain>) and `callback.train` the same
     for the whole of training. Per sample means per sample trained on by this process.
+
+    Distributed runs: a Meter the callback owns meters this rank's GPU only, and the host (RAPL)
+    on local rank 0 only (`aipm_fast.integrations.distributed.rank_engine_options`, under the
+    explicit meter options), so that each joule counts once; a Meter passed in is used as it
+    is. Every rank gathers at each epoch end and at the end of training (collectives: all ranks
+    take part). On rank 0, `callback.job_epochs` holds one `job_summary` dict per epoch
+    ({"per_rank", "per_node", "total", "table"}, plus "epoch") and `callback.job_train` the
+    one of the whole of training; both stay empty (None) on the other ranks.
     """
 
-    def __init__(self, meter=None, *, log_steps: bool = True, **meter_options):
+    def __init__(self, meter=None, *, log_steps: bool = True, group=None, **meter_options):
         if meter is not None and meter_options:
             raise TypeError("AipmCallback takes either a running Meter or Meter options, not both")
         self.meter = meter
         self.log_steps = log_steps
+        self.group = group
         self._owns = meter is None
         self._options = meter_options
         self.epochs: list[dict] = []
         self.train: dict | None = None
         self.last_step: dict[str, float] | None = None    # {domain: J} of the latest resolved step
+        self.job_epochs: list[dict] = []                  # rank 0 of a distributed run: the job's epochs
+        self.job_train: dict | None = None
+        self._distributed = False
         self._clear()
 
     def _clear(self) -> None:
@@ -87,9 +119,10 @@ class AipmCallback(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._clear()
         self.epochs, self.train, self.last_step = [], None, None
+        self.job_epochs, self.job_train = [], None
+        self._distributed = is_distributed()    # decided once, so that every rank gathers alike
         if self._owns:
-            from aipm_fast.meter import Meter
-            self.meter = Meter(**self._options).start()
+            self.meter = owned_meter(self._options, getattr(trainer, "local_rank", None)).start()
         elif not getattr(self.meter, "_started", True):
             raise RuntimeError("AipmCallback(meter=...) needs a running Meter: start it before fit, "
                                "or pass Meter options and let the callback own one")
@@ -109,6 +142,10 @@ class AipmCallback(Callback):
         energies, duration = window_energy(self.meter, w)
         self.train = self._record(energies, duration, epoch=None)
         metrics = energy_keys("energy/train_j", energies)
+        if self._distributed:
+            self.job_train = gather_job(w, energies, self.train["steps"], self.train["samples"], self.group)
+            if self.job_train is not None:
+                metrics.update(job_keys("train", self.job_train))
         if metrics and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
@@ -153,6 +190,12 @@ class AipmCallback(Callback):
             metrics["energy/epoch_j_per_sample"] = per_sample
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
+        if self._distributed:   # every rank takes part; rank 0 gets the job's figures
+            job = gather_job(w, energies, record["steps"], record["samples"], self.group)
+            if job is not None:
+                self.job_epochs.append({"epoch": trainer.current_epoch, **job})
+                for key, value in job_keys("epoch", job).items():
+                    pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1, rank_zero_only=True)
 
     # -- steps ---------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:

@@ -1,0 +1,216 @@
+"""The Lightning and Hugging Face callbacks in a distributed run: two gloo ranks on localhost.
+
+Each rank is launched the way torchrun launches it (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR,
+MASTER_PORT in its environment), so that Lightning (strategy="ddp" on CPU) and the Trainer
+(accelerate) join the process group instead of starting processes of their own. Both frameworks
+train the same tiny MLP in the same two processes, Lightning first; the Trainer reuses the
+process group. Hardware is faked: two fake GPUs (GPU r draws 100 + 10 r W, rank r meters GPU r)
+and one powercap tree that only local rank 0 reads.
+"""
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+pytest.importorskip("torch.distributed")
+pytest.importorskip("lightning.pytorch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+EPOCHS, SAMPLES, BATCH = 2, 64, 4        # 64 samples over 2 ranks: 8 steps of 4 per rank and epoch
+STEPS = SAMPLES // 2 // BATCH
+RANK_SCRIPT = textwrap.dedent("""
+    import os, pickle, sys, time, warnings
+    warnings.filterwarnings("ignore")
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+    powercap_root, nvml_lib, out, tmp = sys.argv[1:5]
+    EPOCHS, SAMPLES, BATCH, STEP_S = EPOCHS_, SAMPLES_, BATCH_, 0.05
+    options = {"powercap_root": powercap_root, "nvml_lib": nvml_lib, "msr_root": "/x", "perf_root": "/x",
+               "cuda": False}
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(SAMPLES, 8, generator=g), torch.randn(SAMPLES, 1, generator=g)
+    result = {}
+
+    def tables(cb):
+        return {"epochs": cb.epochs, "train": cb.train, "job_epochs": cb.job_epochs, "job_train": cb.job_train,
+                "channels": sorted({c.domain for c in cb.meter.recorder.channels.values()})}
+
+    # -- Lightning: DDP on CPU, the process group set up by the strategy ---------------------
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import Logger
+    from aipm_fast.integrations.lightning import AipmCallback
+
+    class Capture(Logger):
+        name, version = "capture", 0
+
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append(dict(metrics))
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+        def training_step(self, batch, batch_idx):
+            time.sleep(STEP_S)
+            return F.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    logger, cb = Capture(), AipmCallback(**options)
+    trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=2, strategy="ddp", logger=logger,
+                         callbacks=[cb], enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0)
+    trainer.fit(Tiny(), DataLoader(TensorDataset(x, y), batch_size=BATCH))
+    assert torch.distributed.is_initialized()
+    result["lightning"] = {**tables(cb), "logged": logger.rows}
+
+    # -- Hugging Face: the Trainer joins the same process group ------------------------------
+    import transformers
+    from aipm_fast.integrations.huggingface import AipmTrainerCallback
+
+    class Regressor(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+        def forward(self, x, labels=None):
+            time.sleep(STEP_S)
+            out = self.net(x)
+            return {"loss": F.mse_loss(out, labels), "logits": out}
+
+    args = transformers.TrainingArguments(
+        output_dir=tmp, report_to=[], use_cpu=True, logging_steps=1, num_train_epochs=EPOCHS,
+        per_device_train_batch_size=BATCH, save_strategy="no", disable_tqdm=True)
+    cb = AipmTrainerCallback(**options)
+    hf = transformers.Trainer(model=Regressor(), args=args, callbacks=[cb],
+                              train_dataset=[{"x": x[i], "labels": y[i]} for i in range(SAMPLES)])
+    hf.train()
+    assert args.world_size == 2
+    result["huggingface"] = {**tables(cb), "logged": hf.state.log_history}
+
+    with open(out, "wb") as f:
+        pickle.dump(result, f)
+    torch.distributed.destroy_process_group()
+""").replace("EPOCHS_", str(EPOCHS)).replace("SAMPLES_", str(SAMPLES)).replace("BATCH_", str(BATCH))
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, build_fake_nvml):
+    """Runs RANK_SCRIPT on two gloo ranks; returns [rank 0's results, rank 1's]."""
+    from fakes.powercap import PowercapWriter, build_powercap_tree
+    tmp = tmp_path_factory.mktemp("dist_callbacks")
+    tree = build_powercap_tree(tmp / "powercap")
+    writer = PowercapWriter(tree, None).start()
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_loopback_port()),
+           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "FAKE_NVML_GPUS": "2", "FAKE_NVML_TRACE": "const:100",
+           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    procs = []
+    try:
+        for rank in range(2):
+            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", RANK_SCRIPT, str(tmp / "powercap"), str(build_fake_nvml()),
+                 str(tmp / f"rank{rank}.pkl"), str(tmp / f"hf{rank}")],
+                env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        deadline = time.monotonic() + 55
+        for rank, p in enumerate(procs):
+            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            assert p.returncode == 0, f"rank {rank} failed:\n{out[-6000:]}"
+        yield [pickle.loads((tmp / f"rank{r}.pkl").read_bytes()) for r in range(2)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        writer.stop()
+
+
+FRAMEWORKS = ["lightning", "huggingface"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_each_rank_meters_its_own_gpu_and_only_local_rank_zero_the_host(two_ranks, framework):
+    r0, r1 = (two_ranks[r][framework] for r in (0, 1))
+    assert r0["channels"][0] == "nvml:0" and any(d.startswith("rapl:") for d in r0["channels"])
+    assert r1["channels"] == ["nvml:1"]
+    for rank, res in enumerate((r0, r1)):
+        assert len(res["epochs"]) == EPOCHS
+        for rec in res["epochs"]:
+            assert rec["steps"] == STEPS and rec["samples"] == STEPS * BATCH
+            gpus = [k for k in rec if k.startswith("energy_j/nvml:")]
+            assert gpus == [f"energy_j/nvml:{rank}"]
+            # the fake GPU of rank r draws (100 + 10 r) W for the whole epoch
+            watts = 100 + 10 * rank
+            assert rec[f"energy_j/nvml:{rank}"] == pytest.approx(watts * rec["duration_s"], rel=0.03)
+        assert any(k.startswith("energy_j/rapl:") for k in res["epochs"][0]) is (rank == 0)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_rank_zero_gets_the_job_totals(two_ranks, framework):
+    r0, r1 = (two_ranks[r][framework] for r in (0, 1))
+    assert r1["job_epochs"] == [] and r1["job_train"] is None      # only rank 0 gets the tables
+    assert [j["epoch"] for j in r0["job_epochs"]] == list(range(EPOCHS))
+    for n, job in enumerate(r0["job_epochs"]):
+        e0, e1 = r0["epochs"][n]["energy_j"], r1["epochs"][n]["energy_j"]
+        total = job["total"]
+        assert total["energy_j"] == pytest.approx(e0 + e1, rel=1e-6)
+        assert total["n_ranks"] == 2 and total["n_nodes"] == 1 and total["n_steps"] == STEPS
+        assert total["samples"] == 2 * STEPS * BATCH
+        assert total["joules_per_step"] == pytest.approx((e0 + e1) / STEPS, rel=1e-6)
+        assert total["joules_per_sample"] == pytest.approx((e0 + e1) / (2 * STEPS * BATCH), rel=1e-6)
+        per_rank = job["per_rank"].set_index("rank")
+        assert per_rank.loc[0, "energy_j"] == pytest.approx(e0, rel=1e-6)
+        assert per_rank.loc[1, "energy_j"] == pytest.approx(e1, rel=1e-6)
+        assert per_rank.loc[1, "host_energy_j"] == 0.0 and per_rank.loc[0, "host_energy_j"] > 0
+        assert job["per_node"]["energy_j"].sum() == pytest.approx(e0 + e1, rel=1e-6)
+        # RAPL counted once: its rows come from rank 0 only
+        t = job["table"]
+        rapl = t[(t["scope"] == "rank") & t["domain"].str.startswith("rapl:")]
+        assert len(rapl) and set(rapl["rank"]) == {0}
+    train = r0["job_train"]["total"]
+    assert train["energy_j"] == pytest.approx(r0["train"]["energy_j"] + r1["train"]["energy_j"], rel=1e-6)
+    assert train["n_steps"] == EPOCHS * STEPS and train["samples"] == 2 * EPOCHS * STEPS * BATCH
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_rank_zero_logs_the_job_keys_next_to_its_own(two_ranks, framework):
+    r0, r1 = (two_ranks[r][framework] for r in (0, 1))
+    epochs = [row for row in r0["logged"] if "energy/job/epoch_j" in row]
+    assert len(epochs) == EPOCHS
+    for n, row in enumerate(epochs):
+        e0, e1 = r0["epochs"][n]["energy_j"], r1["epochs"][n]["energy_j"]
+        assert row["energy/epoch_j"] == pytest.approx(e0, rel=1e-6)          # this process's, as before
+        assert row["energy/job/epoch_j"] == pytest.approx(e0 + e1, rel=1e-6)
+        assert row["energy/job/epoch_j_per_sample"] == pytest.approx((e0 + e1) / (2 * STEPS * BATCH), rel=1e-6)
+        assert row["energy/job/epoch_j_per_step"] == pytest.approx((e0 + e1) / STEPS, rel=1e-6)
+        assert row["energy/rank0/epoch_j"] == pytest.approx(e0, rel=1e-6)
+        assert row["energy/rank1/epoch_j"] == pytest.approx(e1, rel=1e-6)
+    train = [row for row in r0["logged"] if "energy/job/train_j" in row]
+    assert len(train) == 1
+    assert train[0]["energy/job/train_j"] == pytest.approx(r0["train"]["energy_j"] + r1["train"]["energy_j"],
+                                                           rel=1e-6)
+    assert train[0]["energy/rank1/train_j"] == pytest.approx(r1["train"]["energy_j"], rel=1e-6)
