@@ -28,6 +28,7 @@ import pandas as pd
 
 from aipm_fast import report
 from aipm_fast.bench import models
+from aipm_fast.domains import gpu_and_host
 from aipm_fast.storage import ParquetSampleWriter, write_json
 
 
@@ -72,17 +73,6 @@ def _dtype(name: str):
     return table[name]
 
 
-def _parts(domains: list[str]) -> dict[str, list[str]]:
-    """Which domains make up 'gpu' and 'cpu'. CPU: packages plus their DRAM (which powercap
-    does not count inside the package); core/uncore are inside the package and not added.
-    The platform (psys) domain is used only where no package can be read."""
-    gpu = [d for d in domains if d.startswith("nvml:")]
-    packages = [d for d in domains if d.startswith("rapl:package-") and d.count("/") == 0]
-    dram = [d for d in domains if d.startswith("rapl:package-") and d.endswith("/dram")]
-    cpu = packages + dram if packages else [d for d in domains if d == "rapl:psys"]
-    return {"gpu": gpu, "cpu": cpu}
-
-
 class Benchmark:
     def __init__(self, opts: BenchOptions, meter=None, progress=None, log=print):
         self.opts = opts
@@ -116,7 +106,7 @@ class Benchmark:
                 self.meter.start()
         m = self.meter
         try:
-            self.parts = _parts(list(m.coordinator.tracks))
+            self.parts = gpu_and_host(m.coordinator.tracks)
             self.missing_reason = self._missing_reason()
             if self.missing_reason:
                 self.log(f"energy not measured: {self.missing_reason}")

@@ -6,8 +6,8 @@ import os
 
 import pandas as pd
 
-from aipm_fast.integrations.distributed import (_dist, _gather, additive_domains, gather_windows, job_summary,
-                                                rank_meter)
+from aipm_fast.domains import additive_domains
+from aipm_fast.integrations.distributed import _dist, _gather, gather_windows, job_summary, rank_meter
 
 
 def total_j(energies: dict[str, float]) -> float:

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from aipm_fast.domains import additive_domains
+
 # torchrun sets LOCAL_RANK; the others cover mpirun and srun launches of the same script.
 LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
 RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
@@ -214,18 +216,6 @@ def gather_steps(meter, group=None, dst: int = 0) -> pd.DataFrame | None:
         return None
     per_rank = pd.concat(parts, ignore_index=True)
     return _assemble(per_rank, _totals(per_rank, ["window", "step"], {}), ["window", "step"])
-
-
-def additive_domains(domains) -> list[str]:
-    """Domains whose energies add up without overlap: GPUs, RAPL packages and their DRAM.
-    Core and uncore lie inside their package; psys (the platform) holds the packages and is
-    used only where no package is read."""
-    domains = list(domains)
-    gpu = [d for d in domains if d.startswith("nvml:")]
-    packages = [d for d in domains if d.startswith("rapl:package-") and "/" not in d]
-    dram = [d for d in domains if d.startswith("rapl:package-") and d.endswith("/dram")]
-    host = packages + dram if packages else [d for d in domains if d == "rapl:psys"]
-    return gpu + host
 
 
 def _sum_strict(x: pd.Series) -> float:

@@ -10,7 +10,7 @@
 Each optimizer step (`on_step_begin` to `on_step_end`, all its gradient-accumulation
 micro-batches) is a step mark, each epoch a window `epoch_<n>`, the run a window `train`. At
 every log the callback adds, in joules (totals add the domains without overlap, see
-`aipm_fast.integrations.distributed.additive_domains`):
+`aipm_fast.domains.additive_domains`):
 
     energy/step_j, energy/step_j/<domain>     the latest step whose energy is known
     energy/epoch_j, energy/epoch_j/<domain>   the last epoch ended since the previous log

@@ -8,7 +8,7 @@
 Each training batch is a step mark (`Meter.step()`), each training epoch a window `epoch_<n>`
 (it holds the epoch's validation too, the steps do not), the whole of `fit`'s training a window
 `train`. Logged keys, in joules (totals add the domains without overlap, see
-`aipm_fast.integrations.distributed.additive_domains`):
+`aipm_fast.domains.additive_domains`):
 
     energy/step_j, energy/step_j/<domain>     every batch: the latest step whose energy is known
     energy/epoch_j, energy/epoch_j/<domain>   at the end of each epoch

@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from aipm_fast.coordinator import choose_tracks
-from aipm_fast.integrations.distributed import additive_domains
+from aipm_fast.domains import additive_domains
 
 KEEP_NS = 10_000_000_000   # readings a recorder's view keeps: enough for any power window
 
