@@ -44,8 +44,7 @@ class Window:
     start_u: dict = field(default_factory=dict)      # domain -> edge uncertainty (J)
     end_u: dict = field(default_factory=dict)
     n_marks: int = 0
-    first_mark_ns: int | None = None
-    last_mark_ns: int | None = None
+    end_resolved: bool = False                       # end_j/end_u hold their final values
 
 
 class Coordinator:
@@ -146,11 +145,14 @@ class Coordinator:
             if not self._covered(t, now, final):
                 still.append((w, which))
                 continue
-            for domain, track in self.tracks.items():
-                j = float(track.cumulative(np.array([t]))[0])
-                u = edge_uncertainty(track, t)
-                (w.start_j if which == "start" else w.end_j)[domain] = j
-                (w.start_u if which == "start" else w.end_u)[domain] = u
+            # built aside and assigned whole: another thread may be reading the window
+            js = {d: float(tr.cumulative(np.array([t]))[0]) for d, tr in self.tracks.items()}
+            us = {d: edge_uncertainty(tr, t) for d, tr in self.tracks.items()}
+            if which == "start":
+                w.start_u, w.start_j = us, js
+            else:
+                w.end_u, w.end_j = us, js
+                w.end_resolved = True
             if which == "end" and self._writer:
                 self._writer.window(w)
         self._open_edges = still

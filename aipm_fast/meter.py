@@ -165,7 +165,7 @@ class Meter:
             self.coordinator.process(final=not self._started)
             c = self.coordinator
             if window is not None:
-                done = window.end_j or not window.end_ns
+                done = window.end_resolved or not window.end_ns
             else:
                 done = not (c.marks or c._untimed or c._timed or c._open_edges)
             if done or time.monotonic() > deadline:
