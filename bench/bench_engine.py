@@ -31,7 +31,8 @@ from aipm_fast.recorder import Recorder  # noqa: E402
 
 def fake_nvml(tmp: str) -> str:
     lib = os.path.join(tmp, "libfake_nvml.so")
-    subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", os.path.join(HERE, "..", "tests", "fakes",
+    subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", f"-I{os.path.join(HERE, '..', 'csrc')}",
+                    os.path.join(HERE, "..", "tests", "fakes",
                     "fake_nvml.c"), "-o", lib], check=True)
     return lib
 

@@ -43,7 +43,8 @@ from fakes.powercap import (DEFAULT_MAX_ENERGY_RANGE_UJ, DEFAULT_PERIOD_S, FakeP
                             PowercapWriter, build_powercap_tree)
 
 FAKE_NVML_SRC = TESTS_DIR / "fakes" / "fake_nvml.c"
-FAKE_NVML_CFLAGS = ["-std=c11", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra"]
+# -I csrc: the fake is built with the sampler's own NVML declarations (csrc/nvml_types.h)
+FAKE_NVML_CFLAGS = ["-std=c11", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", f"-I{TESTS_DIR.parent / 'csrc'}"]
 
 
 def compile_fake_nvml(out: Path, omit_samples: bool = False, omit_energy: bool = False):

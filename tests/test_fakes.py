@@ -150,7 +150,8 @@ def test_fake_nvml_compiles_without_warnings(tmp_path, defines):
     if gcc is None:
         pytest.skip("gcc not found")
     src = Path(__file__).parent / "fakes" / "fake_nvml.c"
-    r = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", *defines, str(src),
+    csrc = Path(__file__).parent.parent / "csrc"
+    r = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", f"-I{csrc}", *defines, str(src),
                         "-o", str(tmp_path / "f.so")], capture_output=True, text=True)
     assert r.returncode == 0 and r.stderr == "", r.stderr
 

@@ -113,3 +113,34 @@ def job_keys(kind: str, summary: dict) -> dict[str, float]:
     for rank, energy in zip(summary["per_rank"]["rank"], summary["per_rank"]["energy_j"]):
         keys[f"energy/rank{int(rank)}/{kind}_j"] = energy
     return {k: float(v) for k, v in keys.items() if v is not None and math.isfinite(v)}
+
+
+class StepMarks:
+    """The step bookkeeping both callbacks share: one open step mark at a time, and the latest
+    of this callback's steps whose energy is known (user marks on the same Meter are not ours).
+    A mixin: the callback has `self.meter` and `self.last_step`, and calls `_clear_steps()`
+    whenever it starts afresh."""
+
+    def _clear_steps(self) -> None:
+        self._step = None              # the open step mark
+        self._mine: set[int] = set()   # indices of this callback's steps not integrated yet
+        self._last_index = -1
+        self._position = 0
+
+    def _open(self, name: str):
+        mark = self.meter.window(name)
+        return mark, mark.__enter__()
+
+    def _close_step(self) -> None:
+        step, self._step = self._step, None
+        if step is not None:
+            step.__exit__(None, None, None)
+            self._mine.add(step.index)
+
+    def _poll(self) -> None:
+        marks, self._position = self.meter.resolved_marks(self._position)
+        for index, energies in marks:
+            if index in self._mine:
+                self._mine.discard(index)
+                if index > self._last_index:
+                    self._last_index, self.last_step = index, energies

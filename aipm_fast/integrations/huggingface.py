@@ -54,11 +54,11 @@ except ModuleNotFoundError as exc:
 
 
 
-from aipm_fast.integrations.common import (energy_keys, gather_job, is_distributed, job_keys, owned_meter,
+from aipm_fast.integrations.common import (StepMarks, energy_keys, gather_job, is_distributed, job_keys, owned_meter,
                                            total_j, window_energy)
 
 
-class AipmTrainerCallback(TrainerCallback):
+class AipmTrainerCallback(TrainerCallback, StepMarks):
     """Energy per step and per epoch, added to the Trainer's logs.
 
     meter: a running Meter to use; the callback neither starts nor stops it. Without one, the
@@ -109,13 +109,10 @@ class AipmTrainerCallback(TrainerCallback):
         self._clear()
 
     def _clear(self) -> None:
-        self._step = None          # the open step mark
+        self._clear_steps()
         self._epoch = None         # (window mark, Window, epoch number) of the open epoch
         self._train = None         # (window mark, Window) of the open training window
         self._steps = 0
-        self._mine: set[int] = set()   # indices of this callback's steps not integrated yet
-        self._last_index = -1
-        self._position = 0
         self._unlogged: dict[str, float] = {}   # epoch keys waiting for the next log
 
     def attach(self, trainer):
@@ -255,23 +252,6 @@ class AipmTrainerCallback(TrainerCallback):
         logs.update(added)
 
     # -- helpers -------------------------------------------------------------------------
-    def _open(self, name: str):
-        mark = self.meter.window(name)
-        return mark, mark.__enter__()
-
-    def _close_step(self) -> None:
-        step, self._step = self._step, None
-        if step is not None:
-            step.__exit__(None, None, None)
-            self._mine.add(step.index)
-
-    def _poll(self) -> None:
-        marks, self._position = self.meter.resolved_marks(self._position)
-        for index, energies in marks:
-            if index in self._mine:
-                self._mine.discard(index)
-                if index > self._last_index:
-                    self._last_index, self.last_step = index, energies
 
 
 def _local_rank(args) -> int | None:

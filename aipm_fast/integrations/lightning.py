@@ -54,11 +54,11 @@ except ModuleNotFoundError as exc:
 
 
 
-from aipm_fast.integrations.common import (energy_keys, gather_job, is_distributed, job_keys, owned_meter,
+from aipm_fast.integrations.common import (StepMarks, energy_keys, gather_job, is_distributed, job_keys, owned_meter,
                                            total_j, window_energy)
 
 
-class AipmCallback(Callback):
+class AipmCallback(Callback, StepMarks):
     """Energy per training step and per epoch, logged through `pl_module.log`.
 
     meter: a running Meter to use; the callback neither starts nor stops it. Without one, the
@@ -106,14 +106,11 @@ class AipmCallback(Callback):
         self._clear()
 
     def _clear(self) -> None:
-        self._step = None          # the open step mark
+        self._clear_steps()
         self._epoch = None         # (window mark, Window) of the open epoch
         self._train = None         # (window mark, Window) of the open training window
         self._steps = self._samples = 0
         self._samples_known = True
-        self._mine: set[int] = set()   # indices of this callback's steps not integrated yet
-        self._last_index = -1
-        self._position = 0
 
     # -- life cycle ----------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -221,23 +218,6 @@ class AipmCallback(Callback):
                 pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)
 
     # -- helpers -------------------------------------------------------------------------
-    def _open(self, name: str):
-        mark = self.meter.window(name)
-        return mark, mark.__enter__()
-
-    def _close_step(self) -> None:
-        step, self._step = self._step, None
-        if step is not None:
-            step.__exit__(None, None, None)
-            self._mine.add(step.index)
-
-    def _poll(self) -> None:
-        marks, self._position = self.meter.resolved_marks(self._position)
-        for index, energies in marks:
-            if index in self._mine:
-                self._mine.discard(index)
-                if index > self._last_index:
-                    self._last_index, self.last_step = index, energies
 
     def _record(self, energies: dict[str, float], duration: float, epoch) -> dict:
         total = total_j(energies)

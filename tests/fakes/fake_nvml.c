@@ -49,46 +49,8 @@
 #include <string.h>
 #include <time.h>
 
-/* ---- NVML types, exactly as csrc/src_nvml.c declares them ---- */
-typedef int nvmlReturn_t;
-typedef union {
-    double dVal;
-    unsigned int uiVal;
-    unsigned long ulVal;
-    unsigned long long ullVal;
-    signed long long sllVal;
-    int siVal;
-} nvmlValue_t;
-typedef enum {
-    NVML_VALUE_TYPE_DOUBLE = 0,
-    NVML_VALUE_TYPE_UNSIGNED_INT = 1,
-    NVML_VALUE_TYPE_UNSIGNED_LONG = 2,
-    NVML_VALUE_TYPE_UNSIGNED_LONG_LONG = 3,
-    NVML_VALUE_TYPE_SIGNED_LONG_LONG = 4,
-    NVML_VALUE_TYPE_SIGNED_INT = 5
-} nvmlValueType_t;
-typedef struct {
-    unsigned long long timeStamp; /* µs since the epoch */
-    nvmlValue_t sampleValue;
-} nvmlSample_t;
-typedef struct {
-    unsigned int fieldId;
-    unsigned int scopeId;
-    long long timestamp;
-    long long latencyUsec;
-    nvmlValueType_t valueType;
-    nvmlReturn_t nvmlReturn;
-    nvmlValue_t value;
-} nvmlFieldValue_t;
-typedef struct {
-    unsigned int gpu;
-    unsigned int memory;
-} nvmlUtilization_t;
-typedef struct {
-    unsigned long long total;
-    unsigned long long free;
-    unsigned long long used;
-} nvmlMemory_t;
+/* ---- NVML types: the very declarations the sampler is built with ---- */
+#include "nvml_types.h"
 
 /* A device handle is a pointer to one of these (NVML's is an opaque struct pointer too). */
 struct fake_gpu {
