@@ -33,11 +33,9 @@ __all__ = [
     "EnergyCurve",
     "HIDDEN_VARIATION",
     "SCALE_RANGE",
-    "baseline_power",
     "counter_curve",
     "power_curve",
     "scaled_curve",
-    "stuck",
 ]
 
 _NS_PER_S = 1e9
@@ -365,7 +363,7 @@ def counter_curve(t_ns, value_j, wrap_j=None, *, first_is_new: bool | None = Non
 
     After the last change, :meth:`EnergyCurve.at` extrapolates for one update period, so
     the trailing unchanged readings of a live counter are covered and those of a stuck one
-    are not (see :func:`stuck`).
+    are not (the recorder reports such a channel as stuck).
 
     Duplicate timestamps keep their first reading. Raises ValueError for fewer than two
     knots (a counter that never changed, or only once).
@@ -410,7 +408,7 @@ def counter_curve(t_ns, value_j, wrap_j=None, *, first_is_new: bool | None = Non
     if knots.size < 2:
         raise ValueError(
             f"energy counter changed {first_seen.size} time(s) in {t.size} readings: "
-            "at least two updates are needed to measure energy (is it stuck? see stuck())"
+            "at least two updates are needed to measure energy (is it stuck?)"
         )
     kt = t[knots]
     return EnergyCurve(
@@ -487,40 +485,6 @@ def scaled_curve(shape: EnergyCurve, anchor: EnergyCurve, min_span_s: float = 5.
 
 
 # -- helpers on curves and readings ----------------------------------------------------
-
-
-def baseline_power(curve: EnergyCurve, a_ns: int, b_ns: int) -> float:
-    """Mean (idle) power over the span [a_ns, b_ns] (ns), W.
-
-    Raises ValueError for an empty span or one the curve does not cover.
-    """
-    if not b_ns > a_ns:
-        raise ValueError(f"baseline span must have b_ns > a_ns, got [{a_ns}, {b_ns}]")
-    power = float(curve.mean_power(a_ns, b_ns))
-    if not np.isfinite(power):
-        raise ValueError(
-            f"baseline span [{a_ns}, {b_ns}] ns is not covered by the curve "
-            f"[{curve.start_ns}, {curve.end_ns}] ns"
-        )
-    return power
-
-
-def stuck(t_ns, value, now_ns: int, after_s: float = 3.0) -> bool:
-    """True if a counter's value last changed more than ``after_s`` (s) before ``now_ns`` (ns).
-
-    ``now_ns`` must be a time up to which the counter is known to have been read (the
-    sampler's last read of the channel, or the drain time of a channel still being read):
-    for a channel no longer read, the answer is about a dead channel, not a stuck counter.
-    The last change is the first reading of the last value; if the readings never change,
-    the counter has been stuck since at least the first one. A stuck counter must be
-    reported, not integrated as 0 W. Raises ValueError for no readings.
-    """
-    t, v, _ = _clean_readings(t_ns, value, "value")
-    if t.size == 0:
-        raise ValueError("no readings")
-    changed = np.flatnonzero(np.diff(v) != 0)
-    last_change_ns = int(t[changed[-1] + 1]) if changed.size else int(t[0])
-    return (int(now_ns) - last_change_ns) / _NS_PER_S > after_s
 
 
 def _clean_readings(t_ns, values, name: str):

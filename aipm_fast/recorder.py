@@ -205,7 +205,7 @@ class Recorder:
         domains = sorted({ch.domain for ch in self.channels.values() if ch.quantity in ("energy", "power")})
         curves = self.curves()
         for domain in domains:
-            result[domain] = domain_energy(domain, curves.get(domain, {}), statuses, a, b)
+            result[domain] = domain_energy(domain, curves.get(domain, {}), statuses, a, b, self.curve_errors)
         return result
 
     def summary(self) -> dict:
@@ -244,7 +244,8 @@ def _energy(curve, a: int, b: int) -> float:
     return float(curve.energy(np.array([a]), np.array([b]))[0])
 
 
-def domain_energy(domain: str, curves: dict, statuses: dict, a: int, b: int) -> DomainEnergy:
+def domain_energy(domain: str, curves: dict, statuses: dict, a: int, b: int,
+                  curve_errors: dict | None = None) -> DomainEnergy:
     """The best estimate of a domain's energy over [a, b], with how it was made.
 
     The finest power trace integrates; where a counter exists too it anchors the trace's scale
@@ -259,6 +260,7 @@ def domain_energy(domain: str, curves: dict, statuses: dict, a: int, b: int) -> 
     power_kind = next((k for k in POWER_PREFERENCE if k in usable), None)
     if power_kind is None and "energy" not in usable:
         reasons = [f"{n}: {st.status}" + (f" ({st.last_error})" if st.last_error else "")
+                   + (f" ({curve_errors[n]})" if curve_errors and n in curve_errors else "")
                    for n, st in statuses.items() if n.startswith(domain + ".")]
         return DomainEnergy(None, None, "no usable reading: " + "; ".join(reasons), alternatives)
     if power_kind and "energy" in usable:

@@ -26,8 +26,6 @@ class Anchor:
 class HostTimer:
     """CPU work: the host clock is the truth; marks are resolved as soon as they end."""
 
-    uses_events = False
-
     def begin(self):
         return now_ns()
 
@@ -48,8 +46,6 @@ class EventTimer:
     """CUDA-event timing. `event_factory()` makes an event with record/query/elapsed_time
     (torch.cuda.Event(enable_timing=True)); `synchronize()` waits for the device. Both are
     parameters so that the mapping can be tested with a fake clock where no GPU exists."""
-
-    uses_events = True
 
     def __init__(self, event_factory, synchronize):
         self._new_event = event_factory

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything the GPU machine measures, in one go: build, devices, probe, record check, Meter checks.
+# The engine on a GPU machine, in one go: build, devices, probe, record, then the record check and
+# the Meter checks (bench/gpu_rerun_checks.sh).
 # Usage: bash bench/gpu_all.sh OUTDIR   (wheels of cffi/pycparser in .whl/ when pip has no network)
 set -u
 out=$(realpath -m "${1:-gpu-results}")
@@ -19,5 +20,4 @@ python3 -m aipm_fast.cli probe --seconds 5 | tee "$out/probe.txt"
 python3 -m aipm_fast.cli probe --seconds 5 --json > "$out/probe.json"
 python3 -m aipm_fast.cli record --out "$out/record" -- python3 -c "import sys; sys.path.insert(0,'bench'); from gpu_common import matmul_load; matmul_load(10)"
 cp "$out/record/summary.json" "$out/record_summary.json"
-(cd bench && python3 gpu_record_check.py --out "$out/record_check.json")
-(cd bench && python3 gpu_meter_checks.py --out "$out/meter_checks.json")
+bash bench/gpu_rerun_checks.sh "$out"     # the record check and the Meter checks

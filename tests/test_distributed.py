@@ -3,16 +3,11 @@
 The gloo test starts two ranks on localhost, each metering its own fake GPU, on one fake
 powercap tree that only local rank 0 reads, and checks what rank 0 gathers.
 """
-import os
-import pickle
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 
 import pandas as pd
 import pytest
+from gloo_ranks import two_gloo_ranks
 
 from aipm_fast.integrations.distributed import (additive_domains, rank_engine_options, resolve_gpus,
                                                 visible_devices)
@@ -109,43 +104,11 @@ RANK_SCRIPT = textwrap.dedent("""
 """).replace("STEPS", str(STEPS))
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, build_fake_nvml):
     """Runs RANK_SCRIPT on two gloo ranks; returns (per-rank results, powercap writer)."""
-    from fakes.powercap import PowercapWriter, build_powercap_tree
-    tmp = tmp_path_factory.mktemp("dist")
-    tree = build_powercap_tree(tmp / "powercap")
-    writer = PowercapWriter(tree, None).start()
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_loopback_port()),
-           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "FAKE_NVML_GPUS": "2", "FAKE_NVML_TRACE": "const:100",
-           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    procs = []
-    try:
-        for rank in range(2):
-            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", RANK_SCRIPT, str(tmp / "powercap"), str(build_fake_nvml()),
-                 str(tmp / f"rank{rank}.pkl")], env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True))
-        deadline = time.monotonic() + 50
-        for rank, p in enumerate(procs):
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            assert p.returncode == 0, f"rank {rank} failed:\n{out}"
-        results = [pickle.loads((tmp / f"rank{r}.pkl").read_bytes()) for r in range(2)]
-        yield results, writer
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        writer.stop()
+    with two_gloo_ranks(RANK_SCRIPT, tmp_path_factory.mktemp("dist"), build_fake_nvml()) as result:
+        yield result
 
 
 def test_each_rank_meters_its_own_gpu_and_only_rank_zero_the_host(two_ranks):

@@ -7,11 +7,9 @@ from hypothesis import strategies as st
 
 from aipm_fast.energy import (
     EnergyCurve,
-    baseline_power,
     counter_curve,
     power_curve,
     scaled_curve,
-    stuck,
 )
 
 MS = 1_000_000
@@ -180,22 +178,6 @@ def test_duplicate_timestamps_are_dropped():
     assert curve.total_j == pytest.approx(4.0)
 
 
-def test_stuck_counter_is_detected_not_integrated():
-    t = grid(T0, T0 + 5 * S, 100 * MS)
-    alive = np.arange(t.size) * 20.0
-    frozen = np.where(t < T0 + S, alive, alive[10])
-    assert not stuck(t, alive, now_ns=int(t[-1]))
-    assert stuck(t, frozen, now_ns=int(t[-1]))
-    assert not stuck(t[:20], frozen[:20], now_ns=int(t[19]))
-    never = np.full(t.size, 7.0)
-    assert stuck(t, never, now_ns=int(t[-1]))
-    with pytest.raises(ValueError, match="stuck"):
-        counter_curve(t, never)
-
-
-# -- extrapolation -------------------------------------------------------------------------
-
-
 def test_at_extrapolates_one_sample_period_then_gives_nan():
     curve = trace_50hz(1, 100.0)
     end = curve.end_ns
@@ -301,14 +283,6 @@ def test_scaled_curve_needs_a_long_enough_common_span():
 
 
 # -- baseline, inputs, scale ---------------------------------------------------------------
-
-
-def test_baseline_power_is_the_mean_over_the_span():
-    t = grid(T0, T0 + 4 * S, 20 * MS)
-    curve = power_curve(t, np.where(t < T0 + 2 * S, 80.0, 600.0))
-    assert baseline_power(curve, T0 + 100 * MS, T0 + 1900 * MS) == pytest.approx(80.0)
-    with pytest.raises(ValueError, match="not covered"):
-        baseline_power(curve, T0 - 10 * S, T0)
 
 
 def test_unsorted_times_and_float_times_are_refused():

@@ -7,15 +7,10 @@ train the same tiny MLP in the same two processes, Lightning first; the Trainer 
 process group. Hardware is faked: two fake GPUs (GPU r draws 100 + 10 r W, rank r meters GPU r)
 and one powercap tree that only local rank 0 reads.
 """
-import os
-import pickle
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
+from gloo_ranks import two_gloo_ranks
 
 pytest.importorskip("torch.distributed")
 pytest.importorskip("lightning.pytorch")
@@ -111,42 +106,13 @@ RANK_SCRIPT = textwrap.dedent("""
 """).replace("EPOCHS_", str(EPOCHS)).replace("SAMPLES_", str(SAMPLES)).replace("BATCH_", str(BATCH))
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, build_fake_nvml):
     """Runs RANK_SCRIPT on two gloo ranks; returns [rank 0's results, rank 1's]."""
-    from fakes.powercap import PowercapWriter, build_powercap_tree
     tmp = tmp_path_factory.mktemp("dist_callbacks")
-    tree = build_powercap_tree(tmp / "powercap")
-    writer = PowercapWriter(tree, None).start()
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_loopback_port()),
-           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "FAKE_NVML_GPUS": "2", "FAKE_NVML_TRACE": "const:100",
-           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    procs = []
-    try:
-        for rank in range(2):
-            rank_env = {**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}
-            procs.append(subprocess.Popen(
-                [sys.executable, "-c", RANK_SCRIPT, str(tmp / "powercap"), str(build_fake_nvml()),
-                 str(tmp / f"rank{rank}.pkl"), str(tmp / f"hf{rank}")],
-                env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        deadline = time.monotonic() + 55
-        for rank, p in enumerate(procs):
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            assert p.returncode == 0, f"rank {rank} failed:\n{out[-6000:]}"
-        yield [pickle.loads((tmp / f"rank{r}.pkl").read_bytes()) for r in range(2)]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        writer.stop()
+    with two_gloo_ranks(RANK_SCRIPT, tmp, build_fake_nvml(), extra_args=lambda rank: [str(tmp / f"hf{rank}")],
+                        extra_env={"TOKENIZERS_PARALLELISM": "false"}, timeout_s=55) as (results, _):
+        yield results
 
 
 FRAMEWORKS = ["lightning", "huggingface"]

@@ -21,8 +21,6 @@ def window_energy(meter, window) -> tuple[dict[str, float], float]:
     this window's end only, not for marks that other threads may keep adding."""
     tracks = meter.coordinator.tracks
     meter.flush(window)
-    if len(window.end_j) < len(tracks):
-        meter.flush(window)   # caught while the coordinator filled it in: done once it lets go
     energies = {d: (window.end_j.get(d, math.nan) - window.start_j.get(d, math.nan)) * meter.coordinator.scale(d)[0]
                 for d in tracks}
     return energies, (window.end_ns - window.start_ns) / 1e9

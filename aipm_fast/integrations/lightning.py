@@ -52,8 +52,6 @@ except ModuleNotFoundError as exc:
     raise ModuleNotFoundError("aipm_fast.integrations.lightning needs PyTorch Lightning: "
                               "pip install 'aipm-fast[lightning]'", name=exc.name) from None
 
-
-
 from aipm_fast.integrations.common import (StepMarks, energy_keys, gather_job, is_distributed, job_keys, owned_meter,
                                            total_j, window_energy)
 
