@@ -118,6 +118,17 @@ class Meter:
         """Context manager (and decorator) measuring a named window; windows may nest."""
         return _WindowMark(self, name)
 
+    def start_window(self, name: str = "window") -> Window:
+        """Opens a window explicitly, for spans that no `with` block fits (they may overlap in
+        any order); close it with `end_window`."""
+        return self._open(name)
+
+    def end_window(self, w: Window) -> None:
+        """Closes a window opened by `start_window`."""
+        if w.end_ns is not None:
+            raise ValueError(f"window {w.name!r} is already closed")
+        self._close(w)
+
     def inference(self) -> "_InferenceMark":
         """Marks one inference: CUDA-event timed on GPU, host-timed on CPU."""
         return _InferenceMark(self)
@@ -176,22 +187,29 @@ class Meter:
     def _scales(self) -> dict[str, tuple[float, str]]:
         return {d: self.coordinator.scale(d) for d in self.coordinator.tracks}
 
-    def inferences(self) -> pd.DataFrame:
+    def inferences(self, window: str | None = None) -> pd.DataFrame:
         """One row per (inference, domain): index, window, domain, energy_j, dynamic_energy_j,
-        latency_s, uncertainty_j, estimate (True where the source cannot resolve it)."""
+        latency_s, uncertainty_j, estimate (True where the source cannot resolve it).
+        `window` keeps the inferences of windows of that name only (cheaper than filtering
+        afterwards in a long session: the table is rebuilt from every mark on each call)."""
         if self._started:
             self.flush()
         frames = []
         scales = self._scales()
         for batch in self.coordinator.rows:
-            latency = (batch["end_ns"] - batch["start_ns"]) / 1e9
+            keep = slice(None)
+            if window is not None:
+                keep = batch["window"] == window
+                if not keep.any():
+                    continue
+            latency = (batch["end_ns"][keep] - batch["start_ns"][keep]) / 1e9
             for domain in self.coordinator.tracks:
-                e, u, est = batch[domain]
+                e, u, est = (x[keep] for x in batch[domain])
                 k = scales[domain][0]
                 base = self.baseline_w.get(domain, np.nan) * k
                 frames.append(pd.DataFrame({
-                    "index": batch["index"], "window": batch["window"], "domain": domain,
-                    "start_ns": batch["start_ns"], "end_ns": batch["end_ns"], "latency_s": latency,
+                    "index": batch["index"][keep], "window": batch["window"][keep], "domain": domain,
+                    "start_ns": batch["start_ns"][keep], "end_ns": batch["end_ns"][keep], "latency_s": latency,
                     "energy_j": e * k, "dynamic_energy_j": e * k - base * latency,
                     "uncertainty_j": u * k, "estimate": est,
                 }))

@@ -7,7 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from aipm_fast.bench.protocol import BenchOptions, Benchmark, median_precision
+from aipm_fast.bench.protocol import BenchOptions, Benchmark, median_precision, model_gpu
+from aipm_fast.config import EngineConfig
 
 pytest.importorskip("torchvision")
 
@@ -117,3 +118,36 @@ def test_list_models():
     assert result.returncode == 0
     for name in ("alexnet", "resnet50", "vit_b_16", "yolov5s", "bert"):
         assert name in result.stdout
+
+
+@pytest.mark.parametrize("device, env, current, expected", [
+    ("cuda", {}, 0, 0),
+    ("cuda:1", {}, None, 1),
+    ("cuda", {}, 2, 2),                                    # "cuda" alone is the current device
+    ("cuda:1", {"CUDA_VISIBLE_DEVICES": "2,3"}, None, 3),  # CUDA counts visible GPUs, NVML all
+    ("cuda:0", {"CUDA_VISIBLE_DEVICES": "5"}, None, 5),
+])
+def test_bench_meters_the_gpu_the_model_runs_on(device, env, current, expected):
+    assert model_gpu(device, env, current) == (expected, "")
+
+
+@pytest.mark.parametrize("device, env, why", [
+    ("cuda:2", {"CUDA_VISIBLE_DEVICES": "0,1"}, "not among CUDA_VISIBLE_DEVICES"),
+    ("cuda:0", {"CUDA_VISIBLE_DEVICES": "GPU-8f3c"}, "by UUID"),
+    ("cuda:x", {}, "no GPU index"),
+])
+def test_bench_meters_every_gpu_when_the_models_gpu_is_unknown(device, env, why):
+    gpu, reason = model_gpu(device, env, 0)
+    assert gpu is None and why in reason
+
+
+def test_bench_engine_options_choose_the_models_gpu_unless_gpus_are_given(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    logs = []
+    bench = Benchmark(options(tmp_path, device="cuda:1", engine={"config": EngineConfig()}), log=logs.append)
+    assert bench._engine_options()["config"].gpus == [1]
+    assert "GPU 1" in logs[0]
+    chosen = Benchmark(options(tmp_path, device="cuda:1", engine={"config": EngineConfig(gpus=[0, 1])}))
+    assert chosen._engine_options()["config"].gpus == [0, 1]
+    assert Benchmark(options(tmp_path, device="cuda:1"))._engine_options() == {"gpus": [1]}
+    assert Benchmark(options(tmp_path, device="cpu"))._engine_options() == {}

@@ -76,6 +76,21 @@ def test_inference_energies_sum_to_the_window(hw):
     assert inf["latency_s"].median() == pytest.approx(0.003, rel=0.3)
 
 
+def test_inferences_of_one_window(hw):
+    options, _ = hw
+    with Meter(**options, cuda=False) as m:
+        for name, n in (("a", 3), ("b", 5), ("a", 2)):
+            with m.window(name):
+                for _ in range(n):
+                    with m.inference():
+                        busy(0.002)
+    every = m.inferences()
+    only_a = m.inferences(window="a")
+    pd.testing.assert_frame_equal(only_a, every[every["window"] == "a"].reset_index(drop=True))
+    assert only_a["index"].nunique() == 5
+    assert m.inferences(window="none").empty
+
+
 def test_uncertainty_grows_as_inferences_shrink_below_the_source_period(hw):
     options, _ = hw
     with Meter(**options, cuda=False) as m:
@@ -120,6 +135,28 @@ def test_window_decorator_and_summary(hw):
     assert s["window"] == "decorated" and s["n_inferences"] == 10
     assert s["joules_per_inference"] == pytest.approx(s["energy_j"] / 10)
     assert s["throughput_per_s"] == pytest.approx(10 / s["duration_s"])
+
+
+def test_explicit_windows_may_overlap_in_any_order(hw):
+    options, _ = hw
+    with Meter(**options, cuda=False) as m:
+        a = m.start_window("a")
+        time.sleep(0.1)
+        b = m.start_window("b")
+        time.sleep(0.1)
+        m.end_window(a)          # a closes first: the spans overlap, not nest
+        time.sleep(0.1)
+        m.end_window(b)
+        with pytest.raises(ValueError, match="'a' is already closed"):
+            m.end_window(a)
+        whole = m.start_window("whole")
+        time.sleep(0.05)
+        m.end_window(whole)
+    df = m.windows().set_index(["window", "domain"])
+    assert a.start_ns < b.start_ns < a.end_ns < b.end_ns
+    for name, w in (("a", a), ("b", b)):
+        assert df.loc[(name, "nvml:0"), "duration_s"] == pytest.approx((w.end_ns - w.start_ns) / 1e9)
+        assert df.loc[(name, "nvml:0"), "energy_j"] > 0
 
 
 def test_async_code_can_await_the_meter(hw):

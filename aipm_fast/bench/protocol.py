@@ -17,6 +17,7 @@ Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts)
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -95,11 +96,14 @@ class Benchmark:
             raise BenchError("--device cuda, but torch sees no CUDA device; use --device cpu")
         os.makedirs(opts.out, exist_ok=True)
         dtype = _dtype(opts.dtype)
+        if opts.device.startswith("cuda"):
+            torch.cuda.init()
+            if torch.device(opts.device).index is not None:
+                # CUDA events go on the current device's stream: make it the model's
+                torch.cuda.set_device(torch.device(opts.device))
         own_meter = self.meter is None
         if own_meter:
-            if opts.device.startswith("cuda"):
-                torch.cuda.init()
-            self.meter = Meter(cuda=opts.device.startswith("cuda"), **opts.engine)
+            self.meter = Meter(cuda=opts.device.startswith("cuda"), **self._engine_options())
             import warnings
             with warnings.catch_warnings():   # the benchmark says itself what it cannot measure
                 warnings.simplefilter("ignore")
@@ -127,6 +131,25 @@ class Benchmark:
                 m.stop()
         report.write_summary(opts.out)
         return report.summarize(report.load_runs(opts.out))
+
+    def _engine_options(self) -> dict:
+        """The engine's options, metering only the model's GPU unless GPUs were chosen: idle
+        GPUs beside it would add their idle power to every inference."""
+        engine = dict(self.opts.engine)
+        config = engine.get("config")
+        chosen = config.gpus if config is not None else engine.get("gpus")
+        if chosen is not None or not self.opts.device.startswith("cuda"):
+            return engine
+        gpu, why = model_gpu(self.opts.device)
+        if gpu is None:
+            self.log(f"metering every GPU: {why}; choose with --gpus")
+            return engine
+        self.log(f"metering GPU {gpu} (NVML index), the one the model runs on; --gpus to change")
+        if config is not None:
+            engine["config"] = dataclasses.replace(config, gpus=[gpu])
+        else:
+            engine["gpus"] = [gpu]
+        return engine
 
     def _runs_of_size(self, model, inputs, size: int) -> None:
         opts = self.opts
@@ -195,8 +218,7 @@ class Benchmark:
         name = f"input_{size}/run_{k}"
         windows = m.windows()
         win = windows[windows["window_id"] == w.id].set_index("domain")
-        inf = m.inferences()
-        inf = inf[inf["window"] == name]
+        inf = m.inferences(window=name)
         samples = passes * opts.batch_size
         duration = (w.end_ns - w.start_ns) / 1e9
         per_pass = inf.pivot_table(index="index", columns="domain", values="energy_j", aggfunc="first") \
@@ -274,13 +296,41 @@ class Benchmark:
         versions["aipm_fast"] = __version__
         devices = dict(self.meter.recorder.discovery.devices)
         if self.opts.device.startswith("cuda"):
-            devices["cuda"] = torch.cuda.get_device_name()
+            devices["cuda"] = torch.cuda.get_device_name(torch.device(self.opts.device))
             versions["cuda"] = torch.version.cuda
             versions["nvidia_driver"] = _nvidia_driver()
         return {"model": self.opts.model, "input_kind": self.spec.input_kind, "options": asdict(self.opts),
                 "versions": versions, "devices": devices, "host": platform.node(),
                 "energy_parts": self.parts, "inference": "one input sample (a batch holds batch_size)",
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def model_gpu(device: str, environ=os.environ, current: int | None = None) -> tuple[int | None, str]:
+    """NVML index of the GPU a torch device string ("cuda", "cuda:1") runs on, or (None, why).
+
+    CUDA numbers the GPUs listed in CUDA_VISIBLE_DEVICES, NVML all of them: "cuda:1" with
+    CUDA_VISIBLE_DEVICES=2,3 is NVML's GPU 3. `current` is the index "cuda" alone means
+    (torch.cuda.current_device(), asked only when needed)."""
+    from aipm_fast.integrations.distributed import visible_devices
+    _, _, index = device.partition(":")
+    if index:
+        if not index.isdigit():
+            return None, f"device {device!r} has no GPU index"
+        cuda_index = int(index)
+    elif current is not None:
+        cuda_index = current
+    else:
+        import torch
+        cuda_index = torch.cuda.current_device()
+    visible = visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is None:
+        return cuda_index, ""
+    if cuda_index >= len(visible):
+        return None, f"{device} is not among CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES')!r}"
+    entry = visible[cuda_index]
+    if isinstance(entry, str):
+        return None, f"CUDA_VISIBLE_DEVICES names {device} by UUID ({entry}), which has no NVML index here"
+    return entry, ""
 
 
 def _nvidia_driver() -> str | None:
