@@ -235,7 +235,8 @@ class Coordinator:
         lo, hi = energy.SCALE_RANGE
         if not lo <= factor <= hi:
             return 1.0, f"counter/trace = {factor:.3f} outside [{lo}, {hi}]: not scaled (one source is wrong)"
-        return factor, f"scaled by the energy counter over {(t1 - t0) / 1e9:.0f} s (x{factor:.4f})"
+        return factor, (f"scaled by the energy counter over {(t1 - t0) / 1e9:.0f} s (x{factor:.4f})"
+                        f"{energy.disagreement_note(factor)}")
 
     def close(self) -> None:
         if self._writer:

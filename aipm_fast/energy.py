@@ -33,6 +33,7 @@ __all__ = [
     "EnergyCurve",
     "HIDDEN_VARIATION",
     "SCALE_RANGE",
+    "SCALE_WARN",
     "counter_curve",
     "power_curve",
     "scaled_curve",
@@ -44,9 +45,16 @@ _NS_PER_S = 1e9
 #: look perfectly steady (the uncertainty model's floor; see EnergyCurve.uncertainty).
 HIDDEN_VARIATION = 0.1
 
-#: Scale factors (anchor energy / shape energy) that scaled_curve accepts as a calibration.
-#: Outside this range one of the two sources is wrong, and scaling would hide it.
-SCALE_RANGE = (0.8, 1.25)
+#: Scale factors (anchor energy / shape energy) that scaled_curve accepts. The range is wide
+#: on purpose: a load whose period locks onto the trace's sample period (a loop of exactly
+#: 20 ms against NVML's 50 Hz samples) biases the trace by tens of percent (+45% and -9% were
+#: measured on an H200, bench/RESULTS.md), and the counter, integrated by the device itself,
+#: is then the one to trust. Outside this range a source is broken, and scaling would hide it.
+SCALE_RANGE = (0.5, 2.0)
+
+#: Beyond this relative disagreement between trace and counter a scaled curve's method says
+#: so: energies over spans follow the counter, but the shape within a span is doubtful.
+SCALE_WARN = 0.05
 
 
 @dataclass(frozen=True, eq=False)
@@ -448,8 +456,9 @@ def scaled_curve(shape: EnergyCurve, anchor: EnergyCurve, min_span_s: float = 5.
     power_w multiplied by it, ``scale`` recording it. The shape is returned unscaled (same
     knots and values, its ``scale`` kept) when the common span is shorter than
     ``min_span_s`` (s), when the shape has no energy there, or when the factor lies outside
-    SCALE_RANGE (0.8 to 1.25): a mismatch that large means one source is wrong, not a
-    calibration. ``method`` says in each case what was done and why.
+    SCALE_RANGE (0.5 to 2): a mismatch that large means a source is broken. Between, the
+    factor is applied, and ``method`` warns where it exceeds SCALE_WARN (a trace aliased by a
+    periodic load). ``method`` says in each case what was done and why.
     """
     start = max(shape.start_ns, anchor.start_ns)
     end = min(shape.end_ns, anchor.end_ns)
@@ -479,8 +488,18 @@ def scaled_curve(shape: EnergyCurve, anchor: EnergyCurve, min_span_s: float = 5.
         scale=shape.scale * factor,
         method=(
             f"{shape.method} scaled to {anchor.method} "
-            f"(factor {factor:.5f} over {span_s:.3f} s)"
+            f"(factor {factor:.5f} over {span_s:.3f} s){disagreement_note(factor)}"
         ),
+    )
+
+
+def disagreement_note(factor: float) -> str:
+    """A warning to append to a scale's description when trace and counter disagree widely."""
+    if abs(factor - 1) <= SCALE_WARN:
+        return ""
+    return (
+        f"; the trace and the counter disagree by {100 * (factor - 1):+.1f}%: the load may "
+        f"alias with the trace's sample period, so short intervals are doubtful"
     )
 
 
