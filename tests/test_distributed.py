@@ -5,6 +5,7 @@ powercap tree that only local rank 0 reads, and checks what rank 0 gathers.
 """
 import textwrap
 
+import numpy as np
 import pandas as pd
 import pytest
 from gloo_ranks import two_gloo_ranks
@@ -193,3 +194,22 @@ def test_gathering_without_a_process_group_gives_this_process_s_table():
     t = gather_windows(OneWindow())
     assert list(t["scope"]) == ["rank", "node", "job"]
     assert (t["energy_j"] == 200.0).all() and t.loc[2, "duration_s"] == 2.0
+
+
+def test_job_summary_keeps_gpu_figures_when_a_host_source_has_no_reading():
+    from aipm_fast.integrations.distributed import job_summary
+    rank_rows = [
+        {"rank": 0, "domain": "nvml:0", "energy_j": 300.0},
+        {"rank": 0, "domain": "rapl:psys", "energy_j": float("nan")},    # a stuck counter
+        {"rank": 1, "domain": "nvml:1", "energy_j": 310.0},
+    ]
+    common = {"scope": "rank", "node": "n0", "window": "train", "seq": 0, "n_inferences": 10, "duration_s": 1.0}
+    table = pd.DataFrame([{**common, **r} for r in rank_rows]
+                         + [{"scope": "job", "window": "train", "domain": "all", "rank": -1, "node": "",
+                             "energy_j": float("nan"), "seq": 0, "n_inferences": 10, "duration_s": 1.0}])
+    total = job_summary(table, samples_per_step=8, window="train")["total"]
+    assert np.isnan(total["energy_j"]) and np.isnan(total["host_energy_j"])   # never a silent undercount
+    assert total["gpu_energy_j"] == pytest.approx(610.0)
+    assert total["gpu_joules_per_step"] == pytest.approx(61.0)
+    assert total["gpu_joules_per_sample"] == pytest.approx(61.0 / 8)
+    assert total["unmeasured_domains"] == ["rapl:psys"]

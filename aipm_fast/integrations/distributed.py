@@ -262,6 +262,9 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
     would count twice, so name the level to sum when there are several. `samples_per_step` is
     the global batch (samples of all ranks in one step). A step of the job is one step on every
     rank, so the job's step count is the largest count of any rank.
+    Energies are given whole and split into GPU and host parts (`gpu_energy_j`,
+    `host_energy_j`, and per step and sample of each): a host source that cannot be read
+    leaves the GPU figures usable, and `unmeasured_domains` names what is missing.
     Returns {"per_rank": DataFrame, "per_node": DataFrame, "total": dict}."""
     rows = table[table["scope"] == "rank"]
     if window is not None:
@@ -276,15 +279,19 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
     windows = rows.drop_duplicates(["rank", "window", "seq"])
     per_rank = per_rank.join(windows.groupby(["rank", "node"]).agg(
         n_steps=("n_inferences", "sum"), duration_s=("duration_s", "sum"))).reset_index()
-    per_node = per_rank.groupby("node").agg(energy_j=("energy_j", _sum_strict), n_ranks=("rank", "count"))
+    per_node = per_rank.groupby("node").agg(energy_j=("energy_j", _sum_strict), gpu_energy_j=("gpu_energy_j", _sum_strict),
+                                            host_energy_j=("host_energy_j", _sum_strict), n_ranks=("rank", "count"))
     jobs = table[(table["scope"] == "job") & table["window"].isin(windows["window"].unique())]
-    energy_j = _sum_strict(per_rank["energy_j"])
     n_steps = int(per_rank["n_steps"].max()) if len(per_rank) else 0
-    per_step = energy_j / n_steps if n_steps else float("nan")
-    total = {
-        "energy_j": energy_j, "duration_s": float(jobs["duration_s"].sum()), "n_steps": n_steps,
-        "n_ranks": int(per_rank["rank"].nunique()), "n_nodes": int(per_rank["node"].nunique()),
-        "joules_per_step": per_step,
-        "joules_per_sample": per_step / samples_per_step if samples_per_step else float("nan"),
-    }
+    total = {"duration_s": float(jobs["duration_s"].sum()), "n_steps": n_steps,
+             "n_ranks": int(per_rank["rank"].nunique()), "n_nodes": int(per_rank["node"].nunique()),
+             # a domain with no reading (a stuck counter, say) makes its part and the total NaN,
+             # never a silent undercount; the other part's figures stay usable
+             "unmeasured_domains": sorted(rows.loc[~np.isfinite(rows["energy_j"].astype(float)), "domain"].unique())}
+    for prefix, column in (("", "energy_j"), ("gpu_", "gpu_energy_j"), ("host_", "host_energy_j")):
+        energy_j = _sum_strict(per_rank[column])
+        per_step = energy_j / n_steps if n_steps else float("nan")
+        total[f"{prefix}energy_j"] = energy_j
+        total[f"{prefix}joules_per_step"] = per_step
+        total[f"{prefix}joules_per_sample"] = per_step / samples_per_step if samples_per_step else float("nan")
     return {"per_rank": per_rank, "per_node": per_node.reset_index(), "total": total}
