@@ -5,14 +5,7 @@
 set -u
 out=$(realpath -m "${1:-gpu-results}")
 mkdir -p "$out"
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-python3 csrc/build_native.py > "$out/build.log" 2>&1 || { cat "$out/build.log"; exit 1; }
+source bench/gpu_env.sh "$out/build.log"
 nvidia-smi --query-gpu=name,driver_version,power.limit --format=csv > "$out/gpu.csv"
 python3 -m aipm_fast.cli devices | tee "$out/devices.txt"
 python3 -m aipm_fast.cli devices --json > "$out/devices.json"

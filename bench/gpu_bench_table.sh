@@ -3,9 +3,7 @@
 # their native sizes, 10 runs each; then the Meter checks. Usage: bash bench/gpu_bench_table.sh OUTDIR
 set -u
 out=$(realpath -m "${1:-gpu-bench}"); mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 YOLO_CONFIG_DIR=/tmp/yolo
-python3 csrc/build_native.py > /tmp/build.log 2>&1 || { cat /tmp/build.log; exit 1; }
+source bench/gpu_env.sh /tmp/build.log
 for m in yolov5s resnet50 vit_b_16 bert; do
   python3 -m aipm_fast.cli bench --model $m --runs 10 --duration 2 --warmup 2 --baseline 3 --no-plots --out "$out/$m" 2>&1 | tail -12
 done
