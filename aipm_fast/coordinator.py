@@ -44,6 +44,7 @@ class Window:
     start_u: dict = field(default_factory=dict)      # domain -> edge uncertainty (J)
     end_u: dict = field(default_factory=dict)
     n_marks: int = 0
+    explicit: bool = False                           # opened by start_window: marks counted by span
     end_resolved: bool = False                       # end_j/end_u hold their final values
 
 
@@ -234,7 +235,7 @@ class Coordinator:
         factor = (c1 - c0) / (e1 - e0)
         lo, hi = energy.SCALE_RANGE
         if not lo <= factor <= hi:
-            return 1.0, f"counter/trace = {factor:.3f} outside [{lo}, {hi}]: not scaled (one source is wrong)"
+            return 1.0, f"counter/trace = {factor:.3f} outside {energy.scale_range_text()}: not scaled (a source is broken)"
         return factor, (f"scaled by the energy counter over {(t1 - t0) / 1e9:.0f} s (x{factor:.4f})"
                         f"{energy.disagreement_note(factor)}")
 

@@ -478,7 +478,7 @@ def scaled_curve(shape: EnergyCurve, anchor: EnergyCurve, min_span_s: float = 5.
     if not (lo <= factor <= hi):
         why = (
             f"{anchor.method}/shape energy ratio {factor:.4f} over {span_s:.3f} s is outside "
-            f"[{lo:g}, {hi:g}]: one source is wrong"
+            f"{scale_range_text()}: a source is broken"
         )
         return dataclasses.replace(shape, method=f"{shape.method}, not scaled: {why}")
     return dataclasses.replace(
@@ -494,13 +494,20 @@ def scaled_curve(shape: EnergyCurve, anchor: EnergyCurve, min_span_s: float = 5.
 
 
 def disagreement_note(factor: float) -> str:
-    """A warning to append to a scale's description when trace and counter disagree widely."""
-    if abs(factor - 1) <= SCALE_WARN:
+    """A warning to append to a scale's description when the trace, before scaling, reads
+    more than SCALE_WARN above or below the counter (factor = counter / trace)."""
+    trace_vs_counter = 1 / factor - 1
+    if abs(trace_vs_counter) <= SCALE_WARN:
         return ""
     return (
-        f"; the trace and the counter disagree by {100 * (factor - 1):+.1f}%: the load may "
+        f"; the trace alone read {100 * trace_vs_counter:+.1f}% against the counter: the load may "
         f"alias with the trace's sample period, so short intervals are doubtful"
     )
+
+
+def scale_range_text() -> str:
+    lo, hi = SCALE_RANGE
+    return f"[{lo:g}, {hi:g}]"
 
 
 # -- helpers on curves and readings ----------------------------------------------------

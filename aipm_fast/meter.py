@@ -119,14 +119,14 @@ class Meter:
         return _WindowMark(self, name)
 
     def start_window(self, name: str = "window") -> Window:
-        """Opens a window explicitly, for spans that no `with` block fits (they may overlap in
-        any order); close it with `end_window`."""
-        return self._open(name)
+        """Opens a window explicitly, for spans that no `with` block fits; close it with
+        `end_window`, from any thread. Such windows may overlap in any order. An inference
+        belongs to the innermost `with` window of its thread (the `window` column of
+        inferences()); an explicit window counts every inference that lies within its span."""
+        return self._open(name, explicit=True)
 
     def end_window(self, w: Window) -> None:
         """Closes a window opened by `start_window`."""
-        if w.end_ns is not None:
-            raise ValueError(f"window {w.name!r} is already closed")
         self._close(w)
 
     def inference(self) -> "_InferenceMark":
@@ -141,13 +141,16 @@ class Meter:
             stack = self._local.stack = []
         return stack
 
-    def _open(self, name: str) -> Window:
-        w = Window(next(self._windows), name, self.timer.window_edge())
+    def _open(self, name: str, explicit: bool = False) -> Window:
+        w = Window(next(self._windows), name, self.timer.window_edge(), explicit=explicit)
         self.coordinator.open_window(w)
-        self._stack().append(w)
+        if not explicit:              # explicit windows take no marks of a thread: see start_window
+            self._stack().append(w)
         return w
 
     def _close(self, w: Window) -> None:
+        if w.end_ns is not None:
+            raise ValueError(f"window {w.name!r} is already closed")
         w.end_ns = self.timer.window_edge()
         stack = self._stack()
         if w in stack:
@@ -192,6 +195,8 @@ class Meter:
         latency_s, uncertainty_j, estimate (True where the source cannot resolve it).
         `window` keeps the inferences of windows of that name only (cheaper than filtering
         afterwards in a long session: the table is rebuilt from every mark on each call)."""
+        if window is not None and not isinstance(window, str):
+            raise TypeError(f"window selects by name (a str), got {type(window).__name__}")
         if self._started:
             self.flush()
         frames = []
@@ -225,10 +230,14 @@ class Meter:
             self.flush()
         rows = []
         scales = self._scales()
+        spans = self._mark_spans() if any(w.explicit for w in self.coordinator.windows) else None
         for w in self.coordinator.windows:
             if w.name == "__baseline__" or w.end_ns is None:
                 continue
             duration = (w.end_ns - w.start_ns) / 1e9
+            n_marks = w.n_marks
+            if w.explicit:
+                n_marks = int(np.count_nonzero((spans[0] >= w.start_ns) & (spans[1] <= w.end_ns)))
             for domain, track in self.coordinator.tracks.items():
                 k, how = scales[domain]
                 e = (w.end_j.get(domain, np.nan) - w.start_j.get(domain, np.nan)) * k
@@ -238,11 +247,18 @@ class Meter:
                     "energy_j": e,
                     "dynamic_energy_j": e - self.baseline_w.get(domain, np.nan) * k * duration,
                     "uncertainty_j": float(np.hypot(w.start_u.get(domain, np.nan), w.end_u.get(domain, np.nan))) * k,
-                    "n_inferences": w.n_marks,
+                    "n_inferences": n_marks,
                     "method": f"{track.label}; {how}" + (f"; {track.problem}" if track.problem else ""),
                 })
         return pd.DataFrame(rows, columns=["window", "window_id", "domain", "start_ns", "end_ns", "duration_s",
                                            "energy_j", "dynamic_energy_j", "uncertainty_j", "n_inferences", "method"])
+
+    def _mark_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start_ns, end_ns) of every integrated mark."""
+        rows = self.coordinator.rows
+        if not rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return (np.concatenate([b["start_ns"] for b in rows]), np.concatenate([b["end_ns"] for b in rows]))
 
     def resolved_marks(self, since: int = 0) -> tuple[list[tuple[int, dict[str, float]]], int]:
         """Marks integrated since an earlier call, without waiting: ([(index, {domain: J})], position).

@@ -89,6 +89,8 @@ def test_inferences_of_one_window(hw):
     pd.testing.assert_frame_equal(only_a, every[every["window"] == "a"].reset_index(drop=True))
     assert only_a["index"].nunique() == 5
     assert m.inferences(window="none").empty
+    with pytest.raises(TypeError, match="by name"):
+        m.inferences(window=object())
 
 
 def test_uncertainty_grows_as_inferences_shrink_below_the_source_period(hw):
@@ -139,24 +141,64 @@ def test_window_decorator_and_summary(hw):
 
 def test_explicit_windows_may_overlap_in_any_order(hw):
     options, _ = hw
+
+    def infer(n):
+        for _ in range(n):
+            with m.inference():
+                busy(0.002)
+
     with Meter(**options, cuda=False) as m:
         a = m.start_window("a")
-        time.sleep(0.1)
+        infer(3)
         b = m.start_window("b")
-        time.sleep(0.1)
+        infer(2)                 # in both a and b
         m.end_window(a)          # a closes first: the spans overlap, not nest
-        time.sleep(0.1)
+        infer(4)
         m.end_window(b)
         with pytest.raises(ValueError, match="'a' is already closed"):
             m.end_window(a)
-        whole = m.start_window("whole")
-        time.sleep(0.05)
-        m.end_window(whole)
+        with m.window("loop") as loop:
+            c = m.start_window("c")
+            infer(1)
+        # a `with` window closed by end_window as well is caught
+        with pytest.raises(ValueError, match="'c' is already closed"):
+            m.end_window(c)
+            m.end_window(c)
+        with pytest.raises(ValueError, match="'loop' is already closed"):
+            m.end_window(loop)
     df = m.windows().set_index(["window", "domain"])
     assert a.start_ns < b.start_ns < a.end_ns < b.end_ns
-    for name, w in (("a", a), ("b", b)):
-        assert df.loc[(name, "nvml:0"), "duration_s"] == pytest.approx((w.end_ns - w.start_ns) / 1e9)
-        assert df.loc[(name, "nvml:0"), "energy_j"] > 0
+    for name, w, n in (("a", a, 5), ("b", b, 6), ("c", c, 1), ("loop", loop, 1)):
+        row = df.loc[(name, "nvml:0")]
+        assert row["n_inferences"] == n, name
+        assert row["duration_s"] == pytest.approx((w.end_ns - w.start_ns) / 1e9)
+        assert row["energy_j"] > 0
+    # inferences belong to the innermost `with` window of their thread, never to explicit ones
+    assert set(m.inferences()["window"]) == {"", "loop"}
+
+
+def test_explicit_window_closed_from_another_thread_takes_no_later_marks(hw):
+    import threading
+    options, _ = hw
+    with Meter(**options, cuda=False) as m:
+        opened, closed = threading.Event(), threading.Event()
+
+        def worker():
+            holder.append(m.start_window("x"))
+            opened.set()
+            closed.wait()
+            with m.inference():
+                busy(0.002)
+
+        holder = []
+        t = threading.Thread(target=worker)
+        t.start()
+        opened.wait()
+        m.end_window(holder[0])
+        closed.set()
+        t.join()
+    assert m.windows().set_index("domain").loc["nvml:0", "n_inferences"] == 0
+    assert list(m.inferences()["window"].unique()) == [""]
 
 
 def test_async_code_can_await_the_meter(hw):
@@ -298,3 +340,22 @@ def test_a_stuck_counter_does_not_hold_back_the_other_domains(hw):
     assert np.isnan(win.loc["rapl:package-0/dram", "energy_j"])
     assert "changed 0 time" in win.loc["rapl:package-0/dram", "method"]
     assert win.loc["rapl:package-0", "energy_j"] > 0
+
+
+def test_meter_scale_follows_the_counter_and_warns_when_the_trace_disagrees():
+    from aipm_fast.coordinator import Coordinator
+    c = object.__new__(Coordinator)          # scale() needs only the anchor points
+    c.anchors = {"nvml:0": None}
+
+    def scale(trace_j, counter_j, span_s=10.0):
+        c.anchor_points = {"nvml:0": [(0, 0.0, 0.0), (int(span_s * 1e9), trace_j, counter_j)]}
+        return c.scale("nvml:0")
+
+    k, how = scale(1000.0, 800.0)             # an aliased trace reading 25% high
+    assert k == pytest.approx(0.8) and "trace alone read +25.0% against the counter" in how
+    k, how = scale(1000.0, 1010.0)
+    assert k == pytest.approx(1.01) and "trace alone" not in how
+    k, how = scale(1000.0, 3000.0)
+    assert k == 1.0 and "outside [0.5, 2]" in how
+    k, how = scale(1000.0, 800.0, span_s=3.0)
+    assert k == 1.0 and "< 5 s" in how
