@@ -213,3 +213,8 @@ def test_job_summary_keeps_gpu_figures_when_a_host_source_has_no_reading():
     assert total["gpu_joules_per_step"] == pytest.approx(61.0)
     assert total["gpu_joules_per_sample"] == pytest.approx(61.0 / 8)
     assert total["unmeasured_domains"] == ["rapl:psys"]
+    assert total["ranks_without_gpu"] == []
+    with pytest.raises(ValueError, match="no window named 'trian'; the table has 'train'"):
+        job_summary(table, window="trian")
+    no_gpu = table.replace({"domain": {"nvml:1": "rapl:package-0"}})   # rank 1 meters no GPU
+    assert job_summary(no_gpu, window="train")["total"]["ranks_without_gpu"] == [1]

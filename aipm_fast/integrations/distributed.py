@@ -264,11 +264,18 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
     rank, so the job's step count is the largest count of any rank.
     Energies are given whole and split into GPU and host parts (`gpu_energy_j`,
     `host_energy_j`, and per step and sample of each): a host source that cannot be read
-    leaves the GPU figures usable, and `unmeasured_domains` names what is missing.
+    leaves the GPU figures usable, and `unmeasured_domains` names what is missing;
+    `ranks_without_gpu` names ranks that metered no GPU (they add 0 J of GPU energy).
+    A window name that the table lacks is an error.
     Returns {"per_rank": DataFrame, "per_node": DataFrame, "total": dict}."""
     rows = table[table["scope"] == "rank"]
     if window is not None:
-        rows = rows[rows["window"].isin([window] if isinstance(window, str) else list(window))]
+        names = [window] if isinstance(window, str) else list(window)
+        unknown = sorted(set(names) - set(rows["window"]))
+        if unknown and len(rows):
+            raise ValueError(f"no window named {', '.join(map(repr, unknown))}; the table has "
+                             f"{', '.join(map(repr, sorted(rows['window'].unique())))}")
+        rows = rows[rows["window"].isin(names)]
     rows = rows[rows["domain"].isin(additive_domains(rows["domain"].unique()))]
     per_rank = rows.groupby(["rank", "node"]).agg(energy_j=("energy_j", _sum_strict))
     is_gpu = rows["domain"].str.startswith("nvml:")
@@ -287,7 +294,10 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
              "n_ranks": int(per_rank["rank"].nunique()), "n_nodes": int(per_rank["node"].nunique()),
              # a domain with no reading (a stuck counter, say) makes its part and the total NaN,
              # never a silent undercount; the other part's figures stay usable
-             "unmeasured_domains": sorted(rows.loc[~np.isfinite(rows["energy_j"].astype(float)), "domain"].unique())}
+             "unmeasured_domains": sorted(rows.loc[~np.isfinite(rows["energy_j"].astype(float)), "domain"].unique()),
+             # 0 J of GPU energy for these: right for a rank sharing another's GPU, a loss if
+             # NVML failed there (that rank's Meter warned)
+             "ranks_without_gpu": sorted(int(r) for r in set(per_rank["rank"]) - set(rows.loc[is_gpu, "rank"]))}
     for prefix, column in (("", "energy_j"), ("gpu_", "gpu_energy_j"), ("host_", "host_energy_j")):
         energy_j = _sum_strict(per_rank[column])
         per_step = energy_j / n_steps if n_steps else float("nan")
