@@ -32,6 +32,7 @@ def test_layout_and_energy_per_inference_match_the_fake_power(tmp_path, fake_eng
     summary = Benchmark(opts, log=lambda m: None).run()
     out = tmp_path / "out"
     assert (out / "meta.json").exists() and (out / "summary.csv").exists()
+    assert json.loads((out / "meta.json").read_text())["metered_gpus"] is None   # on CPU: as given
     for size in (32, 48):
         for k in (0, 1):
             run_dir = out / f"input_{size}" / f"run_{k}"
@@ -150,4 +151,10 @@ def test_bench_engine_options_choose_the_models_gpu_unless_gpus_are_given(tmp_pa
     chosen = Benchmark(options(tmp_path, device="cuda:1", engine={"config": EngineConfig(gpus=[0, 1])}))
     assert chosen._engine_options()["config"].gpus == [0, 1]
     assert Benchmark(options(tmp_path, device="cuda:1"))._engine_options() == {"gpus": [1]}
+    assert Benchmark(options(tmp_path, device="cuda:1", engine={"gpus": [0]}))._engine_options() == {"gpus": [0]}
     assert Benchmark(options(tmp_path, device="cpu"))._engine_options() == {}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8f3c")
+    logs.clear()
+    unknown = Benchmark(options(tmp_path, device="cuda:0", engine={"config": EngineConfig()}), log=logs.append)
+    assert unknown._engine_options()["config"].gpus is None
+    assert "metering every GPU" in logs[0] and "by UUID" in logs[0] and "--gpus" in logs[0]

@@ -77,6 +77,7 @@ def _dtype(name: str):
 class Benchmark:
     def __init__(self, opts: BenchOptions, meter=None, progress=None, log=print):
         self.opts = opts
+        self.metered_gpus = None         # NVML indices the benchmark's own Meter reads (None: all)
         self.spec = models.get_spec(opts.model)
         for size in opts.sizes:
             models.validate_size(opts.model, size)
@@ -103,7 +104,10 @@ class Benchmark:
                 torch.cuda.set_device(torch.device(opts.device))
         own_meter = self.meter is None
         if own_meter:
-            self.meter = Meter(cuda=opts.device.startswith("cuda"), **self._engine_options())
+            engine = self._engine_options()
+            config = engine.get("config")
+            self.metered_gpus = config.gpus if config is not None else engine.get("gpus")
+            self.meter = Meter(cuda=opts.device.startswith("cuda"), **engine)
             import warnings
             with warnings.catch_warnings():   # the benchmark says itself what it cannot measure
                 warnings.simplefilter("ignore")
@@ -301,7 +305,7 @@ class Benchmark:
             versions["nvidia_driver"] = _nvidia_driver()
         return {"model": self.opts.model, "input_kind": self.spec.input_kind, "options": asdict(self.opts),
                 "versions": versions, "devices": devices, "host": platform.node(),
-                "energy_parts": self.parts, "inference": "one input sample (a batch holds batch_size)",
+                "energy_parts": self.parts, "metered_gpus": self.metered_gpus, "inference": "one input sample (a batch holds batch_size)",
                 "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -310,7 +314,9 @@ def model_gpu(device: str, environ=os.environ, current: int | None = None) -> tu
 
     CUDA numbers the GPUs listed in CUDA_VISIBLE_DEVICES, NVML all of them: "cuda:1" with
     CUDA_VISIBLE_DEVICES=2,3 is NVML's GPU 3. `current` is the index "cuda" alone means
-    (torch.cuda.current_device(), asked only when needed)."""
+    (torch.cuda.current_device(), asked only when needed). CUDA orders GPUs fastest first and
+    NVML by PCI bus unless CUDA_DEVICE_ORDER=PCI_BUS_ID: on a machine of mixed GPUs set it, or
+    pass --gpus."""
     from aipm_fast.integrations.distributed import visible_devices
     _, _, index = device.partition(":")
     if index:
