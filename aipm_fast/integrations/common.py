@@ -113,11 +113,86 @@ def job_keys(kind: str, summary: dict) -> dict[str, float]:
     return {k: float(v) for k, v in keys.items() if v is not None and math.isfinite(v)}
 
 
+def energy_record(epoch, steps: int, samples: int | None, duration: float, energies: dict[str, float]) -> dict:
+    """One row of a callback's `epochs` (or its `train`): steps, samples, J, J per sample."""
+    total = total_j(energies)
+    return {"epoch": epoch, "steps": steps, "samples": samples, "duration_s": duration,
+            "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
+            **{f"energy_j/{d}": e for d, e in energies.items()}}
+
+
+def training_counts(epochs: list[dict]) -> tuple[int, int | None]:
+    """(steps, samples) of the whole of training from its epochs; samples None if any is unknown."""
+    known = [e["samples"] for e in epochs]
+    return sum(e["steps"] for e in epochs), (sum(known) if known and None not in known else None)
+
+
 class StepMarks:
-    """The step bookkeeping both callbacks share: one open step mark at a time, and the latest
-    of this callback's steps whose energy is known (user marks on the same Meter are not ours).
-    A mixin: the callback has `self.meter` and `self.last_step`, and calls `_clear_steps()`
-    whenever it starts afresh."""
+    """What both callbacks share: the Meter they own or were given, the windows open for
+    training and the current epoch, one open step mark at a time, and the latest of this
+    callback's steps whose energy is known (user marks on the same Meter are not ours).
+    A mixin: the callback calls `_setup` from its __init__ and `_begin_run` when training starts."""
+
+    def _setup(self, meter, group, meter_options: dict) -> None:
+        if meter is not None and meter_options:
+            raise TypeError(f"{type(self).__name__} takes either a running Meter or Meter options, not both")
+        self.meter = meter
+        self.group = group
+        self._owns = meter is None
+        self._options = meter_options
+        self.epochs: list[dict] = []
+        self.train: dict | None = None
+        self.last_step: dict[str, float] | None = None    # {domain: J} of the latest resolved step
+        self.job_epochs: list[dict] = []                  # rank 0 of a distributed run: the job's epochs
+        self.job_train: dict | None = None
+        self._distributed = False
+        self._clear()
+
+    def _clear(self) -> None:
+        self._clear_steps()
+        self._epoch = None         # (window mark, Window, ...) of the open epoch
+        self._train = None         # (window mark, Window) of the open training window
+        self._steps = 0
+
+    def _begin_run(self, local_rank: int | None) -> None:
+        """Afresh: results emptied, the Meter started if owned (checked running if given)."""
+        self._clear()
+        self.epochs, self.train, self.last_step = [], None, None
+        self.job_epochs, self.job_train = [], None
+        self._distributed = is_distributed()    # decided once, so that every rank gathers alike
+        if self._owns:
+            self.meter = owned_meter(self._options, local_rank).start()
+        elif not getattr(self.meter, "_started", True):
+            raise RuntimeError(f"{type(self).__name__}(meter=...) needs a running Meter: start it before "
+                               "training, or pass Meter options and let the callback own one")
+        self._position = len(self.meter.coordinator.rows)   # marks from before the run are not ours
+
+    def _close_all(self) -> None:
+        """Close what is still open and stop the Meter if the callback owns it (idempotent)."""
+        self._close_step()
+        for attr in ("_epoch", "_train"):
+            opened = getattr(self, attr)
+            if opened is not None:
+                setattr(self, attr, None)
+                opened[0].__exit__(None, None, None)
+        if self._owns and self.meter is not None:
+            self.meter.stop()
+
+    def _end_window(self, attr: str):
+        """Close the window held in `attr` ("_epoch" or "_train"): (what was held, its
+        {domain: J}, its duration in s)."""
+        opened = getattr(self, attr)
+        setattr(self, attr, None)
+        opened[0].__exit__(None, None, None)
+        energies, duration = window_energy(self.meter, opened[1])
+        return opened, energies, duration
+
+    def _begin_step(self) -> None:
+        self._close_step()   # a step that never reached its end hook
+        self._steps += 1
+        step = self.meter.step()
+        step.__enter__()
+        self._step = step
 
     def _clear_steps(self) -> None:
         self._step = None              # the open step mark

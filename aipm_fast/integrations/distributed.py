@@ -185,15 +185,11 @@ def gather_windows(meter, group=None, dst: int = 0) -> pd.DataFrame | None:
     `additive_domains`), span [min start, max end] over the node's ranks; a job's duration is
     its longest node span, and its start/end are left empty when it spans nodes (clocks differ).
     Sum rows of one scope only."""
-    rank, node = _identity()
     local = meter.windows()
     local["seq"] = (local.groupby("window")["window_id"].rank(method="dense") - 1).astype(int)
-    local.insert(0, "rank", rank)
-    local.insert(1, "node", node)
-    parts = _gather(local, group, dst)
-    if parts is None:
+    per_rank = _gather_ranks(local, group, dst)
+    if per_rank is None:
         return None
-    per_rank = pd.concat(parts, ignore_index=True)
     totals = _totals(per_rank, ["window", "seq"], {"n_inferences": "max"})
     return _assemble(per_rank, totals, ["window", "seq"])
 
@@ -206,16 +202,22 @@ def gather_steps(meter, group=None, dst: int = 0) -> pd.DataFrame | None:
     step k. Ranks whose steps end at different times keep their own figures there; the "node"
     and "job" totals of a step sum the ranks' energies and take the span across ranks
     [min start, max end] as its duration (per node; across nodes the longest node span)."""
-    rank, node = _identity()
     local = meter.inferences().rename(columns={"latency_s": "duration_s"})
     local["step"] = (local.groupby("window")["index"].rank(method="dense") - 1).astype(int)
+    per_rank = _gather_ranks(local, group, dst)
+    if per_rank is None:
+        return None
+    return _assemble(per_rank, _totals(per_rank, ["window", "step"], {}), ["window", "step"])
+
+
+def _gather_ranks(local: pd.DataFrame, group, dst: int) -> pd.DataFrame | None:
+    """This rank's table, tagged with its rank and node, gathered with every other rank's on
+    rank `dst` into one (None elsewhere). A collective."""
+    rank, node = _identity()
     local.insert(0, "rank", rank)
     local.insert(1, "node", node)
     parts = _gather(local, group, dst)
-    if parts is None:
-        return None
-    per_rank = pd.concat(parts, ignore_index=True)
-    return _assemble(per_rank, _totals(per_rank, ["window", "step"], {}), ["window", "step"])
+    return None if parts is None else pd.concat(parts, ignore_index=True)
 
 
 def _sum_strict(x: pd.Series) -> float:

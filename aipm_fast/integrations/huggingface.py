@@ -52,8 +52,7 @@ except ModuleNotFoundError as exc:
     raise ModuleNotFoundError("aipm_fast.integrations.huggingface needs Hugging Face transformers: "
                               "pip install 'aipm-fast[huggingface]'", name=exc.name) from None
 
-from aipm_fast.integrations.common import (StepMarks, energy_keys, gather_job, is_distributed, job_keys, owned_meter,
-                                           total_j, window_energy)
+from aipm_fast.integrations.common import StepMarks, energy_keys, energy_record, gather_job, job_keys, training_counts
 
 
 class AipmTrainerCallback(TrainerCallback, StepMarks):
@@ -92,25 +91,10 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
     """
 
     def __init__(self, meter=None, *, group=None, **meter_options):
-        if meter is not None and meter_options:
-            raise TypeError("AipmTrainerCallback takes either a running Meter or Meter options, not both")
-        self.meter = meter
-        self.group = group
-        self._owns = meter is None
-        self._options = meter_options
-        self.epochs: list[dict] = []
-        self.train: dict | None = None
-        self.last_step: dict[str, float] | None = None    # {domain: J} of the latest resolved step
-        self.job_epochs: list[dict] = []                  # rank 0 of a distributed run: the job's epochs
-        self.job_train: dict | None = None
-        self._distributed = False
-        self._clear()
+        self._setup(meter, group, meter_options)
 
     def _clear(self) -> None:
-        self._clear_steps()
-        self._epoch = None         # (window mark, Window, epoch number) of the open epoch
-        self._train = None         # (window mark, Window) of the open training window
-        self._steps = 0
+        super()._clear()           # here _epoch holds (window mark, Window, epoch number)
         self._unlogged: dict[str, float] = {}   # epoch keys waiting for the next log
 
     def attach(self, trainer):
@@ -125,16 +109,7 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
 
     # -- life cycle ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
-        self._clear()
-        self.epochs, self.train, self.last_step = [], None, None
-        self.job_epochs, self.job_train = [], None
-        self._distributed = is_distributed()    # decided once, so that every rank gathers alike
-        if self._owns:
-            self.meter = owned_meter(self._options, _local_rank(args)).start()
-        elif not getattr(self.meter, "_started", True):
-            raise RuntimeError("AipmTrainerCallback(meter=...) needs a running Meter: start it before "
-                               "training, or pass Meter options and let the callback own one")
-        self._position = len(self.meter.coordinator.rows)   # marks from before the run are not ours
+        self._begin_run(_local_rank(args))
         self._train = self._open("train")
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -143,29 +118,15 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
 
     def close(self) -> None:
         """Close what is still open and stop the Meter if the callback owns it (idempotent)."""
-        self._close_step()
-        for attr in ("_epoch", "_train"):
-            opened = getattr(self, attr)
-            if opened is not None:
-                setattr(self, attr, None)
-                opened[0].__exit__(None, None, None)
-        if self._owns and self.meter is not None:
-            self.meter.stop()
+        self._close_all()
 
     def _close_train(self) -> None:
         self._close_step()
         if self._train is None:
             return
-        (mark, w), self._train = self._train, None
-        mark.__exit__(None, None, None)
-        energies, duration = window_energy(self.meter, w)
-        total = total_j(energies)
-        steps = sum(e["steps"] for e in self.epochs)
-        known = [e["samples"] for e in self.epochs]
-        samples = sum(known) if known and None not in known else None
-        self.train = {"epoch": None, "steps": steps, "samples": samples, "duration_s": duration,
-                      "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
-                      **{f"energy_j/{d}": e for d, e in energies.items()}}
+        (_, w), energies, duration = self._end_window("_train")
+        steps, samples = training_counts(self.epochs)
+        self.train = energy_record(None, steps, samples, duration, energies)
         self._unlogged.update(energy_keys("energy/train_j", energies))
         if self._distributed:
             self.job_train = gather_job(w, energies, steps, samples, self.group)
@@ -186,15 +147,11 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
         self._close_step()
         if self._epoch is None:
             return
-        (mark, w, n), self._epoch = self._epoch, None
-        mark.__exit__(None, None, None)
-        energies, duration = window_energy(self.meter, w)
-        total = total_j(energies)
+        (_, w, n), energies, duration = self._end_window("_epoch")
         samples = self._samples(args, train_dataloader)
-        per_sample = total / samples if samples else None
-        self.epochs.append({"epoch": n, "steps": self._steps, "samples": samples, "duration_s": duration,
-                            "energy_j": total, "energy_j_per_sample": per_sample,
-                            **{f"energy_j/{d}": e for d, e in energies.items()}})
+        record = energy_record(n, self._steps, samples, duration, energies)
+        self.epochs.append(record)
+        per_sample = record["energy_j_per_sample"]
         self._unlogged.update(energy_keys("energy/epoch_j", energies))
         if per_sample is not None and math.isfinite(per_sample):
             self._unlogged["energy/epoch_j_per_sample"] = per_sample
@@ -218,11 +175,7 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
     def on_step_begin(self, args, state, control, **kwargs):
         if self.meter is None:
             return
-        self._close_step()   # a step that never reached on_step_end
-        self._steps += 1
-        step = self.meter.step()
-        step.__enter__()
-        self._step = step
+        self._begin_step()
 
     def on_step_end(self, args, state, control, **kwargs):
         self._close_step()
@@ -249,7 +202,6 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
             history[-1].update(added)
         logs.update(added)
 
-    # -- helpers -------------------------------------------------------------------------
 
 
 def _local_rank(args) -> int | None:

@@ -52,8 +52,7 @@ except ModuleNotFoundError as exc:
     raise ModuleNotFoundError("aipm_fast.integrations.lightning needs PyTorch Lightning: "
                               "pip install 'aipm-fast[lightning]'", name=exc.name) from None
 
-from aipm_fast.integrations.common import (StepMarks, energy_keys, gather_job, is_distributed, job_keys, owned_meter,
-                                           total_j, window_energy)
+from aipm_fast.integrations.common import StepMarks, energy_keys, energy_record, gather_job, job_keys, training_counts
 
 
 class AipmCallback(Callback, StepMarks):
@@ -88,40 +87,17 @@ class AipmCallback(Callback, StepMarks):
     """
 
     def __init__(self, meter=None, *, log_steps: bool = True, group=None, **meter_options):
-        if meter is not None and meter_options:
-            raise TypeError("AipmCallback takes either a running Meter or Meter options, not both")
-        self.meter = meter
         self.log_steps = log_steps
-        self.group = group
-        self._owns = meter is None
-        self._options = meter_options
-        self.epochs: list[dict] = []
-        self.train: dict | None = None
-        self.last_step: dict[str, float] | None = None    # {domain: J} of the latest resolved step
-        self.job_epochs: list[dict] = []                  # rank 0 of a distributed run: the job's epochs
-        self.job_train: dict | None = None
-        self._distributed = False
-        self._clear()
+        self._setup(meter, group, meter_options)
 
     def _clear(self) -> None:
-        self._clear_steps()
-        self._epoch = None         # (window mark, Window) of the open epoch
-        self._train = None         # (window mark, Window) of the open training window
-        self._steps = self._samples = 0
+        super()._clear()
+        self._samples = 0
         self._samples_known = True
 
     # -- life cycle ----------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._clear()
-        self.epochs, self.train, self.last_step = [], None, None
-        self.job_epochs, self.job_train = [], None
-        self._distributed = is_distributed()    # decided once, so that every rank gathers alike
-        if self._owns:
-            self.meter = owned_meter(self._options, getattr(trainer, "local_rank", None)).start()
-        elif not getattr(self.meter, "_started", True):
-            raise RuntimeError("AipmCallback(meter=...) needs a running Meter: start it before fit, "
-                               "or pass Meter options and let the callback own one")
-        self._position = len(self.meter.coordinator.rows)   # marks from before the fit are not ours
+        self._begin_run(getattr(trainer, "local_rank", None))
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.meter is not None:
@@ -132,10 +108,8 @@ class AipmCallback(Callback, StepMarks):
         self._close_step()
         if self._train is None:
             return
-        (mark, w), self._train = self._train, None
-        mark.__exit__(None, None, None)
-        energies, duration = window_energy(self.meter, w)
-        self.train = self._record(energies, duration, epoch=None)
+        (_, w), energies, duration = self._end_window("_train")
+        self.train = energy_record(None, *training_counts(self.epochs), duration, energies)
         metrics = energy_keys("energy/train_j", energies)
         if self._distributed:
             self.job_train = gather_job(w, energies, self.train["steps"], self.train["samples"], self.group)
@@ -146,20 +120,10 @@ class AipmCallback(Callback, StepMarks):
                 logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._finish()
+        self._close_all()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._finish()
-
-    def _finish(self) -> None:
-        self._close_step()
-        for attr in ("_epoch", "_train"):
-            opened = getattr(self, attr)
-            if opened is not None:
-                setattr(self, attr, None)
-                opened[0].__exit__(None, None, None)
-        if self._owns and self.meter is not None:
-            self.meter.stop()
+        self._close_all()
 
     # -- epochs --------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer, pl_module) -> None:
@@ -174,10 +138,9 @@ class AipmCallback(Callback, StepMarks):
         self._close_step()   # a batch that ended the epoch early never reached on_train_batch_end
         if self._epoch is None:
             return
-        (mark, w), self._epoch = self._epoch, None
-        mark.__exit__(None, None, None)
-        energies, duration = window_energy(self.meter, w)
-        record = self._record(energies, duration, epoch=trainer.current_epoch)
+        (_, w), energies, duration = self._end_window("_epoch")
+        samples = self._samples if self._samples_known else None
+        record = energy_record(trainer.current_epoch, self._steps, samples, duration, energies)
         self.epochs.append(record)
         metrics = energy_keys("energy/epoch_j", energies)
         per_sample = record["energy_j_per_sample"]
@@ -196,15 +159,11 @@ class AipmCallback(Callback, StepMarks):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx, *args) -> None:
         if self.meter is None:
             return
-        self._close_step()   # the previous batch was skipped after its start hook
         try:
             self._samples += int(extract_batch_size(batch))
         except Exception:    # no tensor to read a batch size from
             self._samples_known = False
-        self._steps += 1
-        step = self.meter.step()
-        step.__enter__()
-        self._step = step
+        self._begin_step()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
         self._close_step()
@@ -214,19 +173,3 @@ class AipmCallback(Callback, StepMarks):
         if self.last_step is not None:
             for key, value in energy_keys("energy/step_j", self.last_step).items():
                 pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)
-
-    # -- helpers -------------------------------------------------------------------------
-
-    def _record(self, energies: dict[str, float], duration: float, epoch) -> dict:
-        total = total_j(energies)
-        if epoch is None:   # the whole of training
-            steps = sum(e["steps"] for e in self.epochs)
-            known = [e["samples"] for e in self.epochs]
-            samples = sum(known) if known and None not in known else None
-        else:
-            steps, samples = self._steps, (self._samples if self._samples_known else None)
-        return {
-            "epoch": epoch, "steps": steps, "samples": samples, "duration_s": duration,
-            "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
-            **{f"energy_j/{d}": e for d, e in energies.items()},
-        }
