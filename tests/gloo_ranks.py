@@ -27,7 +27,11 @@ def two_gloo_ranks(script: str, tmp, nvml_lib, *, extra_args=lambda rank: [], ex
     writer = PowercapWriter(tree, None).start()
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_loopback_port()),
            "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "FAKE_NVML_GPUS": "2", "FAKE_NVML_TRACE": "const:100",
-           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", **(extra_env or {})}
+           "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
+           # the rank scripts import shared test modules (tiny_models) from this folder
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
+                                                       os.environ.get("PYTHONPATH")])),
+           **(extra_env or {})}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     procs = []
     try:

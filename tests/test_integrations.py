@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+from tiny_models import Regressor  # noqa: E402
 
 OFF = {"msr_root": "/nonexistent", "perf_root": "/nonexistent"}
 GPU_W = 100.0
@@ -190,17 +191,6 @@ def test_lightning_callback_stops_its_meter_on_an_exception(pl, hw):
 
 
 # -- Hugging Face -------------------------------------------------------------------------------
-class Regressor(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-
-    def forward(self, x, labels=None):
-        time.sleep(STEP_S)
-        out = self.net(x)
-        return {"loss": F.mse_loss(out, labels), "logits": out}
-
-
 def test_huggingface_callback_adds_energy_to_the_logs(hw, tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
@@ -221,7 +211,7 @@ def test_huggingface_callback_adds_energy_to_the_logs(hw, tmp_path):
         per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
     reporter = Reporter()
     cb = AipmTrainerCallback(**options)
-    trainer = transformers.Trainer(model=Regressor(), args=args, train_dataset=dataset, callbacks=[reporter])
+    trainer = transformers.Trainer(model=Regressor(STEP_S), args=args, train_dataset=dataset, callbacks=[reporter])
     cb.attach(trainer)     # ahead of the reporter, as of the report_to integrations
     trainer.train()
     assert not cb.meter._started

@@ -80,21 +80,13 @@ RANK_SCRIPT = textwrap.dedent("""
     import transformers
     from aipm_fast.integrations.huggingface import AipmTrainerCallback
 
-    class Regressor(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
-
-        def forward(self, x, labels=None):
-            time.sleep(STEP_S)
-            out = self.net(x)
-            return {"loss": F.mse_loss(out, labels), "logits": out}
+    from tiny_models import Regressor
 
     args = transformers.TrainingArguments(
         output_dir=tmp, report_to=[], use_cpu=True, logging_steps=1, num_train_epochs=EPOCHS,
         per_device_train_batch_size=BATCH, save_strategy="no", disable_tqdm=True)
     cb = AipmTrainerCallback(**options)
-    hf = transformers.Trainer(model=Regressor(), args=args, callbacks=[cb],
+    hf = transformers.Trainer(model=Regressor(STEP_S), args=args, callbacks=[cb],
                               train_dataset=[{"x": x[i], "labels": y[i]} for i in range(SAMPLES)])
     hf.train()
     assert args.world_size == 2
