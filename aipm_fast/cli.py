@@ -75,7 +75,8 @@ def devices(as_json, **kwargs):
     found = rec.discovery
     if as_json:
         out.print_json(data={
-            "channels": [dataclasses.asdict(c) for c in found.channels],
+            "channels": [c.to_dict() for c in found.channels],
+            "domains": {d: m.to_dict() for d, m in found.domains.items()},
             "devices": found.devices,
             "problems": [dataclasses.asdict(p) for p in found.problems],
             "notes": found.notes,
@@ -85,7 +86,7 @@ def devices(as_json, **kwargs):
         for col in ("domain", "channel", "source", "unit", "period", "reads from"):
             table.add_column(col)
         for c in found.channels:
-            table.add_row(c.domain, c.name.rsplit(".", 1)[1], c.source, c.unit,
+            table.add_row(c.domain, c.label, c.source, c.unit,
                           f"{c.period_s * 1e3:g} ms", c.detail)
         out.print(table)
         for domain, name in found.devices.items():
@@ -147,7 +148,7 @@ def record(duration, out_dir, drain_every, command, **kwargs):
     aipm-fast record --out run1 -- python train.py
     """
     from aipm_fast.recorder import Recorder
-    from aipm_fast.storage import ParquetSampleWriter, write_json
+    from aipm_fast.storage import write_json
 
     if bool(duration) == bool(command):
         raise click.UsageError("give either --duration S or a command after --, not both and not neither")
@@ -157,7 +158,7 @@ def record(duration, out_dir, drain_every, command, **kwargs):
     if not rec.channels:
         console.print("[red]no power source can be read here: the recording will hold no samples[/]")
     print_problems(rec.discovery.problems, rec.discovery.notes)
-    writer = ParquetSampleWriter(os.path.join(out_dir, "samples.parquet"), rec.channel_names())
+    writer = rec.sample_writer(os.path.join(out_dir, "samples.parquet"))
     rec.add_sink(writer)
 
     def on_term(signum, frame):  # a polite kill still leaves complete files behind

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from aipm_fast.config import EngineConfig
-from aipm_fast.coordinator import Coordinator, Mark, Window
+from aipm_fast.coordinator import Coordinator, Mark
 from aipm_fast.recorder import Recorder
+from aipm_fast.results import BASELINE, SessionResults, Window
 from aipm_fast.timing import HostTimer, cuda_timer
 
 
@@ -46,13 +47,32 @@ class Meter:
         self.timer = timer
         self.out_dir = out_dir
         self.coordinator = Coordinator(self.recorder, timer, out_dir, drain_period_s)
-        self.baseline_w: dict[str, float] = {}
         self._index = itertools.count()
         self._windows = itertools.count()
         self._local = threading.local()
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task | None = None
         self._started = False
+
+    @property
+    def results(self) -> SessionResults:
+        """The session's one result object: every output of this Meter reads it."""
+        return self.coordinator.results
+
+    @property
+    def running(self) -> bool:
+        """Between start (or `async with`) and stop."""
+        return self._started
+
+    @property
+    def domains(self):
+        """domain -> its meaning (aipm_fast.sources.Domain: part, additive, parent, device)."""
+        return self.recorder.discovery.domains
+
+    @property
+    def baseline_w(self) -> dict[str, float]:
+        """Idle power per domain (W) from measure_baseline, scaled as the energies are ({} before)."""
+        return self.results.baseline_power()
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> "Meter":
@@ -85,9 +105,9 @@ class Meter:
 
     def _finish(self) -> None:
         self.recorder.stop()
+        self._started = False
         self.coordinator.process(final=True)
         self.coordinator.close()
-        self._started = False
         # free the engine now (thread, fds, NVML handle) rather than whenever the GC runs;
         # the report below reads the statistics kept at close
         self.recorder.close()
@@ -163,13 +183,11 @@ class Meter:
         import time
         if not self._started:
             raise RuntimeError("start the Meter before measuring the baseline")
-        w = self._open("__baseline__")
+        w = self._open(BASELINE)
         time.sleep(seconds)
         self._close(w)
         self.flush(w)
-        duration = (w.end_ns - w.start_ns) / 1e9
-        self.baseline_w = {d: (w.end_j[d] - w.start_j[d]) / duration for d in w.end_j}
-        return dict(self.baseline_w)
+        return self.baseline_w
 
     def flush(self, window: Window | None = None, timeout_s: float = 10.0) -> None:
         """Wait until every mark so far (or one window) is integrated."""
@@ -177,106 +195,51 @@ class Meter:
         deadline = time.monotonic() + timeout_s
         while True:
             self.coordinator.process(final=not self._started)
-            c = self.coordinator
             if window is not None:
                 done = window.end_resolved or not window.end_ns
             else:
-                done = not (c.marks or c._untimed or c._timed or c._open_edges)
+                done = not self.coordinator.pending()
             if done or time.monotonic() > deadline:
                 return
             time.sleep(0.02)
 
-    # -- results -------------------------------------------------------------------------
-    def _scales(self) -> dict[str, tuple[float, str]]:
-        return {d: self.coordinator.scale(d) for d in self.coordinator.tracks}
-
+    # -- results (all read from the one result object) -----------------------------------
     def inferences(self, window: str | None = None) -> pd.DataFrame:
-        """One row per (inference, domain): index, window, domain, energy_j, dynamic_energy_j,
-        latency_s, uncertainty_j, estimate (True where the source cannot resolve it).
-        `window` keeps the inferences of windows of that name only (cheaper than filtering
-        afterwards in a long session: the table is rebuilt from every mark on each call)."""
+        """One row per (inference, domain): index, window, domain, start_ns, end_ns, latency_s,
+        energy_j, dynamic_energy_j, uncertainty_j (1 sigma), estimate (True where the source
+        cannot resolve it), channel (the reading that answered), scale, status (provisional
+        until the Meter stops, then final). `window` keeps the inferences of windows of that
+        name only (cheaper than filtering afterwards in a long session)."""
         if window is not None and not isinstance(window, str):
             raise TypeError(f"window selects by name (a str), got {type(window).__name__}")
         if self._started:
             self.flush()
-        frames = []
-        scales = self._scales()
-        for batch in self.coordinator.rows:
-            keep = slice(None)
-            if window is not None:
-                keep = batch["window"] == window
-                if not keep.any():
-                    continue
-            latency = (batch["end_ns"][keep] - batch["start_ns"][keep]) / 1e9
-            for domain in self.coordinator.tracks:
-                e, u, est = (x[keep] for x in batch[domain])
-                k = scales[domain][0]
-                base = self.baseline_w.get(domain, np.nan) * k
-                frames.append(pd.DataFrame({
-                    "index": batch["index"][keep], "window": batch["window"][keep], "domain": domain,
-                    "start_ns": batch["start_ns"][keep], "end_ns": batch["end_ns"][keep], "latency_s": latency,
-                    "energy_j": e * k, "dynamic_energy_j": e * k - base * latency,
-                    "uncertainty_j": u * k, "estimate": est,
-                }))
-        if not frames:
-            return pd.DataFrame(columns=["index", "window", "domain", "start_ns", "end_ns", "latency_s",
-                                         "energy_j", "dynamic_energy_j", "uncertainty_j", "estimate"])
-        return pd.concat(frames, ignore_index=True).sort_values(["index", "domain"], ignore_index=True)
+        return self.results.inferences(window)
 
     def windows(self) -> pd.DataFrame:
-        """One row per (window, domain): window, domain, energy_j, dynamic_energy_j, duration_s,
-        uncertainty_j, n_inferences, method."""
+        """One row per (window, domain): window, window_id, domain, part, additive, start_ns,
+        end_ns, duration_s, energy_j, dynamic_energy_j, uncertainty_j (1 sigma), n_inferences,
+        method, status."""
         if self._started:
             self.flush()
-        rows = []
-        scales = self._scales()
-        spans = self._mark_spans() if any(w.explicit for w in self.coordinator.windows) else None
-        for w in self.coordinator.windows:
-            if w.name == "__baseline__" or w.end_ns is None:
-                continue
-            duration = (w.end_ns - w.start_ns) / 1e9
-            n_marks = w.n_marks
-            if w.explicit:
-                n_marks = int(np.count_nonzero((spans[0] >= w.start_ns) & (spans[1] <= w.end_ns)))
-            for domain, track in self.coordinator.tracks.items():
-                k, how = scales[domain]
-                e = (w.end_j.get(domain, np.nan) - w.start_j.get(domain, np.nan)) * k
-                rows.append({
-                    "window": w.name, "window_id": w.id, "domain": domain,
-                    "start_ns": w.start_ns, "end_ns": w.end_ns, "duration_s": duration,
-                    "energy_j": e,
-                    "dynamic_energy_j": e - self.baseline_w.get(domain, np.nan) * k * duration,
-                    "uncertainty_j": float(np.hypot(w.start_u.get(domain, np.nan), w.end_u.get(domain, np.nan))) * k,
-                    "n_inferences": n_marks,
-                    "method": f"{track.label}; {how}" + (f"; {track.problem}" if track.problem else ""),
-                })
-        return pd.DataFrame(rows, columns=["window", "window_id", "domain", "start_ns", "end_ns", "duration_s",
-                                           "energy_j", "dynamic_energy_j", "uncertainty_j", "n_inferences", "method"])
+        return self.results.windows()
 
-    def _mark_spans(self) -> tuple[np.ndarray, np.ndarray]:
-        """(start_ns, end_ns) of every integrated mark."""
-        rows = self.coordinator.rows
-        if not rows:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        return (np.concatenate([b["start_ns"] for b in rows]), np.concatenate([b["end_ns"] for b in rows]))
+    def window_energy(self, window: Window) -> dict[str, float]:
+        """{domain: J} of one closed window, as windows() gives it; waits for this window's end
+        only, not for marks that other threads may keep adding."""
+        self.flush(window)
+        return self.results.window_energy(window)
 
     def resolved_marks(self, since: int = 0) -> tuple[list[tuple[int, dict[str, float]]], int]:
         """Marks integrated since an earlier call, without waiting: ([(index, {domain: J})], position).
 
-        Pass the returned position as `since` next time (0 the first time). A mark's energy is
-        known only once the readings pass its end (typically 0.1-1 s later), so the latest marks
-        are not here yet. Energies are scaled as in inferences(); NaN where a domain could not
-        be integrated. Cheap enough to call once per training step.
+        Pass the returned position as `since` next time (0 the first time; `results.position`
+        for marks from now on). A mark's energy is known only once the readings pass its end
+        (typically 0.1-1 s later), so the latest marks are not here yet. Energies are scaled as
+        in inferences(); NaN where a domain could not be integrated. Cheap enough to call once
+        per training step.
         """
-        rows = self.coordinator.rows
-        end = len(rows)
-        scales = {d: k for d, (k, _) in self._scales().items()}
-        out = []
-        for batch in rows[since:end]:
-            energies = {d: batch[d][0] * k for d, k in scales.items()}
-            for i, index in enumerate(batch["index"].tolist()):
-                out.append((index, {d: float(e[i]) for d, e in energies.items()}))
-        return out, end
+        return self.results.marks_since(since)
 
     def summary(self) -> pd.DataFrame:
         """Per (window, domain): energy, joules per inference (total and dynamic), throughput,
@@ -289,12 +252,31 @@ class Meter:
         w["throughput_per_s"] = n / w["duration_s"]
         return w
 
+    def side_mean(self, quantity: str, window: Window) -> list[float]:
+        """Time-weighted mean over a window of every side channel of `quantity` ("utilization",
+        "memory"), one per channel (NaN where none covers it)."""
+        return self.coordinator.side_mean(quantity, window.start_ns, window.end_ns)
+
+    def scales(self) -> dict[str, dict]:
+        """Per domain, the counter scale of the channel that answers for it now: factor and how."""
+        out = {}
+        for domain in self.coordinator.ranked:
+            tr = self.coordinator.primary(domain)
+            s = self.results.scale(tr.channel_id) if tr is not None else None
+            out[domain] = {"factor": s.factor if s else 1.0, "how": (s.how if s else "") or "not scaled",
+                           "channel": tr.label if tr is not None else None}
+        return out
+
     def report(self) -> dict:
         """Everything needed to judge the numbers: windows, scales, channel health, problems."""
+        from aipm_fast.policy import UNCERTAINTY
         return {
             "windows": json.loads(self.windows().to_json(orient="records")),
             "baseline_w": self.baseline_w,
-            "scales": {d: {"factor": k, "how": how} for d, (k, how) in self._scales().items()},
+            "scales": self.scales(),
+            "domains": {d: m.to_dict() for d, m in self.domains.items()},
+            "uncertainty": UNCERTAINTY,
+            "status": self.results.status,
             "recording": self.recorder.summary(),
         }
 

@@ -6,15 +6,17 @@ the discovered channels, the drained history and the health of every channel.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
-from aipm_fast import energy
+from aipm_fast import offline
 from aipm_fast._native import RECORD_DTYPE, Engine, now_ns
 from aipm_fast.config import EngineConfig
+from aipm_fast.offline import DomainEnergy
 from aipm_fast.sources import Channel, discover_all
+from aipm_fast.sources.base import COUNTER
 
 STUCK_AFTER_S = 3.0
 
@@ -32,14 +34,6 @@ class ChannelStatus:
     read_cost_us: float | None
     last_error: str = ""
     detail: str = ""
-
-
-@dataclass
-class DomainEnergy:
-    energy_j: float | None
-    mean_power_w: float | None
-    method: str
-    alternatives: dict[str, float] = field(default_factory=dict)
 
 
 class Recorder:
@@ -130,6 +124,16 @@ class Recorder:
             names[self.lateness_channel] = "sampler.lateness_ns"
         return names
 
+    def sample_metadata(self) -> dict:
+        """What every channel and domain means, as stored beside recorded samples."""
+        return {"channels": [c.to_dict() for c in self.channels.values()],
+                "domains": {d: m.to_dict() for d, m in self.discovery.domains.items()}}
+
+    def sample_writer(self, path: str):
+        """A ParquetSampleWriter for this recorder's records, carrying their meaning."""
+        from aipm_fast.storage import ParquetSampleWriter
+        return ParquetSampleWriter(path, self.channel_names(), self.sample_metadata())
+
     def samples_frame(self) -> pd.DataFrame:
         recs = self.records()
         names = self.channel_names()
@@ -175,38 +179,18 @@ class Recorder:
         return os.strerror(s["last_error"]) if s["last_error"] else f"error {s['last_error_kind']}"
 
     # -- energy --------------------------------------------------------------------------
-    def curves(self) -> dict[str, dict[str, energy.EnergyCurve]]:
-        """domain -> {channel kind -> cumulative energy curve} for every channel with data."""
-        out: dict[str, dict[str, energy.EnergyCurve]] = {}
-        for cid, ch in self.channels.items():
-            if ch.quantity not in ("energy", "power"):
-                continue
-            t, v = self.series(cid)
-            if t.size < 2:
-                continue
-            kind = ch.name.rsplit(".", 1)[1]
-            try:
-                if ch.quantity == "energy":
-                    curve = energy.counter_curve(t, v, ch.wrap)
-                else:
-                    curve = energy.power_curve(t, v)
-            except ValueError as exc:   # e.g. a counter that never advanced: reported by status()
-                self.curve_errors[ch.name] = str(exc)
-                continue
-            out.setdefault(ch.domain, {})[kind] = curve
-        return out
+    def health(self) -> dict[int, str]:
+        """channel id -> its status (live, stale, stuck, failing, dead, idle)."""
+        names = {ch.name: cid for cid, ch in self.channels.items()}
+        return {names[st.name]: st.status for st in self.status()}
 
     def energy(self, a_ns: int | None = None, b_ns: int | None = None) -> dict[str, DomainEnergy]:
-        """Energy of every domain over [a, b] (default: the whole recording)."""
+        """Energy of every domain over [a, b] (default: the whole recording), by the energy policy."""
         a = self.start_ns if a_ns is None else a_ns
         b = (self.stop_ns or now_ns()) if b_ns is None else b_ns
-        statuses = {st.name: st for st in self.status()}
-        result: dict[str, DomainEnergy] = {}
-        domains = sorted({ch.domain for ch in self.channels.values() if ch.quantity in ("energy", "power")})
-        curves = self.curves()
-        for domain in domains:
-            result[domain] = domain_energy(domain, curves.get(domain, {}), statuses, a, b, self.curve_errors)
-        return result
+        curves = offline.ChannelCurves(self.channels.values(), self.series)
+        self.curve_errors = {self.channels[cid].name: why for cid, why in curves.errors.items()}
+        return offline.domain_energies(curves, self.health(), a, b)
 
     def summary(self) -> dict:
         duration = ((self.stop_ns or now_ns()) - self.start_ns) / 1e9 if self.start_ns else 0.0
@@ -232,50 +216,5 @@ def classify(ch: Channel, s: dict, start_ns: int | None, end_ns: int,
     ran_s = (end_ns - start_ns) / 1e9 if start_ns else 0.0
     quiet_s = (end_ns - s["last_change_ns"]) / 1e9
     if ran_s > stuck_after_s and quiet_s > stuck_after_s:
-        return "stuck" if ch.quantity == "energy" else "stale"
+        return "stuck" if ch.reading == COUNTER else "stale"
     return "live"
-
-
-# Preference among a GPU's power channels: the 50 Hz buffered trace is the finest.
-POWER_PREFERENCE = ("power_samples", "power_instant", "power_average")
-
-
-def _energy(curve, a: int, b: int) -> float:
-    return float(curve.energy(np.array([a]), np.array([b]))[0])
-
-
-def domain_energy(domain: str, curves: dict, statuses: dict, a: int, b: int,
-                  curve_errors: dict | None = None) -> DomainEnergy:
-    """The best estimate of a domain's energy over [a, b], with how it was made.
-
-    The finest power trace integrates; where a counter exists too it anchors the trace's scale
-    over long spans (energy.scaled_curve). Stuck or dead channels are never used. Readings that
-    stop inside the span (a GPU lost, a file gone) give the energy of what they cover, marked
-    partial, rather than nothing."""
-    span_s = (b - a) / 1e9
-    usable = {kind: curve for kind, curve in curves.items()
-              if statuses.get(f"{domain}.{kind}") is None
-              or statuses[f"{domain}.{kind}"].status not in ("stuck", "dead")}
-    alternatives = {kind: e for kind, e in ((k, _energy(c, a, b)) for k, c in usable.items()) if np.isfinite(e)}
-    power_kind = next((k for k in POWER_PREFERENCE if k in usable), None)
-    if power_kind is None and "energy" not in usable:
-        reasons = [f"{n}: {st.status}" + (f" ({st.last_error})" if st.last_error else "")
-                   + (f" ({curve_errors[n]})" if curve_errors and n in curve_errors else "")
-                   for n, st in statuses.items() if n.startswith(domain + ".")]
-        return DomainEnergy(None, None, "no usable reading: " + "; ".join(reasons), alternatives)
-    if power_kind and "energy" in usable:
-        chosen = energy.scaled_curve(usable[power_kind], usable["energy"])
-        method = f"{power_kind}: {chosen.method}"
-    elif power_kind:
-        chosen, method = usable[power_kind], f"{power_kind}: {usable[power_kind].method}"
-    else:
-        chosen, method = usable["energy"], usable["energy"].method
-    best = _energy(chosen, a, b)
-    if np.isfinite(best):
-        return DomainEnergy(best, best / span_s if span_s > 0 else None, method, alternatives)
-    lo, hi = max(a, int(chosen.t_ns[0])), min(b, int(chosen.t_ns[-1]))
-    if hi <= lo:
-        return DomainEnergy(None, None, f"{method}: no readings inside the span", alternatives)
-    best, covered = _energy(chosen, lo, hi), (hi - lo) / 1e9
-    return DomainEnergy(best, best / covered, f"{method}; partial: readings cover {covered:.3f} s "
-                        f"of {span_s:.3f} s", alternatives)

@@ -28,6 +28,9 @@ import re
 import numpy as np
 import pandas as pd
 
+from aipm_fast.sources.base import COUNTER, ENERGY_READINGS
+from aipm_fast.storage import legacy_reading, sample_readings
+
 __all__ = [
     "ENERGY_KEYS",
     "ENERGY_PARTS",
@@ -493,16 +496,6 @@ def format_table(summary: pd.DataFrame, title: str | None = None):
 # -- power traces -----------------------------------------------------------------------
 
 
-def _channel_kind(name: str) -> str | None:
-    """'power' (W), 'counter' (J) or None (not drawn) for a sample channel name."""
-    quantity = name.rsplit(".", 1)[-1]
-    if quantity == "energy":
-        return "counter"
-    if quantity.startswith("power"):
-        return "power"
-    return None
-
-
 def _counter_power(t_ns: np.ndarray, value_j: np.ndarray, max_points: int):
     """Power (W) from an energy counter: the derivative between its updates.
 
@@ -542,20 +535,23 @@ def _bin_mean(t_ns: np.ndarray, watts: np.ndarray, max_points: int):
     return t_ns[edges], np.add.reduceat(watts, edges) / counts
 
 
-def power_traces(samples: pd.DataFrame, max_points: int = MAX_POINTS_PER_TRACE) -> dict:
+def power_traces(samples: pd.DataFrame, max_points: int = MAX_POINTS_PER_TRACE, readings: dict | None = None) -> dict:
     """Power against time for every power and energy-counter channel of a samples frame.
 
     Returns {channel name: (t_ns int64 array, watts float64 array, kind)}, kind "power" for a
     power channel (the readings, averaged in bins down to max_points) or "counter" for an energy
     counter (its derivative, see _counter_power; t_ns are interval starts, and one more point at
     the last update closes the step). Channels with fewer than two usable points are left out.
+    `readings` maps channel names to what they measure (storage.sample_readings of the file);
+    without it, the names of files written before recordings carried their meaning are read.
     """
     traces = {}
     for name, group in samples.groupby("channel", sort=True, observed=True):
         name = str(name)
-        kind = _channel_kind(name)
-        if kind is None:
+        reading = readings.get(name) if readings is not None else legacy_reading(name)
+        if reading not in ENERGY_READINGS:
             continue
+        kind = "counter" if reading == COUNTER else "power"
         group = group.sort_values("t_ns", kind="stable")
         t = group["t_ns"].to_numpy(np.int64)
         v = group["value"].to_numpy(np.float64)
@@ -750,7 +746,7 @@ def _plot_power_trace(path: str, runs: pd.DataFrame, summary: pd.DataFrame, out_
     samples = read_samples(samples_path)
     if samples.empty:
         raise _Skip(f"{samples_path} holds no samples")
-    traces = power_traces(samples)
+    traces = power_traces(samples, readings=sample_readings(samples_path))
     if not traces:
         channels = ", ".join(sorted(samples["channel"].astype(str).unique()))
         raise _Skip(f"{samples_path} has no power or energy channel with two readings (channels: {channels})")

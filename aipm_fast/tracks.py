@@ -1,23 +1,23 @@
-"""Per-domain energy history, bounded in memory, with an absolute running total.
+"""Per-channel energy history, bounded in memory, with an absolute running total.
 
-The coordinator keeps only the last few seconds of readings for each domain. A track knows
-the cumulative energy (J since the meter started) at its first kept reading, so trimming old
-readings never changes the energy of any interval that is still to be integrated.
+The coordinator keeps only the last few seconds of readings of each energy-bearing channel. A
+track knows the cumulative energy (J since the meter started) at its first kept reading, so
+trimming old readings never changes the energy of any interval that is still to be integrated.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from aipm_fast import energy
+from aipm_fast import energy, policy
+from aipm_fast.sources.base import COUNTER, Channel
 
 
-class DomainTrack:
-    def __init__(self, domain: str, channel_id: int, quantity: str, wrap: float | None, label: str):
-        self.domain = domain
-        self.channel_id = channel_id
-        self.quantity = quantity          # "energy" (counter) or "power"
-        self.wrap = wrap
-        self.label = label                # which reading: "power_samples", "energy", ...
+class ChannelTrack:
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.channel_id = channel.id
+        self.domain = channel.domain
+        self.label = channel.label
         self.t = np.empty(0, np.int64)
         self.v = np.empty(0, np.float64)
         self.base_j = 0.0                 # cumulative energy at t[0]
@@ -42,11 +42,8 @@ class DomainTrack:
     def curve(self) -> energy.EnergyCurve | None:
         if self._curve is None and self.t.size >= 2 and self.t.size != self._failed_size:
             try:
-                if self.quantity == "energy":
-                    self._curve = energy.counter_curve(self.t, self.v, self.wrap,
-                                                       first_is_new=True if self.trimmed else None)
-                else:
-                    self._curve = energy.power_curve(self.t, self.v)
+                self._curve = policy.build_curve(self.channel, self.t, self.v,
+                                                 first_is_new=True if self.trimmed else None)
                 self.problem = ""
             except ValueError as exc:
                 # a counter that has not advanced (yet, or ever): its energies are unknown (NaN),
@@ -68,7 +65,7 @@ class DomainTrack:
             return
         k = int(np.searchsorted(self.t, keep_from_ns, side="right")) - 1
         k = min(k, self.t.size - 2)
-        if self.quantity == "energy":
+        if self.channel.reading == COUNTER:
             # cut only where the counter changed: its knots are the first sight of each value,
             # and cutting inside a run of repeats would move a knot and the total with it
             while k > 0 and self.v[k] == self.v[k - 1]:
@@ -82,3 +79,28 @@ class DomainTrack:
         self.t, self.v = self.t[k:], self.v[k:]
         self.trimmed = True
         self._curve = None
+
+
+def edge_uncertainty(track: ChannelTrack, t_ns: int) -> float:
+    """Uncertainty (J, 1 sigma) that one edge at t_ns contributes to any interval ending there."""
+    curve = track.curve()
+    return float("nan") if curve is None else float(curve.edge_uncertainty(np.int64(t_ns)))
+
+
+def latest(track: ChannelTrack, window_ns: int) -> tuple[float, float]:
+    """(energy since start at the last reading, mean power over the window before it), unscaled."""
+    t_last = track.last_ns
+    if t_last is None or track.curve() is None:
+        return float("nan"), float("nan")
+    t0 = max(int(track.t[0]), t_last - window_ns)
+    e0, e1 = track.cumulative(np.array([t0, t_last]))
+    return float(e1), float((e1 - e0) / (t_last - t0) * 1e9) if t_last > t0 else float("nan")
+
+
+def answering_track(ranked: list[Channel], tracks: dict[int, ChannelTrack], health: dict[int, str]):
+    """The track that answers for a domain now: the policy's best usable channel with a curve
+    (else its best usable one), by the channels' current health; None if none is usable."""
+    chosen = policy.choose(ranked, health, lambda c: tracks[c.id].curve() is not None)
+    if chosen is None:
+        chosen = policy.choose(ranked, health, lambda c: True)
+    return None if chosen is None else tracks[chosen.id]

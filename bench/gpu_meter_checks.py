@@ -129,7 +129,7 @@ class CounterSpan:
         torch.cuda.synchronize()
         time.sleep(self.idle_s)
         self.mark.__exit__(*exc)
-        self.idle_w = float(self.m.coordinator.tracks["nvml:0"].v[-5:].mean())
+        self.idle_w = float(self.m.coordinator.live(100_000_000)["nvml:0"][1])   # the last ~5 samples
         self.t1, self.e1 = self.ref.read()
 
     def compare(self, window_j: float) -> tuple[float, float]:

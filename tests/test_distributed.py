@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from gloo_ranks import two_gloo_ranks
 
-from aipm_fast.integrations.distributed import (additive_domains, rank_engine_options, resolve_gpus,
-                                                visible_devices)
+from aipm_fast.domains import additive_domains, additive_rows
+from aipm_fast.integrations.distributed import rank_engine_options, resolve_gpus, visible_devices
+from aipm_fast.sources import rapl
+from aipm_fast.sources.base import GPU, Discovery, Domain
 
 pytest.importorskip("torch.distributed")
 
@@ -75,8 +77,21 @@ def test_overrides_win():
 
 
 def test_additive_domains_leave_out_parts_of_a_package():
-    domains = ["nvml:0", "rapl:package-0", "rapl:package-0/core", "rapl:package-0/dram", "rapl:psys"]
-    assert sorted(additive_domains(domains)) == ["nvml:0", "rapl:package-0", "rapl:package-0/dram"]
+    found = Discovery()
+    for meaning in (rapl.domain("package-0"), rapl.domain("package-0", "core"), rapl.domain("package-0", "dram"),
+                    rapl.domain("psys")):
+        found.add_domain(meaning)
+    rapl.settle_platform(found)             # psys holds the packages: it adds only where none is read
+    found.add_domain(Domain("nvml:0", GPU, additive=True))
+    assert sorted(additive_domains(found.domains)) == ["nvml:0", "rapl:package-0", "rapl:package-0/dram"]
+    assert found.domains["rapl:package-0/core"].parent == "rapl:package-0"
+
+
+def test_psys_adds_where_no_package_is_read():
+    found = Discovery()
+    found.add_domain(rapl.domain("psys"))
+    rapl.settle_platform(found)
+    assert additive_domains(found.domains) == ["rapl:psys"]
 
 
 # -- two ranks over gloo ----------------------------------------------------------------------
@@ -138,7 +153,7 @@ def test_per_rank_gpu_energy_is_the_fake_power_times_the_window(two_ranks):
 def test_window_totals_add_up_over_ranks_and_nodes(two_ranks):
     results, _ = two_ranks
     t = results[0]["windows"]
-    ranks = t[(t["scope"] == "rank") & t["domain"].isin(additive_domains(t["domain"].unique()))]
+    ranks = additive_rows(t[t["scope"] == "rank"])
     node = t[t["scope"] == "node"].iloc[0]
     job = t[t["scope"] == "job"].iloc[0]
     assert node["energy_j"] == pytest.approx(ranks["energy_j"].sum())
@@ -158,7 +173,7 @@ def test_steps_keep_per_rank_figures_and_span_the_ranks(two_ranks):
     assert gpu1["energy_j"].to_numpy() == pytest.approx(110 * gpu1["duration_s"].to_numpy(), rel=0.25)
     jobs = s[s["scope"] == "job"].set_index("step")
     assert list(jobs.index) == list(range(STEPS)) and (jobs["n_ranks"] == 2).all()
-    add = ranks[ranks["domain"].isin(additive_domains(ranks["domain"].unique()))]
+    add = additive_rows(ranks)
     assert jobs["energy_j"].to_numpy() == pytest.approx(add.groupby("step")["energy_j"].sum().to_numpy())
     # rank 1's steps end later: a step's span across ranks is longer than either rank's step
     slowest = ranks.groupby("step")["duration_s"].max()
@@ -188,7 +203,8 @@ def test_gathering_without_a_process_group_gives_this_process_s_table():
 
     class OneWindow:
         def windows(self):
-            return pd.DataFrame([{"window": "w", "window_id": 0, "domain": "nvml:0", "start_ns": 0,
+            return pd.DataFrame([{"window": "w", "window_id": 0, "domain": "nvml:0", "part": "gpu",
+                                  "additive": True, "start_ns": 0,
                                   "end_ns": 2_000_000_000, "duration_s": 2.0, "energy_j": 200.0, "n_inferences": 4}])
 
     t = gather_windows(OneWindow())
@@ -199,9 +215,10 @@ def test_gathering_without_a_process_group_gives_this_process_s_table():
 def test_job_summary_keeps_gpu_figures_when_a_host_source_has_no_reading():
     from aipm_fast.integrations.distributed import job_summary
     rank_rows = [
-        {"rank": 0, "domain": "nvml:0", "energy_j": 300.0},
-        {"rank": 0, "domain": "rapl:psys", "energy_j": float("nan")},    # a stuck counter
-        {"rank": 1, "domain": "nvml:1", "energy_j": 310.0},
+        {"rank": 0, "domain": "nvml:0", "part": "gpu", "additive": True, "energy_j": 300.0},
+        {"rank": 0, "domain": "rapl:psys", "part": "platform", "additive": True,
+         "energy_j": float("nan")},    # a stuck counter
+        {"rank": 1, "domain": "nvml:1", "part": "gpu", "additive": True, "energy_j": 310.0},
     ]
     common = {"scope": "rank", "node": "n0", "window": "train", "seq": 0, "n_inferences": 10, "duration_s": 1.0}
     table = pd.DataFrame([{**common, **r} for r in rank_rows]
@@ -216,5 +233,6 @@ def test_job_summary_keeps_gpu_figures_when_a_host_source_has_no_reading():
     assert total["ranks_without_gpu"] == []
     with pytest.raises(ValueError, match="no window named 'trian'; the table has 'train'"):
         job_summary(table, window="trian")
-    no_gpu = table.replace({"domain": {"nvml:1": "rapl:package-0"}})   # rank 1 meters no GPU
+    no_gpu = table.copy()                                               # rank 1 meters no GPU
+    no_gpu.loc[no_gpu["domain"] == "nvml:1", ["domain", "part"]] = ["rapl:package-0", "host"]
     assert job_summary(no_gpu, window="train")["total"]["ranks_without_gpu"] == [1]

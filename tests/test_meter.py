@@ -343,13 +343,11 @@ def test_a_stuck_counter_does_not_hold_back_the_other_domains(hw):
 
 
 def test_meter_scale_follows_the_counter_and_warns_when_the_trace_disagrees():
-    from aipm_fast.coordinator import Coordinator
-    c = object.__new__(Coordinator)          # scale() needs only the anchor points
-    c.anchors = {"nvml:0": None}
+    from aipm_fast.policy import counter_scale
 
     def scale(trace_j, counter_j, span_s=10.0):
-        c.anchor_points = {"nvml:0": [(0, 0.0, 0.0), (int(span_s * 1e9), trace_j, counter_j)]}
-        return c.scale("nvml:0")
+        s = counter_scale(trace_j, counter_j, span_s)
+        return s.factor, s.how
 
     k, how = scale(1000.0, 800.0)             # an aliased trace reading 25% high
     assert k == pytest.approx(0.8) and "trace alone read +25.0% against the counter" in how
@@ -359,3 +357,28 @@ def test_meter_scale_follows_the_counter_and_warns_when_the_trace_disagrees():
     assert k == 1.0 and "outside [0.5, 2]" in how
     k, how = scale(1000.0, 800.0, span_s=3.0)
     assert k == 1.0 and "< 5 s" in how
+
+
+def test_streamed_rows_are_provisional_until_stop_and_then_equal_the_results(hw, tmp_path):
+    options, _ = hw
+    out = tmp_path / "streamed"
+    with Meter(**options, cuda=False, out_dir=str(out)) as m:
+        with m.window("a"):
+            for _ in range(5):
+                with m.inference():
+                    busy(0.01)
+        m.flush()
+        during = pd.read_csv(out / "windows.csv")
+        assert set(during["status"]) == {"provisional"} and set(during["window"]) == {"a"}
+        assert set(pd.read_csv(out / "inferences.csv")["status"]) == {"provisional"}
+    windows, marks = m.windows(), m.inferences()
+    assert set(windows["status"]) == {"final"} and set(marks["status"]) == {"final"}
+    pd.testing.assert_frame_equal(pd.read_csv(out / "windows.csv"), windows, check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "inferences.csv"), marks, check_dtype=False)
+    assert (windows["part"] == windows["domain"].map(m.domains).map(lambda d: d.part)).all()
+
+    with Meter(**options, cuda=False, out_dir=str(out)) as again:   # a second session appends
+        with again.window("b"):
+            time.sleep(0.05)
+    kept = pd.read_csv(out / "windows.csv")
+    assert list(kept["window"].unique()) == ["a", "b"] and set(kept["status"]) == {"final"}

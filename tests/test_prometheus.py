@@ -38,9 +38,9 @@ def scrape(port: int) -> dict:
 def cumulative_j(meter, domain: str) -> float:
     """The meter's own running total for a domain, at its latest reading."""
     c = meter.coordinator
-    with c._lock:
-        track = c.tracks[domain]
-        return float(track.cumulative(np.array([track.last_ns]))[0]) * c.scale(domain)[0]
+    with c.lock:
+        track = c.primary(domain)
+        return float(track.cumulative(np.array([track.last_ns]))[0]) * meter.results.scale(track.channel_id).factor
 
 
 def test_scraped_power_energy_and_steps_match_the_meter(hw):
@@ -88,14 +88,14 @@ def test_energy_counter_after_stop_is_the_meter_s_total_and_the_truth(hw):
     finally:
         exporter.stop()
         m.stop()
-    track = m.coordinator.tracks["rapl:package-0"]
+    track = m.coordinator.primary("rapl:package-0")
     energy = got[("aipm_energy_joules_total", "rapl:package-0")][0]
     assert energy == pytest.approx(cumulative_j(m, "rapl:package-0"), rel=1e-9)
     assert not track.trimmed      # so the total counts from the first reading kept
     assert energy == pytest.approx(writer.energy_j("intel-rapl:0", int(track.t[0]), track.last_ns), rel=0.03)
     gpu = got[("aipm_energy_joules_total", "nvml:0")][0]
     assert gpu == pytest.approx(cumulative_j(m, "nvml:0"), rel=1e-9)
-    gpu_track = m.coordinator.tracks["nvml:0"]
+    gpu_track = m.coordinator.primary("nvml:0")
     assert gpu == pytest.approx(100 * (gpu_track.last_ns - gpu_track.t[0]) / 1e9, rel=0.03)
 
 

@@ -29,8 +29,8 @@ import pandas as pd
 
 from aipm_fast import report
 from aipm_fast.bench import models
-from aipm_fast.domains import gpu_and_host
-from aipm_fast.storage import ParquetSampleWriter, write_json
+from aipm_fast.domains import bench_parts
+from aipm_fast.storage import write_json
 
 
 @dataclass
@@ -114,7 +114,7 @@ class Benchmark:
                 self.meter.start()
         m = self.meter
         try:
-            self.parts = gpu_and_host(m.coordinator.tracks)
+            self.parts = bench_parts(m.domains, m.results.domains)
             self.missing_reason = self._missing_reason()
             if self.missing_reason:
                 self.log(f"energy not measured: {self.missing_reason}")
@@ -196,7 +196,7 @@ class Benchmark:
         os.makedirs(run_dir, exist_ok=True)
         writer = None
         if k == 0:   # the raw trace of one run per size, for the power-trace plot
-            writer = ParquetSampleWriter(os.path.join(run_dir, "samples.parquet"), m.recorder.channel_names())
+            writer = m.recorder.sample_writer(os.path.join(run_dir, "samples.parquet"))
             m.recorder.add_sink(writer)
         if opts.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
@@ -274,8 +274,7 @@ class Benchmark:
         if not self.opts.device.startswith("cuda"):
             return None, None
         import torch
-        util = [s.mean(w.start_ns, w.end_ns) for s in self.meter.coordinator.side.values()
-                if s.quantity == "utilization"]
+        util = self.meter.side_mean("utilization", w)
         util = [u for u in util if np.isfinite(u)]
         mem = torch.cuda.max_memory_allocated() / 1e9
         return (float(np.mean(util)) if util else None), mem

@@ -10,25 +10,22 @@ from aipm_fast.domains import additive_domains
 from aipm_fast.integrations.distributed import _dist, _gather, gather_windows, job_summary, rank_meter
 
 
-def total_j(energies: dict[str, float]) -> float:
-    """Sum of the domains that add up without overlap (NaN if any of them is unknown)."""
-    parts = additive_domains(energies)
+def total_j(energies: dict[str, float], domains) -> float:
+    """Sum of the domains that add up without overlap (NaN if any of them is unknown);
+    `domains` is the Meter's domain -> meaning mapping."""
+    parts = additive_domains(domains, energies)
     return float(sum(energies[d] for d in parts)) if parts else math.nan
 
 
 def window_energy(meter, window) -> tuple[dict[str, float], float]:
     """({domain: J}, duration in s) of a closed window, as Meter.windows() gives it. Waits for
     this window's end only, not for marks that other threads may keep adding."""
-    tracks = meter.coordinator.tracks
-    meter.flush(window)
-    energies = {d: (window.end_j.get(d, math.nan) - window.start_j.get(d, math.nan)) * meter.coordinator.scale(d)[0]
-                for d in tracks}
-    return energies, (window.end_ns - window.start_ns) / 1e9
+    return meter.window_energy(window), (window.end_ns - window.start_ns) / 1e9
 
 
-def energy_keys(prefix: str, energies: dict[str, float]) -> dict[str, float]:
+def energy_keys(prefix: str, energies: dict[str, float], domains) -> dict[str, float]:
     """{prefix: total, prefix/<domain>: J}, leaving out what is not a finite number."""
-    keys = {prefix: total_j(energies), **{f"{prefix}/{d}": e for d, e in energies.items()}}
+    keys = {prefix: total_j(energies, domains), **{f"{prefix}/{d}": e for d, e in energies.items()}}
     return {k: float(v) for k, v in keys.items() if math.isfinite(v)}
 
 
@@ -57,27 +54,29 @@ class _OneWindow:
     """What `gather_windows` reads from a Meter (`windows()`), for one closed window only: the
     figures the callback already logged for this process, and its own step count."""
 
-    def __init__(self, window, energies: dict[str, float], steps: int):
-        self.rows = [{"window": window.name, "window_id": window.id, "domain": d, "start_ns": window.start_ns,
+    def __init__(self, window, energies: dict[str, float], steps: int, domains):
+        self.rows = [{"window": window.name, "window_id": window.id, "domain": d, "part": domains[d].part,
+                      "additive": domains[d].additive, "start_ns": window.start_ns,
                       "end_ns": window.end_ns, "duration_s": (window.end_ns - window.start_ns) / 1e9,
                       "energy_j": e, "n_inferences": steps} for d, e in energies.items()]
 
     def windows(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows, columns=["window", "window_id", "domain", "start_ns", "end_ns",
-                                                "duration_s", "energy_j", "n_inferences"])
+        return pd.DataFrame(self.rows, columns=["window", "window_id", "domain", "part", "additive", "start_ns",
+                                                "end_ns", "duration_s", "energy_j", "n_inferences"])
 
 
-def gather_job(window, energies: dict[str, float], steps: int, samples: int | None, group=None) -> dict | None:
+def gather_job(window, energies: dict[str, float], steps: int, samples: int | None, group=None, *,
+               domains) -> dict | None:
     """A window's figures from every rank, summed on rank 0: `job_summary` of the gathered table
     ({"per_rank", "per_node", "total"}, plus "table") on rank 0, None on the others.
 
     A collective: every rank calls it, for the same windows in the same order. `steps` and
-    `samples` are this rank's (None: unknown). In the total, n_steps is the most steps of any
+    `samples` are this rank's (None: unknown); `domains` is its Meter's domain meaning. In the total, n_steps is the most steps of any
     rank (a job's step is one step on every rank), samples the sum over ranks (None if a rank
     does not know its count), joules_per_step and joules_per_sample the job's energy over them.
     Under NCCL the figures travel through the current CUDA device: it must be set
     (`torch.cuda.set_device(local_rank)`; Lightning and the Trainer do it), or `group` a gloo group."""
-    table = gather_windows(_OneWindow(window, energies, steps), group=group)
+    table = gather_windows(_OneWindow(window, energies, steps, domains), group=group)
     counts = _gather({"rank": _dist().get_rank() if is_distributed() else 0, "steps": steps,
                       "samples": samples}, group, 0)
     if table is None or counts is None:
@@ -113,9 +112,10 @@ def job_keys(kind: str, summary: dict) -> dict[str, float]:
     return {k: float(v) for k, v in keys.items() if v is not None and math.isfinite(v)}
 
 
-def energy_record(epoch, steps: int, samples: int | None, duration: float, energies: dict[str, float]) -> dict:
+def energy_record(epoch, steps: int, samples: int | None, duration: float, energies: dict[str, float],
+                  domains) -> dict:
     """One row of a callback's `epochs` (or its `train`): steps, samples, J, J per sample."""
-    total = total_j(energies)
+    total = total_j(energies, domains)
     return {"epoch": epoch, "steps": steps, "samples": samples, "duration_s": duration,
             "energy_j": total, "energy_j_per_sample": total / samples if samples else None,
             **{f"energy_j/{d}": e for d, e in energies.items()}}
@@ -162,10 +162,10 @@ class StepMarks:
         self._distributed = is_distributed()    # decided once, so that every rank gathers alike
         if self._owns:
             self.meter = owned_meter(self._options, local_rank).start()
-        elif not getattr(self.meter, "_started", True):
+        elif not self.meter.running:
             raise RuntimeError(f"{type(self).__name__}(meter=...) needs a running Meter: start it before "
                                "training, or pass Meter options and let the callback own one")
-        self._position = len(self.meter.coordinator.rows)   # marks from before the run are not ours
+        self._position = self.meter.results.position   # marks from before the run are not ours
 
     def _close_all(self) -> None:
         """Close what is still open and stop the Meter if the callback owns it (idempotent)."""

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from aipm_fast.domains import additive_domains
+from aipm_fast.domains import additive_rows, gpu_rows
 
 # torchrun sets LOCAL_RANK; the others cover mpirun and srun launches of the same script.
 LOCAL_RANK_VARS = ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID")
@@ -182,7 +182,7 @@ def gather_windows(meter, group=None, dst: int = 0) -> pd.DataFrame | None:
     `seq` numbers the windows of one name on a rank (epoch 0, 1, ...), which is how windows are
     matched across ranks. Rows with scope "node" and "job" are totals per window (domain
     "total", rank -1): energy summed over ranks and their additive domains (see
-    `additive_domains`), span [min start, max end] over the node's ranks; a job's duration is
+    the `additive` column), span [min start, max end] over the node's ranks; a job's duration is
     its longest node span, and its start/end are left empty when it spans nodes (clocks differ).
     Sum rows of one scope only."""
     local = meter.windows()
@@ -203,6 +203,9 @@ def gather_steps(meter, group=None, dst: int = 0) -> pd.DataFrame | None:
     and "job" totals of a step sum the ranks' energies and take the span across ranks
     [min start, max end] as its duration (per node; across nodes the longest node span)."""
     local = meter.inferences().rename(columns={"latency_s": "duration_s"})
+    meaning = meter.domains
+    local["part"] = local["domain"].map(lambda d: meaning[d].part)
+    local["additive"] = local["domain"].map(lambda d: meaning[d].additive)
     local["step"] = (local.groupby("window")["index"].rank(method="dense") - 1).astype(int)
     per_rank = _gather_ranks(local, group, dst)
     if per_rank is None:
@@ -229,7 +232,7 @@ def _totals(per_rank: pd.DataFrame, keys: list[str], extra: dict) -> pd.DataFram
     """Node and job rows per window (or step): energies summed, spans per node."""
     if per_rank.empty:
         return pd.DataFrame()
-    rows = per_rank[per_rank["domain"].isin(additive_domains(per_rank["domain"].unique()))]
+    rows = additive_rows(per_rank)
     node = rows.groupby([*keys, "node"], sort=False).agg(
         energy_j=("energy_j", _sum_strict), start_ns=("start_ns", "min"), end_ns=("end_ns", "max"),
         n_ranks=("rank", "nunique"), **{c: (c, how) for c, how in extra.items()}).reset_index()
@@ -278,9 +281,9 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
             raise ValueError(f"no window named {', '.join(map(repr, unknown))}; the table has "
                              f"{', '.join(map(repr, sorted(rows['window'].unique())))}")
         rows = rows[rows["window"].isin(names)]
-    rows = rows[rows["domain"].isin(additive_domains(rows["domain"].unique()))]
+    rows = additive_rows(rows)
     per_rank = rows.groupby(["rank", "node"]).agg(energy_j=("energy_j", _sum_strict))
-    is_gpu = rows["domain"].str.startswith("nvml:")
+    is_gpu = gpu_rows(rows)
     for part, sel in (("gpu", is_gpu), ("host", ~is_gpu)):
         # a rank that reads no host source adds 0 J of host energy; NaN stays for unknown readings
         by_rank = rows[sel].groupby(["rank", "node"])["energy_j"].agg(_sum_strict)

@@ -126,10 +126,10 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
             return
         (_, w), energies, duration = self._end_window("_train")
         steps, samples = training_counts(self.epochs)
-        self.train = energy_record(None, steps, samples, duration, energies)
-        self._unlogged.update(energy_keys("energy/train_j", energies))
+        self.train = energy_record(None, steps, samples, duration, energies, self.meter.domains)
+        self._unlogged.update(energy_keys("energy/train_j", energies, self.meter.domains))
         if self._distributed:
-            self.job_train = gather_job(w, energies, steps, samples, self.group)
+            self.job_train = gather_job(w, energies, steps, samples, self.group, domains=self.meter.domains)
             if self.job_train is not None:
                 self._unlogged.update(job_keys("train", self.job_train))
 
@@ -149,14 +149,14 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
             return
         (_, w, n), energies, duration = self._end_window("_epoch")
         samples = self._samples(args, train_dataloader)
-        record = energy_record(n, self._steps, samples, duration, energies)
+        record = energy_record(n, self._steps, samples, duration, energies, self.meter.domains)
         self.epochs.append(record)
         per_sample = record["energy_j_per_sample"]
-        self._unlogged.update(energy_keys("energy/epoch_j", energies))
+        self._unlogged.update(energy_keys("energy/epoch_j", energies, self.meter.domains))
         if per_sample is not None and math.isfinite(per_sample):
             self._unlogged["energy/epoch_j_per_sample"] = per_sample
         if self._distributed:   # every rank takes part; rank 0 gets the job's figures
-            job = gather_job(w, energies, self._steps, samples, self.group)
+            job = gather_job(w, energies, self._steps, samples, self.group, domains=self.meter.domains)
             if job is not None:
                 self.job_epochs.append({"epoch": n, **job})
                 self._unlogged.update(job_keys("epoch", job))
@@ -193,7 +193,7 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
         added = dict(self._unlogged)
         self._unlogged.clear()
         if self.last_step is not None:
-            added.update(energy_keys("energy/step_j", self.last_step))
+            added.update(energy_keys("energy/step_j", self.last_step, self.meter.domains))
         if not added:
             return
         # the Trainer stored a copy of these logs in log_history just before this call

@@ -109,10 +109,10 @@ class AipmCallback(Callback, StepMarks):
         if self._train is None:
             return
         (_, w), energies, duration = self._end_window("_train")
-        self.train = energy_record(None, *training_counts(self.epochs), duration, energies)
-        metrics = energy_keys("energy/train_j", energies)
+        self.train = energy_record(None, *training_counts(self.epochs), duration, energies, self.meter.domains)
+        metrics = energy_keys("energy/train_j", energies, self.meter.domains)
         if self._distributed:
-            self.job_train = gather_job(w, energies, self.train["steps"], self.train["samples"], self.group)
+            self.job_train = gather_job(w, energies, self.train["steps"], self.train["samples"], self.group, domains=self.meter.domains)
             if self.job_train is not None:
                 metrics.update(job_keys("train", self.job_train))
         if metrics and trainer.is_global_zero:
@@ -140,16 +140,16 @@ class AipmCallback(Callback, StepMarks):
             return
         (_, w), energies, duration = self._end_window("_epoch")
         samples = self._samples if self._samples_known else None
-        record = energy_record(trainer.current_epoch, self._steps, samples, duration, energies)
+        record = energy_record(trainer.current_epoch, self._steps, samples, duration, energies, self.meter.domains)
         self.epochs.append(record)
-        metrics = energy_keys("energy/epoch_j", energies)
+        metrics = energy_keys("energy/epoch_j", energies, self.meter.domains)
         per_sample = record["energy_j_per_sample"]
         if per_sample is not None and math.isfinite(per_sample):
             metrics["energy/epoch_j_per_sample"] = per_sample
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
         if self._distributed:   # every rank takes part; rank 0 gets the job's figures
-            job = gather_job(w, energies, record["steps"], record["samples"], self.group)
+            job = gather_job(w, energies, record["steps"], record["samples"], self.group, domains=self.meter.domains)
             if job is not None:
                 self.job_epochs.append({"epoch": trainer.current_epoch, **job})
                 for key, value in job_keys("epoch", job).items():
@@ -171,5 +171,5 @@ class AipmCallback(Callback, StepMarks):
             return
         self._poll()
         if self.last_step is not None:
-            for key, value in energy_keys("energy/step_j", self.last_step).items():
+            for key, value in energy_keys("energy/step_j", self.last_step, self.meter.domains).items():
                 pl_module.log(key, value, on_step=True, on_epoch=False, batch_size=1)

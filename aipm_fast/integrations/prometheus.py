@@ -4,9 +4,10 @@
     ...
     exporter.stop()
 
-Nothing is pushed or polled in the background: each scrape reads the coordinator's per-domain
-tracks (the last few seconds of readings and the running total) under its lock, so a scrape
-costs one integration per domain and the figures are those the meter itself uses.
+Nothing is pushed or polled in the background: each scrape reads the coordinator's per-channel
+tracks (the last few seconds of readings and the running total) under its lock, through the
+same energy policy and scales as the Meter's results, so a scrape costs one integration per
+domain and the figures are those the meter itself uses.
 
 Metrics, each labelled domain, host, rank, device, additive (plus any constant `labels` given):
   aipm_power_watts           mean power over the last `power_window_s` of readings
@@ -14,8 +15,8 @@ Metrics, each labelled domain, host, rank, device, additive (plus any constant `
   aipm_step_energy_joules    energy of the last step (or inference) that was integrated
   aipm_steps_total           steps integrated so far (labels host, rank)
 
-RAPL core and uncore lie inside their package (and psys holds the packages): sum only series
-with additive="true", e.g. `sum by (host) (aipm_power_watts{additive="true"})`.
+Some domains lie inside others (RAPL core inside its package; the sources say which): sum only
+series with additive="true", e.g. `sum by (host) (aipm_power_watts{additive="true"})`.
 
 The exporter has its own registry, so it never mixes with (or is mixed into) the process's
 default one, and several meters can serve on several ports.
@@ -29,48 +30,42 @@ import time
 
 import numpy as np
 
-from aipm_fast.coordinator import choose_tracks
-from aipm_fast.domains import additive_domains
+from aipm_fast import policy
+from aipm_fast.tracks import ChannelTrack, answering_track, latest
 
 KEEP_NS = 10_000_000_000   # readings a recorder's view keeps: enough for any power window
 
 
 class _MeterView:
-    """What the collector reads, from a Meter's coordinator (scaled as the meter scales)."""
+    """What the collector reads from a Meter: its coordinator's live figures (scaled as the
+    Meter's results are) and its result object's marks."""
 
     def __init__(self, meter):
         self.coordinator = meter.coordinator
-        self.devices = meter.recorder.discovery.devices
-        self.lock = meter.coordinator._lock
-        self.tracks = meter.coordinator.tracks
-        self._rows_seen = 0
-        self._steps = 0
+        self.results = meter.results
+        self.domains = meter.domains
 
-    def scale(self, domain: str) -> float:
-        return self.coordinator.scale(domain)[0]
+    def live(self, window_ns: int) -> dict[str, tuple[float, float]]:
+        return self.coordinator.live(window_ns)
 
     def steps(self) -> tuple[int, dict[str, float]]:
-        """(steps integrated so far, energy of the last one per domain, unscaled)."""
-        rows = self.coordinator.rows
-        for batch in rows[self._rows_seen:]:     # rows only grow: count each batch once
-            self._steps += int(batch["index"].size)
-        self._rows_seen = len(rows)
-        last = rows[-1] if rows else None
-        return self._steps, ({d: float(last[d][0][-1]) for d in self.tracks if d in last} if last else {})
+        """(steps integrated so far, energy of the last one per domain, scaled)."""
+        return self.results.n_marks, self.results.last_mark()
 
     def close(self) -> None:
         pass
 
 
-class _RecorderView(_MeterView):
+class _RecorderView:
     """A bare Recorder has no coordinator: keep our own tracks, fed by every drain. The total
     then counts from the exporter's first drain, and nothing is scaled."""
 
     def __init__(self, recorder):
         self.recorder = recorder
-        self.devices = recorder.discovery.devices
+        self.domains = recorder.discovery.domains
         self.lock = threading.Lock()
-        self.tracks, _ = choose_tracks(recorder)
+        self.ranked = policy.ranked_channels(recorder.channels.values())
+        self.tracks = {c.id: ChannelTrack(c) for chs in self.ranked.values() for c in chs}
         recorder.add_sink(self._ingest)
 
     def _ingest(self, records: np.ndarray) -> None:
@@ -81,8 +76,13 @@ class _RecorderView(_MeterView):
                 if track.last_ns is not None:
                     track.trim(track.last_ns - KEEP_NS)
 
-    def scale(self, domain: str) -> float:
-        return 1.0
+    def live(self, window_ns: int) -> dict[str, tuple[float, float]]:
+        with self.lock:
+            out = {}
+            for domain, ranked in self.ranked.items():
+                tr = answering_track(ranked, self.tracks, {})
+                out[domain] = latest(tr, window_ns) if tr is not None else (np.nan, np.nan)
+            return out
 
     def steps(self):
         return 0, {}
@@ -113,36 +113,23 @@ class _EnergyCollector:
         steps = CounterMetricFamily("aipm_steps", "Steps integrated so far",
                                     labels=["host", "rank", *ex.extra_labels])
         view = ex.view
-        with view.lock:
-            n_steps, last_step = view.steps()
-            additive = set(additive_domains(view.tracks))
-            for domain, track in view.tracks.items():
-                values = [domain, ex.host, ex.rank, view.devices.get(domain, ""),
-                          "true" if domain in additive else "false", *ex.extra_labels.values()]
-                k = view.scale(domain)
-                total_j, power_w = _latest(track, ex.power_window_ns)
-                if np.isfinite(power_w):
-                    power.add_metric(values, power_w * k)
-                if np.isfinite(total_j):
-                    # the counter-derived scale settles after a few seconds; a small step down
-                    # would read as a counter reset to Prometheus, so hold the highest value
-                    reported = max(total_j * k, self._reported.get(domain, 0.0))
-                    self._reported[domain] = reported
-                    energy.add_metric(values, reported)
-                if np.isfinite(last_step.get(domain, np.nan)):
-                    step.add_metric(values, last_step[domain] * k)
+        n_steps, last_step = view.steps()
+        for domain, (total_j, power_w) in view.live(ex.power_window_ns).items():
+            meaning = view.domains.get(domain)
+            values = [domain, ex.host, ex.rank, meaning.device if meaning else "",
+                      "true" if meaning is not None and meaning.additive else "false", *ex.extra_labels.values()]
+            if np.isfinite(power_w):
+                power.add_metric(values, power_w)
+            if np.isfinite(total_j):
+                # the counter-derived scale settles after a few seconds; a small step down
+                # would read as a counter reset to Prometheus, so hold the highest value
+                reported = max(total_j, self._reported.get(domain, 0.0))
+                self._reported[domain] = reported
+                energy.add_metric(values, reported)
+            if np.isfinite(last_step.get(domain, np.nan)):
+                step.add_metric(values, last_step[domain])
         steps.add_metric([ex.host, ex.rank, *ex.extra_labels.values()], n_steps)
         return [power, energy, step, steps]
-
-
-def _latest(track, window_ns: int) -> tuple[float, float]:
-    """(energy since start at the last reading, mean power over the window before it)."""
-    t_last = track.last_ns
-    if t_last is None or track.curve() is None:
-        return float("nan"), float("nan")
-    t0 = max(int(track.t[0]), t_last - window_ns)
-    e0, e1 = track.cumulative(np.array([t0, t_last]))
-    return float(e1), float((e1 - e0) / (t_last - t0) * 1e9) if t_last > t0 else float("nan")
 
 
 class PrometheusExporter:

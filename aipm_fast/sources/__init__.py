@@ -6,12 +6,12 @@ which GPUs to read, and what to tell the user about what is missing.
 """
 from __future__ import annotations
 
-from aipm_fast.sources import msr, nvml, perf, powercap
-from aipm_fast.sources.base import Channel, Discovery, Problem
+from aipm_fast.sources import msr, nvml, perf, powercap, rapl
+from aipm_fast.sources.base import Channel, Discovery, Domain, Problem
 
 RAPL_SOURCES = [("powercap", powercap), ("msr", msr), ("perf", perf)]
 
-__all__ = ["Channel", "Discovery", "Problem", "discover_all"]
+__all__ = ["Channel", "Discovery", "Domain", "Problem", "discover_all"]
 
 
 def discover_all(engine, config) -> Discovery:
@@ -20,6 +20,7 @@ def discover_all(engine, config) -> Discovery:
     if config.cpu:
         for name, module in RAPL_SOURCES:
             result = module.discover(engine, config)
+            rapl.settle_platform(result)
             found.extend(result)
             if result.channels:
                 rest = [n for n, _ in RAPL_SOURCES if n != name]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import struct
 
-from aipm_fast.sources.base import Channel, Discovery, Problem
+from aipm_fast.sources import rapl
+from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
 
 INTEL_UNITS = 0x606
 INTEL_DOMAINS = [  # register, domain suffix ("" = the package itself)
@@ -91,16 +92,18 @@ def discover(engine, config) -> Discovery:
         for register, suffix in registers:
             if read_msr(path, register) is None:
                 continue  # the CPU lacks this domain: not a problem worth reporting
+            device = f"RAPL MSR {register:#x} on CPU {cpu}"
             if suffix == "psys":
-                domain = "rapl:psys"
+                meaning = rapl.domain("psys", device=device)
             else:
-                domain = f"rapl:package-{pkg}" + (f"/{suffix}" if suffix else "")
+                meaning = rapl.domain(f"package-{pkg}", suffix, device)
             try:
                 cid = engine.add_msr_counter(path, register, unit, period)
             except Exception as exc:
                 found.problems.append(Problem("msr", f"{path}@{register:#x}", str(exc), MSR_FIX))
                 continue
-            found.channels.append(Channel(cid, f"{domain}.energy", domain, "energy", "J", "msr", period,
-                                          wrap=2.0**32 * unit, detail=f"{path} register {register:#x}"))
-            found.devices[domain] = f"RAPL MSR {register:#x} on CPU {cpu}"
+            found.channels.append(Channel(cid, meaning.name, "energy", COUNTER, "energy", "J", "msr", period,
+                                          update_s=rapl.UPDATE_S, wrap=2.0**32 * unit,
+                                          detail=f"{path} register {register:#x}"))
+            found.add_domain(meaning)
     return found

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 
-from aipm_fast.sources.base import Channel, Discovery, Problem
+from aipm_fast.sources import rapl
+from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
 
 EVENT_DOMAINS = {
     "energy-pkg": "",
@@ -78,18 +79,21 @@ def discover(engine, config) -> Discovery:
             continue
         suffix = EVENT_DOMAINS[event]
         for pkg, cpu in enumerate(cpus):
+            device = f"perf power/{event}/ on CPU {cpu}"
             if suffix == "psys":
                 if pkg:
                     continue
-                domain = "rapl:psys"
+                meaning = rapl.domain("psys", device=device)
             else:
-                domain = f"rapl:package-{pkg}" + (f"/{suffix}" if suffix else "")
+                meaning = rapl.domain(f"package-{pkg}", suffix, device)
             try:
                 cid = engine.add_perf_counter(pmu_type, event_config, cpu, scale, period)
             except Exception as exc:
                 found.problems.append(Problem("perf", f"{event} on cpu {cpu}", str(exc), PERF_FIX))
                 continue
-            found.channels.append(Channel(cid, f"{domain}.energy", domain, "energy", "J", "perf", period,
+            # the kernel extends perf's counter to 64 bits: it does not wrap
+            found.channels.append(Channel(cid, meaning.name, "energy", COUNTER, "energy", "J", "perf", period,
+                                          update_s=rapl.UPDATE_S,
                                           detail=f"perf {event} (type {pmu_type}, config {event_config:#x}) cpu {cpu}"))
-            found.devices[domain] = f"perf power/{event}/ on CPU {cpu}"
+            found.add_domain(meaning)
     return found

@@ -10,7 +10,8 @@ import errno
 import os
 import re
 
-from aipm_fast.sources.base import Channel, Discovery, Problem
+from aipm_fast.sources import rapl
+from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
 
 ZONE_RE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
 
@@ -66,7 +67,10 @@ def discover(engine, config) -> Discovery:
         except OSError:
             names[zone_id] = f"zone-{zone_id}"
     for zone_id, path, parent in zones:
-        domain = f"rapl:{names[parent]}/{names[zone_id]}" if parent else f"rapl:{names[zone_id]}"
+        device = f"RAPL zone {names[zone_id]} ({os.path.basename(path)})"
+        meaning = rapl.domain(names[parent], names[zone_id], device) if parent else rapl.domain(names[zone_id],
+                                                                                              device=device)
+        domain = meaning.name
         energy_file = os.path.join(path, "energy_uj")
         try:
             wrap_uj = float(_read(os.path.join(path, "max_energy_range_uj")))
@@ -81,9 +85,10 @@ def discover(engine, config) -> Discovery:
             fix = PERMISSION_FIX if _is_permission(exc, energy_file) else ""
             found.problems.append(Problem("powercap", energy_file, str(exc), fix))
             continue
-        found.channels.append(Channel(cid, f"{domain}.energy", domain, "energy", "J", "powercap",
-                                      config.period("rapl"), wrap=wrap_uj * 1e-6, detail=energy_file))
-        found.devices[domain] = f"RAPL zone {names[zone_id]} ({os.path.basename(path)})"
+        found.channels.append(Channel(cid, domain, "energy", COUNTER, "energy", "J", "powercap",
+                                      config.period("rapl"), update_s=rapl.UPDATE_S, wrap=wrap_uj * 1e-6,
+                                      detail=energy_file))
+        found.add_domain(meaning)
     return found
 
 

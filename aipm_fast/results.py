@@ -1,0 +1,294 @@
+"""One result object per Meter session: window and mark energies, computed once, scaled once, with
+their uncertainty (1 sigma, see aipm_fast.policy) and method. Every output reads it:
+Meter.windows/inferences/summary, the streamed CSVs and meter.json, the training callbacks, the
+distributed gathers and the Prometheus exporter.
+
+The coordinator feeds it: resolved window edges (cumulative energy of every channel of every
+domain at the edge) and batches of integrated marks (per domain: the channel that answered, its
+energy, uncertainty and estimate flag), and, at each drain, the channels' health and the
+current counter scales. Until the session stops a figure is provisional: the counter's scale is
+refined as its span grows (one factor covers the whole session). At stop the figures become
+final, and the streamed files are rewritten with the final figures (status "final"), equal to
+windows() and inferences().
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from aipm_fast import policy
+from aipm_fast.sources.base import Channel, Domain
+
+PROVISIONAL, FINAL = "provisional", "final"
+BASELINE = "__baseline__"     # the idle window of Meter.measure_baseline
+
+WINDOW_COLUMNS = ["window", "window_id", "domain", "part", "additive", "start_ns", "end_ns", "duration_s",
+                  "energy_j", "dynamic_energy_j", "uncertainty_j", "n_inferences", "method", "status"]
+MARK_COLUMNS = ["index", "window", "domain", "start_ns", "end_ns", "latency_s", "energy_j", "dynamic_energy_j",
+                "uncertainty_j", "estimate", "channel", "scale", "status"]
+
+
+@dataclass
+class Window:
+    """A measured span. Its edges hold, per channel id, the cumulative energy (J since the meter
+    started) and its 1-sigma uncertainty, written whole by the coordinator once readings pass."""
+    id: int
+    name: str
+    start_ns: int
+    end_ns: int | None = None
+    start_j: dict = field(default_factory=dict)      # channel id -> cumulative J at the start edge
+    end_j: dict = field(default_factory=dict)
+    start_u: dict = field(default_factory=dict)      # channel id -> edge uncertainty (J)
+    end_u: dict = field(default_factory=dict)
+    n_marks: int = 0
+    explicit: bool = False                           # opened by start_window: marks counted by span
+    end_resolved: bool = False                       # end_j/end_u hold their final values
+
+
+@dataclass
+class MarkBatch:
+    """Marks integrated together: per domain, the answering channel id (-1: none) and its figures,
+    unscaled; the scale is applied when read."""
+    index: np.ndarray        # int64
+    window: np.ndarray       # object (str)
+    start_ns: np.ndarray     # int64
+    end_ns: np.ndarray       # int64
+    energy: dict             # domain -> (energy J float64, uncertainty J float64, estimate bool, channel int32)
+
+
+class SessionResults:
+    def __init__(self, ranked: dict[str, list[Channel]], domains: dict[str, Domain], out_dir: str | None = None):
+        self.ranked = ranked
+        self.meaning = {d: domains.get(d, Domain(d, "other", additive=False)) for d in ranked}
+        self.channels = {c.id: c for chs in ranked.values() for c in chs}
+        self.windows_list: list[Window] = []
+        self.batches: list[MarkBatch] = []
+        self.n_marks = 0
+        self.status = PROVISIONAL
+        self._scales: dict[int, policy.Scale] = {}
+        self._health: dict[int, str] = {}
+        self._curve_problems: dict[int, str] = {}
+        self._lock = threading.Lock()          # guards the lists against a reader on another thread
+        self._files = StreamedFiles(out_dir) if out_dir else None
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.ranked)
+
+    # -- fed by the coordinator ----------------------------------------------------------------
+    def update(self, scales: dict[int, policy.Scale], health: dict[int, str], problems: dict[int, str]) -> None:
+        self._scales, self._health, self._curve_problems = dict(scales), dict(health), dict(problems)
+
+    def open_window(self, w: Window) -> None:
+        with self._lock:
+            self.windows_list.append(w)
+
+    def window_resolved(self, w: Window) -> None:
+        if self._files is not None and w.name != BASELINE:
+            self._files.append_windows(self._window_frame([w]))
+
+    def add_marks(self, batch: MarkBatch) -> None:
+        with self._lock:
+            self.batches.append(batch)
+            self.n_marks += int(batch.index.size)
+        if self._files is not None:
+            self._files.append_marks(self._marks_frame([batch]))
+
+    def finalize(self) -> None:
+        """The session stopped: scales are final; the streamed files are rewritten as final."""
+        if self.status == FINAL:
+            return
+        self.status = FINAL
+        if self._files is not None:
+            self._files.rewrite(self.windows(), self.inferences())
+            self._files.close()
+
+    # -- how one figure is made -------------------------------------------------------------------
+    def scale(self, channel_id: int) -> policy.Scale:
+        return self._scales.get(channel_id, policy.Scale.none(""))
+
+    def _factors(self, channel_ids: np.ndarray) -> np.ndarray:
+        """Scale factor per mark from its answering channel (NaN for -1: no channel)."""
+        lookup = {cid: self.scale(cid).factor for cid in self.channels}
+        out = np.full(channel_ids.shape, np.nan)
+        for cid, k in lookup.items():
+            out[channel_ids == cid] = k
+        return out
+
+    def window_channel(self, w: Window, domain: str) -> Channel | None:
+        """The channel that answers for a window: the policy's choice among those with both edges known."""
+        def known(c: Channel) -> bool:
+            return bool(np.isfinite(w.end_j.get(c.id, np.nan) - w.start_j.get(c.id, np.nan)))
+        return policy.choose(self.ranked[domain], self._health, known)
+
+    def window_energy(self, w: Window) -> dict[str, float]:
+        """{domain: J} of a window, scaled (NaN where unknown)."""
+        return {d: self._window_figures(w, d)[0] for d in self.ranked}
+
+    def _window_figures(self, w: Window, domain: str) -> tuple[float, float, str]:
+        """(energy J, 1-sigma uncertainty J, method) of one domain over a window."""
+        ranked = self.ranked[domain]
+        c = self.window_channel(w, domain)
+        if c is None:
+            why = "; ".join(f"{x.label}: {self._health.get(x.id) or 'no readings at the edges'}"
+                            + (f" ({self._curve_problems[x.id]})" if x.id in self._curve_problems else "")
+                            for x in ranked)
+            return np.nan, np.nan, f"no usable reading: {why}"
+        s = self.scale(c.id)
+        e = (w.end_j[c.id] - w.start_j[c.id]) * s.factor
+        u = float(np.hypot(w.start_u.get(c.id, np.nan), w.end_u.get(c.id, np.nan))) * s.factor
+        method = c.label + (f"; {s.how}" if s.how else "") + policy.fallback_note(c, ranked, self._health)
+        return float(e), u, method
+
+    def baseline_power(self) -> dict[str, float]:
+        """Idle power per domain (W) from the latest baseline window, scaled ({} if none)."""
+        base = [w for w in self.windows_list if w.name == BASELINE and w.end_resolved]
+        if not base:
+            return {}
+        w = base[-1]
+        duration = (w.end_ns - w.start_ns) / 1e9
+        return {d: e / duration for d, e in self.window_energy(w).items()}
+
+    # -- read by every output ---------------------------------------------------------------
+    def windows(self) -> pd.DataFrame:
+        """One row per (window, domain): WINDOW_COLUMNS; the baseline window is left out."""
+        with self._lock:
+            ws = [w for w in self.windows_list if w.name != BASELINE and w.end_ns is not None]
+        return self._window_frame(ws)
+
+    def _window_frame(self, ws: list[Window]) -> pd.DataFrame:
+        rows = []
+        base = self.baseline_power()
+        spans = self.mark_spans() if any(w.explicit for w in ws) else None
+        for w in ws:
+            duration = (w.end_ns - w.start_ns) / 1e9
+            n_marks = w.n_marks
+            if w.explicit:
+                n_marks = int(np.count_nonzero((spans[0] >= w.start_ns) & (spans[1] <= w.end_ns)))
+            for domain in self.ranked:
+                e, u, method = self._window_figures(w, domain)
+                meaning = self.meaning[domain]
+                rows.append({
+                    "window": w.name, "window_id": w.id, "domain": domain, "part": meaning.part,
+                    "additive": meaning.additive, "start_ns": w.start_ns, "end_ns": w.end_ns,
+                    "duration_s": duration, "energy_j": e,
+                    "dynamic_energy_j": e - base.get(domain, np.nan) * duration,
+                    "uncertainty_j": u, "n_inferences": n_marks, "method": method, "status": self.status,
+                })
+        return pd.DataFrame(rows, columns=WINDOW_COLUMNS)
+
+    def mark_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start_ns, end_ns) of every integrated mark."""
+        with self._lock:
+            batches = list(self.batches)
+        if not batches:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate([b.start_ns for b in batches]), np.concatenate([b.end_ns for b in batches])
+
+    def inferences(self, window: str | None = None) -> pd.DataFrame:
+        """One row per (mark, domain): MARK_COLUMNS, sorted by index and domain. `window` keeps the
+        marks of windows of that name."""
+        with self._lock:
+            batches = list(self.batches)
+        frame = self._marks_frame(batches, window)
+        return frame.sort_values(["index", "domain"], ignore_index=True)
+
+    def _marks_frame(self, batches: list[MarkBatch], window: str | None = None) -> pd.DataFrame:
+        frames = []
+        base = self.baseline_power()
+        labels = {cid: c.label for cid, c in self.channels.items()}
+        for b in batches:
+            keep = slice(None)
+            if window is not None:
+                keep = b.window == window
+                if not keep.any():
+                    continue
+            latency = (b.end_ns[keep] - b.start_ns[keep]) / 1e9
+            for domain in self.ranked:
+                e, u, est, cid = (x[keep] for x in b.energy[domain])
+                k = self._factors(cid)
+                frames.append(pd.DataFrame({
+                    "index": b.index[keep], "window": b.window[keep], "domain": domain,
+                    "start_ns": b.start_ns[keep], "end_ns": b.end_ns[keep], "latency_s": latency,
+                    "energy_j": e * k, "dynamic_energy_j": e * k - base.get(domain, np.nan) * latency,
+                    "uncertainty_j": u * k, "estimate": est,
+                    "channel": [labels.get(int(c), "") for c in cid], "scale": k, "status": self.status,
+                }))
+        if not frames:
+            return pd.DataFrame(columns=MARK_COLUMNS)
+        return pd.concat(frames, ignore_index=True)[MARK_COLUMNS]
+
+    def marks_since(self, position: int = 0) -> tuple[list[tuple[int, dict[str, float]]], int]:
+        """Marks integrated since an earlier call: ([(index, {domain: J})], position); pass the
+        position back next time (0 the first time). Scaled as in inferences()."""
+        with self._lock:
+            batches = self.batches[position:]
+            end = len(self.batches)
+        out = []
+        for b in batches:
+            energies = {d: b.energy[d][0] * self._factors(b.energy[d][3]) for d in self.ranked}
+            for i, index in enumerate(b.index.tolist()):
+                out.append((index, {d: float(e[i]) for d, e in energies.items()}))
+        return out, end
+
+    @property
+    def position(self) -> int:
+        """Where marks_since would start for marks integrated from now on."""
+        return len(self.batches)
+
+    def last_mark(self) -> dict[str, float]:
+        """{domain: J} of the latest integrated mark, scaled ({} before the first)."""
+        with self._lock:
+            last = self.batches[-1] if self.batches else None
+        if last is None:
+            return {}
+        return {d: float(last.energy[d][0][-1] * self._factors(last.energy[d][3][-1:])[0]) for d in self.ranked}
+
+
+class StreamedFiles:
+    """windows.csv and inferences.csv in out_dir: rows appended as they are integrated (status
+    "provisional") and flushed each time, so that a killed process keeps them; rewritten whole
+    at stop with the final figures (status "final"), through a temporary file and a rename."""
+
+    def __init__(self, out_dir: str):
+        os.makedirs(out_dir, exist_ok=True)
+        self.paths = {"windows": os.path.join(out_dir, "windows.csv"),
+                      "marks": os.path.join(out_dir, "inferences.csv")}
+        self._files = {}
+        self._ours_from = {}     # byte offset where this session's rows begin: earlier sessions' stay
+        for key, columns in (("windows", WINDOW_COLUMNS), ("marks", MARK_COLUMNS)):
+            f = open(self.paths[key], "a", buffering=1 << 16)
+            if f.tell() == 0:
+                f.write(",".join(columns) + "\n")
+                f.flush()
+            self._files[key] = f
+            self._ours_from[key] = f.tell()
+
+    def _append(self, key: str, frame: pd.DataFrame) -> None:
+        if len(frame):
+            frame.to_csv(self._files[key], header=False, index=False)
+            self._files[key].flush()
+
+    def append_windows(self, frame: pd.DataFrame) -> None:
+        self._append("windows", frame)
+
+    def append_marks(self, frame: pd.DataFrame) -> None:
+        self._append("marks", frame)
+
+    def rewrite(self, windows: pd.DataFrame, marks: pd.DataFrame) -> None:
+        for key, frame in (("windows", windows), ("marks", marks)):
+            self._files[key].close()
+            tmp = self.paths[key] + ".tmp"
+            with open(self.paths[key], "rb") as old, open(tmp, "wb") as f:
+                f.write(old.read(self._ours_from[key]))
+            frame.to_csv(tmp, mode="a", header=False, index=False)
+            os.replace(tmp, self.paths[key])
+
+    def close(self) -> None:
+        for f in self._files.values():
+            if not f.closed:
+                f.close()

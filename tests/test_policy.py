@@ -1,0 +1,153 @@
+"""The one energy policy: channel ranking and fallback, the counter's scale, and one recording
+replayed through the online (Meter) and offline (record) paths with the same energies."""
+import time
+
+import numpy as np
+import pytest
+from fakes.powercap import PowercapWriter, build_powercap_tree
+
+from aipm_fast import policy
+from aipm_fast.coordinator import Coordinator, Mark
+from aipm_fast.recorder import Recorder
+from aipm_fast.replay import Recording, ReplayRecorder
+from aipm_fast.results import Window
+from aipm_fast.sources.base import COUNTER, INSTANT_POWER, LEVEL, MEAN_POWER, Channel
+from aipm_fast.timing import HostTimer
+
+
+def channel(cid, label, reading, update_s=None, averaging_s=None, domain="gpu:0"):
+    quantity = {COUNTER: "energy", LEVEL: "utilization"}.get(reading, "power")
+    return Channel(cid, domain, label, reading, quantity, "W", "test", 0.01, update_s=update_s,
+                   averaging_s=averaging_s)
+
+
+def test_channels_rank_by_resolution_and_power_before_a_counter_of_the_same():
+    chans = [channel(0, "energy", COUNTER, 0.1), channel(1, "average", MEAN_POWER, 0.1, 1.0),
+             channel(2, "instant", INSTANT_POWER, 0.1), channel(3, "samples", INSTANT_POWER, 0.02),
+             channel(4, "util", LEVEL)]
+    ranked = policy.ranked_channels(chans)["gpu:0"]
+    assert [c.label for c in ranked] == ["samples", "instant", "energy", "average"]
+    assert policy.anchor_for(ranked[0], ranked).label == "energy"
+    assert policy.anchor_for(ranked[2], ranked) is None          # a counter is not scaled
+
+
+def test_choice_falls_back_from_stuck_dead_and_failing_channels():
+    ranked = [channel(0, "samples", INSTANT_POWER, 0.02), channel(1, "instant", INSTANT_POWER, 0.1),
+              channel(2, "energy", COUNTER, 0.1)]
+    known = lambda c: True  # noqa: E731
+    assert policy.choose(ranked, {}, known).label == "samples"
+    assert policy.choose(ranked, {0: "stale"}, known).label == "instant"       # demoted behind healthy ones
+    assert policy.choose(ranked, {0: "dead", 1: "failing"}, known).label == "energy"
+    assert policy.choose(ranked, {0: "dead", 1: "failing", 2: "stuck"}, known).label == "instant"
+    assert policy.choose(ranked, {0: "dead", 1: "dead", 2: "stuck"}, known) is None
+    assert policy.choose(ranked, {}, lambda c: c.label == "energy").label == "energy"
+    assert "fell back from samples dead" in policy.fallback_note(ranked[1], ranked, {0: "dead"})
+
+
+def test_uncertainty_is_one_sigma_with_a_95_percent_interval():
+    lo, hi = policy.interval95(100.0, 2.0)
+    assert (lo, hi) == (pytest.approx(96.08), pytest.approx(103.92))
+    assert "one standard deviation" in policy.UNCERTAINTY
+
+
+def test_anchor_times_skip_the_first_reading_and_keep_to_the_trace():
+    t = np.array([0, 10, 20, 30, 40, 50])
+    v = np.array([5.0, 5.0, 6.0, 7.0, 7.0, 8.0])
+    assert policy.anchor_times(t, v, 0, 100) == (20, 50)
+    assert policy.anchor_times(t, v, 25, 45) is None           # one change only inside
+    assert policy.anchor_times(np.array([0, 10]), np.array([1.0, 2.0]), 0, 100) is None
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory, build_fake_nvml):
+    """A 7.2 s recording from the fakes: a square-wave GPU (trace and counter) and RAPL."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FAKE_NVML_TRACE", "square:80,300,0.3")
+        env.setenv("FAKE_NVML_GPUS", "1")
+        folder = tmp_path_factory.mktemp("replay")
+        powercap = PowercapWriter(build_powercap_tree(folder / "powercap"), None)
+        powercap.start()
+        rec = Recorder(powercap_root=str(folder / "powercap"), nvml_lib=str(build_fake_nvml()),
+                       msr_root="/x", perf_root="/x")
+        writer = rec.sample_writer(str(folder / "samples.parquet"))
+        rec.add_sink(writer)
+        rec.start()
+        end = time.monotonic() + 7.2
+        while time.monotonic() < end:
+            time.sleep(0.1)
+            rec.drain()
+        rec.close()
+        writer.close()
+        powercap.stop()
+    return Recording(str(folder / "samples.parquet"))
+
+
+def test_a_recording_carries_what_its_channels_mean(recording):
+    assert recording.domains["nvml:0"].part == "gpu" and recording.domains["nvml:0"].additive
+    assert recording.domains["rapl:package-0/core"].parent == "rapl:package-0"
+    readings = {c.label: c.reading for c in recording.channels.values() if c.domain == "nvml:0"}
+    assert readings["power_samples"] == INSTANT_POWER and readings["energy"] == COUNTER
+
+
+def replay_online(recording, spans, marks, health=None):
+    """Windows (Window objects) and mark table from the coordinator fed with the recording."""
+    replay = ReplayRecorder(recording, chunk_s=0.1, health=health)
+    coordinator = Coordinator(replay, HostTimer(), clock=replay.clock)
+    windows = []
+    for i, (a, b) in enumerate(spans):
+        w = Window(i, f"w{i}", a, end_ns=b)
+        coordinator.open_window(w)
+        coordinator.close_window(w)
+        windows.append(w)
+    for i, (a, b) in enumerate(marks):
+        coordinator.marks.append(Mark(i, "w0", None, a, b))
+    while not replay.done:
+        coordinator.process()
+    coordinator.process(final=True)
+    return coordinator, windows
+
+
+def spans_and_marks(recording):
+    t0 = int(recording.records["t_ns"].min())
+    spans = [(t0 + int(0.3e9), t0 + int(6.9e9)), (t0 + int(1.05e9), t0 + int(1.35e9)),
+             (t0 + int(4.0e9), t0 + int(6.0e9))]
+    marks = [(t0 + int(s * 1e9), t0 + int((s + 0.013) * 1e9)) for s in np.arange(0.5, 6.0, 0.37)]
+    return spans, marks
+
+
+def assert_same_energies(recording, coordinator, windows, spans, marks, health=None):
+    results = coordinator.results
+    for w, (a, b) in zip(windows, spans):
+        online = results.window_energy(w)
+        offline = recording.offline_energies(a, b, health)
+        assert set(online) == set(offline) and "nvml:0" in online and "rapl:package-0" in online
+        for domain, e in online.items():
+            assert e == pytest.approx(offline[domain].energy_j, rel=1e-6), (w.name, domain)
+    inf = results.inferences()
+    for i, (a, b) in enumerate(marks):
+        offline = recording.offline_energies(a, b, health)
+        for domain in ("nvml:0", "rapl:package-0"):
+            got = inf[(inf["index"] == i) & (inf["domain"] == domain)]["energy_j"].iloc[0]
+            assert got == pytest.approx(offline[domain].energy_j, rel=1e-6), (i, domain)
+    return inf
+
+
+def test_online_and_offline_paths_give_the_same_energies(recording):
+    spans, marks = spans_and_marks(recording)
+    coordinator, windows = replay_online(recording, spans, marks)
+    trace = next(c for c in recording.channels.values() if c.name == "nvml:0.power_samples")
+    scale = coordinator.scales()[trace.id]
+    assert scale.factor != 1.0 and "scaled by the energy counter" in scale.how
+    inf = assert_same_energies(recording, coordinator, windows, spans, marks)
+    assert set(inf.loc[inf["domain"] == "nvml:0", "channel"]) == {"power_samples"}
+
+
+def test_both_paths_fall_back_alike_from_a_stuck_trace(recording):
+    spans, marks = spans_and_marks(recording)
+    trace = next(c for c in recording.channels.values() if c.name == "nvml:0.power_samples")
+    health = {trace.id: "stuck"}
+    coordinator, windows = replay_online(recording, spans, marks, health)
+    inf = assert_same_energies(recording, coordinator, windows, spans, marks, health)
+    assert set(inf.loc[inf["domain"] == "nvml:0", "channel"]) == {"power_instant"}
+    method = coordinator.results.windows().set_index(["window", "domain"]).loc[("w0", "nvml:0"), "method"]
+    assert "fell back from power_samples stuck" in method
