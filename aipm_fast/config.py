@@ -43,6 +43,11 @@ class HardwareOption:
     switch: Any = None              # not None: a flag taking no value, setting the field to this
     shown_default: str = ""         # the default as --help and the README say it; "": `default`
 
+    def __post_init__(self):
+        if self.switch is not None and self.env:
+            raise ValueError(f"{self.name}: a switch (like --no-cpu) has no environment variable: "
+                             "neither the command line nor from_env would read one")
+
     @property
     def cli_flag(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from aipm_fast import cli
-from aipm_fast.config import ENV, HARDWARE_OPTIONS, EngineConfig, hardware_options_markdown
+from aipm_fast.config import ENV, HARDWARE_OPTIONS, EngineConfig, HardwareOption, hardware_options_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 COMMANDS = ("devices", "probe", "record", "bench", "serve")
@@ -64,6 +64,12 @@ def test_config_fields_defaults_and_env_come_from_the_table():
     assert {o.name: o.default for o in HARDWARE_OPTIONS} == {n: fields[n] for n in names}
     assert ENV == {o.name: o.env for o in HARDWARE_OPTIONS if o.env}
     assert len(set(names)) == len(names) and len({o.cli_flag for o in HARDWARE_OPTIONS}) == len(names)
+
+
+def test_a_switch_cannot_have_a_variable_that_nothing_would_read():
+    with pytest.raises(ValueError, match="no environment variable"):
+        HardwareOption("hwmon", "bool", True, "do not read hwmon", flag="--no-hwmon", switch=False,
+                       env="AIPM_NO_HWMON")
 
 
 def test_from_env_reads_each_variable_and_explicit_values_win():
