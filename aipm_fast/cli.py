@@ -12,41 +12,51 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from aipm_fast.config import EngineConfig
+from aipm_fast.config import HARDWARE_OPTIONS, EngineConfig, HardwareOption
 
 console = Console(stderr=True)   # tables and messages; stdout stays clean for --json
 out = Console()
 
 
+class _Parsed(click.ParamType):
+    """A hardware option's text through its table row's parser: a bad value names the option."""
+    name = "text"
+
+    def __init__(self, option: HardwareOption):
+        self.option = option
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        if value == "":
+            return None
+        try:
+            return self.option.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def engine_options(func):
-    """The hardware paths every command accepts (each also an environment variable)."""
-    options = [
-        click.option("--powercap-root", envvar="AIPM_POWERCAP_ROOT", help="powercap sysfs folder [/sys/class/powercap]"),
-        click.option("--msr-root", envvar="AIPM_MSR_ROOT", help="folder with <cpu>/msr files [/dev/cpu]"),
-        click.option("--perf-root", envvar="AIPM_PERF_ROOT", help="perf PMU sysfs folder [/sys/bus/event_source/devices]"),
-        click.option("--cpu-root", envvar="AIPM_CPU_ROOT", help="CPU topology sysfs folder [/sys/devices/system/cpu]"),
-        click.option("--nvml-lib", envvar="AIPM_NVML_LIB", help="NVML library [libnvidia-ml.so.1]"),
-        click.option("--gpus", help="comma list of GPU indices to read [all]"),
-        click.option("--no-cpu", is_flag=True, help="do not read RAPL"),
-    ]
-    for option in reversed(options):
+    """The hardware options every command accepts, one per row of config.HARDWARE_OPTIONS."""
+    for o in reversed(HARDWARE_OPTIONS):
+        if o.switch is not None:
+            option = click.option(o.cli_flag, o.name, is_flag=True, help=o.help)
+        else:
+            option = click.option(o.cli_flag, o.name, envvar=o.env, show_envvar=bool(o.env),
+                                  type=click.STRING if o.parse is str else _Parsed(o),
+                                  help=f"{o.help} [{o.shown_default or o.default}]")
         func = option(func)
     return func
 
 
-def make_config(powercap_root, msr_root, perf_root, cpu_root, nvml_lib, gpus, no_cpu) -> EngineConfig:
-    try:
-        gpu_list = [int(g) for g in gpus.split(",")] if gpus else None
-    except ValueError:
-        raise click.BadParameter(f"expected a comma list of GPU indices, got {gpus!r}", param_hint="--gpus")
-    return EngineConfig.from_env(powercap_root=powercap_root, msr_root=msr_root, perf_root=perf_root,
-                                 cpu_root=cpu_root, nvml_lib=nvml_lib, gpus=gpu_list,
-                                 cpu=False if no_cpu else None)
-
-
-def _engine_kwargs(kwargs: dict) -> dict:
-    keys = ("powercap_root", "msr_root", "perf_root", "cpu_root", "nvml_lib", "gpus", "no_cpu")
-    return {k: kwargs.pop(k) for k in keys}
+def engine_config(kwargs: dict) -> EngineConfig:
+    """Take the hardware options out of a command's keyword arguments and make the EngineConfig:
+    defaults, then environment variables, then the command line."""
+    values = {}
+    for o in HARDWARE_OPTIONS:
+        given = kwargs.pop(o.name)
+        values[o.name] = given if o.switch is None else (o.switch if given else None)
+    return EngineConfig.from_env(**values)
 
 
 def print_problems(problems, notes=()) -> None:
@@ -71,7 +81,7 @@ def devices(as_json, **kwargs):
     """List every power source tried, its channels, and why any is unavailable."""
     from aipm_fast.recorder import Recorder
 
-    rec = Recorder(make_config(**_engine_kwargs(kwargs)))
+    rec = Recorder(engine_config(kwargs))
     found = rec.discovery
     if as_json:
         out.print_json(data={
@@ -105,7 +115,7 @@ def probe(seconds, as_json, **kwargs):
     """Measure each channel's real update interval and the cost of one read."""
     from aipm_fast.probe import run_probe
 
-    config = make_config(**_engine_kwargs(kwargs))
+    config = engine_config(kwargs)
     with console.status(f"probing for {seconds:g} s"):
         result = run_probe(config, seconds)
     if as_json:
@@ -152,7 +162,7 @@ def record(duration, out_dir, drain_every, command, **kwargs):
 
     if bool(duration) == bool(command):
         raise click.UsageError("give either --duration S or a command after --, not both and not neither")
-    config = make_config(**_engine_kwargs(kwargs))
+    config = engine_config(kwargs)
     os.makedirs(out_dir, exist_ok=True)
     rec = Recorder(config)
     if not rec.channels:
@@ -264,7 +274,7 @@ def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, 
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = make_config(**_engine_kwargs(kwargs))
+    config = engine_config(kwargs)
     opts = BenchOptions(model=model, sizes=size_list, batch_size=batch_size or spec.default_batch_size, runs=runs,
                         duration_s=None if iters else (duration or 5.0), iters=iters, warmup_s=warmup,
                         baseline_s=baseline, device=device, dtype=dtype, out=out_dir or os.path.join("aipm-bench", model),
@@ -300,7 +310,7 @@ def serve(port, addr, duration, **kwargs):
         import prometheus_client  # noqa: F401  (the exporter needs it: fail here, clearly)
     except ImportError:
         raise click.ClickException("aipm-fast serve needs prometheus_client: pip install 'aipm-fast[prometheus]'")
-    config = make_config(**_engine_kwargs(kwargs))
+    config = engine_config(kwargs)
     prometheus.serve(port, addr, duration, config=config,
                      on_ready=lambda e: console.print(f"serving {e.url} (Ctrl-C stops)"))
 

@@ -2,20 +2,74 @@
 
 Every path to hardware is a parameter with an environment variable, so that tests, containers
 with sysfs mounted elsewhere and unusual driver installs can point the meter anywhere.
+
+The hardware options are defined once, in `HARDWARE_OPTIONS`: each row gives the option's
+`EngineConfig` field, default, help, command-line flag and environment variable (if any).
+`EngineConfig`'s fields and defaults, `EngineConfig.from_env`, `ENV`, the command line's options
+(`aipm_fast.cli.engine_options`) and the README's "Hardware paths" table
+(`hardware_options_markdown`, checked by tests/test_options.py) are all made from it. Adding an
+option (say a hwmon root read from `AIPM_HWMON_ROOT`) is one row here plus its use by the source
+that reads it (`config.hwmon_root`); then regenerate the README table with
+`python -c "from aipm_fast.config import hardware_options_markdown as m; print(m())"`.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-ENV = {
-    "powercap_root": "AIPM_POWERCAP_ROOT",
-    "msr_root": "AIPM_MSR_ROOT",
-    "perf_root": "AIPM_PERF_ROOT",
-    "cpu_root": "AIPM_CPU_ROOT",
-    "nvml_lib": "AIPM_NVML_LIB",
-}
+
+def parse_gpu_list(text: str) -> list[int]:
+    """'0,2' -> [0, 2]: GPU indices as NVML numbers them."""
+    try:
+        return [int(g) for g in text.split(",")]
+    except ValueError:
+        raise ValueError(f"expected a comma list of GPU indices, got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class HardwareOption:
+    """One hardware option: an `EngineConfig` field, a command-line option and, for paths, an
+    environment variable."""
+    name: str                       # the EngineConfig field (and Meter/Recorder keyword)
+    type: str                       # the field's annotation
+    default: Any
+    help: str                       # --help text and the README's "what" column
+    env: str | None = None          # environment variable; None: command line and Python only
+    flag: str = ""                  # command-line option; "": --name-with-dashes
+    parse: Callable[[str], Any] = str   # option or variable text -> field value (ValueError if bad)
+    switch: Any = None              # not None: a flag taking no value, setting the field to this
+    shown_default: str = ""         # the default as --help and the README say it; "": `default`
+
+    def __post_init__(self):
+        if self.switch is not None and self.env:
+            raise ValueError(f"{self.name}: a switch (like --no-cpu) has no environment variable: "
+                             "neither the command line nor from_env would read one")
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+HARDWARE_OPTIONS: tuple[HardwareOption, ...] = (
+    HardwareOption("powercap_root", "str", "/sys/class/powercap", "powercap sysfs folder",
+                   env="AIPM_POWERCAP_ROOT"),
+    HardwareOption("msr_root", "str", "/dev/cpu", "folder of per-CPU msr files (0/msr, 1/msr, ...)",
+                   env="AIPM_MSR_ROOT"),
+    HardwareOption("perf_root", "str", "/sys/bus/event_source/devices", "perf PMU sysfs folder",
+                   env="AIPM_PERF_ROOT"),
+    HardwareOption("cpu_root", "str", "/sys/devices/system/cpu", "CPU topology sysfs folder",
+                   env="AIPM_CPU_ROOT"),
+    HardwareOption("nvml_lib", "str", "libnvidia-ml.so.1", "NVML library", env="AIPM_NVML_LIB"),
+    HardwareOption("gpus", "list[int] | None", None, "comma list of GPU indices to read",
+                   parse=parse_gpu_list, shown_default="every GPU NVML sees"),
+    HardwareOption("cpu", "bool", True, "do not read RAPL (on all but one rank per node)",
+                   flag="--no-cpu", switch=False, shown_default="RAPL read"),
+)
+
+ENV = {o.name: o.env for o in HARDWARE_OPTIONS if o.env}
 
 DEFAULT_PERIODS_S = {
     # RAPL counters update about every 1 ms: read them at that rate.
@@ -32,15 +86,16 @@ DEFAULT_PERIODS_S = {
 }
 
 
+# The hardware fields, one per row of the table, ahead of the engine's own settings. Typed Any
+# for type checkers, which cannot see fields made at run time.
+_HardwareFields: Any = dataclasses.make_dataclass(
+    "_HardwareFields", [(o.name, o.type, field(default=o.default)) for o in HARDWARE_OPTIONS])
+
+
 @dataclass
-class EngineConfig:
-    powercap_root: str = "/sys/class/powercap"
-    msr_root: str = "/dev/cpu"
-    perf_root: str = "/sys/bus/event_source/devices"
-    cpu_root: str = "/sys/devices/system/cpu"
-    nvml_lib: str = "libnvidia-ml.so.1"
-    gpus: list[int] | None = None          # None: every GPU NVML sees
-    cpu: bool = True                       # read RAPL (off on all but one rank per node)
+class EngineConfig(_HardwareFields):
+    """The engine's settings: one field per hardware option (`HARDWARE_OPTIONS`), then the NVML
+    channels, the sampling periods and the ring's size."""
     nvml_channels: tuple[str, ...] = ("power_samples", "power_instant", "energy", "utilization", "memory_used")
     periods_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PERIODS_S))
     ring_capacity_log2: int = 18           # 262,144 records: about a minute at default rates
@@ -50,9 +105,12 @@ class EngineConfig:
         """Defaults, then environment variables, then explicit overrides (None means unset)."""
         environ = os.environ if environ is None else environ
         values = {}
-        for name, var in ENV.items():
-            if environ.get(var):
-                values[name] = environ[var]
+        for o in HARDWARE_OPTIONS:
+            if o.env and environ.get(o.env):
+                try:
+                    values[o.name] = o.parse(environ[o.env])
+                except ValueError as exc:
+                    raise ValueError(f"{o.env}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         periods = dict(DEFAULT_PERIODS_S)
         periods.update(values.pop("periods_s", {}) or {})
@@ -66,3 +124,14 @@ class EngineConfig:
         if value is None or value <= 0:
             raise ValueError(f"sampling period for {key!r} must be a positive number of seconds, got {value!r}")
         return value
+
+
+def hardware_options_markdown() -> str:
+    """The README's "Hardware paths" table, one line per option of `HARDWARE_OPTIONS`."""
+    lines = ["| what | option | variable | keyword | default |", "| --- | --- | --- | --- | --- |"]
+    for o in HARDWARE_OPTIONS:
+        env = f"`{o.env}`" if o.env else "-"
+        keyword = o.name if o.switch is None else f"{o.name}={o.switch!r}"
+        default = o.shown_default or f"`{o.default}`"
+        lines.append(f"| {o.help} | `{o.cli_flag}` | {env} | `{keyword}` | {default} |")
+    return "\n".join(lines) + "\n"
