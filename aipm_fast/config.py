@@ -63,6 +63,12 @@ HARDWARE_OPTIONS: tuple[HardwareOption, ...] = (
     HardwareOption("cpu_root", "str", "/sys/devices/system/cpu", "CPU topology sysfs folder",
                    env="AIPM_CPU_ROOT"),
     HardwareOption("nvml_lib", "str", "libnvidia-ml.so.1", "NVML library", env="AIPM_NVML_LIB"),
+    HardwareOption("hwmon_root", "str", "/sys/class/hwmon", "hwmon sysfs folder (AMD and Intel GPUs, boards)",
+                   env="AIPM_HWMON_ROOT"),
+    HardwareOption("wall_meter", "str | None", None, "a wall meter's stream: file, pipe or device of 'timestamp watts' lines",
+                   env="AIPM_WALL_METER", shown_default="none"),
+    HardwareOption("wall_meter_adds", "bool", False, "the wall meter measures a device no other source covers: add it to totals",
+                   switch=True, shown_default="not added"),
     HardwareOption("gpus", "list[int] | None", None, "comma list of GPU indices to read",
                    parse=parse_gpu_list, shown_default="every GPU NVML sees"),
     HardwareOption("cpu", "bool", True, "do not read RAPL (on all but one rank per node)",
@@ -74,6 +80,11 @@ ENV = {o.name: o.env for o in HARDWARE_OPTIONS if o.env}
 DEFAULT_PERIODS_S = {
     # RAPL counters update about every 1 ms: read them at that rate.
     "rapl": 0.001,
+    # hwmon power files are refreshed by their drivers every few ms to 1 s; a sysfs read costs
+    # tens of µs: 20 ms sees each change of the fast ones and costs little for the slow ones.
+    "hwmon": 0.02,
+    # A wall meter's stream sets its own pace; this is only the interval it is expected at.
+    "wall": 1.0,
     # The driver buffers ~120 power samples (2.4 s on an H200): drain it a few times a second.
     "nvml.power_samples": 0.25,
     # Field 186 updates about every 100 ms and costs ~7 µs: 20 ms catches each update early.

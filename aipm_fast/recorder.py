@@ -49,6 +49,7 @@ class Recorder:
         self.engine = Engine(self.config.ring_capacity_log2)
         self.discovery = discover_all(self.engine, self.config)
         self.channels: dict[int, Channel] = {c.id: c for c in self.discovery.channels}
+        self.producers = {p.channel_id: p for p in self.discovery.producers}
         self.lateness_channel = self.engine.add_lateness_channel() if lateness else None
         self._chunks: list[np.ndarray] = []
         self.curve_errors: dict[str, str] = {}
@@ -59,7 +60,9 @@ class Recorder:
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> "Recorder":
-        self.engine.start()     # returns once every channel has a first reading
+        self.engine.start()     # returns once every C channel has a first reading
+        for p in self.producers.values():
+            p.start()
         self.start_ns = now_ns()
         return self
 
@@ -67,6 +70,8 @@ class Recorder:
         if self.engine.running:
             self.stop_ns = now_ns()
             self.engine.stop()
+            for p in self.producers.values():
+                p.stop()
         self.drain()
 
     def close(self) -> None:
@@ -76,12 +81,16 @@ class Recorder:
             return
         self.stop()
         final_status = self.status()
-        self._closed_stats = ({cid: self.engine.channel_stats(cid) for cid in self.channels},
+        self._closed_stats = ({cid: self.channel_stats(cid) for cid in self.channels},
                               self.engine.sampler_stats(), final_status)
         self.engine.close()
 
     def channel_stats(self, cid: int) -> dict:
-        return self._closed_stats[0][cid] if self._closed_stats else self.engine.channel_stats(cid)
+        if self._closed_stats:
+            return self._closed_stats[0][cid]
+        if cid in self.producers:
+            return self.producers[cid].stats()
+        return self.engine.channel_stats(cid)
 
     def sampler_stats(self) -> dict:
         return self._closed_stats[1] if self._closed_stats else self.engine.sampler_stats()
@@ -101,6 +110,8 @@ class Recorder:
 
     def drain(self) -> np.ndarray:
         records = self.engine.drain()
+        if self.producers:
+            records = np.concatenate([records, *(p.drain() for p in self.producers.values())])
         if records.size:
             if self.keep_history:
                 self._chunks.append(records)
@@ -164,14 +175,20 @@ class Recorder:
                 classify(ch, s, self.start_ns, end, self.stuck_after_s),
                 s["reads"], s["errors"], s["changes"],
                 s["read_ns_total"] / s["reads"] / 1e3 if s["reads"] else None,
-                self._error_text(ch, s), ch.detail))
+                self._error_text(ch, s), self._detail(ch)))
         return out
+
+    def _detail(self, ch: Channel) -> str:
+        note = self.producers[ch.id].note if ch.id in self.producers else ""
+        return f"{ch.detail}; {note}" if note else ch.detail
 
     def _error_text(self, ch: Channel, s: dict) -> str:
         if not s["errors"]:
             return ""
         if ch.source == "nvml" and s["last_error_kind"] == -6:
             return f"{self.engine.nvml_error_string(s['last_error'])} (NVML error {s['last_error']})"
+        if ch.id in self.producers and self.producers[ch.id].last_error_text:
+            return self.producers[ch.id].last_error_text
         if s["last_error_kind"] == -4:
             return "the file did not hold a number"
         if s["last_error_kind"] == -9:

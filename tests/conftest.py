@@ -64,6 +64,13 @@ def compile_fake_nvml(out: Path, omit_samples: bool = False, omit_energy: bool =
     return result
 
 
+@pytest.fixture(autouse=True)
+def no_host_hwmon(monkeypatch):
+    """Tests see only the hardware they fake: the machine's own hwmon chips stay out unless a
+    test points AIPM_HWMON_ROOT (or hwmon_root) at a fake tree."""
+    monkeypatch.setenv("AIPM_HWMON_ROOT", "/nonexistent/hwmon")
+
+
 @pytest.fixture(scope="session")
 def build_fake_nvml(tmp_path_factory):
     """Factory: build_fake_nvml(omit_samples=False, omit_energy=False) -> path of the .so.

@@ -1,10 +1,9 @@
 """The one energy policy: channel ranking and fallback, the counter's scale, and one recording
 replayed through the online (Meter) and offline (record) paths with the same energies."""
-import time
-
 import numpy as np
 import pytest
 from fakes.powercap import PowercapWriter, build_powercap_tree
+from recording import drain_for
 
 from aipm_fast import policy
 from aipm_fast.coordinator import Coordinator, Mark
@@ -71,12 +70,7 @@ def recording(tmp_path_factory, build_fake_nvml):
                        msr_root="/x", perf_root="/x")
         writer = rec.sample_writer(str(folder / "samples.parquet"))
         rec.add_sink(writer)
-        rec.start()
-        end = time.monotonic() + 7.2
-        while time.monotonic() < end:
-            time.sleep(0.1)
-            rec.drain()
-        rec.close()
+        drain_for(rec, 7.2)
         writer.close()
         powercap.stop()
     return Recording(str(folder / "samples.parquet"))

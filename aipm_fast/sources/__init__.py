@@ -6,10 +6,12 @@ which GPUs to read, and what to tell the user about what is missing.
 """
 from __future__ import annotations
 
-from aipm_fast.sources import msr, nvml, perf, powercap, rapl
+from aipm_fast.sources import hwmon, msr, nvml, perf, powercap, rapl, wallmeter
 from aipm_fast.sources.base import Channel, Discovery, Domain, Problem
 
 RAPL_SOURCES = [("powercap", powercap), ("msr", msr), ("perf", perf)]
+#: every other source: each one module with discover(engine, config) -> Discovery
+OTHER_SOURCES = [nvml, hwmon, wallmeter]
 
 __all__ = ["Channel", "Discovery", "Domain", "Problem", "discover_all"]
 
@@ -29,5 +31,6 @@ def discover_all(engine, config) -> Discovery:
                 break
     else:
         found.notes.append("RAPL not read by this process (another rank on this node reads it)")
-    found.extend(nvml.discover(engine, config))
+    for module in OTHER_SOURCES:
+        found.extend(module.discover(engine, config))
     return found

@@ -134,6 +134,7 @@ class Discovery:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     domains: dict[str, Domain] = field(default_factory=dict)
+    producers: list = field(default_factory=list)     # Python-side sources (aipm_fast.producers)
 
     @property
     def devices(self) -> dict[str, str]:
@@ -147,5 +148,6 @@ class Discovery:
         self.channels += other.channels
         self.problems += other.problems
         self.notes += other.notes
+        self.producers += other.producers
         for d in other.domains.values():
             self.add_domain(d)

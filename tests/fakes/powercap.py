@@ -70,9 +70,11 @@ class CounterSpec:
     fmt: str  # "text": zero-padded decimal + newline; "u64le": 8 bytes little endian
     width: int = 0  # text: number of digits
     high_bits: int = 0  # u64le: constant bits 63:32 (reserved bits of a RAPL status MSR)
+    ripple: int = 0  # a level, not a counter (power_w 0): adds this every other millisecond
 
     def value_at(self, elapsed_ns: int) -> int:
-        return (self.initial + int(self.power_w * self.units_per_j * elapsed_ns / 1e9)) % self.modulus
+        ripple = self.ripple * ((elapsed_ns // 1_000_000) % 2)
+        return (self.initial + ripple + int(self.power_w * self.units_per_j * elapsed_ns / 1e9)) % self.modulus
 
     def encode(self, value: int) -> bytes:
         if self.fmt == "text":
