@@ -53,6 +53,7 @@ class Coordinator:
                         if (a := policy.anchor_for(c, chs)) is not None}
         self.anchor_points: dict[int, list] = {}   # power channel -> [first, last] (t, trace J, counter J)
         self.health: dict[int, str] = {}
+        self._horizon_ns = float("-inf")     # see _horizon: updated at each drain
         self.results = SessionResults(self.ranked, recorder.discovery.domains, out_dir)
         self.marks: collections.deque[Mark] = collections.deque()
         self._untimed: list[Mark] = []      # CUDA marks whose end event has not completed
@@ -89,6 +90,7 @@ class Coordinator:
             self._time_marks()
             self.health = self.rec.health() if self.rec.channels else {}
             now = self.clock()
+            self._horizon_ns = self._horizon(now)
             self._resolve_window_edges(now, final)
             self._integrate_marks(now, final)
             self._update_anchor_points()
@@ -130,21 +132,25 @@ class Coordinator:
         return answering_track(self.ranked[domain], self.tracks, self.health)
 
     def _covered(self, t_ns: int, now: int, final: bool) -> bool:
-        """Have readings of every domain's primary channel passed t (or given up on it)?"""
-        if final or now - t_ns > MAX_WAIT_NS:
-            return True
-        return all(tr is None or self._track_ready(tr, t_ns, now) for tr in map(self.primary, self.ranked))
+        """Have readings of every domain's answering channel passed t (or given up on it)?"""
+        return final or now - t_ns > MAX_WAIT_NS or t_ns <= self._horizon_ns
 
-    def _track_ready(self, tr: ChannelTrack, t_ns: int, now: int) -> bool:
-        if tr.last_ns is not None and tr.last_ns >= t_ns and tr.curve() is not None:
-            return True
-        # A domain that cannot give energy must not hold every other one back: a stuck counter
-        # (readings, but no curve after a while), a dead channel (no readings at all) or a
-        # silent one (a GPU lost: live channels report at least once a second).
+    def _horizon(self, now: int) -> float:
+        """The latest time that readings of every domain's answering channel have passed, once
+        per drain (so that each pending mark costs a comparison): a domain that cannot give energy
+        must not hold every other one back, be it a stuck counter (readings, but no curve after a
+        while), a dead channel (no readings at all) or a silent one (a GPU lost: live channels
+        report at least once a second)."""
         started = self.rec.start_ns if self.rec.start_ns is not None else now
-        if now - started < SILENT_NS:
-            return False
-        return tr.last_ns is None or tr.curve() is None or now - tr.last_ns > SILENT_NS
+        horizon = float("inf")
+        for tr in map(self.primary, self.ranked):
+            if tr is None:
+                continue
+            has_curve = tr.curve() is not None
+            if now - started >= SILENT_NS and (tr.last_ns is None or not has_curve or now - tr.last_ns > SILENT_NS):
+                continue                  # not waited for
+            horizon = min(horizon, tr.last_ns if has_curve and tr.last_ns is not None else float("-inf"))
+        return horizon
 
     def _resolve_window_edges(self, now: int, final: bool) -> None:
         still = []

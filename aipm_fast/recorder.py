@@ -197,9 +197,11 @@ class Recorder:
 
     # -- energy --------------------------------------------------------------------------
     def health(self) -> dict[int, str]:
-        """channel id -> its status (live, stale, stuck, failing, dead, idle)."""
-        names = {ch.name: cid for cid, ch in self.channels.items()}
-        return {names[st.name]: st.status for st in self.status()}
+        """channel id -> its status (live, stale, stuck, failing, dead, idle); cheap enough for
+        every drain."""
+        end = self.stop_ns or now_ns()
+        return {cid: classify(ch, self.channel_stats(cid), self.start_ns, end, self.stuck_after_s)
+                for cid, ch in self.channels.items()}
 
     def energy(self, a_ns: int | None = None, b_ns: int | None = None) -> dict[str, DomainEnergy]:
         """Energy of every domain over [a, b] (default: the whole recording), by the energy policy."""
