@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import struct
 
+from aipm_fast._native import NativeError
 from aipm_fast.sources import rapl
 from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
 
@@ -99,7 +100,7 @@ def discover(engine, config) -> Discovery:
                 meaning = rapl.domain(f"package-{pkg}", suffix, device)
             try:
                 cid = engine.add_msr_counter(path, register, unit, period)
-            except Exception as exc:
+            except (NativeError, OSError) as exc:
                 found.problems.append(Problem("msr", f"{path}@{register:#x}", str(exc), MSR_FIX))
                 continue
             found.channels.append(Channel(cid, meaning.name, "energy", COUNTER, "energy", "J", "msr", period,

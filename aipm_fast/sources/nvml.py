@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aipm_fast._native import NativeError
+
 from aipm_fast.sources.base import (COUNTER, GPU, INSTANT_POWER, LEVEL, MEAN_POWER, Channel, Discovery, Domain,
                                     Problem)
 
@@ -38,7 +40,7 @@ def discover(engine, config) -> Discovery:
     found = Discovery()
     try:
         count = engine.nvml_open(config.nvml_lib)
-    except Exception as exc:
+    except (NativeError, OSError) as exc:
         found.problems.append(Problem("nvml", config.nvml_lib, str(exc), NVML_FIX))
         return found
     gpus = range(count) if config.gpus is None else config.gpus
@@ -54,7 +56,7 @@ def discover(engine, config) -> Discovery:
             period = config.period(f"nvml.{kind}")
             try:
                 cid = engine.add_nvml_channel(gpu, kind, period)
-            except Exception as exc:
+            except (NativeError, OSError) as exc:
                 found.problems.append(Problem("nvml", f"{domain} {kind}", str(exc),
                                               "update the NVIDIA driver; this quantity is then measured "
                                               "from the other channels" if "not found" in str(exc) else ""))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 
+from aipm_fast._native import NativeError
 from aipm_fast.sources import rapl
 from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
 
@@ -88,7 +89,7 @@ def discover(engine, config) -> Discovery:
                 meaning = rapl.domain(f"package-{pkg}", suffix, device)
             try:
                 cid = engine.add_perf_counter(pmu_type, event_config, cpu, scale, period)
-            except Exception as exc:
+            except (NativeError, OSError) as exc:
                 found.problems.append(Problem("perf", f"{event} on cpu {cpu}", str(exc), PERF_FIX))
                 continue
             # the kernel extends perf's counter to 64 bits: it does not wrap

@@ -10,6 +10,7 @@ import errno
 import os
 import re
 
+from aipm_fast._native import NativeError
 from aipm_fast.sources import rapl
 from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
 
@@ -81,7 +82,7 @@ def discover(engine, config) -> Discovery:
             continue
         try:
             cid = engine.add_text_counter(energy_file, 1e-6, config.period("rapl"))
-        except Exception as exc:  # NativeError: message names the call and the file
+        except (NativeError, OSError) as exc:  # the message names the call and the file
             fix = PERMISSION_FIX if _is_permission(exc, energy_file) else ""
             found.problems.append(Problem("powercap", energy_file, str(exc), fix))
             continue
