@@ -219,7 +219,7 @@ static void poll_channel(aipm_engine *e, uint32_t id, aipm_channel *c, int64_t n
         if (changed) c->last_emit_ns = now;
         return;
     }
-    if (changed || heartbeat || e->record_unchanged) {
+    if (changed || heartbeat || atomic_load_explicit(&e->record_unchanged, memory_order_relaxed)) {
         /* the reading's time is the middle of the read call */
         engine_emit(e, id, t0 + (t1 - t0) / 2, value, (changed ? 0 : AIPM_FLAG_REPEAT) | extra_flags);
         c->last_emit_ns = now;
@@ -235,6 +235,7 @@ static void *sampler_main(void *arg) {
         e->channels[i].next_due_ns = start;
         e->channels[i].last_emit_ns = start - AIPM_HEARTBEAT_NS; /* first reading is recorded */
     }
+    uint64_t wakeups = 0; /* the sampler's own copy of counts.wakeups */
     while (atomic_load_explicit(&e->running, memory_order_acquire)) {
         int64_t deadline = INT64_MAX;
         for (uint32_t i = 0; i < e->n_channels; i++)
@@ -253,11 +254,8 @@ static void *sampler_main(void *arg) {
         }
         now = clock_ns(CLOCK_MONOTONIC);
         int64_t late = now - deadline;
-        e->wakeups++;
-        if ((e->wakeups & 63) == 0) e->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID); /* a syscall: not every wake-up */
-        e->lateness_sum_ns += late;
-        if (late > e->lateness_max_ns) e->lateness_max_ns = late;
         if (e->lateness_channel >= 0) engine_emit(e, (uint32_t)e->lateness_channel, deadline, (double)late, 0);
+        uint64_t missed = 0;
         for (uint32_t i = 0; i < e->n_channels; i++) {
             aipm_channel *c = &e->channels[i];
             if ((int)i == e->lateness_channel || c->next_due_ns > now) continue;
@@ -266,10 +264,19 @@ static void *sampler_main(void *arg) {
             if (c->next_due_ns <= now) {
                 /* the loop fell behind by whole periods: count them, do not try to catch up */
                 int64_t behind = (now - c->next_due_ns) / c->period_ns + 1;
-                e->missed += (uint64_t)behind;
+                missed += (uint64_t)behind;
                 c->next_due_ns += behind * c->period_ns;
             }
         }
+        wakeups++;
+        int64_t cpu = (wakeups & 63) == 0 ? clock_ns(CLOCK_THREAD_CPUTIME_ID) : -1; /* a syscall: not every wake-up */
+        pthread_mutex_lock(&e->stats_lock);
+        e->counts.wakeups = wakeups;
+        e->counts.missed += missed;
+        e->counts.lateness_sum_ns += late;
+        if (late > e->counts.lateness_max_ns) e->counts.lateness_max_ns = late;
+        if (cpu >= 0) e->counts.cpu_ns = cpu;
+        pthread_mutex_unlock(&e->stats_lock);
         atomic_store_explicit(&e->first_pass_done, 1, memory_order_release);
     }
     /* a last reading of every channel, so the recording covers up to the stop */
@@ -284,7 +291,10 @@ static void *sampler_main(void *arg) {
             poll_channel(e, i, c, now, AIPM_FLAG_FINAL);
         }
     }
-    e->cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    int64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    pthread_mutex_lock(&e->stats_lock);
+    e->counts.cpu_ns = cpu;
+    pthread_mutex_unlock(&e->stats_lock);
     return NULL;
 }
 
@@ -316,7 +326,9 @@ int aipm_stop(aipm_engine *e) {
     return AIPM_OK;
 }
 
-void aipm_set_record_unchanged(aipm_engine *e, int on) { e->record_unchanged = on; }
+void aipm_set_record_unchanged(aipm_engine *e, int on) {
+    atomic_store_explicit(&e->record_unchanged, on, memory_order_relaxed);
+}
 
 int aipm_running(aipm_engine *e) { return atomic_load(&e->running); }
 
@@ -334,13 +346,15 @@ int aipm_channel_stats_get(aipm_engine *e, uint32_t channel, aipm_channel_stats 
 
 void aipm_sampler_stats_get(aipm_engine *e, aipm_sampler_stats *out) {
     memset(out, 0, sizeof *out);
-    out->wakeups = e->wakeups;
-    out->missed_deadlines = e->missed;
+    pthread_mutex_lock(&e->stats_lock);
+    out->wakeups = e->counts.wakeups;
+    out->missed_deadlines = e->counts.missed;
+    out->lateness_max_ns = e->counts.lateness_max_ns;
+    out->lateness_sum_ns = e->counts.lateness_sum_ns;
+    out->cpu_ns = e->counts.cpu_ns;
+    pthread_mutex_unlock(&e->stats_lock);
     out->overflows = atomic_load(&e->ring.overflows);
     out->records_written = atomic_load(&e->ring.written);
-    out->lateness_max_ns = e->lateness_max_ns;
-    out->lateness_sum_ns = e->lateness_sum_ns;
-    out->cpu_ns = e->cpu_ns;
     out->ring_capacity = (uint32_t)(e->ring.mask + 1);
     out->n_channels = e->n_channels;
 }

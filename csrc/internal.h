@@ -44,7 +44,7 @@ typedef struct {
     unsigned long long nvml_last_seen_us;
     int have_value;
     double value;
-    aipm_channel_stats stats;   /* written by the sampler only; read under the engine's lock */
+    aipm_channel_stats stats;   /* written by the sampler, read by others, both under stats_lock */
 } aipm_channel;
 
 /* A read function stores a value (in the channel's unit) and returns 0, or returns an AIPM_E*
@@ -59,18 +59,23 @@ int nvml_read(struct aipm_engine *e, aipm_channel *c, double *value, int32_t *er
 #define AIPM_HEARTBEAT_NS 1000000000LL   /* an unchanged value is re-emitted this often */
 #define AIPM_MAX_SLEEP_NS 20000000LL     /* the loop checks for stop at least this often */
 
+/* What the sampler counts about itself; written by it under stats_lock, copied under it. */
+typedef struct {
+    uint64_t wakeups, missed;
+    int64_t lateness_max_ns, lateness_sum_ns, cpu_ns;
+} sampler_counts;
+
 struct aipm_engine {
     aipm_ring ring;
     aipm_channel channels[AIPM_MAX_CHANNELS];
     uint32_t n_channels;
     int lateness_channel;       /* -1 if none */
-    int record_unchanged;       /* emit every reading, not only changes */
+    _Atomic int record_unchanged; /* emit every reading, not only changes; may flip while running */
     pthread_t thread;
     _Atomic int running;
     _Atomic int first_pass_done; /* every channel has been read once since start */
-    pthread_mutex_t stats_lock; /* guards channel stats against torn reads from Python */
-    uint64_t wakeups, missed;
-    int64_t lateness_max_ns, lateness_sum_ns, cpu_ns;
+    pthread_mutex_t stats_lock;  /* guards every channel's stats and `counts` */
+    sampler_counts counts;
     struct nvml_lib *nvml;
     char error[512];
 };
