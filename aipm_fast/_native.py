@@ -49,11 +49,13 @@ ERROR_NAMES = {
 
 
 class NativeError(RuntimeError):
-    """A setup call of the C core failed; `code` is the AIPM_E* value."""
+    """A setup call of the C core failed; `code` is the AIPM_E* value, `errno` the OS errno
+    behind it (for code AIPM_ENVML, NVML's return code), or None where there is none."""
 
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, errno: int | None = None):
         super().__init__(message)
         self.code = code
+        self.errno = errno
 
 
 def now_ns() -> int:
@@ -77,7 +79,8 @@ class Engine:
     def _check(self, rc: int) -> int:
         if rc < 0:
             message = ffi.string(lib.aipm_last_error(self._e)).decode(errors="replace")
-            raise NativeError(rc, message or ERROR_NAMES.get(rc, f"error {rc}"))
+            errno = lib.aipm_last_errno(self._e)
+            raise NativeError(rc, message or ERROR_NAMES.get(rc, f"error {rc}"), errno or None)
         return rc
 
     def add_text_counter(self, path: str, scale: float, period_s: float) -> int:

@@ -81,6 +81,9 @@ typedef struct aipm_engine aipm_engine;
 aipm_engine *aipm_engine_new(uint32_t ring_capacity_log2);
 void aipm_engine_free(aipm_engine *e);
 const char *aipm_last_error(aipm_engine *e);
+/* The errno (or, after AIPM_ENVML, the NVML return code) behind the last failure of a setup
+ * function; 0 where the failure has none (a bad argument, a file that is not a number). */
+int32_t aipm_last_errno(aipm_engine *e);
 int64_t aipm_now_ns(void);
 
 /* Channels. Each returns the new channel id (>= 0) or an AIPM_E* code. Periods in ns.

@@ -43,6 +43,8 @@ int engine_fail(aipm_engine *e, int rc, int32_t err, const char *fmt, ...) {
 
 const char *aipm_last_error(aipm_engine *e) { return e->error; }
 
+int32_t aipm_last_errno(aipm_engine *e) { return e->error_errno; }
+
 void engine_emit(aipm_engine *e, uint32_t channel, int64_t t_ns, double value, uint32_t flags) {
     aipm_record rec = {t_ns, value, channel, flags};
     ring_push(&e->ring, &rec);

@@ -1,4 +1,5 @@
 """The C core through its one Python front: channels, the ring, counting what was lost."""
+import errno
 import time
 
 import numpy as np
@@ -139,3 +140,28 @@ def test_nvml_library_that_is_missing_is_explained():
     e = Engine(10)
     with pytest.raises(NativeError, match=r"dlopen\(/no/such/libnvidia-ml.so\)"):
         e.nvml_open("/no/such/libnvidia-ml.so")
+
+
+def test_setup_errors_carry_the_os_errno(tmp_path):
+    e = Engine(10)
+    with pytest.raises(NativeError) as info:
+        e.add_text_counter(str(tmp_path / "nope"), 1e-6, 0.001)
+    assert info.value.errno == errno.ENOENT
+    assert info.value.code == -2  # AIPM_EOPEN
+
+
+def test_setup_errors_carry_the_nvml_code(fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_INIT_FAIL", "1")
+    e = Engine(10)
+    with pytest.raises(NativeError, match="NVML error 999") as info:
+        e.nvml_open(str(fake_nvml_lib))
+    assert info.value.code == -6 and info.value.errno == 999  # AIPM_ENVML, NVML_ERROR_UNKNOWN
+
+
+def test_errors_without_an_os_cause_have_no_errno(tmp_path):
+    e = Engine(10)
+    with pytest.raises(NativeError) as info:
+        e.add_text_counter(counter_file(tmp_path, "garbage\n"), 1e-6, 0.001)
+    assert info.value.errno is None
+    assert NativeError(-7, "bad argument").errno is None  # the two-argument form still works
+
