@@ -45,6 +45,7 @@ ERROR_NAMES = {
     lib.AIPM_EARG: "bad argument",
     lib.AIPM_ESTATE: "wrong state",
     lib.AIPM_EGONE: "file removed",
+    lib.AIPM_ETIMEOUT: "first readings too slow",
 }
 
 
@@ -115,7 +116,11 @@ class Engine:
         lib.aipm_set_record_unchanged(self._e, 1 if on else 0)
 
     # -- running -----------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, first_pass_limit_s: float = 2.0) -> None:
+        """Starts the sampler and returns once every channel holds a first reading; raises
+        NativeError (code AIPM_ETIMEOUT, sampler stopped again) if that takes longer than
+        first_pass_limit_s."""
+        lib.aipm_set_first_pass_limit(self._e, _ns(first_pass_limit_s))
         self._check(lib.aipm_start(self._e))
 
     def stop(self) -> None:

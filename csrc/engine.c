@@ -59,6 +59,7 @@ aipm_engine *aipm_engine_new(uint32_t ring_capacity_log2) {
     }
     pthread_mutex_init(&e->stats_lock, NULL);
     e->lateness_channel = -1;
+    e->first_pass_limit_ns = AIPM_FIRST_PASS_LIMIT_NS;
     return e;
 }
 
@@ -202,6 +203,8 @@ static void *sampler_main(void *arg) {
         int64_t now = clock_ns(CLOCK_MONOTONIC);
         if (deadline == INT64_MAX || deadline - now > AIPM_MAX_SLEEP_NS) {
             /* nothing due soon: nap and look at the stop flag again */
+            if (deadline == INT64_MAX) /* nothing to read at all: the first pass is trivially done */
+                atomic_store_explicit(&e->first_pass_done, 1, memory_order_release);
             sleep_until(now + AIPM_MAX_SLEEP_NS);
             continue;
         }
@@ -236,6 +239,10 @@ static void *sampler_main(void *arg) {
     return NULL;
 }
 
+void aipm_set_first_pass_limit(aipm_engine *e, int64_t limit_ns) {
+    e->first_pass_limit_ns = limit_ns > 0 ? limit_ns : AIPM_FIRST_PASS_LIMIT_NS;
+}
+
 int aipm_start(aipm_engine *e) {
     if (atomic_load(&e->running)) return engine_fail(e, AIPM_ESTATE, 0, "the sampler is already running");
     for (uint32_t i = 0; i < e->n_channels; i++) e->channels[i].have_value = 0;
@@ -247,12 +254,21 @@ int aipm_start(aipm_engine *e) {
         return engine_fail(e, AIPM_ESTATE, rc, "pthread_create: %s", strerror(rc));
     }
     /* Return once every channel holds a first reading, so that whatever the caller measures
-     * from now on lies inside the recording (thread start-up can take milliseconds). */
-    int64_t give_up = clock_ns(CLOCK_MONOTONIC) + 2000000000LL;
+     * from now on lies inside the recording (thread start-up can take milliseconds). A first
+     * pass that takes longer than the limit means a source hangs: say so rather than start a
+     * recording whose beginning is missing. */
+    int64_t give_up = clock_ns(CLOCK_MONOTONIC) + e->first_pass_limit_ns;
     struct timespec nap = {0, 50000};
-    while (!atomic_load_explicit(&e->first_pass_done, memory_order_acquire) &&
-           clock_ns(CLOCK_MONOTONIC) < give_up)
+    while (!atomic_load_explicit(&e->first_pass_done, memory_order_acquire)) {
+        if (clock_ns(CLOCK_MONOTONIC) >= give_up) {
+            aipm_stop(e);
+            return engine_fail(e, AIPM_ETIMEOUT, 0,
+                               "the first pass of readings did not finish within %.3f s: a source "
+                               "takes too long to read (see the channel stats)",
+                               (double)e->first_pass_limit_ns / 1e9);
+        }
         nanosleep(&nap, NULL);
+    }
     return AIPM_OK;
 }
 

@@ -62,6 +62,7 @@ struct aipm_channel {
 #define AIPM_MAX_CHANNELS 256
 #define AIPM_HEARTBEAT_NS 1000000000LL   /* an unchanged value is re-emitted this often */
 #define AIPM_MAX_SLEEP_NS 20000000LL     /* the loop checks for stop at least this often */
+#define AIPM_FIRST_PASS_LIMIT_NS 2000000000LL /* default wait in aipm_start for every first reading */
 
 /* What the sampler counts about itself; written by it under stats_lock, copied under it. */
 typedef struct {
@@ -77,6 +78,7 @@ struct aipm_engine {
     uint32_t n_channels;        /* changed only while the sampler is stopped */
     int lateness_channel;       /* -1 if none */
     _Atomic int record_unchanged; /* emit every reading, not only changes; may flip while running */
+    int64_t first_pass_limit_ns;
     pthread_t thread;
     _Atomic int running;
     _Atomic int first_pass_done; /* every channel has been read once since start */

@@ -165,3 +165,35 @@ def test_errors_without_an_os_cause_have_no_errno(tmp_path):
     assert info.value.errno is None
     assert NativeError(-7, "bad argument").errno is None  # the two-argument form still works
 
+
+def test_start_fails_when_the_first_pass_of_readings_is_too_slow(fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_CALL_US", "nvmlDeviceGetTotalEnergyConsumption:150000")
+    e = Engine(10)
+    e.nvml_open(str(fake_nvml_lib))
+    cid = e.add_nvml_channel(0, "energy", 0.001)
+    with pytest.raises(NativeError, match="first pass of readings did not finish within 0.030 s") as info:
+        e.start(first_pass_limit_s=0.03)
+    assert info.value.code == -10  # AIPM_ETIMEOUT
+    assert not e.running
+    assert e.channel_stats(cid)["reads"] >= 1  # the slow read did finish, after the limit
+    e.close()
+
+
+def test_start_waits_for_a_slow_first_pass_within_its_limit(fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_CALL_US", "nvmlDeviceGetTotalEnergyConsumption:50000")
+    e = Engine(10)
+    e.nvml_open(str(fake_nvml_lib))
+    cid = e.add_nvml_channel(0, "energy", 1.0)
+    e.start()
+    assert e.channel_stats(cid)["reads"] == 1  # the first reading is in before start returns
+    e.stop()
+    e.close()
+
+
+def test_an_engine_without_polled_channels_starts_at_once():
+    e = Engine(10)
+    e.add_lateness_channel()
+    t0 = time.monotonic()
+    e.start(first_pass_limit_s=0.5)
+    assert time.monotonic() - t0 < 0.2
+    e.stop()
