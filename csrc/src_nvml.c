@@ -48,7 +48,10 @@ static void *sym(void *h, const char *a, const char *b) {
 
 int aipm_nvml_open(aipm_engine *e, const char *library_path) {
     if (e->nvml) return (int)e->nvml->count;
-    void *h = dlopen(library_path, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_NODELETE: the library stays mapped after nvml_close, so that a later dlopen of the
+     * same file (another engine, a test's own handle on a fake) finds the same instance and
+     * its state, and no code of a driver library is unmapped under a thread it started */
+    void *h = dlopen(library_path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!h) {
         return engine_fail(e, AIPM_EOPEN, 0, "dlopen(%s): %s", library_path, dlerror());
     }
