@@ -45,15 +45,18 @@ ERROR_NAMES = {
     lib.AIPM_EARG: "bad argument",
     lib.AIPM_ESTATE: "wrong state",
     lib.AIPM_EGONE: "file removed",
+    lib.AIPM_ETIMEOUT: "first readings too slow",
 }
 
 
 class NativeError(RuntimeError):
-    """A setup call of the C core failed; `code` is the AIPM_E* value."""
+    """A setup call of the C core failed; `code` is the AIPM_E* value, `errno` the OS errno
+    behind it (for code AIPM_ENVML, NVML's return code), or None where there is none."""
 
-    def __init__(self, code: int, message: str):
+    def __init__(self, code: int, message: str, errno: int | None = None):
         super().__init__(message)
         self.code = code
+        self.errno = errno
 
 
 def now_ns() -> int:
@@ -77,7 +80,8 @@ class Engine:
     def _check(self, rc: int) -> int:
         if rc < 0:
             message = ffi.string(lib.aipm_last_error(self._e)).decode(errors="replace")
-            raise NativeError(rc, message or ERROR_NAMES.get(rc, f"error {rc}"))
+            errno = lib.aipm_last_errno(self._e)
+            raise NativeError(rc, message or ERROR_NAMES.get(rc, f"error {rc}"), errno or None)
         return rc
 
     def add_text_counter(self, path: str, scale: float, period_s: float) -> int:
@@ -112,7 +116,11 @@ class Engine:
         lib.aipm_set_record_unchanged(self._e, 1 if on else 0)
 
     # -- running -----------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, first_pass_limit_s: float = 2.0) -> None:
+        """Starts the sampler and returns once every channel holds a first reading; raises
+        NativeError (code AIPM_ETIMEOUT, sampler stopped again) if that takes longer than
+        first_pass_limit_s."""
+        lib.aipm_set_first_pass_limit(self._e, _ns(first_pass_limit_s))
         self._check(lib.aipm_start(self._e))
 
     def stop(self) -> None:

@@ -39,7 +39,8 @@ enum {
     AIPM_ENVML = -6,       /* NVML returned an error; aipm_last_error has its text */
     AIPM_EARG = -7,        /* bad argument (unknown channel, GPU index out of range) */
     AIPM_ESTATE = -8,      /* not allowed while running (or not running) */
-    AIPM_EGONE = -9        /* the file was removed while open */
+    AIPM_EGONE = -9,       /* the file was removed while open */
+    AIPM_ETIMEOUT = -10    /* aipm_start: the first pass of readings did not finish in time */
 };
 
 /* What an NVML channel reads; one GPU can have several. */
@@ -81,6 +82,9 @@ typedef struct aipm_engine aipm_engine;
 aipm_engine *aipm_engine_new(uint32_t ring_capacity_log2);
 void aipm_engine_free(aipm_engine *e);
 const char *aipm_last_error(aipm_engine *e);
+/* The errno (or, after AIPM_ENVML, the NVML return code) behind the last failure of a setup
+ * function; 0 where the failure has none (a bad argument, a file that is not a number). */
+int32_t aipm_last_errno(aipm_engine *e);
 int64_t aipm_now_ns(void);
 
 /* Channels. Each returns the new channel id (>= 0) or an AIPM_E* code. Periods in ns.
@@ -102,6 +106,9 @@ const char *aipm_nvml_error_string(aipm_engine *e, int32_t code);
 /* Record every reading, changed or not (for studies of the sources at full rate); off by default. */
 void aipm_set_record_unchanged(aipm_engine *e, int on);
 
+/* aipm_start returns once every channel holds a first reading; when that takes longer than
+ * this limit (default 2 s) it stops the sampler again and fails with AIPM_ETIMEOUT. */
+void aipm_set_first_pass_limit(aipm_engine *e, int64_t limit_ns);
 int aipm_start(aipm_engine *e);
 int aipm_stop(aipm_engine *e);      /* joins the thread; emits one FINAL record per channel */
 int aipm_running(aipm_engine *e);

@@ -1,4 +1,5 @@
-/* internal.h: what the C files share and the Python side never sees. */
+/* internal.h: what the C files share and the Python side never sees. Every function that one
+ * file defines and another calls is declared here (the build warns of any that is not). */
 #ifndef AIPM_INTERNAL_H
 #define AIPM_INTERNAL_H
 
@@ -9,7 +10,7 @@
 
 #include "aipm.h"
 
-/* ---- ring buffer: single producer (sampler thread), single consumer (drain) ---- */
+/* ---- ring buffer (ring.c): single producer (sampler thread), single consumer (drain) ---- */
 typedef struct {
     aipm_record *slots;
     uint64_t mask;              /* capacity - 1, capacity a power of two */
@@ -26,59 +27,82 @@ size_t ring_drain(aipm_ring *r, aipm_record *out, size_t max);
 size_t ring_pending(aipm_ring *r);
 
 /* ---- channels ---- */
-typedef enum { CH_TEXT, CH_MSR, CH_PERF, CH_NVML, CH_LATENESS } channel_type;
+typedef struct aipm_channel aipm_channel;
 
-struct nvml_lib;
-
+/* What the sampler does with one kind of channel. A source file defines one table per kind it
+ * offers; the engine calls through it and knows nothing else about the kind. */
 typedef struct {
-    channel_type type;
+    /* Reads once at the sampler's call. A plain kind stores a value in the channel's unit and
+     * returns AIPM_OK; a buffered kind (buffered = 1) pushes its own timestamped records with
+     * engine_emit and returns how many. On failure: an AIPM_E* code, *err set to an errno or
+     * NVML code. NULL: never polled (the loop writes the channel itself). */
+    int (*read)(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err);
+    /* Optional, asked at heartbeat rate: 0 while the source is still there, else the errno
+     * that says why not (the channel then counts an AIPM_EGONE error). */
+    int32_t (*gone)(const aipm_channel *c);
+    void (*release)(aipm_channel *c); /* optional: gives back what the setup opened */
+    int buffered;
+} channel_ops;
+
+struct aipm_channel {
+    const channel_ops *ops;
     int fd;                     /* text, msr, perf */
     uint64_t reg;               /* msr register */
     double scale;
     int64_t period_ns;
     int64_t next_due_ns;
     int64_t last_emit_ns;
-    int is_buffered;            /* emits its own timestamps (NVML sample buffer) */
     uint32_t gpu;
-    int nvml_kind;
     unsigned long long nvml_last_seen_us;
     int have_value;
     double value;
-    aipm_channel_stats stats;   /* written by the sampler only; read under the engine's lock */
-} aipm_channel;
-
-/* A read function stores a value (in the channel's unit) and returns 0, or returns an AIPM_E*
- * code and sets *err to an errno or NVML code. Buffered channels push their own records. */
-int source_read_text(aipm_channel *c, double *value, int32_t *err);
-int source_read_msr(aipm_channel *c, double *value, int32_t *err);
-int source_read_perf(aipm_channel *c, double *value, int32_t *err);
-int source_text_still_linked(aipm_channel *c);
-int nvml_read(struct aipm_engine *e, aipm_channel *c, double *value, int32_t *err);
+    aipm_channel_stats stats;   /* written by the sampler, read by others, both under stats_lock */
+};
 
 #define AIPM_MAX_CHANNELS 256
 #define AIPM_HEARTBEAT_NS 1000000000LL   /* an unchanged value is re-emitted this often */
 #define AIPM_MAX_SLEEP_NS 20000000LL     /* the loop checks for stop at least this often */
+#define AIPM_FIRST_PASS_LIMIT_NS 2000000000LL /* default wait in aipm_start for every first reading */
+
+/* What the sampler counts about itself; written by it under stats_lock, copied under it. */
+typedef struct {
+    uint64_t wakeups, missed;
+    int64_t lateness_max_ns, lateness_sum_ns, cpu_ns;
+} sampler_counts;
+
+struct nvml_lib;
 
 struct aipm_engine {
     aipm_ring ring;
     aipm_channel channels[AIPM_MAX_CHANNELS];
-    uint32_t n_channels;
+    uint32_t n_channels;        /* changed only while the sampler is stopped */
     int lateness_channel;       /* -1 if none */
-    int record_unchanged;       /* emit every reading, not only changes */
+    _Atomic int record_unchanged; /* emit every reading, not only changes; may flip while running */
+    int64_t first_pass_limit_ns;
     pthread_t thread;
     _Atomic int running;
     _Atomic int first_pass_done; /* every channel has been read once since start */
-    pthread_mutex_t stats_lock; /* guards channel stats against torn reads from Python */
-    uint64_t wakeups, missed;
-    int64_t lateness_max_ns, lateness_sum_ns, cpu_ns;
+    pthread_mutex_t stats_lock;  /* guards every channel's stats and `counts` */
+    sampler_counts counts;
     struct nvml_lib *nvml;
+    int32_t error_errno;         /* errno or NVML code of the last setup failure, 0 if none */
     char error[512];
 };
 
-void engine_set_error(struct aipm_engine *e, const char *fmt, ...);
-void engine_emit(struct aipm_engine *e, uint32_t channel, int64_t t_ns, double value, uint32_t flags);
+/* ---- engine.c, for the sources ---- */
+/* Keeps the message (printf-style) and the errno or NVML code of a setup failure; returns rc,
+ * so that a source can `return engine_fail(e, AIPM_EOPEN, errno, "open(%s): ...", ...)`. */
+int engine_fail(aipm_engine *e, int rc, int32_t err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* A zeroed channel of this kind with fd -1, not yet counted; NULL (message set) if none may be
+ * added now. The source opens and checks it, then commits it or gives it back. */
+aipm_channel *engine_new_channel(aipm_engine *e, const channel_ops *ops, int64_t period_ns);
+int engine_commit_channel(aipm_engine *e); /* returns the new channel's id */
+void engine_emit(aipm_engine *e, uint32_t channel, int64_t t_ns, double value, uint32_t flags);
 int64_t clock_ns(clockid_t clk);
 int64_t realtime_to_monotonic_offset_ns(void);
-void nvml_close(struct aipm_engine *e);
+
+/* ---- src_nvml.c, for the engine ---- */
+void nvml_close(aipm_engine *e);
 
 #endif

@@ -16,7 +16,7 @@
 #include "internal.h"
 
 /* powercap energy_uj and the like: a decimal number in a small text file. */
-int source_read_text(aipm_channel *c, double *value, int32_t *err) {
+static int read_text(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err) {
     char buf[64];
     ssize_t n = pread(c->fd, buf, sizeof buf - 1, 0);
     if (n < 0) {
@@ -36,15 +36,15 @@ int source_read_text(aipm_channel *c, double *value, int32_t *err) {
 }
 
 /* A sysfs file that disappears keeps answering through an open fd on some file systems;
- * the link count tells that it is gone. Checked at heartbeat rate, not on every read. */
-int source_text_still_linked(aipm_channel *c) {
+ * the link count tells that it is gone. */
+static int32_t text_gone(const aipm_channel *c) {
     struct stat st;
-    if (fstat(c->fd, &st) != 0) return 0;
-    return st.st_nlink > 0;
+    if (fstat(c->fd, &st) != 0) return errno;
+    return st.st_nlink > 0 ? 0 : ENOENT;
 }
 
 /* RAPL through the msr driver: the register's low 32 bits are the energy status counter. */
-int source_read_msr(aipm_channel *c, double *value, int32_t *err) {
+static int read_msr(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err) {
     uint64_t raw = 0;
     ssize_t n = pread(c->fd, &raw, sizeof raw, (off_t)c->reg);
     if (n != (ssize_t)sizeof raw) {
@@ -55,7 +55,7 @@ int source_read_msr(aipm_channel *c, double *value, int32_t *err) {
     return AIPM_OK;
 }
 
-int source_read_perf(aipm_channel *c, double *value, int32_t *err) {
+static int read_perf(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err) {
     uint64_t count = 0;
     ssize_t n = read(c->fd, &count, sizeof count);
     if (n != (ssize_t)sizeof count) {
@@ -66,25 +66,55 @@ int source_read_perf(aipm_channel *c, double *value, int32_t *err) {
     return AIPM_OK;
 }
 
-int open_text_counter(aipm_engine *e, aipm_channel *c, const char *path) {
-    c->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (c->fd < 0) {
-        engine_set_error(e, "open(%s): %s", path, strerror(errno));
-        return AIPM_EOPEN;
-    }
-    return AIPM_OK;
+static void close_fd(aipm_channel *c) {
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
 }
 
-int open_msr(aipm_engine *e, aipm_channel *c, const char *path) {
-    c->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (c->fd < 0) {
-        engine_set_error(e, "open(%s): %s", path, strerror(errno));
-        return AIPM_EOPEN;
+static const channel_ops text_ops = {.read = read_text, .gone = text_gone, .release = close_fd};
+static const channel_ops msr_ops = {.read = read_msr, .release = close_fd};
+static const channel_ops perf_ops = {.read = read_perf, .release = close_fd};
+
+/* Finish a setup: a first read must succeed, then the channel is committed. */
+static int commit_after_first_read(aipm_engine *e, aipm_channel *c, const char *what) {
+    int32_t err = 0;
+    int rc = c->ops->read(e, c, e->n_channels, &c->value, &err);
+    if (rc != AIPM_OK) {
+        close_fd(c);
+        return engine_fail(e, rc, rc == AIPM_EPARSE ? 0 : err, "first read of %s: %s", what,
+                           rc == AIPM_EPARSE ? "not a number" : strerror(err));
     }
-    return AIPM_OK;
+    return engine_commit_channel(e);
 }
 
-int open_perf(aipm_engine *e, aipm_channel *c, uint32_t type, uint64_t config, int cpu) {
+static int add_file(aipm_engine *e, const channel_ops *ops, const char *path, uint64_t reg,
+                    double scale, int64_t period_ns) {
+    aipm_channel *c = engine_new_channel(e, ops, period_ns);
+    if (!c) return AIPM_ESTATE;
+    c->scale = scale;
+    c->reg = reg;
+    c->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (c->fd < 0) {
+        int err = errno;
+        return engine_fail(e, AIPM_EOPEN, err, "open(%s): %s", path, strerror(err));
+    }
+    return commit_after_first_read(e, c, path);
+}
+
+int aipm_add_text_counter(aipm_engine *e, const char *path, double scale, int64_t period_ns) {
+    return add_file(e, &text_ops, path, 0, scale, period_ns);
+}
+
+int aipm_add_msr_counter(aipm_engine *e, const char *path, uint64_t reg, double scale,
+                         int64_t period_ns) {
+    return add_file(e, &msr_ops, path, reg, scale, period_ns);
+}
+
+int aipm_add_perf_counter(aipm_engine *e, uint32_t type, uint64_t config, int cpu, double scale,
+                          int64_t period_ns) {
+    aipm_channel *c = engine_new_channel(e, &perf_ops, period_ns);
+    if (!c) return AIPM_ESTATE;
+    c->scale = scale;
     struct perf_event_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.size = sizeof attr;
@@ -92,10 +122,10 @@ int open_perf(aipm_engine *e, aipm_channel *c, uint32_t type, uint64_t config, i
     attr.config = config;
     long fd = syscall(SYS_perf_event_open, &attr, -1 /* any pid */, cpu, -1, PERF_FLAG_FD_CLOEXEC);
     if (fd < 0) {
-        engine_set_error(e, "perf_event_open(type=%u, config=0x%llx, cpu=%d): %s", type,
-                         (unsigned long long)config, cpu, strerror(errno));
-        return AIPM_EOPEN;
+        int err = errno;
+        return engine_fail(e, AIPM_EOPEN, err, "perf_event_open(type=%u, config=0x%llx, cpu=%d): %s",
+                           type, (unsigned long long)config, cpu, strerror(err));
     }
     c->fd = (int)fd;
-    return AIPM_OK;
+    return commit_after_first_read(e, c, "perf event");
 }

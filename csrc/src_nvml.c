@@ -48,10 +48,12 @@ static void *sym(void *h, const char *a, const char *b) {
 
 int aipm_nvml_open(aipm_engine *e, const char *library_path) {
     if (e->nvml) return (int)e->nvml->count;
-    void *h = dlopen(library_path, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_NODELETE: the library stays mapped after nvml_close, so that a later dlopen of the
+     * same file (another engine, a test's own handle on a fake) finds the same instance and
+     * its state, and no code of a driver library is unmapped under a thread it started */
+    void *h = dlopen(library_path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!h) {
-        engine_set_error(e, "dlopen(%s): %s", library_path, dlerror());
-        return AIPM_EOPEN;
+        return engine_fail(e, AIPM_EOPEN, 0, "dlopen(%s): %s", library_path, dlerror());
     }
     struct nvml_lib *n = calloc(1, sizeof *n);
     if (!n) {
@@ -73,17 +75,16 @@ int aipm_nvml_open(aipm_engine *e, const char *library_path) {
     *(void **)&n->get_memory = sym(h, "nvmlDeviceGetMemoryInfo", NULL);
     *(void **)&n->get_power = sym(h, "nvmlDeviceGetPowerUsage", NULL);
     if (!n->init || !n->get_count || !n->get_handle) {
-        engine_set_error(e, "%s lacks nvmlInit/nvmlDeviceGetCount/nvmlDeviceGetHandleByIndex",
-                         library_path);
         dlclose(h);
         free(n);
-        return AIPM_ESYMBOL;
+        return engine_fail(e, AIPM_ESYMBOL, 0, "%s lacks nvmlInit/nvmlDeviceGetCount/nvmlDeviceGetHandleByIndex",
+                           library_path);
     }
     nvmlReturn_t rc = n->init();
     if (rc == NVML_SUCCESS) rc = n->get_count(&n->count);
     if (rc != NVML_SUCCESS) {
-        engine_set_error(e, "nvmlInit/nvmlDeviceGetCount: %s (NVML error %d)",
-                         n->error_string ? n->error_string(rc) : "unknown", rc);
+        engine_fail(e, AIPM_ENVML, rc, "nvmlInit/nvmlDeviceGetCount: %s (NVML error %d)",
+                    n->error_string ? n->error_string(rc) : "unknown", rc);
         dlclose(h);
         free(n);
         return AIPM_ENVML;
@@ -113,7 +114,8 @@ const char *aipm_nvml_error_string(aipm_engine *e, int32_t code) {
 int aipm_nvml_device_name(aipm_engine *e, uint32_t gpu, char *buf, uint32_t len) {
     if (!e->nvml || gpu >= e->nvml->count || !e->nvml->devices[gpu]) return AIPM_EARG;
     if (!e->nvml->get_name) return AIPM_ESYMBOL;
-    return e->nvml->get_name(e->nvml->devices[gpu], buf, len) == NVML_SUCCESS ? AIPM_OK : AIPM_ENVML;
+    nvmlReturn_t rc = e->nvml->get_name(e->nvml->devices[gpu], buf, len);
+    return rc == NVML_SUCCESS ? AIPM_OK : engine_fail(e, AIPM_ENVML, rc, "nvmlDeviceGetName: NVML error %d", rc);
 }
 
 static double sample_value(nvmlValueType_t type, nvmlValue_t v) {
@@ -128,19 +130,27 @@ static double sample_value(nvmlValueType_t type, nvmlValue_t v) {
     return 0.0;
 }
 
+/* ---- one read function per channel kind ---- */
+
+static nvmlDevice_t device_of(aipm_engine *e, aipm_channel *c) { return e->nvml->devices[c->gpu]; }
+
+static int nvml_result(nvmlReturn_t rc, int32_t *err) {
+    if (rc == NVML_SUCCESS) return AIPM_OK;
+    *err = rc;
+    return AIPM_ENVML;
+}
+
 /* The driver's sample buffer: fetch only samples newer than the last one seen, map their
  * epoch-µs timestamps onto CLOCK_MONOTONIC and push each as its own record. */
-static int read_power_samples(aipm_engine *e, aipm_channel *c, uint32_t id, int32_t *err) {
+static int read_power_samples(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err) {
     struct nvml_lib *n = e->nvml;
+    if (!n->get_samples) return AIPM_ESYMBOL;
     nvmlValueType_t type = NVML_VALUE_TYPE_UNSIGNED_INT;
     unsigned int count = NVML_SAMPLE_CAPACITY;
-    nvmlReturn_t rc = n->get_samples(n->devices[c->gpu], NVML_TOTAL_POWER_SAMPLES,
+    nvmlReturn_t rc = n->get_samples(device_of(e, c), NVML_TOTAL_POWER_SAMPLES,
                                      c->nvml_last_seen_us, &type, &count, n->samples);
     if (rc == NVML_ERROR_NOT_FOUND) return 0; /* no sample newer than the last one */
-    if (rc != NVML_SUCCESS) {
-        *err = rc;
-        return AIPM_ENVML;
-    }
+    if (rc != NVML_SUCCESS) return nvml_result(rc, err);
     int64_t offset = realtime_to_monotonic_offset_ns();
     int pushed = 0;
     for (unsigned int i = 0; i < count; i++) {
@@ -155,106 +165,80 @@ static int read_power_samples(aipm_engine *e, aipm_channel *c, uint32_t id, int3
     return pushed;
 }
 
-int nvml_read(aipm_engine *e, aipm_channel *c, double *value, int32_t *err) {
+static int read_power_instant(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err) {
+    if (!e->nvml->get_field_values) return AIPM_ESYMBOL;
+    nvmlFieldValue_t f;
+    memset(&f, 0, sizeof f);
+    f.fieldId = NVML_FI_DEV_POWER_INSTANT;
+    nvmlReturn_t rc = e->nvml->get_field_values(device_of(e, c), 1, &f);
+    if (rc == NVML_SUCCESS) rc = f.nvmlReturn;
+    if (rc == NVML_SUCCESS) *value = sample_value(f.valueType, f.value) / 1000.0;
+    return nvml_result(rc, err);
+}
+
+/* The kinds that are one NVML call on a device filling one struct or number: the function
+ * (a field of nvml_lib), what it fills, and the value in the channel's unit. */
+#define NVML_ONE_CALL_READER(name, fn, type, unit_value)                                        \
+    static int name(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err) { \
+        if (!e->nvml->fn) return AIPM_ESYMBOL;                                                  \
+        type v;                                                                                 \
+        memset(&v, 0, sizeof v);                                                                \
+        nvmlReturn_t rc = e->nvml->fn(device_of(e, c), &v);                                     \
+        if (rc == NVML_SUCCESS) *value = (unit_value);                                          \
+        return nvml_result(rc, err);                                                            \
+    }
+NVML_ONE_CALL_READER(read_energy, get_energy, unsigned long long, (double)v / 1000.0)      /* mJ */
+NVML_ONE_CALL_READER(read_utilization, get_utilization, nvmlUtilization_t, (double)v.gpu)  /* % */
+NVML_ONE_CALL_READER(read_memory_used, get_memory, nvmlMemory_t, (double)v.used)           /* bytes */
+NVML_ONE_CALL_READER(read_power_average, get_power, unsigned int, (double)v / 1000.0)      /* mW */
+
+/* The setup of the sample buffer: one trial call, without pushing anything, then start 200 ms
+ * back: older samples belong to no recording, but one just before the start lets the first
+ * edge be interpolated rather than extrapolated. */
+static int setup_power_samples(aipm_engine *e, aipm_channel *c, int32_t *err) {
     struct nvml_lib *n = e->nvml;
-    nvmlDevice_t dev = n->devices[c->gpu];
-    nvmlReturn_t rc;
-    switch (c->nvml_kind) {
-    case AIPM_NVML_POWER_INSTANT: {
-        nvmlFieldValue_t f;
-        memset(&f, 0, sizeof f);
-        f.fieldId = NVML_FI_DEV_POWER_INSTANT;
-        rc = n->get_field_values(dev, 1, &f);
-        if (rc == NVML_SUCCESS) rc = f.nvmlReturn;
-        if (rc == NVML_SUCCESS) *value = sample_value(f.valueType, f.value) / 1000.0;
-        break;
-    }
-    case AIPM_NVML_ENERGY: {
-        unsigned long long mj = 0;
-        rc = n->get_energy(dev, &mj);
-        if (rc == NVML_SUCCESS) *value = (double)mj / 1000.0;
-        break;
-    }
-    case AIPM_NVML_UTILIZATION: {
-        nvmlUtilization_t u;
-        rc = n->get_utilization(dev, &u);
-        if (rc == NVML_SUCCESS) *value = (double)u.gpu;
-        break;
-    }
-    case AIPM_NVML_MEMORY_USED: {
-        nvmlMemory_t m;
-        rc = n->get_memory(dev, &m);
-        if (rc == NVML_SUCCESS) *value = (double)m.used;
-        break;
-    }
-    case AIPM_NVML_POWER_AVERAGE: {
-        unsigned int mw = 0;
-        rc = n->get_power(dev, &mw);
-        if (rc == NVML_SUCCESS) *value = (double)mw / 1000.0;
-        break;
-    }
-    default:
-        return AIPM_EARG;
-    }
-    if (rc != NVML_SUCCESS) {
-        *err = rc;
-        return AIPM_ENVML;
-    }
-    return AIPM_OK;
+    if (!n->get_samples) return AIPM_ESYMBOL;
+    nvmlValueType_t type;
+    unsigned int count = NVML_SAMPLE_CAPACITY;
+    nvmlReturn_t rc = n->get_samples(device_of(e, c), NVML_TOTAL_POWER_SAMPLES, 0, &type, &count, n->samples);
+    c->nvml_last_seen_us = (unsigned long long)(clock_ns(CLOCK_REALTIME) / 1000) - 200000ULL;
+    return nvml_result(rc == NVML_ERROR_NOT_FOUND ? NVML_SUCCESS : rc, err);
 }
 
-int nvml_read_buffered(aipm_engine *e, aipm_channel *c, uint32_t id, int32_t *err) {
-    return read_power_samples(e, c, id, err);
-}
+/* Indexed by AIPM_NVML_*: the function each kind needs (named when it is missing), its setup
+ * (NULL: one trial read, kept as the first value, since the energy counter costs milliseconds
+ * a call) and its operations. */
+static const struct {
+    const char *symbol;
+    int (*setup)(aipm_engine *e, aipm_channel *c, int32_t *err);
+    channel_ops ops;
+} nvml_kinds[] = {
+    [AIPM_NVML_POWER_SAMPLES] = {"nvmlDeviceGetSamples", setup_power_samples,
+                                 {.read = read_power_samples, .buffered = 1}},
+    [AIPM_NVML_POWER_INSTANT] = {"nvmlDeviceGetFieldValues", NULL, {.read = read_power_instant}},
+    [AIPM_NVML_ENERGY] = {"nvmlDeviceGetTotalEnergyConsumption", NULL, {.read = read_energy}},
+    [AIPM_NVML_UTILIZATION] = {"nvmlDeviceGetUtilizationRates", NULL, {.read = read_utilization}},
+    [AIPM_NVML_MEMORY_USED] = {"nvmlDeviceGetMemoryInfo", NULL, {.read = read_memory_used}},
+    [AIPM_NVML_POWER_AVERAGE] = {"nvmlDeviceGetPowerUsage", NULL, {.read = read_power_average}},
+};
 
-/* Which function each kind needs, so that a missing one is named. */
-static int nvml_has(struct nvml_lib *n, int kind, const char **missing) {
-    switch (kind) {
-    case AIPM_NVML_POWER_SAMPLES: *missing = "nvmlDeviceGetSamples"; return n->get_samples != NULL;
-    case AIPM_NVML_POWER_INSTANT: *missing = "nvmlDeviceGetFieldValues"; return n->get_field_values != NULL;
-    case AIPM_NVML_ENERGY: *missing = "nvmlDeviceGetTotalEnergyConsumption"; return n->get_energy != NULL;
-    case AIPM_NVML_UTILIZATION: *missing = "nvmlDeviceGetUtilizationRates"; return n->get_utilization != NULL;
-    case AIPM_NVML_MEMORY_USED: *missing = "nvmlDeviceGetMemoryInfo"; return n->get_memory != NULL;
-    case AIPM_NVML_POWER_AVERAGE: *missing = "nvmlDeviceGetPowerUsage"; return n->get_power != NULL;
-    }
-    *missing = "an unknown channel kind";
-    return 0;
-}
-
-int nvml_check_channel(aipm_engine *e, aipm_channel *c) {
+int aipm_add_nvml_channel(aipm_engine *e, uint32_t gpu, int kind, int64_t period_ns) {
     struct nvml_lib *n = e->nvml;
-    if (!n) {
-        engine_set_error(e, "NVML is not open");
-        return AIPM_ESTATE;
-    }
-    if (c->gpu >= n->count || !n->devices[c->gpu]) {
-        engine_set_error(e, "GPU %u: no such device (NVML sees %u)", c->gpu, n->count);
-        return AIPM_EARG;
-    }
-    const char *missing = NULL;
-    if (!nvml_has(n, c->nvml_kind, &missing)) {
-        engine_set_error(e, "%s not found in the NVML library", missing);
-        return AIPM_ESYMBOL;
-    }
-    /* One trial read, so that an unsupported quantity is reported at setup. */
+    if (!n) return engine_fail(e, AIPM_ESTATE, 0, "NVML is not open");
+    if (gpu >= n->count || !n->devices[gpu])
+        return engine_fail(e, AIPM_EARG, 0, "GPU %u: no such device (NVML sees %u)", gpu, n->count);
+    if (kind < 0 || kind >= (int)(sizeof nvml_kinds / sizeof nvml_kinds[0]))
+        return engine_fail(e, AIPM_EARG, 0, "unknown NVML channel kind %d", kind);
+    aipm_channel *c = engine_new_channel(e, &nvml_kinds[kind].ops, period_ns);
+    if (!c) return AIPM_ESTATE;
+    c->gpu = gpu;
+    /* one trial read, so that an unsupported quantity is reported at setup */
     int32_t err = 0;
-    int rc;
-    if (c->nvml_kind == AIPM_NVML_POWER_SAMPLES) {
-        nvmlValueType_t type;
-        unsigned int count = NVML_SAMPLE_CAPACITY;
-        err = n->get_samples(n->devices[c->gpu], NVML_TOTAL_POWER_SAMPLES, 0, &type, &count,
-                             n->samples);
-        rc = (err == NVML_SUCCESS || err == NVML_ERROR_NOT_FOUND) ? AIPM_OK : AIPM_ENVML;
-        /* start 200 ms back: older samples belong to no recording, but one just before the
-         * start lets the first edge be interpolated rather than extrapolated */
-        c->nvml_last_seen_us = (unsigned long long)(clock_ns(CLOCK_REALTIME) / 1000) - 200000ULL;
-    } else {
-        double v;
-        rc = nvml_read(e, c, &v, &err);
-    }
-    if (rc != AIPM_OK) {
-        engine_set_error(e, "GPU %u: %s (NVML error %d)", c->gpu, aipm_nvml_error_string(e, err), err);
-        return rc;
-    }
-    return AIPM_OK;
+    int rc = nvml_kinds[kind].setup ? nvml_kinds[kind].setup(e, c, &err)
+                                    : c->ops->read(e, c, e->n_channels, &c->value, &err);
+    if (rc == AIPM_ESYMBOL)
+        return engine_fail(e, rc, 0, "%s not found in the NVML library", nvml_kinds[kind].symbol);
+    if (rc != AIPM_OK)
+        return engine_fail(e, rc, err, "GPU %u: %s (NVML error %d)", gpu, aipm_nvml_error_string(e, err), err);
+    return engine_commit_channel(e);
 }

@@ -1,4 +1,5 @@
 """The C core through its one Python front: channels, the ring, counting what was lost."""
+import errno
 import time
 
 import numpy as np
@@ -139,3 +140,60 @@ def test_nvml_library_that_is_missing_is_explained():
     e = Engine(10)
     with pytest.raises(NativeError, match=r"dlopen\(/no/such/libnvidia-ml.so\)"):
         e.nvml_open("/no/such/libnvidia-ml.so")
+
+
+def test_setup_errors_carry_the_os_errno(tmp_path):
+    e = Engine(10)
+    with pytest.raises(NativeError) as info:
+        e.add_text_counter(str(tmp_path / "nope"), 1e-6, 0.001)
+    assert info.value.errno == errno.ENOENT
+    assert info.value.code == -2  # AIPM_EOPEN
+
+
+def test_setup_errors_carry_the_nvml_code(fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_INIT_FAIL", "1")
+    e = Engine(10)
+    with pytest.raises(NativeError, match="NVML error 999") as info:
+        e.nvml_open(str(fake_nvml_lib))
+    assert info.value.code == -6 and info.value.errno == 999  # AIPM_ENVML, NVML_ERROR_UNKNOWN
+
+
+def test_errors_without_an_os_cause_have_no_errno(tmp_path):
+    e = Engine(10)
+    with pytest.raises(NativeError) as info:
+        e.add_text_counter(counter_file(tmp_path, "garbage\n"), 1e-6, 0.001)
+    assert info.value.errno is None
+    assert NativeError(-7, "bad argument").errno is None  # the two-argument form still works
+
+
+def test_start_fails_when_the_first_pass_of_readings_is_too_slow(fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_CALL_US", "nvmlDeviceGetTotalEnergyConsumption:150000")
+    e = Engine(10)
+    e.nvml_open(str(fake_nvml_lib))
+    cid = e.add_nvml_channel(0, "energy", 0.001)
+    with pytest.raises(NativeError, match="first pass of readings did not finish within 0.030 s") as info:
+        e.start(first_pass_limit_s=0.03)
+    assert info.value.code == -10  # AIPM_ETIMEOUT
+    assert not e.running
+    assert e.channel_stats(cid)["reads"] >= 1  # the slow read did finish, after the limit
+    e.close()
+
+
+def test_start_waits_for_a_slow_first_pass_within_its_limit(fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_CALL_US", "nvmlDeviceGetTotalEnergyConsumption:50000")
+    e = Engine(10)
+    e.nvml_open(str(fake_nvml_lib))
+    cid = e.add_nvml_channel(0, "energy", 1.0)
+    e.start()
+    assert e.channel_stats(cid)["reads"] == 1  # the first reading is in before start returns
+    e.stop()
+    e.close()
+
+
+def test_an_engine_without_polled_channels_starts_at_once():
+    e = Engine(10)
+    e.add_lateness_channel()
+    t0 = time.monotonic()
+    e.start(first_pass_limit_s=0.5)
+    assert time.monotonic() - t0 < 0.2
+    e.stop()

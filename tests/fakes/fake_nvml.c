@@ -25,6 +25,8 @@
  *   FAKE_NVML_LOSE_GPU_AFTER_S=s     device functions fail with GPU_IS_LOST s seconds after the
  *                                    init that put the settings in force
  *   FAKE_NVML_INIT_FAIL=1            nvmlInit_v2 fails with NVML_ERROR_UNKNOWN
+ *   FAKE_NVML_CALL_US=fn:us[,fn:us]  the named NVML functions take that long a call (a sleep),
+ *                                    e.g. nvmlDeviceGetTotalEnergyConsumption:4000 as on an H200
  * Compile-time switches -DFAKE_NVML_OMIT_SAMPLES and -DFAKE_NVML_OMIT_ENERGY leave out
  * nvmlDeviceGetSamples and nvmlDeviceGetTotalEnergyConsumption, as older drivers do.
  *
@@ -78,31 +80,6 @@ typedef struct fake_gpu *nvmlDevice_t;
 #define FAKE_GPU_STEP_W 10.0                   /* GPU i draws i * 10 W more than GPU 0 */
 #define GIB (1024ULL * 1024ULL * 1024ULL)
 
-typedef enum { TRACE_CONST, TRACE_TRIANGLE, TRACE_SQUARE } trace_kind;
-
-struct fake_config {
-    unsigned int n_gpus;
-    trace_kind kind;
-    double lo, hi;          /* const: lo; triangle: lo = base, hi = base + amp; square: low, high */
-    long long period_us;    /* triangle and square */
-    long long sample_us;
-    unsigned int util_gpu, util_mem;
-    double lose_after_s;    /* < 0: never */
-};
-
-/* Written only by nvmlInit_v2, under init_lock, and published by the release store of
- * `initialized`; the device functions read it after an acquire load. A change of settings
- * while another holder is calling races with its reads; every field stays valid on its own
- * (periods never 0), so such a holder sees a mix of old and new values at worst. */
-static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
-static int refcount;
-static atomic_int initialized;
-static struct fake_config cfg;
-static long long origin_us;            /* CLOCK_REALTIME, µs; kept after shutdown for the helpers */
-static atomic_int have_origin;
-static long long init_monotonic_ns;
-static struct fake_gpu gpus[FAKE_MAX_GPUS];
-
 /* ---- call counting ---- */
 enum {
     FN_INIT,
@@ -127,13 +104,50 @@ static const char *const fn_names[FN_COUNT] = {
 };
 static atomic_ulong fn_calls[FN_COUNT];
 
-static void count_call(int fn) { atomic_fetch_add_explicit(&fn_calls[fn], 1, memory_order_relaxed); }
+typedef enum { TRACE_CONST, TRACE_TRIANGLE, TRACE_SQUARE } trace_kind;
+
+struct fake_config {
+    unsigned int n_gpus;
+    trace_kind kind;
+    double lo, hi;          /* const: lo; triangle: lo = base, hi = base + amp; square: low, high */
+    long long period_us;    /* triangle and square */
+    long long sample_us;
+    unsigned int util_gpu, util_mem;
+    double lose_after_s;    /* < 0: never */
+    long long call_us[FN_COUNT]; /* how long each function takes */
+};
+
+/* Written only by nvmlInit_v2, under init_lock, and published by the release store of
+ * `initialized`; the device functions read it after an acquire load. A change of settings
+ * while another holder is calling races with its reads; every field stays valid on its own
+ * (periods never 0), so such a holder sees a mix of old and new values at worst. */
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static int refcount;
+static atomic_int initialized;
+static struct fake_config cfg;
+static long long origin_us;            /* CLOCK_REALTIME, µs; kept after shutdown for the helpers */
+static atomic_int have_origin;
+static long long init_monotonic_ns;
+static struct fake_gpu gpus[FAKE_MAX_GPUS];
+
+static int is_initialized(void) { return atomic_load_explicit(&initialized, memory_order_acquire); }
 
 /* ---- clocks ---- */
 static long long clock_ns(clockid_t clk) {
     struct timespec ts;
     clock_gettime(clk, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Counts a call and makes it take as long as FAKE_NVML_CALL_US says. The cost is read without
+ * the init lock, like the rest of cfg (see above). */
+static void count_call(int fn) {
+    atomic_fetch_add_explicit(&fn_calls[fn], 1, memory_order_relaxed);
+    long long us = is_initialized() ? cfg.call_us[fn] : 0;
+    if (us > 0) {
+        struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 /* ---- the trace ---- */
@@ -232,6 +246,27 @@ static int parse_trace(const char *s, struct fake_config *c) {
     return c->period_us >= 2 ? 0 : -1;
 }
 
+static int function_index(const char *name, size_t len) {
+    for (int i = 0; i < FN_COUNT; i++)
+        if (strlen(fn_names[i]) == len && strncmp(fn_names[i], name, len) == 0) return i;
+    return -1;
+}
+
+/* "nvmlDeviceGetTotalEnergyConsumption:4000,nvmlDeviceGetSamples:100" */
+static int parse_call_costs(const char *s, struct fake_config *c) {
+    while (*s) {
+        const char *colon = strchr(s, ':');
+        if (!colon) return -1;
+        int fn = function_index(s, (size_t)(colon - s));
+        char *end = NULL;
+        long long us = strtoll(colon + 1, &end, 10);
+        if (fn < 0 || end == colon + 1 || us < 0 || (*end != ',' && *end != '\0')) return -1;
+        c->call_us[fn] = us;
+        s = *end == ',' ? end + 1 : end;
+    }
+    return 0;
+}
+
 static const char *env_or(const char *name, const char *fallback) {
     const char *v = getenv(name);
     return v && *v ? v : fallback;
@@ -283,6 +318,12 @@ static int read_config(struct fake_config *c) {
             return -1;
         }
     }
+    s = getenv("FAKE_NVML_CALL_US");
+    if (s && *s && parse_call_costs(s, c) != 0) {
+        fprintf(stderr, "fake_nvml: bad FAKE_NVML_CALL_US=%s (want NAME:US[,NAME:US...] of NVML"
+                        " functions)\n", s);
+        return -1;
+    }
     return 0;
 
 bad_gpus:
@@ -294,12 +335,10 @@ static int same_config(const struct fake_config *a, const struct fake_config *b)
     return a->n_gpus == b->n_gpus && a->kind == b->kind && a->lo == b->lo && a->hi == b->hi &&
            a->period_us == b->period_us && a->sample_us == b->sample_us &&
            a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
-           a->lose_after_s == b->lose_after_s;
+           a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0;
 }
 
 /* ---- common checks of the device functions ---- */
-
-static int is_initialized(void) { return atomic_load_explicit(&initialized, memory_order_acquire); }
 
 static int gpu_lost(void) {
     if (cfg.lose_after_s < 0) return 0;
