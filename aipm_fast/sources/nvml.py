@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aipm_fast._native import NativeError
-
 from aipm_fast.sources.base import (COUNTER, GPU, INSTANT_POWER, LEVEL, MEAN_POWER, Channel, Discovery, Domain,
                                     Problem)
 
