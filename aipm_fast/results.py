@@ -24,6 +24,9 @@ from aipm_fast import policy
 from aipm_fast.sources.base import Channel, Domain
 
 PROVISIONAL, FINAL = "provisional", "final"
+#: batches of marks kept in memory when they are streamed to out_dir (a batch is one drain's
+#: marks, 0.1 s by default): enough for the callbacks and the exporter, which read the latest
+TAIL_BATCHES = 1000
 BASELINE = "__baseline__"     # the idle window of Meter.measure_baseline
 
 WINDOW_COLUMNS = ["window", "window_id", "domain", "part", "additive", "start_ns", "end_ns", "duration_s",
@@ -66,7 +69,10 @@ class SessionResults:
         self.meaning = {d: domains.get(d, Domain(d, "other", additive=False)) for d in ranked}
         self.channels = {c.id: c for chs in ranked.values() for c in chs}
         self.windows_list: list[Window] = []
+        # Marks in memory: all of them without out_dir; with it, only the latest TAIL_BATCHES
+        # (for marks_since and last_mark), the rest read back from inferences.csv when asked.
         self.batches: list[MarkBatch] = []
+        self._first_seq = 0          # sequence number of batches[0]
         self.n_marks = 0
         self.status = PROVISIONAL
         self._scales: dict[int, policy.Scale] = {}
@@ -97,6 +103,11 @@ class SessionResults:
             self.n_marks += int(batch.index.size)
         if self._files is not None:
             self._files.append_marks(self._marks_frame([batch]))
+            with self._lock:
+                if len(self.batches) > TAIL_BATCHES:     # on disk now: memory stays bounded
+                    drop = len(self.batches) - TAIL_BATCHES
+                    del self.batches[:drop]
+                    self._first_seq += drop
 
     def finalize(self) -> None:
         """The session stopped: scales are final; the streamed files are rewritten as final."""
@@ -183,6 +194,9 @@ class SessionResults:
 
     def mark_spans(self) -> tuple[np.ndarray, np.ndarray]:
         """(start_ns, end_ns) of every integrated mark."""
+        if self._files is not None:
+            rows = self._files.read_marks().drop_duplicates("index")
+            return rows["start_ns"].to_numpy(np.int64), rows["end_ns"].to_numpy(np.int64)
         with self._lock:
             batches = list(self.batches)
         if not batches:
@@ -192,10 +206,33 @@ class SessionResults:
     def inferences(self, window: str | None = None) -> pd.DataFrame:
         """One row per (mark, domain): MARK_COLUMNS, sorted by index and domain. `window` keeps the
         marks of windows of that name."""
-        with self._lock:
-            batches = list(self.batches)
-        frame = self._marks_frame(batches, window)
+        if self._files is not None:
+            frame = self._rescaled(self._files.read_marks(), window)
+        else:
+            with self._lock:
+                batches = list(self.batches)
+            frame = self._marks_frame(batches, window)
         return frame.sort_values(["index", "domain"], ignore_index=True)
+
+    def _rescaled(self, rows: pd.DataFrame, window: str | None) -> pd.DataFrame:
+        """Marks read back from the streamed file, with today's scale and baseline: each row's
+        unscaled energy is its energy over the scale it was written with."""
+        if window is not None:
+            rows = rows[rows["window"] == window]
+        rows = rows.reset_index(drop=True)
+        ids = {(c.domain, c.label): cid for cid, c in self.channels.items()}
+        k = np.array([self.scale(ids[(d, c)]).factor if (d, c) in ids else np.nan
+                      for d, c in zip(rows["domain"], rows["channel"])], dtype=float)
+        base = self.baseline_power()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = k / rows["scale"].to_numpy(float)
+        rows["energy_j"] = rows["energy_j"].to_numpy(float) * ratio
+        rows["uncertainty_j"] = rows["uncertainty_j"].to_numpy(float) * ratio
+        rows["scale"] = k
+        rows["dynamic_energy_j"] = rows["energy_j"] - rows["domain"].map(base).astype(float) * rows["latency_s"]
+        rows["estimate"] = rows["estimate"].astype(bool)
+        rows["status"] = self.status
+        return rows[MARK_COLUMNS]
 
     def _marks_frame(self, batches: list[MarkBatch], window: str | None = None) -> pd.DataFrame:
         frames = []
@@ -226,8 +263,8 @@ class SessionResults:
         """Marks integrated since an earlier call: ([(index, {domain: J})], position); pass the
         position back next time (0 the first time). Scaled as in inferences()."""
         with self._lock:
-            batches = self.batches[position:]
-            end = len(self.batches)
+            batches = self.batches[max(position - self._first_seq, 0):]
+            end = self._first_seq + len(self.batches)
         out = []
         for b in batches:
             energies = {d: b.energy[d][0] * self._factors(b.energy[d][3]) for d in self.ranked}
@@ -238,7 +275,7 @@ class SessionResults:
     @property
     def position(self) -> int:
         """Where marks_since would start for marks integrated from now on."""
-        return len(self.batches)
+        return self._first_seq + len(self.batches)
 
     def last_mark(self) -> dict[str, float]:
         """{domain: J} of the latest integrated mark, scaled ({} before the first)."""
@@ -270,8 +307,20 @@ class StreamedFiles:
 
     def _append(self, key: str, frame: pd.DataFrame) -> None:
         if len(frame):
-            frame.to_csv(self._files[key], header=False, index=False)
+            frame.to_csv(self._files[key], header=False, index=False, na_rep="nan")
             self._files[key].flush()
+
+    def read_marks(self) -> pd.DataFrame:
+        """This session's marks as streamed (what earlier sessions appended is not read)."""
+        path = self.paths["marks"]
+        if not self._files["marks"].closed:
+            self._files["marks"].flush()
+        with open(path, "rb") as f:
+            f.seek(self._ours_from["marks"])
+            numbers = [c for c in MARK_COLUMNS if c not in ("window", "domain", "channel", "status")]
+            return pd.read_csv(f, header=None, names=MARK_COLUMNS, keep_default_na=False,
+                               na_values={c: ["nan"] for c in numbers},
+                               dtype={"window": str, "domain": str, "channel": str, "status": str})
 
     def append_windows(self, frame: pd.DataFrame) -> None:
         self._append("windows", frame)
@@ -285,8 +334,8 @@ class StreamedFiles:
             tmp = self.paths[key] + ".tmp"
             with open(self.paths[key], "rb") as old, open(tmp, "wb") as f:
                 f.write(old.read(self._ours_from[key]))
-            frame.to_csv(tmp, mode="a", header=False, index=False)
-            os.replace(tmp, self.paths[key])
+            frame.to_csv(tmp, mode="a", header=False, index=False, na_rep="nan")
+            os.replace(tmp, self.paths[key])   # the bytes before _ours_from are kept as they were
 
     def close(self) -> None:
         for f in self._files.values():

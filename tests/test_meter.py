@@ -382,3 +382,31 @@ def test_streamed_rows_are_provisional_until_stop_and_then_equal_the_results(hw,
             time.sleep(0.05)
     kept = pd.read_csv(out / "windows.csv")
     assert list(kept["window"].unique()) == ["a", "b"] and set(kept["status"]) == {"final"}
+
+
+def test_marks_streamed_to_out_dir_leave_memory_and_read_back_alike(hw, tmp_path, monkeypatch):
+    import aipm_fast.results as results
+    monkeypatch.setattr(results, "TAIL_BATCHES", 2)      # keep only the latest two batches in memory
+    options, _ = hw
+    with Meter(**options, cuda=False, out_dir=str(tmp_path / "s")) as m:
+        with m.window("a"):
+            for _ in range(5):                               # five rounds: at least five batches
+                for _ in range(8):
+                    with m.inference():
+                        busy(0.005)
+                m.flush()
+        m.flush()
+        assert len(m.results.batches) <= 2 and m.results.position >= 5
+        streamed = m.inferences(window="a")
+        assert len(streamed) == len(m.domains) * 40 and set(streamed["status"]) == {"provisional"}
+        marks, position = m.resolved_marks(0)             # the tail only: older ones are on disk
+        assert position == m.results.position and 0 < len(marks) < 40
+        # what is read back from disk is what memory held, to the last digit
+        tail = m.results._marks_frame(m.results.batches).set_index(["index", "domain"])
+        back = streamed.set_index(["index", "domain"]).loc[tail.index]
+        np.testing.assert_allclose(back["energy_j"], tail["energy_j"], rtol=1e-12)
+        np.testing.assert_allclose(back["uncertainty_j"], tail["uncertainty_j"], rtol=1e-12)
+    final = m.inferences()
+    assert len(final) == len(m.domains) * 40 and set(final["status"]) == {"final"}
+    assert final["energy_j"].notna().all() and (final["energy_j"] > 0).all()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "s" / "inferences.csv"), final, check_dtype=False)
