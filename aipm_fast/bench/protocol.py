@@ -126,7 +126,7 @@ class Benchmark:
                 m.measure_baseline(opts.baseline_s)
             model = None
             for size in opts.sizes:
-                if model is None or self.spec.name == "vit_b_16":   # ViT's position embedding depends on size
+                if model is None or self.spec.rebuild_per_size:
                     model = models.build_model(opts.model, weights_path=opts.weights, device=opts.device,
                                                dtype=dtype, size=size)
                 inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
