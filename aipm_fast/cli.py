@@ -264,7 +264,7 @@ def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, 
         return
     if not model:
         raise click.UsageError("give --model (see --list-models)")
-    from aipm_fast import report
+    from aipm_fast.bench import report
     from aipm_fast.bench.protocol import Benchmark, BenchError, BenchOptions
     try:
         spec = models.get_spec(model)
@@ -319,7 +319,7 @@ def serve(port, addr, duration, **kwargs):
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def report_command(folder):
     """Rebuild summary.csv and the plots of a finished (or partial) bench folder."""
-    from aipm_fast import report
+    from aipm_fast.bench import report
     try:
         result = report.build_report(folder)
         summary = report.summarize(report.load_runs(folder))

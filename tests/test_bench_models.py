@@ -101,6 +101,22 @@ def test_vit_is_built_for_the_size():
     assert model.encoder.pos_embedding.shape == (1, 5, 768)
 
 
+def test_only_models_whose_architecture_depends_on_the_size_are_rebuilt_per_size():
+    assert {name for name, spec in MODELS.items() if spec.rebuild_per_size} == {"vit_b_16"}
+
+
+def test_vit_weights_of_another_size_say_why(tmp_path):
+    path = tmp_path / "vit32.pt"
+    torch.save(build_model("vit_b_16", size=32).state_dict(), path)
+    with pytest.raises(WeightsLoadError, match=r"encoder\.pos_embedding.*depends on the image size.*built for 48"):
+        build_model("vit_b_16", size=48, weights_path=path)
+
+
+def test_a_spec_needs_its_familys_functions():
+    with pytest.raises(ValueError, match="builder and inputs"):
+        M.ModelSpec(name="x", input_kind="image", native_size=8, default_batch_size=1, description="")
+
+
 def test_build_validates_size():
     with pytest.raises(ValueError, match=r"vit_b_16.*\b40\b.*multiple of 16"):
         build_model("vit_b_16", size=40)

@@ -59,6 +59,28 @@ def test_layout_and_energy_per_inference_match_the_fake_power(tmp_path, fake_eng
     assert list(summary["size"]) == [32, 48]
 
 
+def test_the_protocol_rebuilds_a_model_per_size_only_when_its_spec_says_so(tmp_path, fake_engine, monkeypatch):
+    from torch import nn
+
+    from aipm_fast.bench import models
+    from aipm_fast.bench.models.vision import image_inputs
+
+    engine, _ = fake_engine
+    built = {}
+
+    def builder(spec, size):
+        built.setdefault(spec.name, []).append(size)
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+
+    for name, per_size in (("tiny_fixed", False), ("tiny_per_size", True)):
+        spec = models.ModelSpec(name=name, input_kind="image", native_size=8, default_batch_size=1, description="",
+                                builder=builder, inputs=image_inputs, rebuild_per_size=per_size)
+        monkeypatch.setitem(models.MODELS, name, spec)
+        Benchmark(options(tmp_path / name, model=name, sizes=[8, 16], runs=1, duration_s=0.2, warmup_s=0.0,
+                          baseline_s=0.0, engine=engine), log=lambda m: None).run()
+    assert built == {"tiny_fixed": [8], "tiny_per_size": [8, 16]}
+
+
 def test_adaptive_mode_stops_once_the_median_is_known():
     assert median_precision([1.0, 1.0]) == float("inf")
     assert median_precision([1.0, 1.01, 0.99, 1.0]) < 0.02

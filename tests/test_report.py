@@ -1,4 +1,5 @@
 """Benchmark report: reading run folders, medians and spread per size, summary.csv, plots."""
+import dataclasses
 import json
 import os
 
@@ -6,10 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aipm_fast import report
-from aipm_fast.report import (ReportError, build_report, format_table, load_runs, plot_report,
-                              power_traces, read_samples, summarize, write_summary)
-from bench_fixtures import (IDLE_CPU_W, IDLE_GPU_W, NO_ENERGY_REASON, default_values, write_bench,
+from aipm_fast.bench import plots
+from aipm_fast.bench.folder import load_runs, read_samples
+from aipm_fast.bench.plots import plot_report
+from aipm_fast.bench.report import build_report
+from aipm_fast.bench.runfile import ENERGY_KEYS, ENERGY_PARTS, PartEnergy, ReportError, RunFile
+from aipm_fast.bench.summary import summarize, write_summary
+from aipm_fast.bench.table import format_table
+from aipm_fast.bench.traces import power_traces
+from bench_fixtures import (IDLE_CPU_W, IDLE_GPU_W, NO_ENERGY_REASON, default_values, run_json, write_bench,
                             write_samples)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -45,8 +51,8 @@ def test_load_runs_has_one_row_per_run_with_flattened_energies(bench):
                 "throughput_per_s", "gpu_utilization_pct", "gpu_memory_gb",
                 "gpu_joules_per_inference", "total_dynamic_joules_per_inference", "cpu_energy_j"):
         assert col in runs.columns, col
-    for part in report.ENERGY_PARTS:
-        for key in report.ENERGY_KEYS:
+    for part in ENERGY_PARTS:
+        for key in ENERGY_KEYS:
             assert f"{part}_{key}" in runs.columns
     row = runs[(runs["size"] == 64) & (runs["run"] == 2)].iloc[0]
     v = default_values(64, 2)
@@ -63,6 +69,48 @@ def test_a_part_not_measured_is_nan(tmp_path):
     assert runs["cpu_joules_per_inference"].isna().all()
     assert runs["total_energy_j"].isna().all()
     assert runs["gpu_joules_per_inference"].notna().all()
+
+
+# -- the run file -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("energy", [True, False])
+def test_run_file_reads_and_writes_the_same_json(tmp_path, energy):
+    data = run_json(32, 1, default_values(32, 1), energy=energy)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    run = RunFile.read(path)
+    assert run.to_json() == data
+    assert list(run.to_json()) == list(data)          # the keys in the order of the file
+    assert (run.energy["gpu"] is None) == (not energy)
+    again = tmp_path / "again"
+    again.mkdir()
+    assert RunFile.read(run.write(again)) == run
+
+
+def test_run_file_refuses_to_write_what_the_report_would_refuse(tmp_path):
+    run = RunFile.read(_written(tmp_path, run_json(32, 0, default_values(32, 0))))
+    with pytest.raises(ReportError, match="key 'n_inferences' is 0, must be >= 1") as err:
+        dataclasses.replace(run, n_inferences=0).write(tmp_path / "input_32")
+    assert str(tmp_path / "input_32" / "run.json") in str(err.value)
+    assert not (tmp_path / "input_32" / "run.json").exists()
+
+
+def test_part_energies_sum_and_stay_unknown_where_a_part_is():
+    gpu = PartEnergy.of(10.0, 4.0, 5)
+    cpu = PartEnergy.of(2.0, float("nan"), 5)
+    assert (gpu.joules_per_inference, gpu.dynamic_joules_per_inference) == (2.0, 0.8)
+    assert cpu.dynamic_energy_j is None and cpu.dynamic_joules_per_inference is None
+    total = PartEnergy.sum([gpu, cpu])
+    assert (total.energy_j, total.joules_per_inference) == (12.0, 2.4)
+    assert total.dynamic_energy_j is None
+
+
+def _written(folder, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.json"
+    path.write_text(json.dumps(data))
+    return path
 
 
 # -- ReportError -------------------------------------------------------------------------
@@ -267,7 +315,7 @@ def test_plot_report_reports_why_a_plot_is_skipped(tmp_path):
 def test_power_trace_uses_the_first_run_of_the_largest_size_with_samples(tmp_path):
     write_bench(tmp_path, sizes=SIZES, runs=3, samples=lambda size, run: size == 64 and run >= 1)
     runs = load_runs(tmp_path)
-    row, run_dir = report._trace_run(str(tmp_path), runs)
+    row, run_dir = plots._trace_run(str(tmp_path), runs)
     assert (row["size"], row["run"]) == (64, 1)
     assert run_dir == str(tmp_path / "input_64" / "run_1")
 
@@ -332,7 +380,7 @@ def test_power_traces_are_thinned_to_max_points():
 def test_a_failing_plot_does_not_cost_the_others(bench, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
-    monkeypatch.setattr(report, "_plot_spearman", broken)
+    monkeypatch.setattr(plots, "_plot_spearman", broken)
     result = build_report(bench)
     assert result["skipped"] == {"spearman.png": "failed: RuntimeError: boom"}
     assert len(result["plots"]) == 3

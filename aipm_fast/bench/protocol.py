@@ -9,11 +9,11 @@ batch size), as in the AIPowerMeter tables. Latency is that of one forward pass 
 
 Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts):
     meta.json                              model, options, versions, devices
-    input_<size>/run_<k>/run.json          the run's figures (aipm_fast.report reads it)
+    input_<size>/run_<k>/run.json          the run's figures (a RunFile, bench/runfile.py)
     input_<size>/run_<k>/inferences.csv    one row per forward pass
     input_<size>/run_<k>/power_metrics.json, latency.csv    AIPowerMeter's layout
     input_<size>/run_0/samples.parquet     raw readings of the first run of each size
-    summary.csv, plots/*.png               medians over runs, from aipm_fast.report
+    summary.csv, plots/*.png               medians over runs, from aipm_fast.bench.report
 """
 from __future__ import annotations
 
@@ -27,8 +27,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from aipm_fast import report
 from aipm_fast.bench import models
+from aipm_fast.bench.folder import INFERENCE_COLUMNS, load_runs, run_folder
+from aipm_fast.bench.runfile import ENERGY_PARTS, PartEnergy, RunFile
+from aipm_fast.bench.summary import summarize, write_summary
 from aipm_fast.domains import bench_parts
 from aipm_fast.storage import write_json
 
@@ -124,7 +126,7 @@ class Benchmark:
                 m.measure_baseline(opts.baseline_s)
             model = None
             for size in opts.sizes:
-                if model is None or self.spec.name == "vit_b_16":   # ViT's position embedding depends on size
+                if model is None or self.spec.rebuild_per_size:
                     model = models.build_model(opts.model, weights_path=opts.weights, device=opts.device,
                                                dtype=dtype, size=size)
                 inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
@@ -133,8 +135,9 @@ class Benchmark:
         finally:
             if own_meter:
                 m.stop()
-        report.write_summary(opts.out)
-        return report.summarize(report.load_runs(opts.out))
+        summary = summarize(load_runs(opts.out))
+        write_summary(opts.out, summary)
+        return summary
 
     def _engine_options(self) -> dict:
         """The engine's options, metering only the model's GPU unless GPUs were chosen: idle
@@ -189,10 +192,10 @@ class Benchmark:
             import torch
             torch.cuda.synchronize()
 
-    def _one_run(self, model, inputs, size: int, k: int) -> dict:
+    def _one_run(self, model, inputs, size: int, k: int) -> RunFile:
         import torch
         opts, m = self.opts, self.meter
-        run_dir = os.path.join(opts.out, f"input_{size}", f"run_{k}")
+        run_dir = run_folder(opts.out, size, k)
         os.makedirs(run_dir, exist_ok=True)
         writer = None
         if k == 0:   # the raw trace of one run per size, for the power-trace plot
@@ -217,7 +220,7 @@ class Benchmark:
         return self._write_run(run_dir, size, k, w, passes)
 
     # -- results -----------------------------------------------------------------------------
-    def _write_run(self, run_dir: str, size: int, k: int, w, passes: int) -> dict:
+    def _write_run(self, run_dir: str, size: int, k: int, w, passes: int) -> RunFile:
         opts, m = self.opts, self.meter
         name = f"input_{size}/run_{k}"
         windows = m.windows()
@@ -235,39 +238,33 @@ class Benchmark:
             usable = [d for d in domains if d in win.index and np.isfinite(win.loc[d, "energy_j"])]
             col = f"{part}_j"
             if usable and len(usable) == len(domains):
-                e = float(sum(win.loc[d, "energy_j"] for d in usable))
-                dyn = float(sum(win.loc[d, "dynamic_energy_j"] for d in usable))
-                dyn = dyn if np.isfinite(dyn) else None
-                energy[part] = {"energy_j": e, "dynamic_energy_j": dyn, "joules_per_inference": e / samples,
-                                "dynamic_joules_per_inference": None if dyn is None else dyn / samples}
+                energy[part] = PartEnergy.of(float(sum(win.loc[d, "energy_j"] for d in usable)),
+                                             float(sum(win.loc[d, "dynamic_energy_j"] for d in usable)), samples)
                 table[col] = per_pass[usable].sum(axis=1).reindex(lat.index).to_numpy() if len(per_pass) else np.nan
             else:
                 energy[part] = None
                 table[col] = np.nan
         measured = [energy[p] for p in ("gpu", "cpu") if energy[p] is not None]
         if measured:
-            energy["total"] = {key: (None if any(x[key] is None for x in measured) else sum(x[key] for x in measured))
-                               for key in ("energy_j", "dynamic_energy_j", "joules_per_inference",
-                                           "dynamic_joules_per_inference")}
+            energy["total"] = PartEnergy.sum(measured)
             table["total_j"] = table[[f"{p}_j" for p in ("gpu", "cpu") if energy[p] is not None]].sum(axis=1)
         else:
             energy["total"] = None
             table["total_j"] = np.nan
         util, mem = self._gpu_side(w)
-        run = {
-            "model": opts.model, "size": size, "run": k, "batch_size": opts.batch_size, "device": opts.device,
-            "n_inferences": int(samples), "duration_s": duration,
-            "latency_median_s": float(table["latency_s"].median()) if len(table) else duration / max(passes, 1),
-            "throughput_per_s": samples / duration if duration > 0 else 0.0,
-            "gpu_utilization_pct": util, "gpu_memory_gb": mem,
-            "energy": energy,
-            "energy_missing_reason": None if measured else (self.missing_reason or "no power reading covered this run"),
-        }
-        table[["index", "start_ns", "end_ns", "latency_s", "gpu_j", "cpu_j", "total_j"]].to_csv(
-            os.path.join(run_dir, "inferences.csv"), index=False)
+        run = RunFile(
+            model=opts.model, size=size, run=k, batch_size=opts.batch_size, device=opts.device,
+            n_inferences=int(samples), duration_s=duration,
+            latency_median_s=float(table["latency_s"].median()) if len(table) else duration / max(passes, 1),
+            throughput_per_s=samples / duration if duration > 0 else 0.0,
+            gpu_utilization_pct=util, gpu_memory_gb=mem,
+            energy={part: energy[part] for part in ENERGY_PARTS},
+            energy_missing_reason=None if measured else (self.missing_reason or "no power reading covered this run"),
+        )
+        table[list(INFERENCE_COLUMNS)].to_csv(os.path.join(run_dir, "inferences.csv"), index=False)
         table[["latency_s"]].to_csv(os.path.join(run_dir, "latency.csv"), index=False)
         write_json(os.path.join(run_dir, "power_metrics.json"), _aipowermeter_metrics(run))
-        write_json(os.path.join(run_dir, "run.json"), run)   # last: its presence marks a complete run
+        run.write(run_dir)   # last: its presence marks a complete run
         return run
 
     def _gpu_side(self, w) -> tuple[float | None, float | None]:
@@ -350,26 +347,29 @@ def _nvidia_driver() -> str | None:
     return m.group(1) if m else first.strip()
 
 
-def _headline(run: dict) -> float:
+def _headline(run: RunFile) -> float:
     for part in ("total", "gpu", "cpu"):
-        if run["energy"].get(part):
-            return run["energy"][part]["joules_per_inference"]
-    return run["latency_median_s"]   # no energy: adapt on latency instead
+        if run.energy[part] is not None:
+            return run.energy[part].joules_per_inference
+    return run.latency_median_s   # no energy: adapt on latency instead
 
 
-def _aipowermeter_metrics(run: dict) -> dict:
+def _aipowermeter_metrics(run: RunFile) -> dict:
     """The run's figures under AIPowerMeter's power_metrics.json names (energies in J)."""
-    e = run["energy"]
-    g = e.get("gpu") or {}
-    c = e.get("cpu") or {}
+    def energy_j(part):
+        return None if run.energy[part] is None else run.energy[part].energy_j
+
+    def dynamic_j(part):
+        return None if run.energy[part] is None else run.energy[part].dynamic_energy_j
+
     return {
-        "nvidia_draw_absolute": g.get("energy_j"),
-        "nvidia_estimated_attributable_power_draw": g.get("dynamic_energy_j"),
-        "intel_power": c.get("energy_j"),
-        "total_power_draw": (e.get("total") or {}).get("energy_j"),
-        "nvidia_average_gpu_utilization": run["gpu_utilization_pct"],
-        "nvidia_max_memory_gb": run["gpu_memory_gb"],
-        "duration_s": run["duration_s"],
-        "n_inferences": run["n_inferences"],
+        "nvidia_draw_absolute": energy_j("gpu"),
+        "nvidia_estimated_attributable_power_draw": dynamic_j("gpu"),
+        "intel_power": energy_j("cpu"),
+        "total_power_draw": energy_j("total"),
+        "nvidia_average_gpu_utilization": run.gpu_utilization_pct,
+        "nvidia_max_memory_gb": run.gpu_memory_gb,
+        "duration_s": run.duration_s,
+        "n_inferences": run.n_inferences,
         "unit": "J",
     }

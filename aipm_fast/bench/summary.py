@@ -1,0 +1,63 @@
+"""The runs of a benchmark folder reduced to one row per input size: medians and spread."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from aipm_fast.bench.folder import load_runs
+from aipm_fast.bench.runfile import MEASURED_COLUMNS
+
+__all__ = ["SPREAD_COLUMNS", "summarize", "write_summary"]
+
+#: Columns whose run-to-run spread the summary reports (IQR %, min, max).
+SPREAD_COLUMNS = ("total_joules_per_inference", "gpu_joules_per_inference", "latency_median_s")
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per input size, sorted by size.
+
+    Columns: size, batch_size, runs (how many), the median over runs of every measured column
+    (same names as in load_runs; NaN where no run measured it), and for each of
+    total_joules_per_inference, gpu_joules_per_inference and latency_median_s its run-to-run
+    spread: ``<col>_iqr_pct`` (interquartile range / median x 100, linear quantiles),
+    ``<col>_min`` and ``<col>_max``.
+    """
+    missing = [c for c in ("size", "batch_size", *MEASURED_COLUMNS) if c not in runs.columns]
+    if missing:
+        raise ValueError(f"runs lacks column(s) {', '.join(missing)}: pass the frame of load_runs()")
+    if runs.empty:
+        raise ValueError("no runs to summarize")
+    rows = []
+    for size, group in runs.groupby("size", sort=True):
+        batches = group["batch_size"].unique()
+        if batches.size != 1:
+            raise ValueError(f"size {size}: runs with different batch sizes {sorted(batches.tolist())}")
+        row = {"size": size, "batch_size": int(batches[0]), "runs": int(len(group))}
+        for col in MEASURED_COLUMNS:
+            row[col] = float(group[col].astype(np.float64).median())  # NaN when all are NaN
+        for col in SPREAD_COLUMNS:
+            values = group[col].astype(np.float64).dropna()
+            if values.empty:
+                row[f"{col}_iqr_pct"] = row[f"{col}_min"] = row[f"{col}_max"] = float("nan")
+                continue
+            median = float(values.median())
+            iqr = float(values.quantile(0.75) - values.quantile(0.25))
+            row[f"{col}_iqr_pct"] = iqr / abs(median) * 100.0 if median != 0 else float("nan")
+            row[f"{col}_min"] = float(values.min())
+            row[f"{col}_max"] = float(values.max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_summary(out_dir, summary: pd.DataFrame | None = None) -> str:
+    """OUT/summary.csv of the summary given (by default summarize(load_runs(out_dir))); returns its path."""
+    out_dir = os.fspath(out_dir)
+    if summary is None:
+        summary = summarize(load_runs(out_dir))
+    path = os.path.join(out_dir, "summary.csv")
+    tmp = path + ".tmp"
+    summary.to_csv(tmp, index=False, float_format="%.6g")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,66 @@
+"""The console table of a benchmark summary (rich), and the number formats it shares with the plots."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["fmt", "fmt_exact", "format_table"]
+
+
+def fmt(value, significant: int = 3) -> str:
+    """A number with about `significant` significant digits, thousands separated; '-' for NaN."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    value = float(value)
+    if value == 0:
+        return "0"
+    decimals = max(0, significant - 1 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:,.{decimals}f}"
+
+
+def fmt_exact(value) -> str:
+    """A size or a count as written: 224, 0.5; '-' for NaN."""
+    if value is None or not np.isfinite(value):
+        return "-"
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def format_table(summary: pd.DataFrame, title: str | None = None):
+    """A compact rich Table of a summary: energy per inference, latency, throughput, GPU load.
+
+    Columns whose values are all NaN (not measured) are left out.
+    """
+    from rich.table import Table
+
+    def col(name):
+        return summary[name].to_numpy(dtype=np.float64) if name in summary else np.full(len(summary), np.nan)
+
+    energy_spread = col("total_joules_per_inference_iqr_pct")
+    energy_spread = np.where(np.isfinite(energy_spread), energy_spread, col("gpu_joules_per_inference_iqr_pct"))
+    columns = [
+        ("size", col("size"), fmt_exact),
+        ("batch", col("batch_size"), fmt_exact),
+        ("runs", col("runs"), fmt_exact),
+        ("GPU J/inf", col("gpu_joules_per_inference"), fmt),
+        ("CPU J/inf", col("cpu_joules_per_inference"), fmt),
+        ("total J/inf", col("total_joules_per_inference"), fmt),
+        ("dyn. total J/inf", col("total_dynamic_joules_per_inference"), fmt),
+        ("latency ms", col("latency_median_s") * 1e3, fmt),
+        ("throughput/s", col("throughput_per_s"), fmt),
+        ("GPU util %", col("gpu_utilization_pct"), lambda v: fmt(v, 2)),
+        ("GPU mem GB", col("gpu_memory_gb"), fmt),
+        ("J spread %", energy_spread, lambda v: fmt(v, 2)),
+    ]
+    if not np.isfinite(energy_spread).any():
+        columns.append(("latency spread %", col("latency_median_s_iqr_pct"), lambda v: fmt(v, 2)))
+    columns = [c for c in columns if np.isfinite(c[1]).any()]
+    table = Table(title=title, caption="medians over runs; spread: interquartile range over runs, "
+                                       "% of the median", caption_justify="left")
+    for name, _, _ in columns:
+        table.add_column(name, justify="right")
+    for i in range(len(summary)):
+        table.add_row(*[fmt(values[i]) for _, values, fmt in columns])
+    return table
