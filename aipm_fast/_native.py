@@ -4,6 +4,7 @@ Everything else in the package talks to the C core through `Engine`, which turns
 return codes into exceptions carrying the C side's message (which file, which call, why), and
 drains the ring straight into numpy without a Python object per sample.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,9 +18,7 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
         "`python csrc/build_native.py`."
     ) from exc
 
-RECORD_DTYPE = np.dtype(
-    [("t_ns", "<i8"), ("value", "<f8"), ("channel", "<u4"), ("flags", "<u4")]
-)
+RECORD_DTYPE = np.dtype([("t_ns", "<i8"), ("value", "<f8"), ("channel", "<u4"), ("flags", "<u4")])
 if ffi.sizeof("aipm_record") != RECORD_DTYPE.itemsize:  # pragma: no cover - a build mismatch
     raise ImportError("aipm_record and RECORD_DTYPE disagree in size: rebuild the extension")
 

@@ -1,4 +1,5 @@
 """The `aipm-fast` command line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,12 +15,13 @@ from rich.table import Table
 
 from aipm_fast.config import HARDWARE_OPTIONS, EngineConfig, HardwareOption
 
-console = Console(stderr=True)   # tables and messages; stdout stays clean for --json
+console = Console(stderr=True)  # tables and messages; stdout stays clean for --json
 out = Console()
 
 
 class _Parsed(click.ParamType):
     """A hardware option's text through its table row's parser: a bad value names the option."""
+
     name = "text"
 
     def __init__(self, option: HardwareOption):
@@ -42,9 +44,14 @@ def engine_options(func):
         if o.switch is not None:
             option = click.option(o.cli_flag, o.name, is_flag=True, help=o.help)
         else:
-            option = click.option(o.cli_flag, o.name, envvar=o.env, show_envvar=bool(o.env),
-                                  type=click.STRING if o.parse is str else _Parsed(o),
-                                  help=f"{o.help} [{o.shown_default or o.default}]")
+            option = click.option(
+                o.cli_flag,
+                o.name,
+                envvar=o.env,
+                show_envvar=bool(o.env),
+                type=click.STRING if o.parse is str else _Parsed(o),
+                help=f"{o.help} [{o.shown_default or o.default}]",
+            )
         func = option(func)
     return func
 
@@ -84,20 +91,21 @@ def devices(as_json, **kwargs):
     rec = Recorder(engine_config(kwargs))
     found = rec.discovery
     if as_json:
-        out.print_json(data={
-            "channels": [c.to_dict() for c in found.channels],
-            "domains": {d: m.to_dict() for d, m in found.domains.items()},
-            "devices": found.devices,
-            "problems": [dataclasses.asdict(p) for p in found.problems],
-            "notes": found.notes,
-        })
+        out.print_json(
+            data={
+                "channels": [c.to_dict() for c in found.channels],
+                "domains": {d: m.to_dict() for d, m in found.domains.items()},
+                "devices": found.devices,
+                "problems": [dataclasses.asdict(p) for p in found.problems],
+                "notes": found.notes,
+            }
+        )
     else:
         table = Table(title="channels")
         for col in ("domain", "channel", "source", "unit", "period", "reads from"):
             table.add_column(col)
         for c in found.channels:
-            table.add_row(c.domain, c.label, c.source, c.unit,
-                          f"{c.period_s * 1e3:g} ms", c.detail)
+            table.add_row(c.domain, c.label, c.source, c.unit, f"{c.period_s * 1e3:g} ms", c.detail)
         out.print(table)
         for domain, name in found.devices.items():
             out.print(f"{domain}: {name}")
@@ -130,26 +138,48 @@ def probe(seconds, as_json, **kwargs):
 
     for r in result["channels"]:
         status = r["status"] + (f" ({r['last_error']})" if r["last_error"] else "")
-        table.add_row(r["channel"], status, ms(r["read_period_ms"]), ms(r["update_median_ms"]),
-                      ms(r["update_p10_ms"]), ms(r["update_p90_ms"]), str(r["updates"]),
-                      "-" if r["read_cost_us"] is None else f"{r['read_cost_us']:.3g} µs")
+        table.add_row(
+            r["channel"],
+            status,
+            ms(r["read_period_ms"]),
+            ms(r["update_median_ms"]),
+            ms(r["update_p10_ms"]),
+            ms(r["update_p90_ms"]),
+            str(r["updates"]),
+            "-" if r["read_cost_us"] is None else f"{r['read_cost_us']:.3g} µs",
+        )
     out.print(table)
     s = result["sampler"]
-    out.print(f"sampler: {s['wakeups']} wake-ups, lateness p50 {s['lateness_p50_us'] or 0:.1f} µs, "
-              f"p99 {s['lateness_p99_us'] or 0:.1f} µs, CPU {s['cpu_percent_of_core']:.2f}% of a core, "
-              f"missed deadlines {s['missed_deadlines']}, ring overflows {s['overflows']}")
+    out.print(
+        f"sampler: {s['wakeups']} wake-ups, lateness p50 {s['lateness_p50_us'] or 0:.1f} µs, "
+        f"p99 {s['lateness_p99_us'] or 0:.1f} µs, CPU {s['cpu_percent_of_core']:.2f}% of a core, "
+        f"missed deadlines {s['missed_deadlines']}, ring overflows {s['overflows']}"
+    )
     print_problems([_problem(p) for p in result["problems"]], result["notes"])
 
 
 def _problem(d):
     from aipm_fast.sources import Problem
+
     return Problem(**d)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds to record (without a command)")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for samples.parquet and summary.json")
-@click.option("--drain-every", default=0.25, show_default=True, type=click.FloatRange(min=0.01), help="seconds between drains (and file writes)")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="folder for samples.parquet and summary.json",
+)
+@click.option(
+    "--drain-every",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="seconds between drains (and file writes)",
+)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @engine_options
 def record(duration, out_dir, drain_every, command, **kwargs):
@@ -173,6 +203,7 @@ def record(duration, out_dir, drain_every, command, **kwargs):
 
     def on_term(signum, frame):  # a polite kill still leaves complete files behind
         raise KeyboardInterrupt
+
     previous = signal.signal(signal.SIGTERM, on_term)
     exit_code = 0
     proc = None
@@ -182,14 +213,17 @@ def record(duration, out_dir, drain_every, command, **kwargs):
             try:
                 proc = subprocess.Popen(list(command))
             except OSError as exc:
-                raise click.ClickException(f"cannot run {command[0]!r}: {exc.strerror}")
+                raise click.ClickException(f"cannot run {command[0]!r}: {exc.strerror}") from None
         deadline = time.monotonic() + duration if duration else None
         with console.status("recording") as status:
             while True:
                 time.sleep(drain_every)
                 rec.drain()
-                status.update(f"recording: {(time.monotonic() - (deadline - duration if deadline else 0)):.0f} s"
-                              if deadline else f"recording while {command[0]} runs ({writer.rows} samples)")
+                status.update(
+                    f"recording: {(time.monotonic() - (deadline - duration if deadline else 0)):.0f} s"
+                    if deadline
+                    else f"recording while {command[0]} runs ({writer.rows} samples)"
+                )
                 if proc is not None and proc.poll() is not None:
                     exit_code = proc.returncode
                     break
@@ -220,32 +254,66 @@ def _print_domains(summary: dict) -> None:
     for col in ("domain", "energy (J)", "mean power (W)", "method"):
         table.add_column(col)
     for domain, d in summary["domains"].items():
-        table.add_row(domain, "-" if d["energy_j"] is None else f"{d['energy_j']:.3f}",
-                      "-" if d["mean_power_w"] is None else f"{d['mean_power_w']:.2f}", d["method"])
+        table.add_row(
+            domain,
+            "-" if d["energy_j"] is None else f"{d['energy_j']:.3f}",
+            "-" if d["mean_power_w"] is None else f"{d['mean_power_w']:.2f}",
+            d["method"],
+        )
     console.print(table)
 
 
 @main.command()
 @click.option("--model", help="architecture to measure (see --list-models)")
 @click.option("--list-models", is_flag=True, help="list the models and exit")
-@click.option("--batch-size", type=click.IntRange(min=1), help="inputs per forward pass [the model's published default]")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), help="inputs per forward pass [the model's published default]"
+)
 @click.option("--sizes", help="input sizes: a list (112,224) or start:stop:step [the model's native size]")
-@click.option("--runs", default=10, show_default=True, type=click.IntRange(min=1),
-              help="repetitions per size (the maximum, with --precision)")
+@click.option(
+    "--runs",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="repetitions per size (the maximum, with --precision)",
+)
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds per run [5]")
 @click.option("--iters", type=click.IntRange(min=1), help="forward passes per run (instead of --duration)")
-@click.option("--warmup", default=2.0, show_default=True, type=click.FloatRange(min=0), help="seconds of warm-up per size")
-@click.option("--baseline", default=3.0, show_default=True, type=click.FloatRange(min=0), help="seconds of idle baseline")
+@click.option(
+    "--warmup", default=2.0, show_default=True, type=click.FloatRange(min=0), help="seconds of warm-up per size"
+)
+@click.option(
+    "--baseline", default=3.0, show_default=True, type=click.FloatRange(min=0), help="seconds of idle baseline"
+)
 @click.option("--device", help="cuda or cpu [cuda when present]")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
 @click.option("--weights", type=click.Path(dir_okay=False), help="local state-dict file (weights are random otherwise)")
-@click.option("--precision", type=click.FloatRange(min=0, min_open=True),
-              help="adaptive: stop repeating once the median J/inference is known to this relative precision (0.02 = 2%)")
+@click.option(
+    "--precision",
+    type=click.FloatRange(min=0, min_open=True),
+    help="adaptive: stop repeating once the median J/inference is known to this relative precision (0.02 = 2%)",
+)
 @click.option("--out", "out_dir", default=None, help="output folder [aipm-bench/<model>]")
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
 @engine_options
-def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, baseline, device, dtype, weights,
-          precision, out_dir, no_plots, **kwargs):
+def bench(
+    model,
+    list_models,
+    batch_size,
+    sizes,
+    runs,
+    duration,
+    iters,
+    warmup,
+    baseline,
+    device,
+    dtype,
+    weights,
+    precision,
+    out_dir,
+    no_plots,
+    **kwargs,
+):
     """Joules per inference of a model at several input sizes, repeated runs, medians.
 
     aipm-fast bench --model vit_b_16 --sizes 224,384 --runs 10
@@ -253,32 +321,53 @@ def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, 
     from rich.progress import Progress
 
     from aipm_fast.bench import models
+
     if list_models:
         table = Table(title="models")
         for col in ("model", "input", "native size", "batch size", "needs", "available"):
             table.add_column(col)
         for r in models.list_models():
-            table.add_row(r.name, r.input_kind, str(r.native_size), str(r.default_batch_size),
-                          r.requires or "-", "yes" if r.available else "no")
+            table.add_row(
+                r.name,
+                r.input_kind,
+                str(r.native_size),
+                str(r.default_batch_size),
+                r.requires or "-",
+                "yes" if r.available else "no",
+            )
         out.print(table)
         return
     if not model:
         raise click.UsageError("give --model (see --list-models)")
     from aipm_fast.bench import report
-    from aipm_fast.bench.protocol import Benchmark, BenchError, BenchOptions
+    from aipm_fast.bench.protocol import BenchError, Benchmark, BenchOptions
+
     try:
         spec = models.get_spec(model)
         size_list = models.parse_sizes(sizes, spec)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model/--sizes")
+        raise click.BadParameter(str(exc), param_hint="--model/--sizes") from None
     if device is None:
         import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     config = engine_config(kwargs)
-    opts = BenchOptions(model=model, sizes=size_list, batch_size=batch_size or spec.default_batch_size, runs=runs,
-                        duration_s=None if iters else (duration or 5.0), iters=iters, warmup_s=warmup,
-                        baseline_s=baseline, device=device, dtype=dtype, out=out_dir or os.path.join("aipm-bench", model),
-                        weights=weights, precision=precision, engine={"config": config})
+    opts = BenchOptions(
+        model=model,
+        sizes=size_list,
+        batch_size=batch_size or spec.default_batch_size,
+        runs=runs,
+        duration_s=None if iters else (duration or 5.0),
+        iters=iters,
+        warmup_s=warmup,
+        baseline_s=baseline,
+        device=device,
+        dtype=dtype,
+        out=out_dir or os.path.join("aipm-bench", model),
+        weights=weights,
+        precision=precision,
+        engine={"config": config},
+    )
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{model}", total=len(size_list) * runs)
         done = {}
@@ -286,10 +375,11 @@ def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, 
         def tick(size, k):
             done[size] = k
             progress.update(task, completed=sum(done.values()), description=f"{model} size {size} run {k}")
+
         try:
             summary = Benchmark(opts, progress=tick, log=lambda msg: console.print(msg)).run()
         except (BenchError, models.BenchModelError) as exc:
-            raise click.ClickException(str(exc))
+            raise click.ClickException(str(exc)) from None
     console.print(report.format_table(summary, title=f"{model}: medians over runs ({opts.out})"))
     if not no_plots:
         result = report.build_report(opts.out)
@@ -299,20 +389,26 @@ def bench(model, list_models, batch_size, sizes, runs, duration, iters, warmup, 
 
 
 @main.command()
-@click.option("--port", default=9464, show_default=True, type=click.IntRange(0, 65535), help="port to serve /metrics on")
+@click.option(
+    "--port", default=9464, show_default=True, type=click.IntRange(0, 65535), help="port to serve /metrics on"
+)
 @click.option("--addr", default="127.0.0.1", show_default=True, help="address to bind (0.0.0.0 for every interface)")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="stop after this many seconds [never]")
 @engine_options
 def serve(port, addr, duration, **kwargs):
     """Serve this machine's live power and cumulative energy to Prometheus."""
     try:
-        from aipm_fast.integrations import prometheus
         import prometheus_client  # noqa: F401  (the exporter needs it: fail here, clearly)
+
+        from aipm_fast.integrations import prometheus
     except ImportError:
-        raise click.ClickException("aipm-fast serve needs prometheus_client: pip install 'aipm-fast[prometheus]'")
+        raise click.ClickException(
+            "aipm-fast serve needs prometheus_client: pip install 'aipm-fast[prometheus]'"
+        ) from None
     config = engine_config(kwargs)
-    prometheus.serve(port, addr, duration, config=config,
-                     on_ready=lambda e: console.print(f"serving {e.url} (Ctrl-C stops)"))
+    prometheus.serve(
+        port, addr, duration, config=config, on_ready=lambda e: console.print(f"serving {e.url} (Ctrl-C stops)")
+    )
 
 
 @main.command("report")
@@ -320,11 +416,12 @@ def serve(port, addr, duration, **kwargs):
 def report_command(folder):
     """Rebuild summary.csv and the plots of a finished (or partial) bench folder."""
     from aipm_fast.bench import report
+
     try:
         result = report.build_report(folder)
         summary = report.summarize(report.load_runs(folder))
     except report.ReportError as exc:
-        raise click.ClickException(str(exc))
+        raise click.ClickException(str(exc)) from None
     console.print(report.format_table(summary, title=folder))
     for path in result["plots"]:
         console.print(f"plot: {path}")

@@ -12,6 +12,7 @@ option (say a hwmon root read from `AIPM_HWMON_ROOT`) is one row here plus its u
 that reads it (`config.hwmon_root`); then regenerate the README table with
 `python -c "from aipm_fast.config import hardware_options_markdown as m; print(m())"`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,20 +34,23 @@ def parse_gpu_list(text: str) -> list[int]:
 class HardwareOption:
     """One hardware option: an `EngineConfig` field, a command-line option and, for paths, an
     environment variable."""
-    name: str                       # the EngineConfig field (and Meter/Recorder keyword)
-    type: str                       # the field's annotation
+
+    name: str  # the EngineConfig field (and Meter/Recorder keyword)
+    type: str  # the field's annotation
     default: Any
-    help: str                       # --help text and the README's "what" column
-    env: str | None = None          # environment variable; None: command line and Python only
-    flag: str = ""                  # command-line option; "": --name-with-dashes
-    parse: Callable[[str], Any] = str   # option or variable text -> field value (ValueError if bad)
-    switch: Any = None              # not None: a flag taking no value, setting the field to this
-    shown_default: str = ""         # the default as --help and the README say it; "": `default`
+    help: str  # --help text and the README's "what" column
+    env: str | None = None  # environment variable; None: command line and Python only
+    flag: str = ""  # command-line option; "": --name-with-dashes
+    parse: Callable[[str], Any] = str  # option or variable text -> field value (ValueError if bad)
+    switch: Any = None  # not None: a flag taking no value, setting the field to this
+    shown_default: str = ""  # the default as --help and the README say it; "": `default`
 
     def __post_init__(self):
         if self.switch is not None and self.env:
-            raise ValueError(f"{self.name}: a switch (like --no-cpu) has no environment variable: "
-                             "neither the command line nor from_env would read one")
+            raise ValueError(
+                f"{self.name}: a switch (like --no-cpu) has no environment variable: "
+                "neither the command line nor from_env would read one"
+            )
 
     @property
     def cli_flag(self) -> str:
@@ -54,25 +58,53 @@ class HardwareOption:
 
 
 HARDWARE_OPTIONS: tuple[HardwareOption, ...] = (
-    HardwareOption("powercap_root", "str", "/sys/class/powercap", "powercap sysfs folder",
-                   env="AIPM_POWERCAP_ROOT"),
-    HardwareOption("msr_root", "str", "/dev/cpu", "folder of per-CPU msr files (0/msr, 1/msr, ...)",
-                   env="AIPM_MSR_ROOT"),
-    HardwareOption("perf_root", "str", "/sys/bus/event_source/devices", "perf PMU sysfs folder",
-                   env="AIPM_PERF_ROOT"),
-    HardwareOption("cpu_root", "str", "/sys/devices/system/cpu", "CPU topology sysfs folder",
-                   env="AIPM_CPU_ROOT"),
+    HardwareOption("powercap_root", "str", "/sys/class/powercap", "powercap sysfs folder", env="AIPM_POWERCAP_ROOT"),
+    HardwareOption(
+        "msr_root", "str", "/dev/cpu", "folder of per-CPU msr files (0/msr, 1/msr, ...)", env="AIPM_MSR_ROOT"
+    ),
+    HardwareOption("perf_root", "str", "/sys/bus/event_source/devices", "perf PMU sysfs folder", env="AIPM_PERF_ROOT"),
+    HardwareOption("cpu_root", "str", "/sys/devices/system/cpu", "CPU topology sysfs folder", env="AIPM_CPU_ROOT"),
     HardwareOption("nvml_lib", "str", "libnvidia-ml.so.1", "NVML library", env="AIPM_NVML_LIB"),
-    HardwareOption("hwmon_root", "str", "/sys/class/hwmon", "hwmon sysfs folder (AMD and Intel GPUs, boards)",
-                   env="AIPM_HWMON_ROOT"),
-    HardwareOption("wall_meter", "str | None", None, "a wall meter's stream: file, pipe or device of 'timestamp watts' lines",
-                   env="AIPM_WALL_METER", shown_default="none"),
-    HardwareOption("wall_meter_adds", "bool", False, "the wall meter measures a device no other source covers: add it to totals",
-                   switch=True, shown_default="not added"),
-    HardwareOption("gpus", "list[int] | None", None, "comma list of GPU indices to read",
-                   parse=parse_gpu_list, shown_default="every GPU NVML sees"),
-    HardwareOption("cpu", "bool", True, "do not read RAPL (on all but one rank per node)",
-                   flag="--no-cpu", switch=False, shown_default="RAPL read"),
+    HardwareOption(
+        "hwmon_root",
+        "str",
+        "/sys/class/hwmon",
+        "hwmon sysfs folder (AMD and Intel GPUs, boards)",
+        env="AIPM_HWMON_ROOT",
+    ),
+    HardwareOption(
+        "wall_meter",
+        "str | None",
+        None,
+        "a wall meter's stream: file, pipe or device of 'timestamp watts' lines",
+        env="AIPM_WALL_METER",
+        shown_default="none",
+    ),
+    HardwareOption(
+        "wall_meter_adds",
+        "bool",
+        False,
+        "the wall meter measures a device no other source covers: add it to totals",
+        switch=True,
+        shown_default="not added",
+    ),
+    HardwareOption(
+        "gpus",
+        "list[int] | None",
+        None,
+        "comma list of GPU indices to read",
+        parse=parse_gpu_list,
+        shown_default="every GPU NVML sees",
+    ),
+    HardwareOption(
+        "cpu",
+        "bool",
+        True,
+        "do not read RAPL (on all but one rank per node)",
+        flag="--no-cpu",
+        switch=False,
+        shown_default="RAPL read",
+    ),
 )
 
 ENV = {o.name: o.env for o in HARDWARE_OPTIONS if o.env}
@@ -100,19 +132,21 @@ DEFAULT_PERIODS_S = {
 # The hardware fields, one per row of the table, ahead of the engine's own settings. Typed Any
 # for type checkers, which cannot see fields made at run time.
 _HardwareFields: Any = dataclasses.make_dataclass(
-    "_HardwareFields", [(o.name, o.type, field(default=o.default)) for o in HARDWARE_OPTIONS])
+    "_HardwareFields", [(o.name, o.type, field(default=o.default)) for o in HARDWARE_OPTIONS]
+)
 
 
 @dataclass
 class EngineConfig(_HardwareFields):
     """The engine's settings: one field per hardware option (`HARDWARE_OPTIONS`), then the NVML
     channels, the sampling periods and the ring's size."""
+
     nvml_channels: tuple[str, ...] = ("power_samples", "power_instant", "energy", "utilization", "memory_used")
     periods_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PERIODS_S))
-    ring_capacity_log2: int = 18           # 262,144 records: about a minute at default rates
+    ring_capacity_log2: int = 18  # 262,144 records: about a minute at default rates
 
     @classmethod
-    def from_env(cls, environ=None, **overrides) -> "EngineConfig":
+    def from_env(cls, environ=None, **overrides) -> EngineConfig:
         """Defaults, then environment variables, then explicit overrides (None means unset)."""
         environ = os.environ if environ is None else environ
         values = {}

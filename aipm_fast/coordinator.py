@@ -4,6 +4,7 @@ It runs as an asyncio task: on a background thread for plain code, or in the cal
 loop for async code. User code only appends marks to a deque (thread-safe, no lock), so the
 hot path never waits on the coordinator.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,25 +12,28 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from aipm_fast import policy
 from aipm_fast.results import MarkBatch, SessionResults, Window
+from aipm_fast.timing import Anchor
 from aipm_fast.tracks import ChannelTrack, answering_track, edge_uncertainty, latest
 
-MAX_WAIT_NS = 5_000_000_000   # an edge that no reading passes within 5 s is integrated as unknown
-SILENT_NS = 3_000_000_000     # a domain with no usable reading for this long is not waited for
+MAX_WAIT_NS = 5_000_000_000  # an edge that no reading passes within 5 s is integrated as unknown
+SILENT_NS = 3_000_000_000  # a domain with no usable reading for this long is not waited for
 
 
 @dataclass
 class Mark:
     """One inference or step: two timing tokens (host ns or CUDA events) under an anchor."""
+
     index: int
     window: str
-    anchor: object
-    start: object
-    end: object
+    anchor: Anchor | None
+    start: Any
+    end: Any
 
 
 class Coordinator:
@@ -39,35 +43,46 @@ class Coordinator:
     `lock`, taken by the coordinator's loop, by Meter.flush/stop, and by readers that need a
     consistent view of the tracks (the exporter)."""
 
-    def __init__(self, recorder, timer, out_dir: str | None = None, drain_period_s: float = 0.1,
-                 keep_s: float = 2.0, clock=time.monotonic_ns):
+    def __init__(
+        self,
+        recorder,
+        timer,
+        out_dir: str | None = None,
+        drain_period_s: float = 0.1,
+        keep_s: float = 2.0,
+        clock=time.monotonic_ns,
+    ):
         self.rec = recorder
-        self.clock = clock            # "now" for waiting and trimming: a replay brings its own
+        self.clock = clock  # "now" for waiting and trimming: a replay brings its own
         self.timer = timer
         self.drain_period_s = drain_period_s
         self.keep_ns = int(keep_s * 1e9)
         self.ranked = policy.ranked_channels(recorder.channels.values())
         self.tracks = {c.id: ChannelTrack(c) for chs in self.ranked.values() for c in chs}
         # power channel id -> the counter id that scales it
-        self.anchors = {c.id: a.id for chs in self.ranked.values() for c in chs
-                        if (a := policy.anchor_for(c, chs)) is not None}
-        self.anchor_points: dict[int, list] = {}   # power channel -> [first, last] (t, trace J, counter J)
+        self.anchors = {
+            c.id: a.id for chs in self.ranked.values() for c in chs if (a := policy.anchor_for(c, chs)) is not None
+        }
+        self.anchor_points: dict[int, list] = {}  # power channel -> [first, last] (t, trace J, counter J)
         self.health: dict[int, str] = {}
-        self._horizon_ns = float("-inf")     # see _horizon: updated at each drain
+        self._horizon_ns = float("-inf")  # see _horizon: updated at each drain
         self.results = SessionResults(self.ranked, recorder.discovery.domains, out_dir)
         self.marks: collections.deque[Mark] = collections.deque()
-        self._untimed: list[Mark] = []      # CUDA marks whose end event has not completed
-        self._timed: list[tuple[Mark, int, int]] = []   # waiting for readings to pass their end
+        self._untimed: list[Mark] = []  # CUDA marks whose end event has not completed
+        self._timed: list[tuple[Mark, int, int]] = []  # waiting for readings to pass their end
         self._open_edges: list[tuple[Window, str]] = []  # window edges waiting for readings
         self.lock = threading.RLock()
         self._stopping = False
         self.errors: list[str] = []
         # side quantities (GPU utilisation, memory) kept for a few minutes: they are few readings
         # (10 Hz), and a benchmark run asks for their mean over its window after it ends
-        self.side = {ch.id: SideSeries(ch.name, ch.domain, ch.quantity) for ch in recorder.channels.values()
-                     if not ch.carries_energy}
+        self.side = {
+            ch.id: SideSeries(ch.name, ch.domain, ch.quantity)
+            for ch in recorder.channels.values()
+            if not ch.carries_energy
+        }
         self.side_keep_ns = int(300e9)
-        recorder.add_sink(self._ingest)   # every drain, wherever it happens, reaches the tracks
+        recorder.add_sink(self._ingest)  # every drain, wherever it happens, reaches the tracks
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -75,11 +90,12 @@ class Coordinator:
             await asyncio.sleep(self.drain_period_s)
             try:
                 self.process()
-            except Exception as exc:   # never let the meter die silently in the background
+            except Exception as exc:  # never let the meter die silently in the background
                 self.errors.append(repr(exc))
                 if len(self.errors) == 1:
                     import warnings
-                    warnings.warn(f"aipm-fast coordinator: {exc!r}; measuring goes on", RuntimeWarning)
+
+                    warnings.warn(f"aipm-fast coordinator: {exc!r}; measuring goes on", RuntimeWarning, stacklevel=1)
 
     def stop(self) -> None:
         self._stopping = True
@@ -94,8 +110,9 @@ class Coordinator:
             self._resolve_window_edges(now, final)
             self._integrate_marks(now, final)
             self._update_anchor_points()
-            self.results.update(self.scales(), self.health,
-                                {cid: tr.problem for cid, tr in self.tracks.items() if tr.problem})
+            self.results.update(
+                self.scales(), self.health, {cid: tr.problem for cid, tr in self.tracks.items() if tr.problem}
+            )
             self._trim(now)
             if final:
                 self.results.finalize()
@@ -112,8 +129,9 @@ class Coordinator:
                 track.append(sel["t_ns"], sel["value"])
             for cid, series in self.side.items():
                 sel = records[records["channel"] == cid]
-                series.append(sel["t_ns"], sel["value"], keep_from=int(sel["t_ns"][-1]) - self.side_keep_ns
-                              if sel.size else None)
+                series.append(
+                    sel["t_ns"], sel["value"], keep_from=int(sel["t_ns"][-1]) - self.side_keep_ns if sel.size else None
+                )
 
     def _time_marks(self) -> None:
         while self.marks:
@@ -148,7 +166,7 @@ class Coordinator:
                 continue
             has_curve = tr.curve() is not None
             if now - started >= SILENT_NS and (tr.last_ns is None or not has_curve or now - tr.last_ns > SILENT_NS):
-                continue                  # not waited for
+                continue  # not waited for
             horizon = min(horizon, tr.last_ns if has_curve and tr.last_ns is not None else float("-inf"))
         return horizon
 
@@ -156,6 +174,7 @@ class Coordinator:
         still = []
         for w, which in self._open_edges:
             t = w.start_ns if which == "start" else w.end_ns
+            assert t is not None  # an end edge is queued only once the window has closed
             if not self._covered(t, now, final):
                 still.append((w, which))
                 continue
@@ -179,10 +198,15 @@ class Coordinator:
         a = np.array([x[1] for x in ready], dtype=np.int64)
         b = np.array([x[2] for x in ready], dtype=np.int64)
         energies = {d: self._mark_energies(d, a, b) for d in self.ranked}
-        self.results.add_marks(MarkBatch(
-            index=np.array([x[0].index for x in ready], dtype=np.int64),
-            window=np.array([x[0].window for x in ready], dtype=object),
-            start_ns=a, end_ns=b, energy=energies))
+        self.results.add_marks(
+            MarkBatch(
+                index=np.array([x[0].index for x in ready], dtype=np.int64),
+                window=np.array([x[0].window for x in ready], dtype=object),
+                start_ns=a,
+                end_ns=b,
+                energy=energies,
+            )
+        )
 
     def _mark_energies(self, domain: str, a: np.ndarray, b: np.ndarray):
         """(energy, uncertainty, estimate, channel id) per mark, unscaled: each mark from the best
@@ -191,8 +215,10 @@ class Coordinator:
         u = np.full(a.size, np.nan)
         est = np.ones(a.size, bool)
         cid = np.full(a.size, -1, np.int32)
-        order = sorted((c for c in self.ranked[domain] if policy.usable(self.health.get(c.id))),
-                       key=lambda c: policy.health_rank(self.health.get(c.id)))
+        order = sorted(
+            (c for c in self.ranked[domain] if policy.usable(self.health.get(c.id))),
+            key=lambda c: policy.health_rank(self.health.get(c.id)),
+        )
         for c in order:
             todo = cid < 0
             if not todo.any():
@@ -224,7 +250,7 @@ class Coordinator:
             pts = self.anchor_points.get(trace_id)
             for k, t in enumerate(times):
                 if pts is not None and (k == 0 or t <= pts[1][0]):
-                    continue      # the first point is kept; the last only moves forward
+                    continue  # the first point is kept; the last only moves forward
                 at = np.array([t])
                 point = (t, float(trace.cumulative(at)[0]), float(counter.cumulative(at)[0]))
                 if not all(np.isfinite(point[1:])):
@@ -239,7 +265,7 @@ class Coordinator:
         one second before the oldest edge still waiting (a CUDA mark not timed yet may lie
         anywhere after its anchor)."""
         pending = [x[1] for x in self._timed]
-        pending += [w.start_ns if k == "start" else w.end_ns for w, k in self._open_edges]
+        pending += [w.start_ns if k == "start" or w.end_ns is None else w.end_ns for w, k in self._open_edges]
         pending += [m.anchor.host_ns for m in self._untimed if m.anchor is not None]
         keep_from = min([now - self.keep_ns, *pending]) - 1_000_000_000
         for track in self.tracks.values():
@@ -259,7 +285,7 @@ class Coordinator:
     def scales(self) -> dict[int, policy.Scale]:
         """Counter-over-trace scale of every power channel that has a counter to anchor it."""
         out = {}
-        for trace_id, counter_id in self.anchors.items():
+        for trace_id in self.anchors:
             pts = self.anchor_points.get(trace_id)
             if not pts:
                 out[trace_id] = policy.Scale.none("energy counter not read within the trace yet: trace unscaled")

@@ -2,6 +2,7 @@
 in. The sources declare it (aipm_fast.sources.Domain: part, additive, parent); this module only
 reads those declarations, for mappings of domain meaning and for result tables that carry them
 as `part` and `additive` columns (Meter.windows(), gathered tables)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping

@@ -197,7 +197,7 @@ class EnergyCurve:
 
     def _at_rel(self, x: np.ndarray) -> np.ndarray:
         """Cumulative energy (J) at 1-D float times x (ns since the first knot)."""
-        if self._p_j_per_ns is None:
+        if self._p_j_per_ns is None or self._dp_j_per_ns2 is None:
             e = np.interp(x, self._x, self.joules)
         else:
             j = np.searchsorted(self._x, x, side="right")
@@ -210,7 +210,7 @@ class EnergyCurve:
             e += self._p_j_per_ns[j]
             e *= tau
             e += self.joules[j]
-        limit_ns = self.max_extrapolation_s * _NS_PER_S
+        limit_ns = float(self.max_extrapolation_s or 0.0) * _NS_PER_S  # set in __post_init__
         left = x < 0.0
         if left.any():
             xl = x[left]
@@ -219,9 +219,7 @@ class EnergyCurve:
         right = x > end
         if right.any():
             d = x[right] - end
-            e[right] = np.where(
-                d <= limit_ns, self.joules[-1] + d * (self._edge_power_w[1] / _NS_PER_S), np.nan
-            )
+            e[right] = np.where(d <= limit_ns, self.joules[-1] + d * (self._edge_power_w[1] / _NS_PER_S), np.nan)
         return e
 
     def at(self, t_ns):
@@ -381,10 +379,7 @@ def counter_curve(t_ns, value_j, wrap_j=None, *, first_is_new: bool | None = Non
     down = np.flatnonzero(step < 0)
     if down.size:
         i = int(down[0])
-        where = (
-            f"at index {index[i + 1]}: {float(v[i])!r} J -> {float(v[i + 1])!r} J "
-            f"(t = {t[i]} ns -> {t[i + 1]} ns)"
-        )
+        where = f"at index {index[i + 1]}: {float(v[i])!r} J -> {float(v[i + 1])!r} J (t = {t[i]} ns -> {t[i + 1]} ns)"
         if wrap_j is None:
             raise ValueError(
                 f"energy counter decreased {where}; a wrapping counter needs wrap_j, "
@@ -434,9 +429,7 @@ def power_curve(t_ns, watts) -> EnergyCurve:
     """
     t, p, _ = _clean_readings(t_ns, watts, "watts")
     if t.size < 2:
-        raise ValueError(
-            f"a power curve needs at least two samples at distinct times, got {t.size}"
-        )
+        raise ValueError(f"a power curve needs at least two samples at distinct times, got {t.size}")
     dt_s = np.diff(t) / _NS_PER_S
     joules = np.concatenate(([0.0], np.cumsum(0.5 * (p[1:] + p[:-1]) * dt_s)))
     return EnergyCurve(
@@ -521,9 +514,7 @@ def _clean_readings(t_ns, values, name: str):
     t = t.astype(np.int64, copy=False)
     v = np.asarray(values, dtype=np.float64)
     if t.ndim != 1 or v.shape != t.shape:
-        raise ValueError(
-            f"t_ns and {name} must be 1-D of the same length, got {t.shape} and {v.shape}"
-        )
+        raise ValueError(f"t_ns and {name} must be 1-D of the same length, got {t.shape} and {v.shape}")
     _require_finite(v, name)
     step = np.diff(t)
     if np.any(step < 0):
@@ -548,7 +539,5 @@ def _intervals(a_ns, b_ns):
     backwards = b < a
     if np.any(backwards):
         i = int(np.flatnonzero(np.ravel(backwards))[0])
-        raise ValueError(
-            f"interval {i} ends before it starts: [{np.ravel(a)[i]}, {np.ravel(b)[i]}] ns"
-        )
+        raise ValueError(f"interval {i} ends before it starts: [{np.ravel(a)[i]}, {np.ravel(b)[i]}] ns")
     return a, b

@@ -1,14 +1,15 @@
 """The user API: `Meter`, windows, per-inference and per-step marks.
 
-    from aipm_fast import Meter
-    with Meter(out_dir="runs/a") as m:
-        m.measure_baseline(2.0)
-        with m.window("eval"):
-            for batch in loader:
-                with m.inference():
-                    model(batch)
-    print(m.summary())
+from aipm_fast import Meter
+with Meter(out_dir="runs/a") as m:
+    m.measure_baseline(2.0)
+    with m.window("eval"):
+        for batch in loader:
+            with m.inference():
+                model(batch)
+print(m.summary())
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,6 @@ import json
 import os
 import threading
 
-import numpy as np
 import pandas as pd
 
 from aipm_fast.config import EngineConfig
@@ -36,8 +36,16 @@ class Meter:
     torch sees a GPU; `out_dir` streams results to CSV files as they are integrated.
     """
 
-    def __init__(self, config: EngineConfig | None = None, *, out_dir: str | None = None,
-                 cuda: bool | None = None, drain_period_s: float = 0.1, timer=None, **engine_options):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        out_dir: str | None = None,
+        cuda: bool | None = None,
+        drain_period_s: float = 0.1,
+        timer=None,
+        **engine_options,
+    ):
         self.recorder = Recorder(config, keep_history=False, **engine_options)
         if timer is None:
             timer = cuda_timer() if cuda is not False else None
@@ -75,11 +83,12 @@ class Meter:
         return self.results.baseline_power()
 
     # -- life cycle ----------------------------------------------------------------------
-    def start(self) -> "Meter":
+    def start(self) -> Meter:
         """Start sampling, with the coordinator on a background thread."""
         self._start_sampling()
-        self._thread = threading.Thread(target=asyncio.run, args=(self.coordinator.run(),),
-                                        name="aipm-coordinator", daemon=True)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self.coordinator.run(),), name="aipm-coordinator", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -89,8 +98,12 @@ class Meter:
         self._started = True
         if not self.recorder.channels:
             import warnings
-            warnings.warn("aipm-fast: no power source can be read here; only times will be measured. "
-                          + "; ".join(str(p) for p in self.recorder.discovery.problems), stacklevel=3)
+
+            warnings.warn(
+                "aipm-fast: no power source can be read here; only times will be measured. "
+                + "; ".join(str(p) for p in self.recorder.discovery.problems),
+                stacklevel=3,
+            )
         self.recorder.start()
 
     def stop(self) -> None:
@@ -113,15 +126,16 @@ class Meter:
         self.recorder.close()
         if self.out_dir:
             from aipm_fast.storage import write_json
+
             write_json(os.path.join(self.out_dir, "meter.json"), self.report())
 
-    def __enter__(self) -> "Meter":
+    def __enter__(self) -> Meter:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    async def __aenter__(self) -> "Meter":
+    async def __aenter__(self) -> Meter:
         self._start_sampling()
         self._task = asyncio.get_running_loop().create_task(self.coordinator.run())
         return self
@@ -134,7 +148,7 @@ class Meter:
         self._finish()
 
     # -- marks ---------------------------------------------------------------------------
-    def window(self, name: str = "window") -> "_WindowMark":
+    def window(self, name: str = "window") -> _WindowMark:
         """Context manager (and decorator) measuring a named window; windows may nest."""
         return _WindowMark(self, name)
 
@@ -149,11 +163,11 @@ class Meter:
         """Closes a window opened by `start_window`."""
         self._close(w)
 
-    def inference(self) -> "_InferenceMark":
+    def inference(self) -> _InferenceMark:
         """Marks one inference: CUDA-event timed on GPU, host-timed on CPU."""
         return _InferenceMark(self)
 
-    step = inference   # one training step is marked the same way
+    step = inference  # one training step is marked the same way
 
     def _stack(self) -> list:
         stack = getattr(self._local, "stack", None)
@@ -164,7 +178,7 @@ class Meter:
     def _open(self, name: str, explicit: bool = False) -> Window:
         w = Window(next(self._windows), name, self.timer.window_edge(), explicit=explicit)
         self.coordinator.open_window(w)
-        if not explicit:              # explicit windows take no marks of a thread: see start_window
+        if not explicit:  # explicit windows take no marks of a thread: see start_window
             self._stack().append(w)
         return w
 
@@ -181,6 +195,7 @@ class Meter:
     def measure_baseline(self, seconds: float = 2.0) -> dict[str, float]:
         """Idle power per domain over the next `seconds` (do nothing else meanwhile)."""
         import time
+
         if not self._started:
             raise RuntimeError("start the Meter before measuring the baseline")
         w = self._open(BASELINE)
@@ -192,6 +207,7 @@ class Meter:
     def flush(self, window: Window | None = None, timeout_s: float = 10.0) -> None:
         """Wait until every mark so far (or one window) is integrated."""
         import time
+
         deadline = time.monotonic() + timeout_s
         while True:
             self.coordinator.process(final=not self._started)
@@ -255,6 +271,8 @@ class Meter:
     def side_mean(self, quantity: str, window: Window) -> list[float]:
         """Time-weighted mean over a window of every side channel of `quantity` ("utilization",
         "memory"), one per channel (NaN where none covers it)."""
+        if window.end_ns is None:
+            raise ValueError(f"window {window.name!r} is still open")
         return self.coordinator.side_mean(quantity, window.start_ns, window.end_ns)
 
     def scales(self) -> dict[str, dict]:
@@ -263,13 +281,17 @@ class Meter:
         for domain in self.coordinator.ranked:
             tr = self.coordinator.primary(domain)
             s = self.results.scale(tr.channel_id) if tr is not None else None
-            out[domain] = {"factor": s.factor if s else 1.0, "how": (s.how if s else "") or "not scaled",
-                           "channel": tr.label if tr is not None else None}
+            out[domain] = {
+                "factor": s.factor if s else 1.0,
+                "how": (s.how if s else "") or "not scaled",
+                "channel": tr.label if tr is not None else None,
+            }
         return out
 
     def report(self) -> dict:
         """Everything needed to judge the numbers: windows, scales, channel health, problems."""
         from aipm_fast.policy import UNCERTAINTY
+
         return {
             "windows": json.loads(self.windows().to_json(orient="records")),
             "baseline_w": self.baseline_w,
@@ -299,12 +321,14 @@ class _WindowMark:
         def wrapper(*args, **kwargs):
             with _WindowMark(self.meter, self.name):
                 return func(*args, **kwargs)
+
         return wrapper
 
 
 class _InferenceMark:
     """Kept minimal: this runs once per inference in the user's hot loop. Once the mark has
     ended, `index` is its index in inferences() and resolved_marks()."""
+
     __slots__ = ("meter", "start", "index")
 
     def __init__(self, meter: Meter):
@@ -322,5 +346,4 @@ class _InferenceMark:
         if w is not None:
             w.n_marks += 1
         self.index = i = next(m._index)
-        m.coordinator.marks.append(Mark(i, w.name if w else "", getattr(m.timer, "anchor", None),
-                                        self.start, end))
+        m.coordinator.marks.append(Mark(i, w.name if w else "", getattr(m.timer, "anchor", None), self.start, end))

@@ -4,6 +4,7 @@
 Meter's online path (the coordinator) applies the same policy to readings as they arrive, and a
 test replays one recording through both and gets the same energies.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ class ChannelCurves:
         self.ranked = policy.ranked_channels(channels)
         self.curves: dict[int, energy.EnergyCurve] = {}
         self.errors: dict[int, str] = {}
-        self._series = {}
+        self._series: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for chs in self.ranked.values():
             for ch in chs:
                 t, v = series(ch.id)
@@ -45,25 +46,29 @@ class ChannelCurves:
                     continue
                 try:
                     self.curves[ch.id] = policy.build_curve(ch, t, v)
-                except ValueError as exc:   # e.g. a counter that never advanced
+                except ValueError as exc:  # e.g. a counter that never advanced
                     self.errors[ch.id] = str(exc)
-        self.scales = {ch.id: self._scale(ch, chs) for chs in self.ranked.values() for ch in chs
-                       if ch.id in self.curves}
+        self.scales = {
+            ch.id: self._scale(ch, chs) for chs in self.ranked.values() for ch in chs if ch.id in self.curves
+        }
 
     def _scale(self, ch: Channel, ranked: list[Channel]) -> policy.Scale:
         anchor = policy.anchor_for(ch, ranked)
         if anchor is None:
             return policy.Scale.none("")
         if anchor.id not in self.curves:
-            return policy.Scale.none(f"energy counter unusable ({self.errors.get(anchor.id, 'no readings')}): "
-                                     "trace unscaled")
+            return policy.Scale.none(
+                f"energy counter unusable ({self.errors.get(anchor.id, 'no readings')}): trace unscaled"
+            )
         trace = self.curves[ch.id]
-        times = policy.anchor_times(*self._series[anchor.id], trace.start_ns, trace.end_ns)
+        counter_t, counter_v = self._series[anchor.id]
+        times = policy.anchor_times(counter_t, counter_v, trace.start_ns, trace.end_ns)
         if times is None:
             return policy.Scale.none("energy counter not read within the trace yet: trace unscaled")
         t0, t1 = times
-        return policy.counter_scale(float(trace.energy(t0, t1)), float(self.curves[anchor.id].energy(t0, t1)),
-                                    (t1 - t0) / 1e9)
+        return policy.counter_scale(
+            float(trace.energy(t0, t1)), float(self.curves[anchor.id].energy(t0, t1)), (t1 - t0) / 1e9
+        )
 
     def interval(self, ch: Channel, a: int, b: int) -> tuple[float, float]:
         """(energy J, 1-sigma uncertainty J) of [a, b] from one channel, scaled; NaN where unknown."""
@@ -97,8 +102,11 @@ def domain_energy(curves: ChannelCurves, ranked: list[Channel], health: dict[int
         method = curves.method(chosen) + policy.fallback_note(chosen, ranked, health)
         return DomainEnergy(e, e / span_s if span_s > 0 else None, method, u, alternatives)
     if not have:
-        reasons = [f"{c.name}: {health.get(c.id) or 'no status'}" + (f" ({curves.errors[c.id]})"
-                   if c.id in curves.errors else "") for c in ranked]
+        reasons = [
+            f"{c.name}: {health.get(c.id) or 'no status'}"
+            + (f" ({curves.errors[c.id]})" if c.id in curves.errors else "")
+            for c in ranked
+        ]
         return DomainEnergy(None, None, "no usable reading: " + "; ".join(reasons), None, alternatives)
     best = sorted(have, key=lambda c: policy.health_rank(health.get(c.id)))[0]
     curve = curves.curves[best.id]
@@ -108,5 +116,6 @@ def domain_energy(curves: ChannelCurves, ranked: list[Channel], health: dict[int
         return DomainEnergy(None, None, f"{method}: no readings inside the span", None, alternatives)
     e, u = curves.interval(best, lo, hi)
     covered = (hi - lo) / 1e9
-    return DomainEnergy(e, e / covered, f"{method}; partial: readings cover {covered:.3f} s of {span_s:.3f} s",
-                        u, alternatives)
+    return DomainEnergy(
+        e, e / covered, f"{method}; partial: readings cover {covered:.3f} s of {span_s:.3f} s", u, alternatives
+    )

@@ -15,6 +15,7 @@ It decides:
   the device, so over long spans it sets the scale and the trace only the shape;
 - what an uncertainty means (:data:`UNCERTAINTY`, :func:`interval95`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ def ranked_channels(channels) -> dict[str, list[Channel]]:
     for ch in channels:
         if ch.carries_energy:
             by_domain.setdefault(ch.domain, []).append(ch)
-    return {d: sorted(chs, key=lambda c: (c.resolution_s, c.reading == COUNTER, c.id))
-            for d, chs in sorted(by_domain.items())}
+    return {
+        d: sorted(chs, key=lambda c: (c.resolution_s, c.reading == COUNTER, c.id))
+        for d, chs in sorted(by_domain.items())
+    }
 
 
 def anchor_for(channel: Channel, ranked: list[Channel]) -> Channel | None:
@@ -91,8 +94,9 @@ def fallback_note(chosen: Channel, ranked: list[Channel], health: dict[int, str]
 
 
 # -- readings to curves -----------------------------------------------------------------------
-def build_curve(channel: Channel, t_ns: np.ndarray, values: np.ndarray,
-                first_is_new: bool | None = None) -> energy.EnergyCurve:
+def build_curve(
+    channel: Channel, t_ns: np.ndarray, values: np.ndarray, first_is_new: bool | None = None
+) -> energy.EnergyCurve:
     """The cumulative energy curve of one channel's readings (ValueError if none can be built).
 
     Counters are differenced with their wrap; power readings integrated as a trapezoid of the
@@ -112,7 +116,7 @@ class Scale:
     how: str
 
     @classmethod
-    def none(cls, why: str) -> "Scale":
+    def none(cls, why: str) -> Scale:
         return cls(1.0, why)
 
 
@@ -139,7 +143,9 @@ def counter_scale(trace_j: float, counter_j: float, span_s: float, counter_label
     factor = counter_j / trace_j
     lo, hi = energy.SCALE_RANGE
     if not lo <= factor <= hi:
-        return Scale.none(f"{counter_label}/trace = {factor:.3f} outside {energy.scale_range_text()}: "
-                          "not scaled (a source is broken)")
-    return Scale(factor, f"scaled by the {counter_label} over {span_s:.0f} s (x{factor:.4f})"
-                         f"{energy.disagreement_note(factor)}")
+        return Scale.none(
+            f"{counter_label}/trace = {factor:.3f} outside {energy.scale_range_text()}: not scaled (a source is broken)"
+        )
+    return Scale(
+        factor, f"scaled by the {counter_label} over {span_s:.0f} s (x{factor:.4f}){energy.disagreement_note(factor)}"
+    )

@@ -3,6 +3,7 @@
 The sampler reads every channel faster than its sources update, and records a reading only
 when it changed; the spacing of those changes is the source's update interval.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ PROBE_PERIODS_S = {
     "nvml.power_samples": 0.1,
     "nvml.power_instant": 0.001,
     "nvml.power_average": 0.001,
-    "nvml.energy": 0.02,       # ~4 ms of CPU each on an H200: 20% of a core while probing
+    "nvml.energy": 0.02,  # ~4 ms of CPU each on an H200: 20% of a core while probing
     "nvml.utilization": 0.005,
     "nvml.memory_used": 0.005,
 }
@@ -56,24 +57,38 @@ def run_probe(config: EngineConfig, seconds: float = 3.0, on_tick=None) -> dict:
         sel = records[records["channel"] == cid]
         iv = update_intervals(sel["t_ns"], sel["flags"])
         ch = rec.channels[cid]
-        rows.append({
-            "channel": st.name, "source": st.source, "status": st.status,
-            "read_period_ms": ch.period_s * 1e3,
-            "update_median_ms": float(np.median(iv) * 1e3) if iv.size else None,
-            "update_p10_ms": float(np.percentile(iv, 10) * 1e3) if iv.size else None,
-            "update_p90_ms": float(np.percentile(iv, 90) * 1e3) if iv.size else None,
-            "updates": int(iv.size), "read_cost_us": st.read_cost_us,
-            "reads": st.reads, "errors": st.errors, "last_error": st.last_error,
-        })
+        rows.append(
+            {
+                "channel": st.name,
+                "source": st.source,
+                "status": st.status,
+                "read_period_ms": ch.period_s * 1e3,
+                "update_median_ms": float(np.median(iv) * 1e3) if iv.size else None,
+                "update_p10_ms": float(np.percentile(iv, 10) * 1e3) if iv.size else None,
+                "update_p90_ms": float(np.percentile(iv, 90) * 1e3) if iv.size else None,
+                "updates": int(iv.size),
+                "read_cost_us": st.read_cost_us,
+                "reads": st.reads,
+                "errors": st.errors,
+                "last_error": st.last_error,
+            }
+        )
     lateness = records[records["channel"] == rec.lateness_channel]["value"] / 1e3
     sampler = rec.sampler_stats()
-    sampler.update({
-        "lateness_p50_us": float(np.percentile(lateness, 50)) if lateness.size else None,
-        "lateness_p99_us": float(np.percentile(lateness, 99)) if lateness.size else None,
-        "cpu_percent_of_core": 100.0 * sampler["cpu_ns"] / (seconds * 1e9),
-    })
-    result = {"seconds": seconds, "channels": rows, "sampler": sampler,
-              "problems": [dataclasses.asdict(p) for p in rec.discovery.problems],
-              "notes": rec.discovery.notes, "devices": rec.discovery.devices}
+    sampler.update(
+        {
+            "lateness_p50_us": float(np.percentile(lateness, 50)) if lateness.size else None,
+            "lateness_p99_us": float(np.percentile(lateness, 99)) if lateness.size else None,
+            "cpu_percent_of_core": 100.0 * sampler["cpu_ns"] / (seconds * 1e9),
+        }
+    )
+    result = {
+        "seconds": seconds,
+        "channels": rows,
+        "sampler": sampler,
+        "problems": [dataclasses.asdict(p) for p in rec.discovery.problems],
+        "notes": rec.discovery.notes,
+        "devices": rec.discovery.devices,
+    }
     rec.close()
     return result

@@ -7,6 +7,7 @@ recorder drains it with the C ring at each drain (`Recorder.drain`). It keeps th
 statistics as a C channel (reads, errors, changes, last error), so health is judged alike.
 Channel ids come from `FIRST_ID` up, above every id the C core hands out.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -16,7 +17,7 @@ import numpy as np
 
 from aipm_fast._native import RECORD_DTYPE, now_ns
 
-FIRST_ID = 256   # AIPM_MAX_CHANNELS: the C core's ids stay below it
+FIRST_ID = 256  # AIPM_MAX_CHANNELS: the C core's ids stay below it
 _ids = itertools.count(FIRST_ID)
 _ids_lock = threading.Lock()
 
@@ -39,8 +40,17 @@ class Producer:
         self._v: list[float] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._stats = {"reads": 0, "errors": 0, "changes": 0, "read_ns_total": 0, "last_read_ns": 0,
-                       "last_change_ns": 0, "last_error": 0, "last_error_kind": 0, "last_value": float("nan")}
+        self._stats = {
+            "reads": 0,
+            "errors": 0,
+            "changes": 0,
+            "read_ns_total": 0,
+            "last_read_ns": 0,
+            "last_change_ns": 0,
+            "last_error": 0,
+            "last_error_kind": 0,
+            "last_value": float("nan"),
+        }
         self.last_error_text = ""
 
     # -- called by the producer's own thread -----------------------------------------------
@@ -64,7 +74,7 @@ class Producer:
             self._stats["last_error_kind"] = kind
             self.last_error_text = text
 
-    def run(self, stop: threading.Event) -> None:   # pragma: no cover - abstract
+    def run(self, stop: threading.Event) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- called by the recorder ---------------------------------------------------------------
@@ -76,7 +86,7 @@ class Producer:
     def _main(self) -> None:
         try:
             self.run(self._stop)
-        except Exception as exc:   # a failing source must not go unnoticed, nor stop the others
+        except Exception as exc:  # a failing source must not go unnoticed, nor stop the others
             self.error(f"{type(exc).__name__}: {exc}", kind=-3)
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@
 The later layers (the asyncio coordinator, the Meter, bench) build on this: it owns the engine,
 the discovered channels, the drained history and the health of every channel.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ class ChannelStatus:
     domain: str
     quantity: str
     source: str
-    status: str               # live, stale, stuck, failing, dead
+    status: str  # live, stale, stuck, failing, dead
     reads: int
     errors: int
     changes: int
@@ -39,8 +40,15 @@ class ChannelStatus:
 class Recorder:
     """Reads every channel that works here; `energy()` integrates them per domain."""
 
-    def __init__(self, config: EngineConfig | None = None, *, lateness: bool = False,
-                 stuck_after_s: float = STUCK_AFTER_S, keep_history: bool = True, **options):
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        lateness: bool = False,
+        stuck_after_s: float = STUCK_AFTER_S,
+        keep_history: bool = True,
+        **options,
+    ):
         self.stuck_after_s = stuck_after_s
         # A long-running Meter hands every drain to its coordinator and keeps nothing here,
         # so that memory stays bounded; recordings (record, probe, bench runs) keep it all.
@@ -53,14 +61,14 @@ class Recorder:
         self.lateness_channel = self.engine.add_lateness_channel() if lateness else None
         self._chunks: list[np.ndarray] = []
         self.curve_errors: dict[str, str] = {}
-        self._closed_stats = None
-        self._sinks = []
+        self._closed_stats: tuple[dict[int, dict], dict, list[ChannelStatus]] | None = None
+        self._sinks: list = []
         self.start_ns: int | None = None
         self.stop_ns: int | None = None
 
     # -- life cycle ----------------------------------------------------------------------
-    def start(self) -> "Recorder":
-        self.engine.start()     # returns once every C channel has a first reading
+    def start(self) -> Recorder:
+        self.engine.start()  # returns once every C channel has a first reading
         for p in self.producers.values():
             p.start()
         self.start_ns = now_ns()
@@ -81,8 +89,11 @@ class Recorder:
             return
         self.stop()
         final_status = self.status()
-        self._closed_stats = ({cid: self.channel_stats(cid) for cid in self.channels},
-                              self.engine.sampler_stats(), final_status)
+        self._closed_stats = (
+            {cid: self.channel_stats(cid) for cid in self.channels},
+            self.engine.sampler_stats(),
+            final_status,
+        )
         self.engine.close()
 
     def channel_stats(self, cid: int) -> dict:
@@ -95,7 +106,7 @@ class Recorder:
     def sampler_stats(self) -> dict:
         return self._closed_stats[1] if self._closed_stats else self.engine.sampler_stats()
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -137,23 +148,28 @@ class Recorder:
 
     def sample_metadata(self) -> dict:
         """What every channel and domain means, as stored beside recorded samples."""
-        return {"channels": [c.to_dict() for c in self.channels.values()],
-                "domains": {d: m.to_dict() for d, m in self.discovery.domains.items()}}
+        return {
+            "channels": [c.to_dict() for c in self.channels.values()],
+            "domains": {d: m.to_dict() for d, m in self.discovery.domains.items()},
+        }
 
     def sample_writer(self, path: str):
         """A ParquetSampleWriter for this recorder's records, carrying their meaning."""
         from aipm_fast.storage import ParquetSampleWriter
+
         return ParquetSampleWriter(path, self.channel_names(), self.sample_metadata())
 
     def samples_frame(self) -> pd.DataFrame:
         recs = self.records()
         names = self.channel_names()
-        return pd.DataFrame({
-            "t_ns": recs["t_ns"],
-            "channel": pd.Categorical.from_codes(recs["channel"].astype(np.int64), categories=list(names)),
-            "value": recs["value"],
-            "flags": recs["flags"],
-        })
+        return pd.DataFrame(
+            {
+                "t_ns": recs["t_ns"],
+                "channel": pd.Categorical.from_codes(recs["channel"].astype(np.int64), categories=pd.Index(names)),
+                "value": recs["value"],
+                "flags": recs["flags"],
+            }
+        )
 
     def series(self, channel_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(t_ns, value) of one channel, in time order."""
@@ -170,12 +186,21 @@ class Recorder:
         out = []
         for cid, ch in self.channels.items():
             s = self.channel_stats(cid)
-            out.append(ChannelStatus(
-                ch.name, ch.domain, ch.quantity, ch.source,
-                classify(ch, s, self.start_ns, end, self.stuck_after_s),
-                s["reads"], s["errors"], s["changes"],
-                s["read_ns_total"] / s["reads"] / 1e3 if s["reads"] else None,
-                self._error_text(ch, s), self._detail(ch)))
+            out.append(
+                ChannelStatus(
+                    ch.name,
+                    ch.domain,
+                    ch.quantity,
+                    ch.source,
+                    classify(ch, s, self.start_ns, end, self.stuck_after_s),
+                    s["reads"],
+                    s["errors"],
+                    s["changes"],
+                    s["read_ns_total"] / s["reads"] / 1e3 if s["reads"] else None,
+                    self._error_text(ch, s),
+                    self._detail(ch),
+                )
+            )
         return out
 
     def _detail(self, ch: Channel) -> str:
@@ -200,12 +225,14 @@ class Recorder:
         """channel id -> its status (live, stale, stuck, failing, dead, idle); cheap enough for
         every drain."""
         end = self.stop_ns or now_ns()
-        return {cid: classify(ch, self.channel_stats(cid), self.start_ns, end, self.stuck_after_s)
-                for cid, ch in self.channels.items()}
+        return {
+            cid: classify(ch, self.channel_stats(cid), self.start_ns, end, self.stuck_after_s)
+            for cid, ch in self.channels.items()
+        }
 
     def energy(self, a_ns: int | None = None, b_ns: int | None = None) -> dict[str, DomainEnergy]:
         """Energy of every domain over [a, b] (default: the whole recording), by the energy policy."""
-        a = self.start_ns if a_ns is None else a_ns
+        a = (self.start_ns or 0) if a_ns is None else a_ns
         b = (self.stop_ns or now_ns()) if b_ns is None else b_ns
         curves = offline.ChannelCurves(self.channels.values(), self.series)
         self.curve_errors = {self.channels[cid].name: why for cid, why in curves.errors.items()}
@@ -224,8 +251,7 @@ class Recorder:
         }
 
 
-def classify(ch: Channel, s: dict, start_ns: int | None, end_ns: int,
-             stuck_after_s: float = STUCK_AFTER_S) -> str:
+def classify(ch: Channel, s: dict, start_ns: int | None, end_ns: int, stuck_after_s: float = STUCK_AFTER_S) -> str:
     """live; stale (a reading that stopped changing) or stuck (a counter that stopped
     advancing: never integrated as 0 W); failing (some reads failed); dead (none worked)."""
     if s["reads"] == 0:

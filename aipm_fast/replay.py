@@ -5,6 +5,7 @@ offline path (offline.ChannelCurves, as `record` uses) and the Meter's online pa
 coordinator, fed in drain-sized chunks on the recording's own clock) can both be run on it:
 they must give the same energies, and a test holds them to it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,9 @@ class Recording:
     def __init__(self, path: str):
         meta = read_sample_metadata(path)
         if meta is None:
-            raise ValueError(f"{path}: no channel metadata (written before recordings carried it): "
-                             "it cannot be replayed")
+            raise ValueError(
+                f"{path}: no channel metadata (written before recordings carried it): it cannot be replayed"
+            )
         self.channels = {c["id"]: Channel.from_dict(c) for c in meta["channels"]}
         self.domains = {d: Domain(**m) for d, m in meta["domains"].items()}
         frame = pd.read_parquet(path)
@@ -54,7 +56,7 @@ class ReplayRecorder:
 
     def __init__(self, recording: Recording, chunk_s: float = 0.1, health: dict[int, str] | None = None):
         self.recording = recording
-        self._health = dict(health or {})   # channel id -> status to replay (default: all live)
+        self._health = dict(health or {})  # channel id -> status to replay (default: all live)
         self.channels = recording.channels
         self.discovery = Discovery(channels=list(recording.channels.values()), domains=dict(recording.domains))
         order = np.argsort(recording.records["t_ns"], kind="stable")
@@ -64,7 +66,7 @@ class ReplayRecorder:
         self._chunk_ns = int(chunk_s * 1e9)
         self._next = 0
         self.now_ns = self.start_ns
-        self._sinks = []
+        self._sinks: list = []
 
     def add_sink(self, sink) -> None:
         self._sinks.append(sink)
@@ -83,7 +85,7 @@ class ReplayRecorder:
         """The records of the next chunk of recorded time."""
         self.now_ns += self._chunk_ns
         end = int(np.searchsorted(self._records["t_ns"], self.now_ns, side="right"))
-        chunk = self._records[self._next:end]
+        chunk = self._records[self._next : end]
         self._next = end
         if chunk.size:
             for sink in self._sinks:

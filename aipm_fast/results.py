@@ -11,6 +11,7 @@ refined as its span grows (one factor covers the whole session). At stop the fig
 final, and the streamed files are rewritten with the final figures (status "final"), equal to
 windows() and inferences().
 """
+
 from __future__ import annotations
 
 import os
@@ -27,40 +28,69 @@ PROVISIONAL, FINAL = "provisional", "final"
 #: batches of marks kept in memory when they are streamed to out_dir (a batch is one drain's
 #: marks, 0.1 s by default): enough for the callbacks and the exporter, which read the latest
 TAIL_BATCHES = 1000
-BASELINE = "__baseline__"     # the idle window of Meter.measure_baseline
+BASELINE = "__baseline__"  # the idle window of Meter.measure_baseline
 
-WINDOW_COLUMNS = ["window", "window_id", "domain", "part", "additive", "start_ns", "end_ns", "duration_s",
-                  "energy_j", "dynamic_energy_j", "uncertainty_j", "n_inferences", "method", "status"]
-MARK_COLUMNS = ["index", "window", "domain", "start_ns", "end_ns", "latency_s", "energy_j", "dynamic_energy_j",
-                "uncertainty_j", "estimate", "channel", "scale", "status"]
+WINDOW_COLUMNS = [
+    "window",
+    "window_id",
+    "domain",
+    "part",
+    "additive",
+    "start_ns",
+    "end_ns",
+    "duration_s",
+    "energy_j",
+    "dynamic_energy_j",
+    "uncertainty_j",
+    "n_inferences",
+    "method",
+    "status",
+]
+MARK_COLUMNS = [
+    "index",
+    "window",
+    "domain",
+    "start_ns",
+    "end_ns",
+    "latency_s",
+    "energy_j",
+    "dynamic_energy_j",
+    "uncertainty_j",
+    "estimate",
+    "channel",
+    "scale",
+    "status",
+]
 
 
 @dataclass
 class Window:
     """A measured span. Its edges hold, per channel id, the cumulative energy (J since the meter
     started) and its 1-sigma uncertainty, written whole by the coordinator once readings pass."""
+
     id: int
     name: str
     start_ns: int
     end_ns: int | None = None
-    start_j: dict = field(default_factory=dict)      # channel id -> cumulative J at the start edge
+    start_j: dict = field(default_factory=dict)  # channel id -> cumulative J at the start edge
     end_j: dict = field(default_factory=dict)
-    start_u: dict = field(default_factory=dict)      # channel id -> edge uncertainty (J)
+    start_u: dict = field(default_factory=dict)  # channel id -> edge uncertainty (J)
     end_u: dict = field(default_factory=dict)
     n_marks: int = 0
-    explicit: bool = False                           # opened by start_window: marks counted by span
-    end_resolved: bool = False                       # end_j/end_u hold their final values
+    explicit: bool = False  # opened by start_window: marks counted by span
+    end_resolved: bool = False  # end_j/end_u hold their final values
 
 
 @dataclass
 class MarkBatch:
     """Marks integrated together: per domain, the answering channel id (-1: none) and its figures,
     unscaled; the scale is applied when read."""
-    index: np.ndarray        # int64
-    window: np.ndarray       # object (str)
-    start_ns: np.ndarray     # int64
-    end_ns: np.ndarray       # int64
-    energy: dict             # domain -> (energy J float64, uncertainty J float64, estimate bool, channel int32)
+
+    index: np.ndarray  # int64
+    window: np.ndarray  # object (str)
+    start_ns: np.ndarray  # int64
+    end_ns: np.ndarray  # int64
+    energy: dict  # domain -> (energy J float64, uncertainty J float64, estimate bool, channel int32)
 
 
 class SessionResults:
@@ -72,13 +102,13 @@ class SessionResults:
         # Marks in memory: all of them without out_dir; with it, only the latest TAIL_BATCHES
         # (for marks_since and last_mark), the rest read back from inferences.csv when asked.
         self.batches: list[MarkBatch] = []
-        self._first_seq = 0          # sequence number of batches[0]
+        self._first_seq = 0  # sequence number of batches[0]
         self.n_marks = 0
         self.status = PROVISIONAL
         self._scales: dict[int, policy.Scale] = {}
         self._health: dict[int, str] = {}
         self._curve_problems: dict[int, str] = {}
-        self._lock = threading.Lock()          # guards the lists against a reader on another thread
+        self._lock = threading.Lock()  # guards the lists against a reader on another thread
         self._files = StreamedFiles(out_dir) if out_dir else None
 
     @property
@@ -104,7 +134,7 @@ class SessionResults:
         if self._files is not None:
             self._files.append_marks(self._marks_frame([batch]))
             with self._lock:
-                if len(self.batches) > TAIL_BATCHES:     # on disk now: memory stays bounded
+                if len(self.batches) > TAIL_BATCHES:  # on disk now: memory stays bounded
                     drop = len(self.batches) - TAIL_BATCHES
                     del self.batches[:drop]
                     self._first_seq += drop
@@ -132,8 +162,10 @@ class SessionResults:
 
     def window_channel(self, w: Window, domain: str) -> Channel | None:
         """The channel that answers for a window: the policy's choice among those with both edges known."""
+
         def known(c: Channel) -> bool:
             return bool(np.isfinite(w.end_j.get(c.id, np.nan) - w.start_j.get(c.id, np.nan)))
+
         return policy.choose(self.ranked[domain], self._health, known)
 
     def window_energy(self, w: Window) -> dict[str, float]:
@@ -145,9 +177,11 @@ class SessionResults:
         ranked = self.ranked[domain]
         c = self.window_channel(w, domain)
         if c is None:
-            why = "; ".join(f"{x.label}: {self._health.get(x.id) or 'no readings at the edges'}"
-                            + (f" ({self._curve_problems[x.id]})" if x.id in self._curve_problems else "")
-                            for x in ranked)
+            why = "; ".join(
+                f"{x.label}: {self._health.get(x.id) or 'no readings at the edges'}"
+                + (f" ({self._curve_problems[x.id]})" if x.id in self._curve_problems else "")
+                for x in ranked
+            )
             return np.nan, np.nan, f"no usable reading: {why}"
         s = self.scale(c.id)
         e = (w.end_j[c.id] - w.start_j[c.id]) * s.factor
@@ -161,6 +195,7 @@ class SessionResults:
         if not base:
             return {}
         w = base[-1]
+        assert w.end_ns is not None  # resolved, hence closed
         duration = (w.end_ns - w.start_ns) / 1e9
         return {d: e / duration for d, e in self.window_energy(w).items()}
 
@@ -176,20 +211,32 @@ class SessionResults:
         base = self.baseline_power()
         spans = self.mark_spans() if any(w.explicit for w in ws) else None
         for w in ws:
+            assert w.end_ns is not None  # only closed windows are tabled
             duration = (w.end_ns - w.start_ns) / 1e9
             n_marks = w.n_marks
-            if w.explicit:
+            if w.explicit and spans is not None:
                 n_marks = int(np.count_nonzero((spans[0] >= w.start_ns) & (spans[1] <= w.end_ns)))
             for domain in self.ranked:
                 e, u, method = self._window_figures(w, domain)
                 meaning = self.meaning[domain]
-                rows.append({
-                    "window": w.name, "window_id": w.id, "domain": domain, "part": meaning.part,
-                    "additive": meaning.additive, "start_ns": w.start_ns, "end_ns": w.end_ns,
-                    "duration_s": duration, "energy_j": e,
-                    "dynamic_energy_j": e - base.get(domain, np.nan) * duration,
-                    "uncertainty_j": u, "n_inferences": n_marks, "method": method, "status": self.status,
-                })
+                rows.append(
+                    {
+                        "window": w.name,
+                        "window_id": w.id,
+                        "domain": domain,
+                        "part": meaning.part,
+                        "additive": meaning.additive,
+                        "start_ns": w.start_ns,
+                        "end_ns": w.end_ns,
+                        "duration_s": duration,
+                        "energy_j": e,
+                        "dynamic_energy_j": e - base.get(domain, np.nan) * duration,
+                        "uncertainty_j": u,
+                        "n_inferences": n_marks,
+                        "method": method,
+                        "status": self.status,
+                    }
+                )
         return pd.DataFrame(rows, columns=WINDOW_COLUMNS)
 
     def mark_spans(self) -> tuple[np.ndarray, np.ndarray]:
@@ -221,8 +268,13 @@ class SessionResults:
             rows = rows[rows["window"] == window]
         rows = rows.reset_index(drop=True)
         ids = {(c.domain, c.label): cid for cid, c in self.channels.items()}
-        k = np.array([self.scale(ids[(d, c)]).factor if (d, c) in ids else np.nan
-                      for d, c in zip(rows["domain"], rows["channel"])], dtype=float)
+        k = np.array(
+            [
+                self.scale(ids[(d, c)]).factor if (d, c) in ids else np.nan
+                for d, c in zip(rows["domain"], rows["channel"])
+            ],
+            dtype=float,
+        )
         base = self.baseline_power()
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = k / rows["scale"].to_numpy(float)
@@ -248,13 +300,25 @@ class SessionResults:
             for domain in self.ranked:
                 e, u, est, cid = (x[keep] for x in b.energy[domain])
                 k = self._factors(cid)
-                frames.append(pd.DataFrame({
-                    "index": b.index[keep], "window": b.window[keep], "domain": domain,
-                    "start_ns": b.start_ns[keep], "end_ns": b.end_ns[keep], "latency_s": latency,
-                    "energy_j": e * k, "dynamic_energy_j": e * k - base.get(domain, np.nan) * latency,
-                    "uncertainty_j": u * k, "estimate": est,
-                    "channel": [labels.get(int(c), "") for c in cid], "scale": k, "status": self.status,
-                }))
+                frames.append(
+                    pd.DataFrame(
+                        {
+                            "index": b.index[keep],
+                            "window": b.window[keep],
+                            "domain": domain,
+                            "start_ns": b.start_ns[keep],
+                            "end_ns": b.end_ns[keep],
+                            "latency_s": latency,
+                            "energy_j": e * k,
+                            "dynamic_energy_j": e * k - base.get(domain, np.nan) * latency,
+                            "uncertainty_j": u * k,
+                            "estimate": est,
+                            "channel": [labels.get(int(c), "") for c in cid],
+                            "scale": k,
+                            "status": self.status,
+                        }
+                    )
+                )
         if not frames:
             return pd.DataFrame(columns=MARK_COLUMNS)
         return pd.concat(frames, ignore_index=True)[MARK_COLUMNS]
@@ -263,7 +327,7 @@ class SessionResults:
         """Marks integrated since an earlier call: ([(index, {domain: J})], position); pass the
         position back next time (0 the first time). Scaled as in inferences()."""
         with self._lock:
-            batches = self.batches[max(position - self._first_seq, 0):]
+            batches = self.batches[max(position - self._first_seq, 0) :]
             end = self._first_seq + len(self.batches)
         out = []
         for b in batches:
@@ -293,10 +357,9 @@ class StreamedFiles:
 
     def __init__(self, out_dir: str):
         os.makedirs(out_dir, exist_ok=True)
-        self.paths = {"windows": os.path.join(out_dir, "windows.csv"),
-                      "marks": os.path.join(out_dir, "inferences.csv")}
+        self.paths = {"windows": os.path.join(out_dir, "windows.csv"), "marks": os.path.join(out_dir, "inferences.csv")}
         self._files = {}
-        self._ours_from = {}     # byte offset where this session's rows begin: earlier sessions' stay
+        self._ours_from = {}  # byte offset where this session's rows begin: earlier sessions' stay
         for key, columns in (("windows", WINDOW_COLUMNS), ("marks", MARK_COLUMNS)):
             f = open(self.paths[key], "a", buffering=1 << 16)
             if f.tell() == 0:
@@ -318,9 +381,14 @@ class StreamedFiles:
         with open(path, "rb") as f:
             f.seek(self._ours_from["marks"])
             numbers = [c for c in MARK_COLUMNS if c not in ("window", "domain", "channel", "status")]
-            return pd.read_csv(f, header=None, names=MARK_COLUMNS, keep_default_na=False,
-                               na_values={c: ["nan"] for c in numbers},
-                               dtype={"window": str, "domain": str, "channel": str, "status": str})
+            return pd.read_csv(
+                f,
+                header=None,
+                names=MARK_COLUMNS,
+                keep_default_na=False,
+                na_values={c: ["nan"] for c in numbers},
+                dtype={"window": str, "domain": str, "channel": str, "status": str},
+            )
 
     def append_windows(self, frame: pd.DataFrame) -> None:
         self._append("windows", frame)
@@ -335,7 +403,7 @@ class StreamedFiles:
             with open(self.paths[key], "rb") as old, open(tmp, "wb") as f:
                 f.write(old.read(self._ours_from[key]))
             frame.to_csv(tmp, mode="a", header=False, index=False, na_rep="nan")
-            os.replace(tmp, self.paths[key])   # the bytes before _ours_from are kept as they were
+            os.replace(tmp, self.paths[key])  # the bytes before _ours_from are kept as they were
 
     def close(self) -> None:
         for f in self._files.values():

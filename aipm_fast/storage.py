@@ -1,4 +1,5 @@
 """Writing samples to disk as they are drained, so that a stopped run keeps what it read."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SAMPLE_SCHEMA = pa.schema([
-    ("t_ns", pa.int64()),
-    ("channel", pa.dictionary(pa.int32(), pa.string())),
-    ("value", pa.float64()),
-    ("flags", pa.uint32()),
-])
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("t_ns", pa.int64()),
+        ("channel", pa.dictionary(pa.int32(), pa.string())),
+        ("value", pa.float64()),
+        ("flags", pa.uint32()),
+    ]
+)
 
 
 #: schema metadata key holding what the channels and domains mean (Recorder.sample_metadata)
@@ -45,7 +48,8 @@ class ParquetSampleWriter:
         channel = pa.DictionaryArray.from_arrays(pa.array(records["channel"].astype(np.int32)), self._names)
         table = pa.Table.from_arrays(
             [pa.array(records["t_ns"]), channel, pa.array(records["value"]), pa.array(records["flags"])],
-            schema=self._schema)
+            schema=self._schema,
+        )
         self._writer.write_table(table)
         self.rows += records.size
 
@@ -93,6 +97,7 @@ def legacy_reading(name: str) -> str | None:
     """What a channel measures, from its name alone: only for samples.parquet files written
     before recordings carried their channels' meaning (everything newer says it)."""
     from aipm_fast.sources.base import COUNTER, INSTANT_POWER
+
     label = name.rsplit(".", 1)[-1]
     if label == "energy":
         return COUNTER

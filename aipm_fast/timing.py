@@ -9,17 +9,19 @@ host time around it maps GPU time onto CLOCK_MONOTONIC:
 
     host_ns(event) = anchor_host_ns + anchor.elapsed_time(event) * 1e6
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-now_ns = time.monotonic_ns   # CLOCK_MONOTONIC on Linux, the clock the sampler stamps with
+now_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux, the clock the sampler stamps with
 
 
 @dataclass
 class Anchor:
-    event: object
+    event: Any  # a torch.cuda.Event, or a test's stand-in with elapsed_time()
     host_ns: int
 
 
@@ -85,7 +87,7 @@ class EventTimer:
             return None
         a = anchor.host_ns + int(anchor.event.elapsed_time(start) * 1e6)
         b = anchor.host_ns + int(anchor.event.elapsed_time(end) * 1e6)
-        self._pool += (start, end)   # events are reusable once complete: no allocation per mark
+        self._pool += (start, end)  # events are reusable once complete: no allocation per mark
         return a, b
 
 

@@ -4,6 +4,7 @@ The coordinator keeps only the last few seconds of readings of each energy-beari
 track knows the cumulative energy (J since the meter started) at its first kept reading, so
 trimming old readings never changes the energy of any interval that is still to be integrated.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,17 +21,17 @@ class ChannelTrack:
         self.label = channel.label
         self.t = np.empty(0, np.int64)
         self.v = np.empty(0, np.float64)
-        self.base_j = 0.0                 # cumulative energy at t[0]
-        self.trimmed = False              # after a trim, t[0] is known to be a counter update
-        self.problem = ""                 # why no curve can be built (e.g. a stuck counter)
+        self.base_j = 0.0  # cumulative energy at t[0]
+        self.trimmed = False  # after a trim, t[0] is known to be a counter update
+        self.problem = ""  # why no curve can be built (e.g. a stuck counter)
         self._curve: energy.EnergyCurve | None = None
-        self._failed_size = -1            # readings count at the last failed build: not retried
+        self._failed_size = -1  # readings count at the last failed build: not retried
 
     def append(self, t: np.ndarray, v: np.ndarray) -> None:
         if t.size:
             self.t = np.concatenate([self.t, t])
             self.v = np.concatenate([self.v, v])
-            if np.any(np.diff(self.t[-t.size - 1:]) < 0):   # NVML samples may interleave: keep time order
+            if np.any(np.diff(self.t[-t.size - 1 :]) < 0):  # NVML samples may interleave: keep time order
                 order = np.argsort(self.t, kind="stable")
                 self.t, self.v = self.t[order], self.v[order]
             self._curve = None
@@ -42,8 +43,9 @@ class ChannelTrack:
     def curve(self) -> energy.EnergyCurve | None:
         if self._curve is None and self.t.size >= 2 and self.t.size != self._failed_size:
             try:
-                self._curve = policy.build_curve(self.channel, self.t, self.v,
-                                                 first_is_new=True if self.trimmed else None)
+                self._curve = policy.build_curve(
+                    self.channel, self.t, self.v, first_is_new=True if self.trimmed else None
+                )
                 self.problem = ""
             except ValueError as exc:
                 # a counter that has not advanced (yet, or ever): its energies are unknown (NaN),

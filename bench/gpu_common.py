@@ -1,4 +1,5 @@
 """Shared pieces of the GPU benchmarks: an independent NVML energy counter and steady loads."""
+
 from __future__ import annotations
 
 import time

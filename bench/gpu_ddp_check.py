@@ -14,6 +14,7 @@ mark per step, a synchronised window).
 
 `--device cpu` runs the same on the gloo backend for a smoke test (no reference counter).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,17 +52,24 @@ def main() -> None:
     p.add_argument("--out")
     args = p.parse_args()
 
-    from aipm_fast.integrations.distributed import (gather_windows, job_summary, rank_engine_options, rank_meter,
-                                                    synced_window)
+    from aipm_fast.integrations.distributed import (
+        gather_windows,
+        job_summary,
+        rank_engine_options,
+        rank_meter,
+        synced_window,
+    )
+
     cuda = args.device == "cuda"
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     if cuda:
-        torch.cuda.set_device(local_rank)      # gather_object over NCCL needs the rank's device
+        torch.cuda.set_device(local_rank)  # gather_object over NCCL needs the rank's device
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
 
     import torchvision
+
     model = torchvision.models.resnet50(weights=None).to(device)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
@@ -109,11 +117,16 @@ def main() -> None:
         mine = meter.windows()
         gpu = mine[mine["domain"].str.startswith("nvml:")]
         span, train = gpu[gpu["window"] == "span"], gpu[gpu["window"] == "train"]
-        local = {"rank": rank, "gpus": gpus, "span_gpu_energy_j": float(span["energy_j"].sum()),
-                 "train_gpu_energy_j": float(train["energy_j"].sum()),
-                 "reference_counter_j": None if e0 is None else e1 - e0,
-                 "span_s": float(span["duration_s"].max()), "train_s": float(train["duration_s"].max()),
-                 "scale": meter.report()["scales"]}
+        local = {
+            "rank": rank,
+            "gpus": gpus,
+            "span_gpu_energy_j": float(span["energy_j"].sum()),
+            "train_gpu_energy_j": float(train["energy_j"].sum()),
+            "reference_counter_j": None if e0 is None else e1 - e0,
+            "span_s": float(span["duration_s"].max()),
+            "train_s": float(train["duration_s"].max()),
+            "scale": meter.report()["scales"],
+        }
         if e0 is not None:
             local["error_pct"] = 100 * (local["span_gpu_energy_j"] - (e1 - e0)) / (e1 - e0)
         gathered = [None] * world
@@ -121,8 +134,13 @@ def main() -> None:
         table = gather_windows(meter)
         if rank == 0:
             summary = job_summary(table, samples_per_step=args.batch * world, window="train")
-            results["checks"].append({"per_rank": gathered, "job": summary["total"],
-                                      "per_node": summary["per_node"].to_dict(orient="records")})
+            results["checks"].append(
+                {
+                    "per_rank": gathered,
+                    "job": summary["total"],
+                    "per_node": summary["per_node"].to_dict(orient="records"),
+                }
+            )
 
     # 2. throughput: short blocks without and with a Meter, in pairs whose order alternates, so
     # slow drifts (clocks, temperature, the host) weigh on both alike; the Meter's start and

@@ -12,6 +12,7 @@
 4. overhead: ResNet-50 (batch 128, fp16) with per-inference marks against without,
    interleaved in one process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,11 @@ import time
 
 import numpy as np
 import torch
-from gpu_common import IndependentCounter
 
 from aipm_fast import Meter
 from aipm_fast._native import FLAG_REPEAT
+
+from gpu_common import IndependentCounter
 
 
 # Steady loads for the window check: each builder returns one unit of GPU work. The bf16 and
@@ -36,11 +38,12 @@ def _matmul(dtype):
         torch.backends.cuda.matmul.allow_tf32 = False
         a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
         return lambda: a @ a
+
     return build
 
 
 def _hbm_copy():
-    src = torch.empty(2**29, device="cuda", dtype=torch.bfloat16)     # 1 GiB each way
+    src = torch.empty(2**29, device="cuda", dtype=torch.bfloat16)  # 1 GiB each way
     dst = torch.empty_like(src)
     return lambda: dst.copy_(src)
 
@@ -63,18 +66,19 @@ def steady_windows(ref: IndependentCounter, load: str = "bf16_matmul", seconds: 
             torch.cuda.synchronize()
 
     rng = random.Random(1)
-    plan = sorted((rng.uniform(0.0, seconds - length), length)
-                  for length, n in WINDOW_COUNTS.items() for _ in range(n))
-    with Meter(gpus=[0], cuda=False) as m:    # host-timed windows: edges taken by this thread
-        drained = []                          # every record, for the load's own steadiness
+    plan = sorted((rng.uniform(0.0, seconds - length), length) for length, n in WINDOW_COUNTS.items() for _ in range(n))
+    with Meter(gpus=[0], cuda=False) as m:  # host-timed windows: edges taken by this thread
+        drained = []  # every record, for the load's own steadiness
         m.recorder.add_sink(drained.append)
         worker = threading.Thread(target=work)
         worker.start()
-        time.sleep(3.0)                       # past the ramp-up
+        time.sleep(3.0)  # past the ramp-up
         t0, e0 = ref.read()
         begin = time.monotonic() + 0.1
-        edges = sorted([(begin + start, "open", i) for i, (start, _) in enumerate(plan)]
-                       + [(begin + start + length, "close", i) for i, (start, length) in enumerate(plan)])
+        edges = sorted(
+            [(begin + start, "open", i) for i, (start, _) in enumerate(plan)]
+            + [(begin + start + length, "close", i) for i, (start, length) in enumerate(plan)]
+        )
         opened = {}
         for at, what, i in edges:
             time.sleep(max(0.0, at - time.monotonic()))
@@ -89,23 +93,35 @@ def steady_windows(ref: IndependentCounter, load: str = "bf16_matmul", seconds: 
         m.recorder.remove_sink(drained.append)
         names = [str(n) for n in m.recorder.channel_names()]
     recs = np.concatenate(drained)
-    recs = recs[(recs["channel"] == names.index("nvml:0.power_samples")) & (recs["flags"] & FLAG_REPEAT == 0)
-                & (recs["t_ns"] > t0) & (recs["t_ns"] < t1)]
+    recs = recs[
+        (recs["channel"] == names.index("nvml:0.power_samples"))
+        & (recs["flags"] & FLAG_REPEAT == 0)
+        & (recs["t_ns"] > t0)
+        & (recs["t_ns"] < t1)
+    ]
     samples_w = recs["value"]
     steady_w = (e1 - e0) / ((t1 - t0) / 1e9)
     w = m.windows()
     w = w[(w["domain"] == "nvml:0") & (w["start_ns"] > t0) & (w["end_ns"] < t1)]
-    out = {"load": load, "steady_power_w": steady_w, "span_s": (t1 - t0) / 1e9,
-           # how steady the load is, seen by the 20 ms samples themselves
-           "sample_power_cv_pct": float(samples_w.std() / samples_w.mean() * 100) if samples_w.size else None,
-           "sample_power_p90_dev_pct": float(np.percentile(np.abs(samples_w / samples_w.mean() - 1), 90) * 100)
-           if samples_w.size else None,
-           "by_length": {}}
+    out = {
+        "load": load,
+        "steady_power_w": steady_w,
+        "span_s": (t1 - t0) / 1e9,
+        # how steady the load is, seen by the 20 ms samples themselves
+        "sample_power_cv_pct": float(samples_w.std() / samples_w.mean() * 100) if samples_w.size else None,
+        "sample_power_p90_dev_pct": float(np.percentile(np.abs(samples_w / samples_w.mean() - 1), 90) * 100)
+        if samples_w.size
+        else None,
+        "by_length": {},
+    }
     for name, g in w.groupby("window"):
         err = np.abs(g["energy_j"] / (steady_w * g["duration_s"]) - 1) * 100
-        out["by_length"][name] = {"n": int(len(g)), "median_abs_error_pct": float(np.median(err)),
-                                  "p90_abs_error_pct": float(np.percentile(err, 90)),
-                                  "median_rel_uncertainty_pct": float(np.median(g["uncertainty_j"] / g["energy_j"] * 100))}
+        out["by_length"][name] = {
+            "n": int(len(g)),
+            "median_abs_error_pct": float(np.median(err)),
+            "p90_abs_error_pct": float(np.percentile(err, 90)),
+            "median_rel_uncertainty_pct": float(np.median(g["uncertainty_j"] / g["energy_j"] * 100)),
+        }
     return out
 
 
@@ -129,7 +145,7 @@ class CounterSpan:
         torch.cuda.synchronize()
         time.sleep(self.idle_s)
         self.mark.__exit__(*exc)
-        self.idle_w = float(self.m.coordinator.live(100_000_000)["nvml:0"][1])   # the last ~5 samples
+        self.idle_w = float(self.m.coordinator.live(100_000_000)["nvml:0"][1])  # the last ~5 samples
         self.t1, self.e1 = self.ref.read()
 
     def compare(self, window_j: float) -> tuple[float, float]:
@@ -163,12 +179,16 @@ def periodic(ref: IndependentCounter, period_s: float, seconds: float = 10.0, re
     trace_alone, _ = span.compare(float(win["energy_j"]) / scale["factor"])
     inf = m.inferences()
     gpu = inf[inf["domain"] == "nvml:0"]
-    return {"period_ms": period_s * 1e3, "burst_ms_median": float(gpu["latency_s"].median() * 1e3),
-            "reference_counter_j": truth, "window_s": float(win["duration_s"]),
-            "mean_power_w": truth / ((span.t1 - span.t0) / 1e9),
-            "trace_alone_vs_counter_pct": 100 * (trace_alone - truth) / truth,
-            "scaled_vs_counter_pct": 100 * (scaled - truth) / truth,
-            "scale": scale}
+    return {
+        "period_ms": period_s * 1e3,
+        "burst_ms_median": float(gpu["latency_s"].median() * 1e3),
+        "reference_counter_j": truth,
+        "window_s": float(win["duration_s"]),
+        "mean_power_w": truth / ((span.t1 - span.t0) / 1e9),
+        "trace_alone_vs_counter_pct": 100 * (trace_alone - truth) / truth,
+        "scaled_vs_counter_pct": 100 * (scaled - truth) / truth,
+        "scale": scale,
+    }
 
 
 def scaling(ref: IndependentCounter) -> dict:
@@ -180,8 +200,12 @@ def scaling(ref: IndependentCounter) -> dict:
 def alternating(ref: IndependentCounter, seconds: float = 15.0) -> dict:
     big = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     # light work: a spin kernel (torch.cuda._sleep, in GPU cycles at ~2 GHz) keeps one SM busy
-    kinds = {"heavy_long": (big, 24), "light_long": (None, 60_000_000), "heavy_short": (big, 4),
-             "light_short": (None, 8_000_000)}
+    kinds = {
+        "heavy_long": (big, 24),
+        "light_long": (None, 60_000_000),
+        "heavy_short": (big, 4),
+        "light_short": (None, 8_000_000),
+    }
     schedule = ["heavy_long", "light_long", "heavy_short", "light_short"]
     labels = []
     with Meter(gpus=[0]) as m:
@@ -201,27 +225,35 @@ def alternating(ref: IndependentCounter, seconds: float = 15.0) -> dict:
                 labels.append(kind)
                 i += 1
                 if i % 50 == 0:
-                    torch.cuda.synchronize()     # keep the host near the GPU: the queue stays short
+                    torch.cuda.synchronize()  # keep the host near the GPU: the queue stays short
     inf = m.inferences()
     gpu = inf[inf["domain"] == "nvml:0"].sort_values("index").reset_index(drop=True)
     gpu["kind"] = [labels[i] for i in gpu["index"]]
     win = m.windows().set_index("domain").loc["nvml:0"]
     metered, truth = span.compare(float(win["energy_j"]))
-    out = {"window_j": float(win["energy_j"]), "reference_counter_j": truth,
-           "window_vs_counter_pct": 100 * (metered - truth) / truth,
-           "window_s": float(win["duration_s"]), "sum_of_inferences_j": float(gpu["energy_j"].sum()),
-           "kinds": {}}
+    out = {
+        "window_j": float(win["energy_j"]),
+        "reference_counter_j": truth,
+        "window_vs_counter_pct": 100 * (metered - truth) / truth,
+        "window_s": float(win["duration_s"]),
+        "sum_of_inferences_j": float(gpu["energy_j"].sum()),
+        "kinds": {},
+    }
     for kind, g in gpu.groupby("kind"):
-        out["kinds"][kind] = {"n": int(len(g)), "latency_ms_median": float(g["latency_s"].median() * 1e3),
-                              "energy_j_mean": float(g["energy_j"].mean()),
-                              "energy_j_cv_pct": float(g["energy_j"].std() / g["energy_j"].mean() * 100),
-                              "mean_power_w": float((g["energy_j"] / g["latency_s"]).median()),
-                              "estimate_share": float(g["estimate"].mean())}
+        out["kinds"][kind] = {
+            "n": int(len(g)),
+            "latency_ms_median": float(g["latency_s"].median() * 1e3),
+            "energy_j_mean": float(g["energy_j"].mean()),
+            "energy_j_cv_pct": float(g["energy_j"].std() / g["energy_j"].mean() * 100),
+            "mean_power_w": float((g["energy_j"] / g["latency_s"]).median()),
+            "estimate_share": float(g["estimate"].mean()),
+        }
     return out
 
 
 def overhead(pairs: int = 6, iters: int = 30) -> dict:
     import torchvision
+
     model = torchvision.models.resnet50(weights=None).cuda().half().to(memory_format=torch.channels_last).eval()
     x = torch.randn(128, 3, 224, 224, device="cuda", dtype=torch.half).to(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -231,7 +263,7 @@ def overhead(pairs: int = 6, iters: int = 30) -> dict:
         times = {"off": [], "on": []}
         with Meter(gpus=[0]) as m:
             for p in range(pairs):
-                for mode in (("off", "on") if p % 2 == 0 else ("on", "off")):
+                for mode in ("off", "on") if p % 2 == 0 else ("on", "off"):
                     torch.cuda.synchronize()
                     t = time.perf_counter()
                     if mode == "on":
@@ -245,33 +277,46 @@ def overhead(pairs: int = 6, iters: int = 30) -> dict:
                     times[mode].append((time.perf_counter() - t) / iters)
             inf = m.inferences()
             mark_cost = []
-            for _ in range(2000):        # host CPU cost of one mark, around no work
+            for _ in range(2000):  # host CPU cost of one mark, around no work
                 t = time.perf_counter_ns()
                 with m.inference():
                     pass
                 mark_cost.append(time.perf_counter_ns() - t)
     off, on = np.median(times["off"]), np.median(times["on"])
-    return {"iter_ms_off": off * 1e3, "iter_ms_on": on * 1e3, "slowdown_pct": 100 * (on / off - 1),
-            "pairs": pairs, "iters_per_block": iters, "mark_cpu_us_median": float(np.median(mark_cost) / 1e3),
-            "joules_per_batch_median": float(inf[inf["domain"] == "nvml:0"]["energy_j"].median())}
+    return {
+        "iter_ms_off": off * 1e3,
+        "iter_ms_on": on * 1e3,
+        "slowdown_pct": 100 * (on / off - 1),
+        "pairs": pairs,
+        "iters_per_block": iters,
+        "mark_cpu_us_median": float(np.median(mark_cost) / 1e3),
+        "joules_per_batch_median": float(inf[inf["domain"] == "nvml:0"]["energy_j"].median()),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out")
-    p.add_argument("--only", nargs="+", choices=["windows", "windows_fp32", "windows_below_cap", "scaling", "alternating", "overhead"])
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=["windows", "windows_fp32", "windows_below_cap", "scaling", "alternating", "overhead"],
+    )
     args = p.parse_args()
     ref = IndependentCounter(0)
     result = {}
-    for name, fn in (("windows", lambda: steady_windows(ref)),
-                     ("windows_fp32", lambda: steady_windows(ref, "fp32_matmul")),
-                     ("windows_below_cap", lambda: steady_windows(ref, "hbm_copy")),
-                     ("scaling", lambda: scaling(ref)),
-                     ("alternating", lambda: alternating(ref)), ("overhead", overhead)):
+    for name, fn in (
+        ("windows", lambda: steady_windows(ref)),
+        ("windows_fp32", lambda: steady_windows(ref, "fp32_matmul")),
+        ("windows_below_cap", lambda: steady_windows(ref, "hbm_copy")),
+        ("scaling", lambda: scaling(ref)),
+        ("alternating", lambda: alternating(ref)),
+        ("overhead", overhead),
+    ):
         if args.only is None or name in args.only:
             result[name] = fn()
             print(name, json.dumps(result[name], indent=2), flush=True)
-            if args.out:                 # after each check: a run cut short keeps what it measured
+            if args.out:  # after each check: a run cut short keeps what it measured
                 with open(args.out, "w") as f:
                     json.dump(result, f, indent=2)
 

@@ -6,15 +6,16 @@ Idle 1.5 s, bf16 matrix products for --load-seconds, idle 1.5 s, all inside one 
 reference counter is read (through nvidia-ml-py) 1 s into each idle edge, where power is low
 and steady, so the counter's own ~100 ms update period costs little at the edges.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import time
 
-from gpu_common import IndependentCounter, matmul_load
-
 from aipm_fast.recorder import Recorder
+
+from gpu_common import IndependentCounter, matmul_load
 
 
 def main() -> None:
@@ -36,13 +37,16 @@ def main() -> None:
     d = rec.energy(ta, tb)["nvml:0"]
     truth = eb - ea
     result = {
-        "span_s": (tb - ta) / 1e9, "matmuls": n,
-        "reference_counter_j": truth, "recorded_j": d.energy_j, "method": d.method,
+        "span_s": (tb - ta) / 1e9,
+        "matmuls": n,
+        "reference_counter_j": truth,
+        "recorded_j": d.energy_j,
+        "method": d.method,
         "recorded_error_pct": 100 * (d.energy_j - truth) / truth,
         "alternatives_error_pct": {k: 100 * (v - truth) / truth for k, v in d.alternatives.items()},
         "mean_power_w": truth / ((tb - ta) / 1e9),
         "sampler": rec.engine.sampler_stats(),
-        "sampler_cpu_percent_of_core": 100 * rec.engine.sampler_stats()["cpu_ns"] / ((rec.stop_ns - rec.start_ns)),
+        "sampler_cpu_percent_of_core": 100 * rec.engine.sampler_stats()["cpu_ns"] / (rec.stop_ns - rec.start_ns),
         "channels": [s.__dict__ for s in rec.status()],
     }
     print(json.dumps({k: v for k, v in result.items() if k != "channels"}, indent=2))

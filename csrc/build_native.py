@@ -3,6 +3,7 @@
 The cdef is the public header itself, between its CDEF markers, so the C API and what
 Python sees cannot drift apart. Needs only gcc: no CUDA toolkit, no NVML headers.
 """
+
 import os
 import pathlib
 import sys

@@ -7,6 +7,7 @@ inferences.csv, samples.parquet (optional) and the AIPowerMeter-compatible copie
 come from :func:`default_values` unless `values(size, run)` overrides some of them, so a test
 knows every figure a report should compute.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ import pyarrow.parquet as pq
 
 from aipm_fast.storage import SAMPLE_SCHEMA
 
-T0_NS = 5_000_000_000_000          # CLOCK_MONOTONIC of the first run's first inference
+T0_NS = 5_000_000_000_000  # CLOCK_MONOTONIC of the first run's first inference
 IDLE_GPU_W = 60.0
 IDLE_CPU_W = 20.0
-RAPL_WRAP_J = 1000.0               # the synthetic RAPL counter wraps at this many joules
+RAPL_WRAP_J = 1000.0  # the synthetic RAPL counter wraps at this many joules
 NO_ENERGY_REASON = "no GPU (CUDA unavailable); RAPL not readable: permission denied"
 
 FLAG_REPEAT = 1
@@ -40,8 +41,7 @@ def default_values(size, run) -> dict:
     }
 
 
-def run_json(size, run, v: dict, *, n_inferences=20, batch_size=1, model="tinynet", device="cuda",
-             energy=True) -> dict:
+def run_json(size, run, v: dict, *, n_inferences=20, batch_size=1, model="tinynet", device="cuda", energy=True) -> dict:
     """The run.json content for the figures v (see default_values)."""
     latency = v["latency_s"]
     duration = n_inferences * latency * 1.05
@@ -49,8 +49,12 @@ def run_json(size, run, v: dict, *, n_inferences=20, batch_size=1, model="tinyne
     def part(jpi):
         if jpi is None or not energy:
             return None
-        return {"energy_j": jpi * n_inferences, "dynamic_energy_j": 0.7 * jpi * n_inferences,
-                "joules_per_inference": jpi, "dynamic_joules_per_inference": 0.7 * jpi}
+        return {
+            "energy_j": jpi * n_inferences,
+            "dynamic_energy_j": 0.7 * jpi * n_inferences,
+            "joules_per_inference": jpi,
+            "dynamic_joules_per_inference": 0.7 * jpi,
+        }
 
     gpu = part(v["gpu_jpi"])
     cpu = part(v["cpu_jpi"])
@@ -58,8 +62,14 @@ def run_json(size, run, v: dict, *, n_inferences=20, batch_size=1, model="tinyne
     if gpu is not None and cpu is not None:
         total = {k: gpu[k] + cpu[k] for k in gpu}
     return {
-        "model": model, "size": size, "run": run, "batch_size": batch_size, "device": device,
-        "n_inferences": n_inferences, "duration_s": duration, "latency_median_s": latency,
+        "model": model,
+        "size": size,
+        "run": run,
+        "batch_size": batch_size,
+        "device": device,
+        "n_inferences": n_inferences,
+        "duration_s": duration,
+        "latency_median_s": latency,
         "throughput_per_s": batch_size / latency,
         "gpu_utilization_pct": v["gpu_util"] if energy else None,
         "gpu_memory_gb": v["gpu_mem"] if energy else None,
@@ -82,10 +92,14 @@ def write_inferences(path, start, end, v: dict, energy=True) -> None:
     with open(path, "w") as f:
         f.write("index,start_ns,end_ns,latency_s,gpu_j,cpu_j,total_j\n")
         for i in range(n):
+
             def num(x):
                 return "" if np.isnan(x) else repr(float(x))
-            f.write(f"{i},{start[i]},{end[i]},{float(end[i] - start[i]) * 1e-9!r},"
-                    f"{num(gpu[i])},{num(cpu[i])},{num(gpu[i] + cpu[i])}\n")
+
+            f.write(
+                f"{i},{start[i]},{end[i]},{float(end[i] - start[i]) * 1e-9!r},"
+                f"{num(gpu[i])},{num(cpu[i])},{num(gpu[i] + cpu[i])}\n"
+            )
 
 
 def _counter(t_ns, watts, start_j, read_every, update_every, wrap=None):
@@ -105,19 +119,23 @@ def samples_records(start, end, v: dict, *, wrap_rapl=True) -> dict:
     """channel -> (t_ns, value, flags) around the inferences [start[0], end[-1]]."""
     lo = int(start[0]) - 100_000_000
     hi = int(end[-1]) + 100_000_000
-    grid = np.arange(lo, hi, 1_000_000, dtype=np.int64)      # 1 ms
+    grid = np.arange(lo, hi, 1_000_000, dtype=np.int64)  # 1 ms
     busy = (grid >= start[0]) & (grid <= end[-1])
     gpu_w = np.where(busy, IDLE_GPU_W + 100.0 * v["gpu_jpi"] / v["latency_s"] / 10, IDLE_GPU_W)
     out = {
         "nvml:0.power_samples": (grid[::20], gpu_w[::20], np.zeros(grid[::20].size, np.uint32)),
         "nvml:0.power_instant": (grid[::50], gpu_w[::50], np.zeros(grid[::50].size, np.uint32)),
-        "nvml:0.utilization": (grid[::100], np.where(busy[::100], v["gpu_util"], 0.0),
-                               np.zeros(grid[::100].size, np.uint32)),
+        "nvml:0.utilization": (
+            grid[::100],
+            np.where(busy[::100], v["gpu_util"], 0.0),
+            np.zeros(grid[::100].size, np.uint32),
+        ),
         "nvml:0.energy": _counter(grid, IDLE_GPU_W, 12345.0, 10, 5),
-        "rapl:package-0.energy": _counter(grid, IDLE_CPU_W, RAPL_WRAP_J - 1.0, 2, 1,
-                                          wrap=RAPL_WRAP_J if wrap_rapl else None),
+        "rapl:package-0.energy": _counter(
+            grid, IDLE_CPU_W, RAPL_WRAP_J - 1.0, 2, 1, wrap=RAPL_WRAP_J if wrap_rapl else None
+        ),
     }
-    for t, value, flags in out.values():
+    for _t, _value, flags in out.values():
         flags[-1] |= FLAG_FINAL
     return out
 
@@ -130,13 +148,25 @@ def write_samples(path, records: dict) -> None:
     flags = np.concatenate([r[2] for r in records.values()]).astype(np.uint32)
     order = np.argsort(t, kind="stable")
     channel = pa.DictionaryArray.from_arrays(pa.array(ids[order]), pa.array(names, pa.string()))
-    table = pa.Table.from_arrays([pa.array(t[order]), channel, pa.array(value[order]), pa.array(flags[order])],
-                                 schema=SAMPLE_SCHEMA)
+    table = pa.Table.from_arrays(
+        [pa.array(t[order]), channel, pa.array(value[order]), pa.array(flags[order])], schema=SAMPLE_SCHEMA
+    )
     pq.write_table(table, path)
 
 
-def write_bench(out_dir, sizes=(32, 64, 128), runs=3, *, values=None, energy=True, samples=True,
-                n_inferences=20, batch_size=1, model="tinynet", device="cuda") -> list[dict]:
+def write_bench(
+    out_dir,
+    sizes=(32, 64, 128),
+    runs=3,
+    *,
+    values=None,
+    energy=True,
+    samples=True,
+    n_inferences=20,
+    batch_size=1,
+    model="tinynet",
+    device="cuda",
+) -> list[dict]:
     """Write a benchmark folder; returns the run.json contents written, in (size, run) order.
 
     values(size, run) -> dict overrides default_values (keys latency_s, gpu_jpi, cpu_jpi,
@@ -147,8 +177,15 @@ def write_bench(out_dir, sizes=(32, 64, 128), runs=3, *, values=None, energy=Tru
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump({"model": model, "options": {"sizes": list(sizes), "runs": runs, "batch_size": batch_size},
-                   "versions": {"aipm_fast": "0.1.0"}, "devices": {"nvml:0": "Synthetic GPU"}}, f)
+        json.dump(
+            {
+                "model": model,
+                "options": {"sizes": list(sizes), "runs": runs, "batch_size": batch_size},
+                "versions": {"aipm_fast": "0.1.0"},
+                "devices": {"nvml:0": "Synthetic GPU"},
+            },
+            f,
+        )
     written = []
     t0 = T0_NS
     for size in sizes:
@@ -158,14 +195,27 @@ def write_bench(out_dir, sizes=(32, 64, 128), runs=3, *, values=None, energy=Tru
                 v.update(values(size, run) or {})
             run_dir = os.path.join(out_dir, f"input_{size}", f"run_{run}")
             os.makedirs(run_dir, exist_ok=True)
-            data = run_json(size, run, v, n_inferences=n_inferences, batch_size=batch_size,
-                            model=model, device=device, energy=energy)
+            data = run_json(
+                size,
+                run,
+                v,
+                n_inferences=n_inferences,
+                batch_size=batch_size,
+                model=model,
+                device=device,
+                energy=energy,
+            )
             with open(os.path.join(run_dir, "run.json"), "w") as f:
                 json.dump(data, f, indent=2)
             start, end = inference_times(t0, n_inferences, v["latency_s"])
             t0 = int(end[-1]) + 1_000_000_000
-            write_inferences(os.path.join(run_dir, "inferences.csv"), start, end, v,
-                             energy=energy and v["gpu_jpi"] is not None and v["cpu_jpi"] is not None)
+            write_inferences(
+                os.path.join(run_dir, "inferences.csv"),
+                start,
+                end,
+                v,
+                energy=energy and v["gpu_jpi"] is not None and v["cpu_jpi"] is not None,
+            )
             want_samples = samples(size, run) if callable(samples) else samples
             if want_samples:
                 write_samples(os.path.join(run_dir, "samples.parquet"), samples_records(start, end, v))

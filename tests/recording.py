@@ -1,4 +1,5 @@
 """Helpers for tests that record from fakes."""
+
 import time
 
 

@@ -1,4 +1,5 @@
 """`aipm-fast bench` end to end on CPU with fake hardware, tiny model and sizes."""
+
 import json
 import os
 import subprocess
@@ -7,15 +8,24 @@ import sys
 import pandas as pd
 import pytest
 
-from aipm_fast.bench.protocol import BenchOptions, Benchmark, median_precision, model_gpu
+from aipm_fast.bench.protocol import Benchmark, BenchOptions, median_precision, model_gpu
 from aipm_fast.config import EngineConfig
 
 pytest.importorskip("torchvision")
 
 
 def options(tmp_path, **kw):
-    base = dict(model="resnet18", sizes=[32], batch_size=2, runs=2, duration_s=0.6, warmup_s=0.2, baseline_s=0.5,
-                device="cpu", out=str(tmp_path / "out"))
+    base = dict(
+        model="resnet18",
+        sizes=[32],
+        batch_size=2,
+        runs=2,
+        duration_s=0.6,
+        warmup_s=0.2,
+        baseline_s=0.5,
+        device="cpu",
+        out=str(tmp_path / "out"),
+    )
     base.update(kw)
     return BenchOptions(**base)
 
@@ -32,7 +42,7 @@ def test_layout_and_energy_per_inference_match_the_fake_power(tmp_path, fake_eng
     summary = Benchmark(opts, log=lambda m: None).run()
     out = tmp_path / "out"
     assert (out / "meta.json").exists() and (out / "summary.csv").exists()
-    assert json.loads((out / "meta.json").read_text())["metered_gpus"] is None   # on CPU: as given
+    assert json.loads((out / "meta.json").read_text())["metered_gpus"] is None  # on CPU: as given
     for size in (32, 48):
         for k in (0, 1):
             run_dir = out / f"input_{size}" / f"run_{k}"
@@ -45,11 +55,12 @@ def test_layout_and_energy_per_inference_match_the_fake_power(tmp_path, fake_eng
     assert run["energy"]["cpu"]["joules_per_inference"] == pytest.approx(cpu_w / run["throughput_per_s"], rel=0.03)
     assert run["energy"]["gpu"]["joules_per_inference"] == pytest.approx(100.0 / run["throughput_per_s"], rel=0.03)
     assert run["energy"]["total"]["energy_j"] == pytest.approx(
-        run["energy"]["gpu"]["energy_j"] + run["energy"]["cpu"]["energy_j"])
+        run["energy"]["gpu"]["energy_j"] + run["energy"]["cpu"]["energy_j"]
+    )
     # constant fake power: nothing above the idle baseline
     assert abs(run["energy"]["cpu"]["dynamic_energy_j"]) < 0.05 * run["energy"]["cpu"]["energy_j"]
     inf = pd.read_csv(out / "input_32" / "run_0" / "inferences.csv")
-    assert len(inf) * 2 == run["n_inferences"]             # one row per forward pass of batch 2
+    assert len(inf) * 2 == run["n_inferences"]  # one row per forward pass of batch 2
     assert inf["total_j"].sum() == pytest.approx(run["energy"]["total"]["energy_j"], rel=0.1)
     # the summary is the median over runs
     runs = [json.loads((out / "input_48" / f"run_{k}" / "run.json").read_text()) for k in (0, 1)]
@@ -73,11 +84,30 @@ def test_the_protocol_rebuilds_a_model_per_size_only_when_its_spec_says_so(tmp_p
         return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
 
     for name, per_size in (("tiny_fixed", False), ("tiny_per_size", True)):
-        spec = models.ModelSpec(name=name, input_kind="image", native_size=8, default_batch_size=1, description="",
-                                builder=builder, inputs=image_inputs, rebuild_per_size=per_size)
+        spec = models.ModelSpec(
+            name=name,
+            input_kind="image",
+            native_size=8,
+            default_batch_size=1,
+            description="",
+            builder=builder,
+            inputs=image_inputs,
+            rebuild_per_size=per_size,
+        )
         monkeypatch.setitem(models.MODELS, name, spec)
-        Benchmark(options(tmp_path / name, model=name, sizes=[8, 16], runs=1, duration_s=0.2, warmup_s=0.0,
-                          baseline_s=0.0, engine=engine), log=lambda m: None).run()
+        Benchmark(
+            options(
+                tmp_path / name,
+                model=name,
+                sizes=[8, 16],
+                runs=1,
+                duration_s=0.2,
+                warmup_s=0.0,
+                baseline_s=0.0,
+                engine=engine,
+            ),
+            log=lambda m: None,
+        ).run()
     assert built == {"tiny_fixed": [8], "tiny_per_size": [8, 16]}
 
 
@@ -92,16 +122,47 @@ def test_adaptive_run_count(tmp_path, fake_engine):
     opts = options(tmp_path, runs=6, precision=0.05, duration_s=0.4, engine=engine)
     Benchmark(opts, log=lambda m: None).run()
     done = sorted(os.listdir(tmp_path / "out" / "input_32"))
-    assert 3 <= len(done) <= 6       # at least min_runs, at most --runs
+    assert 3 <= len(done) <= 6  # at least min_runs, at most --runs
 
 
 def test_bench_cli_without_power_source_reports_latency_and_says_why(tmp_path):
-    env = {**os.environ, "AIPM_POWERCAP_ROOT": "/nonexistent", "AIPM_MSR_ROOT": "/nonexistent",
-           "AIPM_PERF_ROOT": "/nonexistent", "AIPM_NVML_LIB": "/nonexistent/libnvidia-ml.so.1"}
+    env = {
+        **os.environ,
+        "AIPM_POWERCAP_ROOT": "/nonexistent",
+        "AIPM_MSR_ROOT": "/nonexistent",
+        "AIPM_PERF_ROOT": "/nonexistent",
+        "AIPM_NVML_LIB": "/nonexistent/libnvidia-ml.so.1",
+    }
     out = tmp_path / "bare"
-    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "resnet18", "--device", "cpu",
-                             "--runs", "2", "--duration", "1", "--sizes", "32", "--baseline", "0.2", "--warmup", "0.2",
-                             "--out", str(out), "--no-plots"], capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aipm_fast.cli",
+            "bench",
+            "--model",
+            "resnet18",
+            "--device",
+            "cpu",
+            "--runs",
+            "2",
+            "--duration",
+            "1",
+            "--sizes",
+            "32",
+            "--baseline",
+            "0.2",
+            "--warmup",
+            "0.2",
+            "--out",
+            str(out),
+            "--no-plots",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "energy not measured" in result.stderr and "libnvidia-ml.so.1" in result.stderr
     summary = pd.read_csv(out / "summary.csv")
@@ -115,50 +176,64 @@ def test_report_rebuilds_a_finished_folder_and_names_a_broken_file(tmp_path, fak
     Benchmark(options(tmp_path, engine=engine), log=lambda m: None).run()
     out = tmp_path / "out"
     os.remove(out / "summary.csv")
-    ok = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "report", str(out)], capture_output=True, text=True,
-                        timeout=300)
+    ok = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "report", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert ok.returncode == 0, ok.stderr
     assert (out / "summary.csv").exists() and (out / "plots" / "energy_vs_size.png").exists()
     broken = out / "input_32" / "run_1" / "run.json"
     broken.write_text('{"model": "resnet18", "size": ')
-    bad = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "report", str(out)], capture_output=True, text=True,
-                         timeout=300)
+    bad = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "report", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode != 0 and str(broken) in bad.stderr
 
 
 def test_unknown_model_and_bad_sizes_are_clear_errors(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "nope"], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "nope"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2 and "unknown model 'nope'" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "vit_b_16", "--sizes", "30"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "bench", "--model", "vit_b_16", "--sizes", "30"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "30" in result.stderr
 
 
 def test_list_models():
-    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", "bench", "--list-models"], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "bench", "--list-models"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0
     for name in ("alexnet", "resnet50", "vit_b_16", "yolov5s", "bert"):
         assert name in result.stdout
 
 
-@pytest.mark.parametrize("device, env, current, expected", [
-    ("cuda", {}, 0, 0),
-    ("cuda:1", {}, None, 1),
-    ("cuda", {}, 2, 2),                                    # "cuda" alone is the current device
-    ("cuda:1", {"CUDA_VISIBLE_DEVICES": "2,3"}, None, 3),  # CUDA counts visible GPUs, NVML all
-    ("cuda:0", {"CUDA_VISIBLE_DEVICES": "5"}, None, 5),
-])
+@pytest.mark.parametrize(
+    "device, env, current, expected",
+    [
+        ("cuda", {}, 0, 0),
+        ("cuda:1", {}, None, 1),
+        ("cuda", {}, 2, 2),  # "cuda" alone is the current device
+        ("cuda:1", {"CUDA_VISIBLE_DEVICES": "2,3"}, None, 3),  # CUDA counts visible GPUs, NVML all
+        ("cuda:0", {"CUDA_VISIBLE_DEVICES": "5"}, None, 5),
+    ],
+)
 def test_bench_meters_the_gpu_the_model_runs_on(device, env, current, expected):
     assert model_gpu(device, env, current) == (expected, "")
 
 
-@pytest.mark.parametrize("device, env, why", [
-    ("cuda:2", {"CUDA_VISIBLE_DEVICES": "0,1"}, "not among CUDA_VISIBLE_DEVICES"),
-    ("cuda:0", {"CUDA_VISIBLE_DEVICES": "GPU-8f3c"}, "by UUID"),
-    ("cuda:x", {}, "no GPU index"),
-])
+@pytest.mark.parametrize(
+    "device, env, why",
+    [
+        ("cuda:2", {"CUDA_VISIBLE_DEVICES": "0,1"}, "not among CUDA_VISIBLE_DEVICES"),
+        ("cuda:0", {"CUDA_VISIBLE_DEVICES": "GPU-8f3c"}, "by UUID"),
+        ("cuda:x", {}, "no GPU index"),
+    ],
+)
 def test_bench_meters_every_gpu_when_the_models_gpu_is_unknown(device, env, why):
     gpu, reason = model_gpu(device, env, 0)
     assert gpu is None and why in reason

@@ -1,4 +1,5 @@
 """The command line end to end, on fake hardware, as a user would run it."""
+
 import json
 import os
 import subprocess
@@ -9,11 +10,17 @@ import pytest
 
 
 def aipm(*args, env=None, check=True):
-    full_env = {**os.environ, "AIPM_MSR_ROOT": "/nonexistent", "AIPM_PERF_ROOT": "/nonexistent",
-                "AIPM_POWERCAP_ROOT": "/nonexistent", "AIPM_NVML_LIB": "/nonexistent/libnvidia-ml.so.1",
-                **(env or {})}
-    result = subprocess.run([sys.executable, "-m", "aipm_fast.cli", *args], capture_output=True, text=True,
-                            env=full_env, timeout=120)
+    full_env = {
+        **os.environ,
+        "AIPM_MSR_ROOT": "/nonexistent",
+        "AIPM_PERF_ROOT": "/nonexistent",
+        "AIPM_POWERCAP_ROOT": "/nonexistent",
+        "AIPM_NVML_LIB": "/nonexistent/libnvidia-ml.so.1",
+        **(env or {}),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", *args], capture_output=True, text=True, env=full_env, timeout=120
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
@@ -47,9 +54,9 @@ def test_probe_json_measures_update_intervals_and_read_cost(hw):
     rows = {r["channel"]: r for r in data["channels"]}
     samples = rows["nvml:0.power_samples"]
     assert samples["status"] == "live"
-    assert samples["update_median_ms"] == pytest.approx(20.0, rel=0.05)   # the fake's 50 Hz buffer
+    assert samples["update_median_ms"] == pytest.approx(20.0, rel=0.05)  # the fake's 50 Hz buffer
     rapl = rows["rapl:package-0.energy"]
-    assert rapl["update_median_ms"] == pytest.approx(1.0, rel=0.3)         # the writer's 1 ms
+    assert rapl["update_median_ms"] == pytest.approx(1.0, rel=0.3)  # the writer's 1 ms
     assert rapl["read_cost_us"] > 0
     assert data["sampler"]["lateness_p99_us"] is not None
 
@@ -72,8 +79,17 @@ def test_record_duration_writes_samples_and_summary(hw, tmp_path):
 def test_record_a_command_passes_its_exit_code_on(hw, tmp_path):
     env, _ = hw
     out = tmp_path / "cmd"
-    result = aipm("record", "--out", str(out), "--", sys.executable, "-c",
-                  "import time, sys; time.sleep(1); sys.exit(3)", env=env, check=False)
+    result = aipm(
+        "record",
+        "--out",
+        str(out),
+        "--",
+        sys.executable,
+        "-c",
+        "import time, sys; time.sleep(1); sys.exit(3)",
+        env=env,
+        check=False,
+    )
     assert result.returncode == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["command_exit_code"] == 3

@@ -3,17 +3,19 @@
 The gloo test starts two ranks on localhost, each metering its own fake GPU, on one fake
 powercap tree that only local rank 0 reads, and checks what rank 0 gathers.
 """
+
 import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
-from gloo_ranks import two_gloo_ranks
 
 from aipm_fast.domains import additive_domains, additive_rows
 from aipm_fast.integrations.distributed import rank_engine_options, resolve_gpus, visible_devices
 from aipm_fast.sources import rapl
 from aipm_fast.sources.base import GPU, Discovery, Domain
+
+from gloo_ranks import two_gloo_ranks
 
 pytest.importorskip("torch.distributed")
 
@@ -36,7 +38,7 @@ def test_visible_devices_map_local_rank_to_the_physical_gpu():
 
 
 def test_only_local_rank_zero_reads_the_host_on_every_node():
-    for rank, local in [(0, 0), (1, 1), (2, 0), (3, 1)]:   # two nodes of two ranks
+    for rank, local in [(0, 0), (1, 1), (2, 0), (3, 1)]:  # two nodes of two ranks
         opts = rank_engine_options({"RANK": str(rank), "LOCAL_RANK": str(local), "WORLD_SIZE": "4"})
         assert opts["cpu"] is (local == 0)
 
@@ -46,7 +48,7 @@ def test_uuids_are_returned_for_the_caller_to_resolve():
     opts = rank_engine_options(env)
     assert opts["gpus"] == ["GPU-bbbb-2222"]
     assert resolve_gpus(opts["gpus"], {"GPU-aaaa-1111": 0, "GPU-bbbb-2222": 3}) == [3]
-    assert resolve_gpus(["GPU-bb"], {"GPU-aaaa-1111": 0, "GPU-bbbb-2222": 3}) == [3]   # prefix, as CUDA
+    assert resolve_gpus(["GPU-bb"], {"GPU-aaaa-1111": 0, "GPU-bbbb-2222": 3}) == [3]  # prefix, as CUDA
     with pytest.raises(ValueError):
         resolve_gpus(["GPU-cccc"], {"GPU-aaaa-1111": 0})
     with pytest.raises(ValueError):
@@ -65,7 +67,7 @@ def test_ranks_sharing_a_gpu_meter_it_once():
 
 def test_visible_devices_parse_as_cuda_does():
     assert visible_devices("") == []
-    assert visible_devices("0,2,-1,3") == [0, 2]        # CUDA stops at an invalid entry
+    assert visible_devices("0,2,-1,3") == [0, 2]  # CUDA stops at an invalid entry
     assert visible_devices(" 1 , MIG-x") == [1, "MIG-x"]
     assert visible_devices(None) is None
 
@@ -78,10 +80,14 @@ def test_overrides_win():
 
 def test_additive_domains_leave_out_parts_of_a_package():
     found = Discovery()
-    for meaning in (rapl.domain("package-0"), rapl.domain("package-0", "core"), rapl.domain("package-0", "dram"),
-                    rapl.domain("psys")):
+    for meaning in (
+        rapl.domain("package-0"),
+        rapl.domain("package-0", "core"),
+        rapl.domain("package-0", "dram"),
+        rapl.domain("psys"),
+    ):
         found.add_domain(meaning)
-    rapl.settle_platform(found)             # psys holds the packages: it adds only where none is read
+    rapl.settle_platform(found)  # psys holds the packages: it adds only where none is read
     found.add_domain(Domain("nvml:0", GPU, additive=True))
     assert sorted(additive_domains(found.domains)) == ["nvml:0", "rapl:package-0", "rapl:package-0/dram"]
     assert found.domains["rapl:package-0/core"].parent == "rapl:package-0"
@@ -131,7 +137,7 @@ def test_each_rank_meters_its_own_gpu_and_only_rank_zero_the_host(two_ranks):
     results, _ = two_ranks
     assert results[0]["channels"][:1] == ["nvml:0"] and any(d.startswith("rapl:") for d in results[0]["channels"])
     assert results[1]["channels"] == ["nvml:1"]
-    assert results[1]["windows"] is None and results[1]["steps"] is None   # only rank 0 gets the table
+    assert results[1]["windows"] is None and results[1]["steps"] is None  # only rank 0 gets the table
 
 
 def test_per_rank_gpu_energy_is_the_fake_power_times_the_window(two_ranks):
@@ -145,7 +151,7 @@ def test_per_rank_gpu_energy_is_the_fake_power_times_the_window(two_ranks):
         assert row["energy_j"] == pytest.approx((100 + 10 * rank) * row["duration_s"], rel=0.02)
         assert row["n_inferences"] == STEPS
     rapl = ranks[ranks["domain"].str.startswith("rapl:")]
-    assert set(rapl["rank"]) == {0}                           # counted once on this node
+    assert set(rapl["rank"]) == {0}  # counted once on this node
     pkg = rapl[rapl["domain"] == "rapl:package-0"].iloc[0]
     assert pkg["energy_j"] == pytest.approx(writer.energy_j("intel-rapl:0", pkg["start_ns"], pkg["end_ns"]), rel=0.02)
 
@@ -183,10 +189,11 @@ def test_steps_keep_per_rank_figures_and_span_the_ranks(two_ranks):
 
 def test_job_summary_gives_energy_per_rank_node_step_and_sample(two_ranks):
     from aipm_fast.integrations.distributed import job_summary
+
     results, _ = two_ranks
     summary = job_summary(results[0]["windows"], samples_per_step=64, window="train")
     per_rank = summary["per_rank"].set_index("rank")
-    assert per_rank.loc[1, "host_energy_j"] == 0.0     # rank 1 reads no host source
+    assert per_rank.loc[1, "host_energy_j"] == 0.0  # rank 1 reads no host source
     assert per_rank.loc[0, "host_energy_j"] > 0
     total = summary["total"]
     assert total["energy_j"] == pytest.approx(per_rank["energy_j"].sum())
@@ -197,15 +204,30 @@ def test_job_summary_gives_energy_per_rank_node_step_and_sample(two_ranks):
 
 
 def test_gathering_without_a_process_group_gives_this_process_s_table():
-    from aipm_fast.integrations.distributed import gather_windows
     import torch.distributed as dist
+
+    from aipm_fast.integrations.distributed import gather_windows
+
     assert not dist.is_initialized()
 
     class OneWindow:
         def windows(self):
-            return pd.DataFrame([{"window": "w", "window_id": 0, "domain": "nvml:0", "part": "gpu",
-                                  "additive": True, "start_ns": 0,
-                                  "end_ns": 2_000_000_000, "duration_s": 2.0, "energy_j": 200.0, "n_inferences": 4}])
+            return pd.DataFrame(
+                [
+                    {
+                        "window": "w",
+                        "window_id": 0,
+                        "domain": "nvml:0",
+                        "part": "gpu",
+                        "additive": True,
+                        "start_ns": 0,
+                        "end_ns": 2_000_000_000,
+                        "duration_s": 2.0,
+                        "energy_j": 200.0,
+                        "n_inferences": 4,
+                    }
+                ]
+            )
 
     t = gather_windows(OneWindow())
     assert list(t["scope"]) == ["rank", "node", "job"]
@@ -214,18 +236,37 @@ def test_gathering_without_a_process_group_gives_this_process_s_table():
 
 def test_job_summary_keeps_gpu_figures_when_a_host_source_has_no_reading():
     from aipm_fast.integrations.distributed import job_summary
+
     rank_rows = [
         {"rank": 0, "domain": "nvml:0", "part": "gpu", "additive": True, "energy_j": 300.0},
-        {"rank": 0, "domain": "rapl:psys", "part": "platform", "additive": True,
-         "energy_j": float("nan")},    # a stuck counter
+        {
+            "rank": 0,
+            "domain": "rapl:psys",
+            "part": "platform",
+            "additive": True,
+            "energy_j": float("nan"),
+        },  # a stuck counter
         {"rank": 1, "domain": "nvml:1", "part": "gpu", "additive": True, "energy_j": 310.0},
     ]
     common = {"scope": "rank", "node": "n0", "window": "train", "seq": 0, "n_inferences": 10, "duration_s": 1.0}
-    table = pd.DataFrame([{**common, **r} for r in rank_rows]
-                         + [{"scope": "job", "window": "train", "domain": "all", "rank": -1, "node": "",
-                             "energy_j": float("nan"), "seq": 0, "n_inferences": 10, "duration_s": 1.0}])
+    table = pd.DataFrame(
+        [{**common, **r} for r in rank_rows]
+        + [
+            {
+                "scope": "job",
+                "window": "train",
+                "domain": "all",
+                "rank": -1,
+                "node": "",
+                "energy_j": float("nan"),
+                "seq": 0,
+                "n_inferences": 10,
+                "duration_s": 1.0,
+            }
+        ]
+    )
     total = job_summary(table, samples_per_step=8, window="train")["total"]
-    assert np.isnan(total["energy_j"]) and np.isnan(total["host_energy_j"])   # never a silent undercount
+    assert np.isnan(total["energy_j"]) and np.isnan(total["host_energy_j"])  # never a silent undercount
     assert total["gpu_energy_j"] == pytest.approx(610.0)
     assert total["gpu_joules_per_step"] == pytest.approx(61.0)
     assert total["gpu_joules_per_sample"] == pytest.approx(61.0 / 8)
@@ -233,6 +274,6 @@ def test_job_summary_keeps_gpu_figures_when_a_host_source_has_no_reading():
     assert total["ranks_without_gpu"] == []
     with pytest.raises(ValueError, match="no window named 'trian'; the table has 'train'"):
         job_summary(table, window="trian")
-    no_gpu = table.copy()                                               # rank 1 meters no GPU
+    no_gpu = table.copy()  # rank 1 meters no GPU
     no_gpu.loc[no_gpu["domain"] == "nvml:1", ["domain", "part"]] = ["rapl:package-0", "host"]
     assert job_summary(no_gpu, window="train")["total"]["ranks_without_gpu"] == [1]

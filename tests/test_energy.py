@@ -194,7 +194,11 @@ def test_at_extrapolates_one_sample_period_then_gives_nan():
 def test_extrapolation_limit_is_a_field():
     curve = trace_50hz(1, 100.0)
     longer = EnergyCurve(
-        curve.t_ns, curve.joules, curve.sample_period_s, curve.method, curve.power_w,
+        curve.t_ns,
+        curve.joules,
+        curve.sample_period_s,
+        curve.method,
+        curve.power_w,
         max_extrapolation_s=1.0,
     )
     assert longer.at(curve.end_ns + S) == pytest.approx(200.0)

@@ -1,10 +1,9 @@
 """The generic hwmon source on a fake tree: what each chip means, its energy in `record`, the
 Meter and the bench's columns, and unknown chips measured but kept out of totals."""
+
 import time
 
 import pytest
-from fakes.hwmon import HwmonWriter, build_hwmon_tree
-from recording import drain_for
 
 from aipm_fast import Meter
 from aipm_fast._native import Engine
@@ -14,6 +13,9 @@ from aipm_fast.integrations.common import total_j
 from aipm_fast.recorder import Recorder
 from aipm_fast.sources import hwmon
 from aipm_fast.sources.base import COUNTER, INSTANT_POWER, MEAN_POWER
+
+from fakes.hwmon import HwmonWriter, build_hwmon_tree
+from recording import drain_for
 
 OFF = {"powercap_root": "/x", "msr_root": "/x", "perf_root": "/x", "nvml_lib": "/x/libnvidia-ml.so.1"}
 
@@ -38,10 +40,15 @@ def test_each_chip_says_what_it_measures_and_whether_it_adds(tree):
     found = hwmon.discover(Engine(10), EngineConfig(hwmon_root=root))
     assert not found.problems
     d = found.domains
-    assert sorted(d) == ["hwmon:acme_board/2", "hwmon:acme_board/VIN_12V", "hwmon:amd_energy",
-                         "hwmon:amdgpu-0", "hwmon:amdgpu-1"]
+    assert sorted(d) == [
+        "hwmon:acme_board/2",
+        "hwmon:acme_board/VIN_12V",
+        "hwmon:amd_energy",
+        "hwmon:amdgpu-0",
+        "hwmon:amdgpu-1",
+    ]
     assert d["hwmon:amdgpu-0"].part == "gpu" and d["hwmon:amdgpu-0"].additive
-    assert d["hwmon:amd_energy"].part == "host" and not d["hwmon:amd_energy"].additive   # RAPL counts it
+    assert d["hwmon:amd_energy"].part == "host" and not d["hwmon:amd_energy"].additive  # RAPL counts it
     assert d["hwmon:acme_board/VIN_12V"].part == "other" and not d["hwmon:acme_board/VIN_12V"].additive
     readings = {c.name: (c.reading, c.unit, c.averaging_s) for c in found.channels}
     assert readings["hwmon:amdgpu-0.power_average"] == (MEAN_POWER, "W", 0.01)
@@ -59,10 +66,15 @@ def test_record_measures_every_chip_within_2_percent(tree):
     rec = drain_for(Recorder(hwmon_root=root, **OFF), 1.5)
     energies = rec.energy()
     span_s = (rec.stop_ns - rec.start_ns) / 1e9
-    for domain, watts in [("hwmon:amdgpu-0", 150.0), ("hwmon:amdgpu-1", 80.0), ("hwmon:amd_energy", 30.0),
-                          ("hwmon:acme_board/VIN_12V", 5.0), ("hwmon:acme_board/2", 3.0)]:
+    for domain, watts in [
+        ("hwmon:amdgpu-0", 150.0),
+        ("hwmon:amdgpu-1", 80.0),
+        ("hwmon:amd_energy", 30.0),
+        ("hwmon:acme_board/VIN_12V", 5.0),
+        ("hwmon:acme_board/2", 3.0),
+    ]:
         assert energies[domain].energy_j == pytest.approx(watts * span_s, rel=0.02), (domain, energies[domain])
-    assert energies["hwmon:amdgpu-1"].method.startswith("power_input")   # finer than the counter's reads
+    assert energies["hwmon:amdgpu-1"].method.startswith("power_input")  # finer than the counter's reads
     assert set(rec.summary()["domains"]) == set(energies)
 
 

@@ -4,6 +4,7 @@ Each training step sleeps a few ms so that epochs last a few tenths of a second:
 for 1 ms RAPL updates and 20 ms NVML samples to give epoch energies within a few per cent of
 the fakes' constant power times the epoch's duration.
 """
+
 import importlib
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
+
 from tiny_models import Regressor  # noqa: E402
 
 OFF = {"msr_root": "/nonexistent", "perf_root": "/nonexistent"}
@@ -28,8 +30,12 @@ def hw(fake_powercap, fake_nvml_lib, monkeypatch):
     monkeypatch.setenv("FAKE_NVML_TRACE", f"const:{GPU_W:g}")
     root, writer = fake_powercap()
     options = {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), "cuda": False, **OFF}
-    powers = {PACKAGE: writer.power_w("intel-rapl:0"), CORE: writer.power_w("intel-rapl:0:0"),
-              DRAM: writer.power_w("intel-rapl:0:1"), GPU: GPU_W}
+    powers = {
+        PACKAGE: writer.power_w("intel-rapl:0"),
+        CORE: writer.power_w("intel-rapl:0:0"),
+        DRAM: writer.power_w("intel-rapl:0:1"),
+        GPU: GPU_W,
+    }
     return options, powers
 
 
@@ -86,7 +92,7 @@ def lightning_parts(pl):
         def training_step(self, batch, batch_idx):
             if batch_idx == self.fail_at:
                 raise RuntimeError("boom")
-            if self.meter is not None:   # the user's own marks on the same Meter are not steps
+            if self.meter is not None:  # the user's own marks on the same Meter are not steps
                 with self.meter.inference():
                     time.sleep(0.002)
             time.sleep(STEP_S)
@@ -101,15 +107,26 @@ def lightning_parts(pl):
 
 def fit(pl, module, callback, logger, epochs=2, n=32):
     from torch.utils.data import DataLoader, TensorDataset
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, callbacks=[callback],
-                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-                         log_every_n_steps=1, num_sanity_val_steps=0)
+
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=[callback],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, DataLoader(TensorDataset(*data(n)), batch_size=4))
     return trainer
 
 
 def test_lightning_callback_logs_steps_and_epochs(pl, hw):
     from aipm_fast.integrations.lightning import AipmCallback
+
     options, powers = hw
     Capture, Tiny = lightning_parts(pl)
     logger = Capture()
@@ -117,14 +134,14 @@ def test_lightning_callback_logs_steps_and_epochs(pl, hw):
     fit(pl, Tiny(), cb, logger)
 
     m = cb.meter
-    assert not m._started    # owned: stopped at the end of the fit
+    assert not m._started  # owned: stopped at the end of the fit
     logged = [metrics for metrics, _ in logger.rows]
 
     # steps: lagging, but present from the first epoch on, and each one a real step's energy
     steps = [r for r in logged if "energy/step_j" in r]
     assert len(steps) >= 8
     inf = m.inferences()
-    assert len(inf[inf["domain"] == GPU]) == 16     # one mark per batch, 2 epochs x 8 batches
+    assert len(inf[inf["domain"] == GPU]) == 16  # one mark per batch, 2 epochs x 8 batches
     for r in steps:
         assert r["energy/step_j"] > 0
         assert r["energy/step_j"] == pytest.approx(sum(r[f"energy/step_j/{d}"] for d in (PACKAGE, DRAM, GPU)))
@@ -158,26 +175,28 @@ def test_lightning_callback_logs_steps_and_epochs(pl, hw):
 def test_lightning_callback_with_a_running_meter(pl, hw):
     from aipm_fast import Meter
     from aipm_fast.integrations.lightning import AipmCallback
+
     options, _ = hw
     Capture, Tiny = lightning_parts(pl)
     logger = Capture()
     with Meter(**options) as m:
         cb = AipmCallback(m)
         fit(pl, Tiny(meter=m), cb, logger, epochs=2, n=16)
-        assert m._started    # not the callback's to stop
+        assert m._started  # not the callback's to stop
         inf = m.inferences()
         user = set(inf.loc[inf["latency_s"] < 0.9 * STEP_S, "index"])
-        assert len(user) == 8 and len(set(inf["index"]) - user) == 8     # 8 inferences, 8 steps
+        assert len(user) == 8 and len(set(inf["index"]) - user) == 8  # 8 inferences, 8 steps
     gpu = inf[inf["domain"] == GPU].set_index("index")["energy_j"]
     step_values = [r[f"energy/step_j/{GPU}"] for r, _ in logger.rows if f"energy/step_j/{GPU}" in r]
     assert step_values
-    for v in step_values:   # a step's energy, never one of the user's inferences
+    for v in step_values:  # a step's energy, never one of the user's inferences
         matches = gpu[np.isclose(gpu, v)].index
         assert len(matches) and not set(matches) & user
 
 
 def test_lightning_callback_stops_its_meter_on_an_exception(pl, hw):
     from aipm_fast.integrations.lightning import AipmCallback
+
     options, _ = hw
     Capture, Tiny = lightning_parts(pl)
     cb = AipmCallback(**options)
@@ -187,7 +206,7 @@ def test_lightning_callback_stops_its_meter_on_an_exception(pl, hw):
     assert cb._step is None and cb._epoch is None
     win = cb.meter.windows()
     assert set(win["window"]) == {"train", "epoch_0"}
-    assert (win.loc[win["window"] == "epoch_0", "n_inferences"] == 4).all()   # the failed batch's mark closed too
+    assert (win.loc[win["window"] == "epoch_0", "n_inferences"] == 4).all()  # the failed batch's mark closed too
 
 
 # -- Hugging Face -------------------------------------------------------------------------------
@@ -195,9 +214,10 @@ def test_huggingface_callback_adds_energy_to_the_logs(hw, tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from aipm_fast.integrations.huggingface import AipmTrainerCallback
+
     options, powers = hw
 
-    class Reporter(transformers.TrainerCallback):   # stands for a report_to integration
+    class Reporter(transformers.TrainerCallback):  # stands for a report_to integration
         def __init__(self):
             self.logs = []
 
@@ -207,12 +227,19 @@ def test_huggingface_callback_adds_energy_to_the_logs(hw, tmp_path):
     x, y = data(32)
     dataset = [{"x": x[i], "labels": y[i]} for i in range(32)]
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), report_to=[], use_cpu=True, logging_steps=1, num_train_epochs=2,
-        per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
+        output_dir=str(tmp_path),
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
     reporter = Reporter()
     cb = AipmTrainerCallback(**options)
     trainer = transformers.Trainer(model=Regressor(STEP_S), args=args, train_dataset=dataset, callbacks=[reporter])
-    cb.attach(trainer)     # ahead of the reporter, as of the report_to integrations
+    cb.attach(trainer)  # ahead of the reporter, as of the report_to integrations
     trainer.train()
     assert not cb.meter._started
 
@@ -231,8 +258,9 @@ def test_huggingface_callback_adds_energy_to_the_logs(hw, tmp_path):
     final = history[-1]
     assert "train_runtime" in final and final["energy/train_j"] >= sum(r["energy_j"] for r in cb.epochs)
     # the integrations that come after the callback received the same keys
-    assert [{k: v for k, v in h.items() if k.startswith("energy/")} for h in history] == \
-        [{k: v for k, v in r.items() if k.startswith("energy/")} for r in reporter.logs]
+    assert [{k: v for k, v in h.items() if k.startswith("energy/")} for h in history] == [
+        {k: v for k, v in r.items() if k.startswith("energy/")} for r in reporter.logs
+    ]
 
     # only the main process adds keys
     cb._unlogged = {"energy/epoch_j": 1.0}
@@ -243,13 +271,16 @@ def test_huggingface_callback_adds_energy_to_the_logs(hw, tmp_path):
 
 
 # -- missing frameworks -------------------------------------------------------------------------
-@pytest.mark.parametrize("module, blocked, extra", [
-    ("aipm_fast.integrations.lightning", ("lightning", "pytorch_lightning"), "lightning"),
-    ("aipm_fast.integrations.huggingface", ("transformers",), "huggingface"),
-])
+@pytest.mark.parametrize(
+    "module, blocked, extra",
+    [
+        ("aipm_fast.integrations.lightning", ("lightning", "pytorch_lightning"), "lightning"),
+        ("aipm_fast.integrations.huggingface", ("transformers",), "huggingface"),
+    ],
+)
 def test_a_missing_framework_names_the_extra(monkeypatch, module, blocked, extra):
     for name in [n for n in sys.modules if n.split(".")[0] in blocked] + list(blocked):
-        monkeypatch.setitem(sys.modules, name, None)    # import fails as if not installed
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(ImportError, match=rf"pip install 'aipm-fast\[{extra}\]'"):
         importlib.import_module(module)

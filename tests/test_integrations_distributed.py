@@ -7,9 +7,11 @@ train the same tiny MLP in the same two processes, Lightning first; the Trainer 
 process group. Hardware is faked: two fake GPUs (GPU r draws 100 + 10 r W, rank r meters GPU r)
 and one powercap tree that only local rank 0 reads.
 """
+
 import textwrap
 
 import pytest
+
 from gloo_ranks import two_gloo_ranks
 
 pytest.importorskip("torch.distributed")
@@ -17,9 +19,10 @@ pytest.importorskip("lightning.pytorch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-EPOCHS, SAMPLES, BATCH = 2, 64, 4        # 64 samples over 2 ranks: 8 steps of 4 per rank and epoch
+EPOCHS, SAMPLES, BATCH = 2, 64, 4  # 64 samples over 2 ranks: 8 steps of 4 per rank and epoch
 STEPS = SAMPLES // 2 // BATCH
-RANK_SCRIPT = textwrap.dedent("""
+RANK_SCRIPT = (
+    textwrap.dedent("""
     import os, pickle, sys, time, warnings
     warnings.filterwarnings("ignore")
     import torch
@@ -95,15 +98,25 @@ RANK_SCRIPT = textwrap.dedent("""
     with open(out, "wb") as f:
         pickle.dump(result, f)
     torch.distributed.destroy_process_group()
-""").replace("EPOCHS_", str(EPOCHS)).replace("SAMPLES_", str(SAMPLES)).replace("BATCH_", str(BATCH))
+""")
+    .replace("EPOCHS_", str(EPOCHS))
+    .replace("SAMPLES_", str(SAMPLES))
+    .replace("BATCH_", str(BATCH))
+)
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory, build_fake_nvml):
     """Runs RANK_SCRIPT on two gloo ranks; returns [rank 0's results, rank 1's]."""
     tmp = tmp_path_factory.mktemp("dist_callbacks")
-    with two_gloo_ranks(RANK_SCRIPT, tmp, build_fake_nvml(), extra_args=lambda rank: [str(tmp / f"hf{rank}")],
-                        extra_env={"TOKENIZERS_PARALLELISM": "false"}, timeout_s=55) as (results, _):
+    with two_gloo_ranks(
+        RANK_SCRIPT,
+        tmp,
+        build_fake_nvml(),
+        extra_args=lambda rank: [str(tmp / f"hf{rank}")],
+        extra_env={"TOKENIZERS_PARALLELISM": "false"},
+        timeout_s=55,
+    ) as (results, _):
         yield results
 
 
@@ -130,7 +143,7 @@ def test_each_rank_meters_its_own_gpu_and_only_local_rank_zero_the_host(two_rank
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_rank_zero_gets_the_job_totals(two_ranks, framework):
     r0, r1 = (two_ranks[r][framework] for r in (0, 1))
-    assert r1["job_epochs"] == [] and r1["job_train"] is None      # only rank 0 gets the tables
+    assert r1["job_epochs"] == [] and r1["job_train"] is None  # only rank 0 gets the tables
     assert [j["epoch"] for j in r0["job_epochs"]] == list(range(EPOCHS))
     for n, job in enumerate(r0["job_epochs"]):
         e0, e1 = r0["epochs"][n]["energy_j"], r1["epochs"][n]["energy_j"]
@@ -161,7 +174,7 @@ def test_rank_zero_logs_the_job_keys_next_to_its_own(two_ranks, framework):
     assert len(epochs) == EPOCHS
     for n, row in enumerate(epochs):
         e0, e1 = r0["epochs"][n]["energy_j"], r1["epochs"][n]["energy_j"]
-        assert row["energy/epoch_j"] == pytest.approx(e0, rel=1e-6)          # this process's, as before
+        assert row["energy/epoch_j"] == pytest.approx(e0, rel=1e-6)  # this process's, as before
         assert row["energy/job/epoch_j"] == pytest.approx(e0 + e1, rel=1e-6)
         assert row["energy/job/epoch_j_per_sample"] == pytest.approx((e0 + e1) / (2 * STEPS * BATCH), rel=1e-6)
         assert row["energy/job/epoch_j_per_step"] == pytest.approx((e0 + e1) / STEPS, rel=1e-6)
@@ -169,6 +182,5 @@ def test_rank_zero_logs_the_job_keys_next_to_its_own(two_ranks, framework):
         assert row["energy/rank1/epoch_j"] == pytest.approx(e1, rel=1e-6)
     train = [row for row in r0["logged"] if "energy/job/train_j" in row]
     assert len(train) == 1
-    assert train[0]["energy/job/train_j"] == pytest.approx(r0["train"]["energy_j"] + r1["train"]["energy_j"],
-                                                           rel=1e-6)
+    assert train[0]["energy/job/train_j"] == pytest.approx(r0["train"]["energy_j"] + r1["train"]["energy_j"], rel=1e-6)
     assert train[0]["energy/rank1/train_j"] == pytest.approx(r1["train"]["energy_j"], rel=1e-6)

@@ -1,4 +1,5 @@
 """The Meter on fake hardware: windows, per-inference energies, CUDA-event mapping, kill safety."""
+
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ def hw(fake_powercap, fake_nvml_lib, monkeypatch):
 def test_window_energy_within_1_percent_of_the_truth(hw, fake_nvml_ctypes):
     options, writer = hw
     lib = fake_nvml_ctypes()
-    assert lib.nvmlInit_v2() == 0   # hold a reference, so the fake's time origin outlives the Meter
+    assert lib.nvmlInit_v2() == 0  # hold a reference, so the fake's time origin outlives the Meter
     with Meter(**options, cuda=False) as m:
         spans = []
         for length in (0.05, 0.2, 0.5):
@@ -52,8 +53,10 @@ def test_window_energy_within_1_percent_of_the_truth(hw, fake_nvml_ctypes):
             continue
         assert pkg["energy_j"] == pytest.approx(writer.energy_j("intel-rapl:0", w.start_ns, w.end_ns), rel=0.01)
         gpu = df.loc[(w.name, "nvml:0")]
-        truth = lib.fake_nvml_energy_ns_j(0, realtime_ns(w.end_ns)) - lib.fake_nvml_energy_ns_j(0, realtime_ns(w.start_ns))
-        assert gpu["energy_j"] == pytest.approx(truth, rel=0.01), w.name   # windows >= 2 periods of 20 ms
+        truth = lib.fake_nvml_energy_ns_j(0, realtime_ns(w.end_ns)) - lib.fake_nvml_energy_ns_j(
+            0, realtime_ns(w.start_ns)
+        )
+        assert gpu["energy_j"] == pytest.approx(truth, rel=0.01), w.name  # windows >= 2 periods of 20 ms
     lib.nvmlShutdown()
 
 
@@ -100,11 +103,14 @@ def test_uncertainty_grows_as_inferences_shrink_below_the_source_period(hw):
             for length in [0.002] * 20 + [0.08] * 5:
                 with m.inference():
                     busy(length)
-        time.sleep(0.1)   # readings past the last edge: an extrapolated edge is rightly an estimate
+        time.sleep(0.1)  # readings past the last edge: an extrapolated edge is rightly an estimate
     inf = m.inferences()
     gpu = inf[inf["domain"] == "nvml:0"]
     short, long_ = gpu[gpu["latency_s"] < 0.01], gpu[gpu["latency_s"] > 0.05]
-    rel = lambda d: (d["uncertainty_j"] / d["energy_j"]).median()
+
+    def rel(d):
+        return (d["uncertainty_j"] / d["energy_j"]).median()
+
     assert rel(short) > 3 * rel(long_)
     assert short["estimate"].all() and not long_["estimate"].any()
 
@@ -151,8 +157,8 @@ def test_explicit_windows_may_overlap_in_any_order(hw):
         a = m.start_window("a")
         infer(3)
         b = m.start_window("b")
-        infer(2)                 # in both a and b
-        m.end_window(a)          # a closes first: the spans overlap, not nest
+        infer(2)  # in both a and b
+        m.end_window(a)  # a closes first: the spans overlap, not nest
         infer(4)
         m.end_window(b)
         with pytest.raises(ValueError, match="'a' is already closed"):
@@ -179,6 +185,7 @@ def test_explicit_windows_may_overlap_in_any_order(hw):
 
 def test_explicit_window_closed_from_another_thread_takes_no_later_marks(hw):
     import threading
+
     options, _ = hw
     with Meter(**options, cuda=False) as m:
         opened, closed = threading.Event(), threading.Event()
@@ -203,6 +210,7 @@ def test_explicit_window_closed_from_another_thread_takes_no_later_marks(hw):
 
 def test_async_code_can_await_the_meter(hw):
     import asyncio
+
     options, writer = hw
 
     async def main():
@@ -222,7 +230,7 @@ class FakeGpu:
 
     def __init__(self, lag_ns):
         self.lag_ns = lag_ns
-        self.queue_ns = 0     # the time the GPU will reach the end of the work queued so far
+        self.queue_ns = 0  # the time the GPU will reach the end of the work queued so far
 
     def now(self):
         return time.monotonic_ns()
@@ -263,17 +271,17 @@ def test_cuda_event_times_map_onto_the_host_clock():
     starts, ends = [], []
     for _ in range(5):
         s = timer.begin()
-        gpu.launch(0.01)              # asynchronous: the host runs ahead
+        gpu.launch(0.01)  # asynchronous: the host runs ahead
         e = timer.end()
         starts.append(s)
         ends.append(e)
     host_after_launch = time.monotonic_ns()
-    assert timer.resolve(anchor, starts[-1], ends[-1]) is None    # the GPU is not there yet
+    assert timer.resolve(anchor, starts[-1], ends[-1]) is None  # the GPU is not there yet
     gpu.synchronize()
     times = [timer.resolve(anchor, s, e) for s, e in zip(starts, ends)]
     lat = np.array([(b - a) / 1e6 for a, b in times])
-    assert lat == pytest.approx(10.0, abs=0.1)                      # GPU time, not host time
-    assert times[-1][1] > host_after_launch                         # mapped to when the GPU ran it
+    assert lat == pytest.approx(10.0, abs=0.1)  # GPU time, not host time
+    assert times[-1][1] > host_after_launch  # mapped to when the GPU ran it
     assert times[-1][1] - times[0][0] == pytest.approx(50e6, rel=0.02)
 
 
@@ -302,7 +310,7 @@ def test_killed_process_leaves_readable_results(hw, tmp_path):
     script = textwrap.dedent(f"""
         import time, sys
         from aipm_fast import Meter
-        m = Meter(powercap_root={options['powercap_root']!r}, nvml_lib={options['nvml_lib']!r},
+        m = Meter(powercap_root={options["powercap_root"]!r}, nvml_lib={options["nvml_lib"]!r},
                   msr_root="/x", perf_root="/x", cuda=False, out_dir={str(out)!r}).start()
         with m.window("forever"):
             i = 0
@@ -319,15 +327,15 @@ def test_killed_process_leaves_readable_results(hw, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     rows = pd.read_csv(out / "inferences.csv")
-    assert len(rows) >= 2 * 40     # two domains, most of the inferences before the kill
+    assert len(rows) >= 2 * 40  # two domains, most of the inferences before the kill
     assert rows["energy_j"].notna().all() and (rows["energy_j"] > 0).all()
 
 
 def test_a_stuck_counter_does_not_hold_back_the_other_domains(hw):
     options, writer = hw
-    writer.freeze("intel-rapl:0:1")       # dram never advances: its counter gives no curve
+    writer.freeze("intel-rapl:0:1")  # dram never advances: its counter gives no curve
     with Meter(**options, cuda=False) as m:
-        time.sleep(3.5)                   # long enough for the meter to call it stuck
+        time.sleep(3.5)  # long enough for the meter to call it stuck
         t0 = time.monotonic()
         with m.window("after"):
             for _ in range(5):
@@ -335,7 +343,7 @@ def test_a_stuck_counter_does_not_hold_back_the_other_domains(hw):
                     busy(0.01)
         m.flush()
         waited = time.monotonic() - t0
-    assert waited < 2.0                   # not the 5 s give-up of every edge
+    assert waited < 2.0  # not the 5 s give-up of every edge
     win = m.windows().set_index("domain")
     assert np.isnan(win.loc["rapl:package-0/dram", "energy_j"])
     assert "changed 0 time" in win.loc["rapl:package-0/dram", "method"]
@@ -349,7 +357,7 @@ def test_meter_scale_follows_the_counter_and_warns_when_the_trace_disagrees():
         s = counter_scale(trace_j, counter_j, span_s)
         return s.factor, s.how
 
-    k, how = scale(1000.0, 800.0)             # an aliased trace reading 25% high
+    k, how = scale(1000.0, 800.0)  # an aliased trace reading 25% high
     assert k == pytest.approx(0.8) and "trace alone read +25.0% against the counter" in how
     k, how = scale(1000.0, 1010.0)
     assert k == pytest.approx(1.01) and "trace alone" not in how
@@ -377,7 +385,7 @@ def test_streamed_rows_are_provisional_until_stop_and_then_equal_the_results(hw,
     pd.testing.assert_frame_equal(pd.read_csv(out / "inferences.csv"), marks, check_dtype=False)
     assert (windows["part"] == windows["domain"].map(m.domains).map(lambda d: d.part)).all()
 
-    with Meter(**options, cuda=False, out_dir=str(out)) as again:   # a second session appends
+    with Meter(**options, cuda=False, out_dir=str(out)) as again:  # a second session appends
         with again.window("b"):
             time.sleep(0.05)
     kept = pd.read_csv(out / "windows.csv")
@@ -386,11 +394,12 @@ def test_streamed_rows_are_provisional_until_stop_and_then_equal_the_results(hw,
 
 def test_marks_streamed_to_out_dir_leave_memory_and_read_back_alike(hw, tmp_path, monkeypatch):
     import aipm_fast.results as results
-    monkeypatch.setattr(results, "TAIL_BATCHES", 2)      # keep only the latest two batches in memory
+
+    monkeypatch.setattr(results, "TAIL_BATCHES", 2)  # keep only the latest two batches in memory
     options, _ = hw
     with Meter(**options, cuda=False, out_dir=str(tmp_path / "s")) as m:
         with m.window("a"):
-            for _ in range(5):                               # five rounds: at least five batches
+            for _ in range(5):  # five rounds: at least five batches
                 for _ in range(8):
                     with m.inference():
                         busy(0.005)
@@ -399,7 +408,7 @@ def test_marks_streamed_to_out_dir_leave_memory_and_read_back_alike(hw, tmp_path
         assert len(m.results.batches) <= 2 and m.results.position >= 5
         streamed = m.inferences(window="a")
         assert len(streamed) == len(m.domains) * 40 and set(streamed["status"]) == {"provisional"}
-        marks, position = m.resolved_marks(0)             # the tail only: older ones are on disk
+        marks, position = m.resolved_marks(0)  # the tail only: older ones are on disk
         assert position == m.results.position and 0 < len(marks) < 40
         # what is read back from disk is what memory held, to the last digit
         tail = m.results._marks_frame(m.results.batches).set_index(["index", "domain"])

@@ -1,4 +1,5 @@
 """The C core through its one Python front: channels, the ring, counting what was lost."""
+
 import errno
 import time
 
@@ -118,6 +119,7 @@ def test_removed_file_is_reported_as_gone(tmp_path):
     e.start()
     time.sleep(0.05)
     import os
+
     os.unlink(path)
     time.sleep(1.2)  # removal is checked at heartbeat rate
     e.stop()

@@ -1,5 +1,6 @@
 """The hardware options come from one table (config.HARDWARE_OPTIONS): the config, every command
 that takes them and the README's table must all say what the table says."""
+
 import dataclasses
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def config_of(monkeypatch, command, args, env):
 def test_config_fields_defaults_and_env_come_from_the_table():
     fields = {f.name: f.default for f in dataclasses.fields(EngineConfig)}
     names = [o.name for o in HARDWARE_OPTIONS]
-    assert list(fields)[:len(names)] == names
+    assert list(fields)[: len(names)] == names
     assert {o.name: o.default for o in HARDWARE_OPTIONS} == {n: fields[n] for n in names}
     assert ENV == {o.name: o.env for o in HARDWARE_OPTIONS if o.env}
     assert len(set(names)) == len(names) and len({o.cli_flag for o in HARDWARE_OPTIONS}) == len(names)
@@ -68,8 +69,7 @@ def test_config_fields_defaults_and_env_come_from_the_table():
 
 def test_a_switch_cannot_have_a_variable_that_nothing_would_read():
     with pytest.raises(ValueError, match="no environment variable"):
-        HardwareOption("hwmon", "bool", True, "do not read hwmon", flag="--no-hwmon", switch=False,
-                       env="AIPM_NO_HWMON")
+        HardwareOption("hwmon", "bool", True, "do not read hwmon", flag="--no-hwmon", switch=False, env="AIPM_NO_HWMON")
 
 
 def test_from_env_reads_each_variable_and_explicit_values_win():
@@ -79,7 +79,7 @@ def test_from_env_reads_each_variable_and_explicit_values_win():
         assert getattr(config, o.name) == (f"/from-env/{o.name}" if o.env else o.default)
     explicit = EngineConfig.from_env(environ, **{n: f"/given/{n}" for n in ENV})
     assert all(getattr(explicit, n) == f"/given/{n}" for n in ENV)
-    assert EngineConfig.from_env({v: "" for v in ENV.values()}) == EngineConfig()   # empty: unset
+    assert EngineConfig.from_env({v: "" for v in ENV.values()}) == EngineConfig()  # empty: unset
 
 
 def test_every_command_with_hardware_options_takes_all_of_them():
@@ -130,4 +130,5 @@ def test_readme_table_is_the_tables_rendering():
     shown = "\n".join(lines[first:end]) + "\n"
     assert shown == hardware_options_markdown(), (
         "README.md's Hardware paths table is out of date: replace it with the output of\n"
-        'python -c "from aipm_fast.config import hardware_options_markdown as m; print(m())"')
+        'python -c "from aipm_fast.config import hardware_options_markdown as m; print(m())"'
+    )

@@ -1,9 +1,8 @@
 """The one energy policy: channel ranking and fallback, the counter's scale, and one recording
 replayed through the online (Meter) and offline (record) paths with the same energies."""
+
 import numpy as np
 import pytest
-from fakes.powercap import PowercapWriter, build_powercap_tree
-from recording import drain_for
 
 from aipm_fast import policy
 from aipm_fast.coordinator import Coordinator, Mark
@@ -13,29 +12,38 @@ from aipm_fast.results import Window
 from aipm_fast.sources.base import COUNTER, INSTANT_POWER, LEVEL, MEAN_POWER, Channel
 from aipm_fast.timing import HostTimer
 
+from fakes.powercap import PowercapWriter, build_powercap_tree
+from recording import drain_for
+
 
 def channel(cid, label, reading, update_s=None, averaging_s=None, domain="gpu:0"):
     quantity = {COUNTER: "energy", LEVEL: "utilization"}.get(reading, "power")
-    return Channel(cid, domain, label, reading, quantity, "W", "test", 0.01, update_s=update_s,
-                   averaging_s=averaging_s)
+    return Channel(cid, domain, label, reading, quantity, "W", "test", 0.01, update_s=update_s, averaging_s=averaging_s)
 
 
 def test_channels_rank_by_resolution_and_power_before_a_counter_of_the_same():
-    chans = [channel(0, "energy", COUNTER, 0.1), channel(1, "average", MEAN_POWER, 0.1, 1.0),
-             channel(2, "instant", INSTANT_POWER, 0.1), channel(3, "samples", INSTANT_POWER, 0.02),
-             channel(4, "util", LEVEL)]
+    chans = [
+        channel(0, "energy", COUNTER, 0.1),
+        channel(1, "average", MEAN_POWER, 0.1, 1.0),
+        channel(2, "instant", INSTANT_POWER, 0.1),
+        channel(3, "samples", INSTANT_POWER, 0.02),
+        channel(4, "util", LEVEL),
+    ]
     ranked = policy.ranked_channels(chans)["gpu:0"]
     assert [c.label for c in ranked] == ["samples", "instant", "energy", "average"]
     assert policy.anchor_for(ranked[0], ranked).label == "energy"
-    assert policy.anchor_for(ranked[2], ranked) is None          # a counter is not scaled
+    assert policy.anchor_for(ranked[2], ranked) is None  # a counter is not scaled
 
 
 def test_choice_falls_back_from_stuck_dead_and_failing_channels():
-    ranked = [channel(0, "samples", INSTANT_POWER, 0.02), channel(1, "instant", INSTANT_POWER, 0.1),
-              channel(2, "energy", COUNTER, 0.1)]
+    ranked = [
+        channel(0, "samples", INSTANT_POWER, 0.02),
+        channel(1, "instant", INSTANT_POWER, 0.1),
+        channel(2, "energy", COUNTER, 0.1),
+    ]
     known = lambda c: True  # noqa: E731
     assert policy.choose(ranked, {}, known).label == "samples"
-    assert policy.choose(ranked, {0: "stale"}, known).label == "instant"       # demoted behind healthy ones
+    assert policy.choose(ranked, {0: "stale"}, known).label == "instant"  # demoted behind healthy ones
     assert policy.choose(ranked, {0: "dead", 1: "failing"}, known).label == "energy"
     assert policy.choose(ranked, {0: "dead", 1: "failing", 2: "stuck"}, known).label == "instant"
     assert policy.choose(ranked, {0: "dead", 1: "dead", 2: "stuck"}, known) is None
@@ -53,7 +61,7 @@ def test_anchor_times_skip_the_first_reading_and_keep_to_the_trace():
     t = np.array([0, 10, 20, 30, 40, 50])
     v = np.array([5.0, 5.0, 6.0, 7.0, 7.0, 8.0])
     assert policy.anchor_times(t, v, 0, 100) == (20, 50)
-    assert policy.anchor_times(t, v, 25, 45) is None           # one change only inside
+    assert policy.anchor_times(t, v, 25, 45) is None  # one change only inside
     assert policy.anchor_times(np.array([0, 10]), np.array([1.0, 2.0]), 0, 100) is None
 
 
@@ -66,8 +74,9 @@ def recording(tmp_path_factory, build_fake_nvml):
         folder = tmp_path_factory.mktemp("replay")
         powercap = PowercapWriter(build_powercap_tree(folder / "powercap"), None)
         powercap.start()
-        rec = Recorder(powercap_root=str(folder / "powercap"), nvml_lib=str(build_fake_nvml()),
-                       msr_root="/x", perf_root="/x")
+        rec = Recorder(
+            powercap_root=str(folder / "powercap"), nvml_lib=str(build_fake_nvml()), msr_root="/x", perf_root="/x"
+        )
         writer = rec.sample_writer(str(folder / "samples.parquet"))
         rec.add_sink(writer)
         drain_for(rec, 7.2)
@@ -103,8 +112,11 @@ def replay_online(recording, spans, marks, health=None):
 
 def spans_and_marks(recording):
     t0 = int(recording.records["t_ns"].min())
-    spans = [(t0 + int(0.3e9), t0 + int(6.9e9)), (t0 + int(1.05e9), t0 + int(1.35e9)),
-             (t0 + int(4.0e9), t0 + int(6.0e9))]
+    spans = [
+        (t0 + int(0.3e9), t0 + int(6.9e9)),
+        (t0 + int(1.05e9), t0 + int(1.35e9)),
+        (t0 + int(4.0e9), t0 + int(6.0e9)),
+    ]
     marks = [(t0 + int(s * 1e9), t0 + int((s + 0.013) * 1e9)) for s in np.arange(0.5, 6.0, 0.37)]
     return spans, marks
 

@@ -1,4 +1,5 @@
 """The Prometheus exporter, scraped over loopback, against the meter's own figures and the fakes'."""
+
 import threading
 import time
 import urllib.request
@@ -45,14 +46,13 @@ def cumulative_j(meter, domain: str) -> float:
 
 def test_scraped_power_energy_and_steps_match_the_meter(hw):
     options, writer = hw
-    with Meter(**options, cuda=False) as m, \
-            PrometheusExporter(m, port=0, labels={"job_id": "t1"}) as exporter:
+    with Meter(**options, cuda=False) as m, PrometheusExporter(m, port=0, labels={"job_id": "t1"}) as exporter:
         assert exporter.port > 0
         with m.window("train"):
             for _ in range(5):
                 with m.step():
                     time.sleep(0.05)
-        time.sleep(1.2)           # a full power window of readings after the start
+        time.sleep(1.2)  # a full power window of readings after the start
         m.flush()
         before = {d: cumulative_j(m, d) for d in ("nvml:0", "rapl:package-0")}
         live = scrape(exporter.port)
@@ -68,7 +68,7 @@ def test_scraped_power_energy_and_steps_match_the_meter(hw):
     for domain in before:
         energy = live[("aipm_energy_joules_total", domain)][0]
         assert before[domain] * 0.99 <= energy <= after[domain] * 1.01
-        assert again[("aipm_energy_joules_total", domain)][0] >= energy      # a counter
+        assert again[("aipm_energy_joules_total", domain)][0] >= energy  # a counter
     # the last step: what the meter integrated for it
     inf = m.inferences()
     last = inf[inf["index"] == inf["index"].max()].set_index("domain")
@@ -83,7 +83,7 @@ def test_energy_counter_after_stop_is_the_meter_s_total_and_the_truth(hw):
     exporter = PrometheusExporter(m, port=0).start()
     try:
         time.sleep(1.0)
-        m.stop()                  # readings frozen: the scrape and the meter see the same data
+        m.stop()  # readings frozen: the scrape and the meter see the same data
         got = scrape(exporter.port)
     finally:
         exporter.stop()
@@ -91,7 +91,7 @@ def test_energy_counter_after_stop_is_the_meter_s_total_and_the_truth(hw):
     track = m.coordinator.primary("rapl:package-0")
     energy = got[("aipm_energy_joules_total", "rapl:package-0")][0]
     assert energy == pytest.approx(cumulative_j(m, "rapl:package-0"), rel=1e-9)
-    assert not track.trimmed      # so the total counts from the first reading kept
+    assert not track.trimmed  # so the total counts from the first reading kept
     assert energy == pytest.approx(writer.energy_j("intel-rapl:0", int(track.t[0]), track.last_ns), rel=0.03)
     gpu = got[("aipm_energy_joules_total", "nvml:0")][0]
     assert gpu == pytest.approx(cumulative_j(m, "nvml:0"), rel=1e-9)
@@ -112,11 +112,12 @@ def test_exporter_stops_serving(hw):
 
 def test_a_bare_recorder_can_be_served(hw):
     from aipm_fast.recorder import Recorder
+
     options, writer = hw
     rec = Recorder(keep_history=False, **options).start()
     exporter = PrometheusExporter(rec, port=0).start()
     try:
-        for _ in range(12):       # a recorder is drained by its owner
+        for _ in range(12):  # a recorder is drained by its owner
             time.sleep(0.1)
             rec.drain()
         got = scrape(exporter.port)

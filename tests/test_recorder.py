@@ -1,4 +1,5 @@
 """The engine end to end on fake hardware: energies against the fakes' truth, and faults."""
+
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ def record(seconds, **options):
     while time.monotonic() < end:
         time.sleep(0.1)
         rec.drain()
-    rec.close()   # frees the engine (and the fake NVML's reference) now, not at GC time
+    rec.close()  # frees the engine (and the fake NVML's reference) now, not at GC time
     return rec
 
 
@@ -29,16 +30,19 @@ def realtime_ns(monotonic_ns):
 
 
 def test_powercap_energy_within_1_percent_with_several_wraps(fake_powercap):
-    root, writer = fake_powercap()   # 3 J range: package (20 W) wraps ~13 times in 2 s
+    root, writer = fake_powercap()  # 3 J range: package (20 W) wraps ~13 times in 2 s
     rec = record(2.0, powercap_root=str(root))
     result = rec.energy()
     assert set(result) == {"rapl:package-0", "rapl:package-0/core", "rapl:package-0/dram"}
-    for domain, key in [("rapl:package-0", "intel-rapl:0"), ("rapl:package-0/core", "intel-rapl:0:0"),
-                        ("rapl:package-0/dram", "intel-rapl:0:1")]:
+    for domain, key in [
+        ("rapl:package-0", "intel-rapl:0"),
+        ("rapl:package-0/core", "intel-rapl:0:0"),
+        ("rapl:package-0/dram", "intel-rapl:0:1"),
+    ]:
         truth = writer.energy_j(key, rec.start_ns, rec.stop_ns)
         assert result[domain].energy_j == pytest.approx(truth, rel=0.01), (domain, result[domain], rec.status())
         assert result[domain].method == "energy: counter"
-    assert result["rapl:package-0"].energy_j > 10 * 3.0   # it really went round the range
+    assert result["rapl:package-0"].energy_j > 10 * 3.0  # it really went round the range
 
 
 def test_msr_is_used_when_powercap_is_absent_and_wraps_at_32_bits(fake_msr):
@@ -48,7 +52,8 @@ def test_msr_is_used_when_powercap_is_absent_and_wraps_at_32_bits(fake_msr):
     truth = writer.energy_j("cpu0/package", rec.start_ns, rec.stop_ns)
     assert result["rapl:package-0"].energy_j == pytest.approx(truth, rel=0.01)
     assert result["rapl:package-0/dram"].energy_j == pytest.approx(
-        writer.energy_j("cpu0/dram", rec.start_ns, rec.stop_ns), rel=0.01)
+        writer.energy_j("cpu0/dram", rec.start_ns, rec.stop_ns), rel=0.01
+    )
     assert any("through msr" in n for n in rec.discovery.notes)
 
 
@@ -65,12 +70,13 @@ def test_nvml_energy_within_1_percent_of_the_fake_trace(fake_nvml_lib, fake_nvml
     monkeypatch.setenv("FAKE_NVML_GPUS", "2")
     monkeypatch.setenv("FAKE_NVML_TRACE", "triangle:100,200,400")
     lib = fake_nvml_ctypes()
-    assert lib.nvmlInit_v2() == 0   # hold a reference, so the fake's time origin outlives the recording
+    assert lib.nvmlInit_v2() == 0  # hold a reference, so the fake's time origin outlives the recording
     rec = record(2.0, nvml_lib=str(fake_nvml_lib))
     result = rec.energy()
     for gpu in (0, 1):
-        truth = (lib.fake_nvml_energy_ns_j(gpu, realtime_ns(rec.stop_ns))
-                 - lib.fake_nvml_energy_ns_j(gpu, realtime_ns(rec.start_ns)))
+        truth = lib.fake_nvml_energy_ns_j(gpu, realtime_ns(rec.stop_ns)) - lib.fake_nvml_energy_ns_j(
+            gpu, realtime_ns(rec.start_ns)
+        )
         d = result[f"nvml:{gpu}"]
         assert d.energy_j == pytest.approx(truth, rel=0.01)
         assert d.method.startswith("power_samples")
@@ -86,7 +92,7 @@ def test_expensive_energy_counter_is_read_rarely(fake_nvml_lib, fake_nvml_ctypes
     lib.fake_nvml_reset_calls()
     rec = record(2.0, nvml_lib=str(fake_nvml_lib))
     calls = lib.fake_nvml_calls(b"nvmlDeviceGetTotalEnergyConsumption")
-    assert 2 <= calls <= 5    # setup read, about one a second, the final read
+    assert 2 <= calls <= 5  # setup read, about one a second, the final read
     rec.close()
 
 
@@ -146,7 +152,8 @@ def test_gpu_lost_mid_run_is_explained_and_the_rest_goes_on(fake_nvml_lib, fake_
     assert "partial" in result["nvml:0"].method
     assert result["nvml:0"].energy_j == pytest.approx(100.0 * 0.8, rel=0.15)
     assert result["rapl:package-0"].energy_j == pytest.approx(
-        writer.energy_j("intel-rapl:0", rec.start_ns, rec.stop_ns), rel=0.01)
+        writer.energy_j("intel-rapl:0", rec.start_ns, rec.stop_ns), rel=0.01
+    )
     rec.close()
 
 
@@ -163,21 +170,24 @@ def test_missing_nvml_function_disables_only_its_channel(build_fake_nvml):
 
 def test_broken_nvml_is_explained(fake_nvml_lib, monkeypatch, tmp_path):
     monkeypatch.setenv("FAKE_NVML_INIT_FAIL", "1")
-    rec = Recorder(nvml_lib=str(fake_nvml_lib), powercap_root="/nonexistent", msr_root="/nonexistent",
-                   perf_root="/nonexistent")
+    rec = Recorder(
+        nvml_lib=str(fake_nvml_lib), powercap_root="/nonexistent", msr_root="/nonexistent", perf_root="/nonexistent"
+    )
     problem = next(p for p in rec.discovery.problems if p.source == "nvml")
     assert "nvmlInit" in problem.error and "driver" in problem.fix
     rec.close()
     not_a_library = tmp_path / "libnvidia-ml.so.1"
     not_a_library.write_text("not an ELF file")
-    rec = Recorder(nvml_lib=str(not_a_library), powercap_root="/nonexistent", msr_root="/nonexistent",
-                   perf_root="/nonexistent")
+    rec = Recorder(
+        nvml_lib=str(not_a_library), powercap_root="/nonexistent", msr_root="/nonexistent", perf_root="/nonexistent"
+    )
     assert str(not_a_library) in next(p for p in rec.discovery.problems if p.source == "nvml").error
     rec.close()
 
 
 def test_unreadable_powercap_names_the_file_and_the_fix(tmp_path, monkeypatch):
     from aipm_fast.sources import powercap
+
     zone = tmp_path / "intel-rapl:0"
     zone.mkdir()
     (zone / "name").write_text("package-0\n")
@@ -187,6 +197,7 @@ def test_unreadable_powercap_names_the_file_and_the_fix(tmp_path, monkeypatch):
     class DeniedEngine:
         def add_text_counter(self, path, scale, period):
             from aipm_fast._native import NativeError
+
             raise NativeError(-2, f"open({path}): Permission denied")
 
     class Config:
@@ -194,6 +205,7 @@ def test_unreadable_powercap_names_the_file_and_the_fix(tmp_path, monkeypatch):
 
         def period(self, key):
             return 0.001
+
     found = powercap.discover(DeniedEngine(), Config())
     assert not found.channels
     p = found.problems[0]

@@ -1,4 +1,5 @@
 """Benchmark report: reading run folders, medians and spread per size, summary.csv, plots."""
+
 import dataclasses
 import json
 import os
@@ -15,8 +16,16 @@ from aipm_fast.bench.runfile import ENERGY_KEYS, ENERGY_PARTS, PartEnergy, Repor
 from aipm_fast.bench.summary import summarize, write_summary
 from aipm_fast.bench.table import format_table
 from aipm_fast.bench.traces import power_traces
-from bench_fixtures import (IDLE_CPU_W, IDLE_GPU_W, NO_ENERGY_REASON, default_values, run_json, write_bench,
-                            write_samples)
+
+from bench_fixtures import (
+    IDLE_CPU_W,
+    IDLE_GPU_W,
+    NO_ENERGY_REASON,
+    default_values,
+    run_json,
+    write_bench,
+    write_samples,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = (32, 64, 128)
@@ -45,11 +54,21 @@ def run_json_path(out, size, run):
 def test_load_runs_has_one_row_per_run_with_flattened_energies(bench):
     runs = load_runs(bench)
     assert len(runs) == len(SIZES) * 3
-    assert list(runs[["size", "run"]].itertuples(index=False, name=None)) == \
-        [(s, r) for s in SIZES for r in range(3)]
-    for col in ("size", "run", "batch_size", "n_inferences", "duration_s", "latency_median_s",
-                "throughput_per_s", "gpu_utilization_pct", "gpu_memory_gb",
-                "gpu_joules_per_inference", "total_dynamic_joules_per_inference", "cpu_energy_j"):
+    assert list(runs[["size", "run"]].itertuples(index=False, name=None)) == [(s, r) for s in SIZES for r in range(3)]
+    for col in (
+        "size",
+        "run",
+        "batch_size",
+        "n_inferences",
+        "duration_s",
+        "latency_median_s",
+        "throughput_per_s",
+        "gpu_utilization_pct",
+        "gpu_memory_gb",
+        "gpu_joules_per_inference",
+        "total_dynamic_joules_per_inference",
+        "cpu_energy_j",
+    ):
         assert col in runs.columns, col
     for part in ENERGY_PARTS:
         for key in ENERGY_KEYS:
@@ -81,7 +100,7 @@ def test_run_file_reads_and_writes_the_same_json(tmp_path, energy):
     path.write_text(json.dumps(data))
     run = RunFile.read(path)
     assert run.to_json() == data
-    assert list(run.to_json()) == list(data)          # the keys in the order of the file
+    assert list(run.to_json()) == list(data)  # the keys in the order of the file
     assert (run.energy["gpu"] is None) == (not energy)
     again = tmp_path / "again"
     again.mkdir()
@@ -135,17 +154,20 @@ def test_missing_energy_key_names_the_file_and_the_key(bench):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d.update(latency_median_s="fast"), "'latency_median_s' has the wrong type"),
-    (lambda d: d.update(n_inferences=2.5), "'n_inferences' has the wrong type"),
-    (lambda d: d.update(throughput_per_s=None), "'throughput_per_s' is null"),
-    (lambda d: d["energy"].pop("cpu"), "missing key 'energy.cpu'"),
-    (lambda d: d["energy"]["gpu"].pop("joules_per_inference"), "missing key 'energy.gpu.joules_per_inference'"),
-    (lambda d: d["energy"].update(gpu=[1, 2]), "'energy.gpu' has the wrong type"),
-    (lambda d: d.update(size=65), "key 'size' is 65 but the folder is input_64"),
-    (lambda d: d.update(run=3), "key 'run' is 3 but the folder is run_1"),
-    (lambda d: d.update(batch_size=4), "'batch_size' is 4"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.update(latency_median_s="fast"), "'latency_median_s' has the wrong type"),
+        (lambda d: d.update(n_inferences=2.5), "'n_inferences' has the wrong type"),
+        (lambda d: d.update(throughput_per_s=None), "'throughput_per_s' is null"),
+        (lambda d: d["energy"].pop("cpu"), "missing key 'energy.cpu'"),
+        (lambda d: d["energy"]["gpu"].pop("joules_per_inference"), "missing key 'energy.gpu.joules_per_inference'"),
+        (lambda d: d["energy"].update(gpu=[1, 2]), "'energy.gpu' has the wrong type"),
+        (lambda d: d.update(size=65), "key 'size' is 65 but the folder is input_64"),
+        (lambda d: d.update(run=3), "key 'run' is 3 but the folder is run_1"),
+        (lambda d: d.update(batch_size=4), "'batch_size' is 4"),
+    ],
+)
 def test_malformed_run_json_names_the_file_and_the_fault(bench, change, message):
     path = run_json_path(bench, 64, 1)
     data = json.loads(path.read_text())
@@ -189,8 +211,7 @@ def test_summarize_gives_exact_medians_and_spread(tmp_path):
     latency = {32: [0.010, 0.012, 0.011, 0.013, 0.020], 64: [0.030, 0.031, 0.029, 0.032, 0.040]}
 
     def values(size, run):  # GPU is 80 % of the total, CPU 20 %
-        return {"gpu_jpi": 0.8 * total[size][run], "cpu_jpi": 0.2 * total[size][run],
-                "latency_s": latency[size][run]}
+        return {"gpu_jpi": 0.8 * total[size][run], "cpu_jpi": 0.2 * total[size][run], "latency_s": latency[size][run]}
 
     # sizes written out of order: the summary is sorted by size
     write_bench(tmp_path, sizes=(64, 32), runs=5, values=values, n_inferences=10, batch_size=2)
@@ -229,11 +250,10 @@ def test_write_summary_writes_a_readable_csv(bench):
     expected = summarize(load_runs(bench))
     assert list(back.columns) == list(expected.columns)
     assert list(back["size"]) == list(SIZES)
-    np.testing.assert_allclose(back["gpu_joules_per_inference"], expected["gpu_joules_per_inference"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(back["gpu_joules_per_inference"], expected["gpu_joules_per_inference"], rtol=1e-5)
     with open(path) as f:
         text = f.read()
-    assert "0.0200000000" not in text   # floats are written with a few significant digits
+    assert "0.0200000000" not in text  # floats are written with a few significant digits
 
 
 def test_runs_without_energy_still_summarize(tmp_path):
@@ -242,11 +262,15 @@ def test_runs_without_energy_still_summarize(tmp_path):
     assert (runs["energy_missing_reason"] == NO_ENERGY_REASON).all()
     summary = summarize(runs)
     assert len(summary) == 3
-    assert summary["latency_median_s"].tolist() == pytest.approx(
-        [default_values(s, 1)["latency_s"] for s in SIZES])
+    assert summary["latency_median_s"].tolist() == pytest.approx([default_values(s, 1)["latency_s"] for s in SIZES])
     assert summary["throughput_per_s"].notna().all()
-    for col in ("gpu_joules_per_inference", "total_joules_per_inference_iqr_pct", "gpu_utilization_pct",
-                "gpu_memory_gb", "cpu_energy_j"):
+    for col in (
+        "gpu_joules_per_inference",
+        "total_joules_per_inference_iqr_pct",
+        "gpu_utilization_pct",
+        "gpu_memory_gb",
+        "cpu_energy_j",
+    ):
         assert summary[col].isna().all(), col
     back = pd.read_csv(write_summary(tmp_path))
     assert back["total_joules_per_inference"].isna().all()
@@ -272,8 +296,18 @@ def test_format_table_drops_columns_not_measured(bench, tmp_path):
 
     table = format_table(summarize(load_runs(bench)), title="tinynet")
     headers = header_of(table)
-    for h in ("size", "batch", "GPU J/inf", "CPU J/inf", "total J/inf", "latency ms", "throughput/s",
-              "GPU util %", "GPU mem GB", "J spread %"):
+    for h in (
+        "size",
+        "batch",
+        "GPU J/inf",
+        "CPU J/inf",
+        "total J/inf",
+        "latency ms",
+        "throughput/s",
+        "GPU util %",
+        "GPU mem GB",
+        "J spread %",
+    ):
         assert h in headers
     assert table.row_count == 3
     console = Console(record=True, width=200)
@@ -327,7 +361,7 @@ def test_corrupt_samples_or_inferences_raise_with_the_path(bench):
         plot_report(bench)
     assert str(samples) in str(err.value)
 
-    samples.unlink()   # the trace falls back to run_1 of the same size
+    samples.unlink()  # the trace falls back to run_1 of the same size
     inferences = bench / "input_128" / "run_1" / "inferences.csv"
     inferences.write_text("")
     with pytest.raises(ReportError, match="empty CSV") as err:
@@ -342,8 +376,10 @@ def test_corrupt_samples_or_inferences_raise_with_the_path(bench):
 def test_samples_without_power_channels_skip_the_trace(tmp_path):
     write_bench(tmp_path, sizes=(32,), runs=3, samples=False)
     t = np.arange(0, 10**9, 10**8, dtype=np.int64)
-    write_samples(tmp_path / "input_32" / "run_0" / "samples.parquet",
-                  {"nvml:0.utilization": (t, np.full(t.size, 50.0), np.zeros(t.size, np.uint32))})
+    write_samples(
+        tmp_path / "input_32" / "run_0" / "samples.parquet",
+        {"nvml:0.utilization": (t, np.full(t.size, 50.0), np.zeros(t.size, np.uint32))},
+    )
     skipped = {}
     plot_report(tmp_path, skipped=skipped)
     assert "no power or energy channel" in skipped["power_trace.png"]
@@ -352,24 +388,27 @@ def test_samples_without_power_channels_skip_the_trace(tmp_path):
 def test_power_traces_differentiate_counters_across_a_wrap(bench):
     samples = read_samples(bench / "input_32" / "run_0" / "samples.parquet")
     traces = power_traces(samples)
-    assert set(traces) == {"nvml:0.power_samples", "nvml:0.power_instant", "nvml:0.energy",
-                           "rapl:package-0.energy"}
+    assert set(traces) == {"nvml:0.power_samples", "nvml:0.power_instant", "nvml:0.energy", "rapl:package-0.energy"}
     t, w, kind = traces["rapl:package-0.energy"]
     assert kind == "counter"
     finite = w[np.isfinite(w)]
-    assert finite.size >= 0.9 * w.size and np.isnan(w).sum() >= 1   # the wrap interval is left out
+    assert finite.size >= 0.9 * w.size and np.isnan(w).sum() >= 1  # the wrap interval is left out
     np.testing.assert_allclose(finite, IDLE_CPU_W, rtol=1e-6)
     t, w, kind = traces["nvml:0.energy"]
-    np.testing.assert_allclose(w, IDLE_GPU_W, rtol=1e-6)   # repeats between updates are not 0 W
+    np.testing.assert_allclose(w, IDLE_GPU_W, rtol=1e-6)  # repeats between updates are not 0 W
     assert traces["nvml:0.power_samples"][2] == "power"
 
 
 def test_power_traces_are_thinned_to_max_points():
-    t = np.arange(0, 10**10, 10**6, dtype=np.int64)   # 10 s at 1 kHz
-    samples = pd.DataFrame({"t_ns": np.concatenate([t, t]),
-                            "channel": ["gpu.power"] * t.size + ["cpu.energy"] * t.size,
-                            "value": np.concatenate([np.full(t.size, 100.0), 30.0 * t * 1e-9]),
-                            "flags": np.zeros(2 * t.size, np.uint32)})
+    t = np.arange(0, 10**10, 10**6, dtype=np.int64)  # 10 s at 1 kHz
+    samples = pd.DataFrame(
+        {
+            "t_ns": np.concatenate([t, t]),
+            "channel": ["gpu.power"] * t.size + ["cpu.energy"] * t.size,
+            "value": np.concatenate([np.full(t.size, 100.0), 30.0 * t * 1e-9]),
+            "flags": np.zeros(2 * t.size, np.uint32),
+        }
+    )
     traces = power_traces(samples, max_points=500)
     assert traces["gpu.power"][0].size <= 500
     np.testing.assert_allclose(traces["gpu.power"][1], 100.0)
@@ -380,6 +419,7 @@ def test_power_traces_are_thinned_to_max_points():
 def test_a_failing_plot_does_not_cost_the_others(bench, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
+
     monkeypatch.setattr(plots, "_plot_spearman", broken)
     result = build_report(bench)
     assert result["skipped"] == {"spearman.png": "failed: RuntimeError: boom"}

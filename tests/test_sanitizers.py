@@ -5,6 +5,7 @@ the engine from C, against a powercap-like file and the fake NVML, both built he
 same sanitizer: it drains while the sampler runs, reads the statistics from a third thread,
 and checks a slow first pass and a failed setup. Any report, or any failed check, fails it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,13 +22,13 @@ DRIVER = ROOT / "tests" / "c" / "engine_driver.c"
 FAKE_NVML = ROOT / "tests" / "fakes" / "fake_nvml.c"
 
 SANITIZERS = {
-    "asan+ubsan": (["-fsanitize=address,undefined"],
-                   {"ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1",
-                    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}),
+    "asan+ubsan": (
+        ["-fsanitize=address,undefined"],
+        {"ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"},
+    ),
     "tsan": (["-fsanitize=thread"], {"TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1"}),
 }
-COMMON = ["-std=gnu11", "-O1", "-g", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all",
-          "-Werror", f"-I{CSRC}"]
+COMMON = ["-std=gnu11", "-O1", "-g", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-Werror", f"-I{CSRC}"]
 
 
 def extension_build():
@@ -44,10 +45,13 @@ def gcc_with(flags, tmp_path) -> str:
     if gcc is None:
         pytest.skip("gcc not found: the sanitizer builds of the C engine need it")
     probe = tmp_path / "probe.c"
-    probe.write_text("#include <pthread.h>\nstatic void *f(void *a) { return a; }\n"
-                     "int main(void) { pthread_t t; pthread_create(&t, 0, f, 0); return pthread_join(t, 0); }\n")
-    built = subprocess.run([gcc, *flags, str(probe), "-o", str(tmp_path / "probe"), "-lpthread"],
-                           capture_output=True, text=True)
+    probe.write_text(
+        "#include <pthread.h>\nstatic void *f(void *a) { return a; }\n"
+        "int main(void) { pthread_t t; pthread_create(&t, 0, f, 0); return pthread_join(t, 0); }\n"
+    )
+    built = subprocess.run(
+        [gcc, *flags, str(probe), "-o", str(tmp_path / "probe"), "-lpthread"], capture_output=True, text=True
+    )
     if built.returncode != 0:
         pytest.skip(f"gcc cannot link {' '.join(flags)} (runtime not installed?): {built.stderr.strip()}")
     ran = subprocess.run([str(tmp_path / "probe")], capture_output=True, text=True, timeout=30)
@@ -70,11 +74,24 @@ def test_engine_driver_is_clean_under_the_sanitizer(name, tmp_path):
     fake = tmp_path / "libfake_nvml.so"
     compile_or_fail([gcc, *COMMON, *flags, "-Wall", "-Wextra", "-shared", "-fPIC", str(FAKE_NVML), "-o", str(fake)])
     driver = tmp_path / "engine_driver"
-    compile_or_fail([gcc, *COMMON, *flags, *build.WARNINGS, str(DRIVER),
-                     *(str(CSRC / s) for s in build.SOURCES), "-o", str(driver), "-ldl", "-lpthread"])
+    compile_or_fail(
+        [
+            gcc,
+            *COMMON,
+            *flags,
+            *build.WARNINGS,
+            str(DRIVER),
+            *(str(CSRC / s) for s in build.SOURCES),
+            "-o",
+            str(driver),
+            "-ldl",
+            "-lpthread",
+        ]
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKE_NVML_")}
     env.update(options)
-    result = subprocess.run([str(driver), str(tmp_path), str(fake)], capture_output=True, text=True,
-                            env=env, timeout=60)
+    result = subprocess.run(
+        [str(driver), str(tmp_path), str(fake)], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode == 0, f"{name} run failed (rc {result.returncode}):\n{result.stdout}\n{result.stderr}"
     assert "all checks passed" in result.stdout

@@ -1,4 +1,5 @@
 """Discovery details that the end-to-end tests do not reach: perf PMU parsing, MSR units."""
+
 import pytest
 
 from aipm_fast._native import Engine
@@ -17,7 +18,7 @@ def test_perf_event_terms_and_cpumask_are_parsed():
 def test_perf_pmu_that_cannot_be_opened_is_explained(tmp_path):
     pmu = tmp_path / "power"
     (pmu / "events").mkdir(parents=True)
-    (pmu / "type").write_text("4242\n")          # no such PMU type: perf_event_open refuses it
+    (pmu / "type").write_text("4242\n")  # no such PMU type: perf_event_open refuses it
     (pmu / "cpumask").write_text("0\n")
     (pmu / "events" / "energy-psys").write_text("event=0x05\n")
     (pmu / "events" / "energy-psys.scale").write_text("2.3283064365386962890625e-10\n")
@@ -35,8 +36,8 @@ def test_missing_perf_pmu_is_explained(tmp_path):
 
 
 def test_msr_energy_unit_comes_from_bits_12_to_8():
-    assert msr.energy_unit_j(0x000A0E03) == 2.0 ** -14
-    assert msr.energy_unit_j(0x000A1003) == 2.0 ** -16
+    assert msr.energy_unit_j(0x000A0E03) == 2.0**-14
+    assert msr.energy_unit_j(0x000A1003) == 2.0**-16
 
 
 def test_amd_msr_package_counter(fake_msr):

@@ -1,18 +1,20 @@
 """A wall meter's stream as a Python-side source: lines appended to a file (or a pipe), on this
 host's clock or another's, landing in record's and the Meter's energies and, when declared a
 separate device, in the totals."""
+
 import os
 import threading
 import time
 
 import pytest
-from recording import drain_for
 
 from aipm_fast import Meter
 from aipm_fast.domains import additive_domains
 from aipm_fast.integrations.common import total_j
 from aipm_fast.recorder import Recorder
 from aipm_fast.sources.wallmeter import WallMeterStream, parse_line
+
+from recording import drain_for
 
 OFF = {"powercap_root": "/x", "msr_root": "/x", "perf_root": "/x", "nvml_lib": "/x/libnvidia-ml.so.1"}
 
@@ -53,19 +55,19 @@ def test_lines_parse_with_any_separator_and_bad_ones_are_refused():
 def test_another_clock_is_mapped_through_the_arrival_times():
     stream = WallMeterStream("/dev/null", 999, "wall:x")
     real, mono = 1_764_620_000_000_000_000, 5_000_000_000
-    skew = 3600.0                                       # a logger an hour ahead
+    skew = 3600.0  # a logger an hour ahead
     for k in range(10):
-        delay_ns = 2_000_000 + (k % 3) * 1_000_000      # 2-4 ms of transport
+        delay_ns = 2_000_000 + (k % 3) * 1_000_000  # 2-4 ms of transport
         stamp = (real + k * 10**8) / 1e9 + skew
         t = stream.to_monotonic(stamp, mono + k * 10**8 + delay_ns, real + k * 10**8 + delay_ns)
     assert stream.clock == "own" and "differs" in stream.note
-    assert t == pytest.approx(mono + 9 * 10**8 + 2_000_000, abs=2_000)   # the fastest line sets the offset
+    assert t == pytest.approx(mono + 9 * 10**8 + 2_000_000, abs=2_000)  # the fastest line sets the offset
 
 
 @pytest.mark.parametrize("skew_s", [0.0, -120.0])
 def test_record_integrates_the_stream_on_either_clock(tmp_path, skew_s):
     path = tmp_path / "meter.log"
-    path.write_text("1.0 9999\n")                       # old lines before the start do not count
+    path.write_text("1.0 9999\n")  # old lines before the start do not count
     with MeterLogger(path, skew_s=skew_s):
         rec = drain_for(Recorder(**OFF, wall_meter=str(path)), 1.5)
     d = rec.energy()["wall:meter.log"]

@@ -1,5 +1,6 @@
 """Tiny models the callback tests train, shared by the in-process tests and the gloo rank script
 (which finds this module through PYTHONPATH, set by gloo_ranks.two_gloo_ranks)."""
+
 import time
 
 from torch import nn

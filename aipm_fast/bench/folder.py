@@ -9,6 +9,7 @@
 run's per-pass table and raw samples. A file that is missing or malformed raises ReportError
 naming it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,6 +40,8 @@ def run_folder(out_dir, size, run: int) -> str:
 
 def _size_from_folder(name: str):
     m = _INPUT_DIR.match(name)
+    if m is None:
+        return None
     try:
         return float(m.group(1))
     except ValueError:
@@ -47,21 +50,20 @@ def _size_from_folder(name: str):
 
 def _run_dirs(out_dir: str) -> list[str]:
     if not os.path.isdir(out_dir):
-        raise ReportError(out_dir, "missing (no such folder)" if not os.path.exists(out_dir)
-                          else "not a folder")
+        raise ReportError(out_dir, "missing (no such folder)" if not os.path.exists(out_dir) else "not a folder")
     found = []
     for name in sorted(os.listdir(out_dir)):
         input_dir = os.path.join(out_dir, name)
         if not _INPUT_DIR.match(name) or not os.path.isdir(input_dir):
             continue
-        runs = [r for r in sorted(os.listdir(input_dir))
-                if _RUN_DIR.match(r) and os.path.isdir(os.path.join(input_dir, r))]
+        runs = [
+            r for r in sorted(os.listdir(input_dir)) if _RUN_DIR.match(r) and os.path.isdir(os.path.join(input_dir, r))
+        ]
         if not runs:
             logger.warning("%s holds no run_<k> folder: ignored", input_dir)
         found += [os.path.join(input_dir, r) for r in runs]
     if not found:
-        raise ReportError(out_dir, "no benchmark runs: expected folders input_<size>/run_<k>/ "
-                                   "holding run.json")
+        raise ReportError(out_dir, "no benchmark runs: expected folders input_<size>/run_<k>/ holding run.json")
     return found
 
 
@@ -87,12 +89,14 @@ def load_runs(out_dir) -> pd.DataFrame:
         input_name = os.path.basename(os.path.dirname(run_dir))
         folder_size = _size_from_folder(input_name)
         if folder_size is None or folder_size != row["size"]:
-            raise ReportError(path, f"key 'size' is {row['size']!r} but the folder is {input_name} "
-                                    f"(expected input_{row['size']!r})")
+            raise ReportError(
+                path, f"key 'size' is {row['size']!r} but the folder is {input_name} (expected input_{row['size']!r})"
+            )
         run_name = os.path.basename(run_dir)
         if run_name != f"run_{row['run']}":
-            raise ReportError(path, f"key 'run' is {row['run']!r} but the folder is {run_name} "
-                                    f"(expected run_{row['run']})")
+            raise ReportError(
+                path, f"key 'run' is {row['run']!r} but the folder is {run_name} (expected run_{row['run']})"
+            )
         row["path"] = run_dir
         rows.append(row)
     _check_consistent(rows)
@@ -116,14 +120,20 @@ def _check_consistent(rows: list[dict]) -> None:
     for row in rows:
         path = os.path.join(row["path"], "run.json")
         if row["model"] != first["model"]:
-            raise ReportError(path, f"key 'model' is {row['model']!r} but "
-                                    f"{os.path.join(first['path'], 'run.json')} has {first['model']!r}: "
-                                    "one benchmark folder holds one model")
+            raise ReportError(
+                path,
+                f"key 'model' is {row['model']!r} but "
+                f"{os.path.join(first['path'], 'run.json')} has {first['model']!r}: "
+                "one benchmark folder holds one model",
+            )
         other = by_size.setdefault(row["size"], row)
         if row["batch_size"] != other["batch_size"]:
-            raise ReportError(path, f"key 'batch_size' is {row['batch_size']!r} but "
-                                    f"{os.path.join(other['path'], 'run.json')} (same size) has "
-                                    f"{other['batch_size']!r}")
+            raise ReportError(
+                path,
+                f"key 'batch_size' is {row['batch_size']!r} but "
+                f"{os.path.join(other['path'], 'run.json')} (same size) has "
+                f"{other['batch_size']!r}",
+            )
 
 
 def read_inferences(path) -> pd.DataFrame:
@@ -142,8 +152,7 @@ def read_inferences(path) -> pd.DataFrame:
         raise ReportError(path, "empty CSV: a header but no inference rows")
     for col in ("start_ns", "end_ns"):
         if not pd.api.types.is_integer_dtype(frame[col]):
-            raise ReportError(path, f"column {col} must hold integer nanoseconds, found "
-                                    f"{frame[col].dtype} values")
+            raise ReportError(path, f"column {col} must hold integer nanoseconds, found {frame[col].dtype} values")
     for col in ("latency_s", "gpu_j", "cpu_j", "total_j"):
         values = pd.to_numeric(frame[col], errors="coerce")
         bad = values.isna() & frame[col].notna()
@@ -154,8 +163,10 @@ def read_inferences(path) -> pd.DataFrame:
     backwards = frame["end_ns"] < frame["start_ns"]
     if backwards.any():
         i = int(np.flatnonzero(backwards.to_numpy())[0])
-        raise ReportError(path, f"row {i} ends before it starts (start_ns {frame['start_ns'].iloc[i]}, "
-                                f"end_ns {frame['end_ns'].iloc[i]})")
+        raise ReportError(
+            path,
+            f"row {i} ends before it starts (start_ns {frame['start_ns'].iloc[i]}, end_ns {frame['end_ns'].iloc[i]})",
+        )
     return frame
 
 
@@ -179,20 +190,28 @@ def read_samples(path) -> pd.DataFrame:
     kinds = {"t_ns": pa.types.is_integer, "value": pa.types.is_floating, "flags": pa.types.is_integer}
     for col, ok in kinds.items():
         if not ok(table.schema.field(col).type):
-            raise ReportError(path, f"column {col} has type {table.schema.field(col).type}, expected "
-                                    f"{'an integer' if col != 'value' else 'a float'} type")
+            raise ReportError(
+                path,
+                f"column {col} has type {table.schema.field(col).type}, expected "
+                f"{'an integer' if col != 'value' else 'a float'} type",
+            )
     channel_type = table.schema.field("channel").type
     if pa.types.is_dictionary(channel_type):
         channel_type = channel_type.value_type
     if not (pa.types.is_string(channel_type) or pa.types.is_large_string(channel_type)):
-        raise ReportError(path, f"column channel has type {table.schema.field('channel').type}, "
-                                "expected strings (or a dictionary of strings)")
-    frame = pd.DataFrame({
-        "t_ns": table.column("t_ns").to_numpy().astype(np.int64),
-        "channel": table.column("channel").to_pandas(),   # categorical for a dictionary column
-        "value": table.column("value").to_numpy(zero_copy_only=False).astype(np.float64),
-        "flags": table.column("flags").to_numpy().astype(np.uint32),
-    })
+        raise ReportError(
+            path,
+            f"column channel has type {table.schema.field('channel').type}, "
+            "expected strings (or a dictionary of strings)",
+        )
+    frame = pd.DataFrame(
+        {
+            "t_ns": table.column("t_ns").to_numpy().astype(np.int64),
+            "channel": table.column("channel").to_pandas(),  # categorical for a dictionary column
+            "value": table.column("value").to_numpy(zero_copy_only=False).astype(np.float64),
+            "flags": table.column("flags").to_numpy().astype(np.uint32),
+        }
+    )
     return frame
 
 

@@ -3,6 +3,7 @@ correlations between runs, and the power trace of one run.
 
 A plot whose data was not measured (no GPU, no RAPL, no samples) is skipped with the reason.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -39,7 +40,7 @@ CORRELATED = {
 PLOT_NAMES = ("energy_vs_size.png", "latency_energy_vs_size.png", "spearman.png", "power_trace.png")
 FIGSIZE_IN = (6.0, 4.0)
 DPI = 100
-MAX_BOUNDARIES = 200          # inference boundaries drawn on the power trace
+MAX_BOUNDARIES = 200  # inference boundaries drawn on the power trace
 
 
 class _Skip(Exception):
@@ -79,7 +80,7 @@ def _model(runs: pd.DataFrame) -> str:
 
 
 def _inference_label(runs: pd.DataFrame) -> str:
-    batches = runs["batch_size"].unique() if "batch_size" in runs else []
+    batches = list(runs["batch_size"].unique()) if "batch_size" in runs else []
     if len(batches) == 1 and batches[0] > 1:
         return f"J per inference (batch of {int(batches[0])})"
     return "J per inference"
@@ -99,8 +100,12 @@ def _per_size(runs: pd.DataFrame, col: str):
         return None
     g = values.groupby("size", sort=True)[col]
     median = g.median()
-    return (median.index.to_numpy(np.float64), median.to_numpy(np.float64),
-            g.min().to_numpy(np.float64), g.max().to_numpy(np.float64))
+    return (
+        median.index.to_numpy(np.float64),
+        median.to_numpy(np.float64),
+        g.min().to_numpy(np.float64),
+        g.max().to_numpy(np.float64),
+    )
 
 
 def _plot_energy_vs_size(path: str, runs: pd.DataFrame, summary: pd.DataFrame) -> str:
@@ -113,8 +118,16 @@ def _plot_energy_vs_size(path: str, runs: pd.DataFrame, summary: pd.DataFrame) -
     markers = {"gpu": "o", "cpu": "s", "total": "^"}
     for part, (sizes, med, lo, hi) in parts:
         yerr = np.vstack([np.maximum(med - lo, 0), np.maximum(hi - med, 0)])
-        ax.errorbar(sizes, med, yerr=yerr, marker=markers[part], capsize=3, linewidth=1.2,
-                    markersize=4, label=part.upper() if part != "total" else "total")
+        ax.errorbar(
+            sizes,
+            med,
+            yerr=yerr,
+            marker=markers[part],
+            capsize=3,
+            linewidth=1.2,
+            markersize=4,
+            label=part.upper() if part != "total" else "total",
+        )
     _size_axis(ax, runs["size"])
     ax.set_ylabel(_inference_label(runs))
     ax.set_ylim(bottom=0)
@@ -138,8 +151,14 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> str:
 
 
 def _plot_latency_energy(path: str, runs: pd.DataFrame, summary: pd.DataFrame) -> str:
-    part = next((p for p in ("total", "gpu", "cpu")
-                 if np.isfinite(summary[f"{p}_joules_per_inference"].to_numpy(np.float64)).any()), None)
+    part = next(
+        (
+            p
+            for p in ("total", "gpu", "cpu")
+            if np.isfinite(summary[f"{p}_joules_per_inference"].to_numpy(np.float64)).any()
+        ),
+        None,
+    )
     if part is None:
         raise _Skip(_no_energy_reason(runs))
     energy_col = f"{part}_joules_per_inference"
@@ -160,8 +179,7 @@ def _plot_latency_energy(path: str, runs: pd.DataFrame, summary: pd.DataFrame) -
     ax2.plot(sizes, energy, marker="s", color="tab:red", label=f"{part} J/inference")
     ax2.set_ylabel(f"{part} {_inference_label(runs)}", color="tab:red")
     ax2.tick_params(axis="y", labelcolor="tab:red")
-    ax.set_title(f"{_model(runs)}: latency and {part} energy per inference\n"
-                 f"{_pearson(latency_ms, energy)}", fontsize=9)
+    ax.set_title(f"{_model(runs)}: latency and {part} energy per inference\n{_pearson(latency_ms, energy)}", fontsize=9)
     return _save(fig, path)
 
 
@@ -190,8 +208,15 @@ def _plot_spearman(path: str, runs: pd.DataFrame, summary: pd.DataFrame) -> str:
     for i in range(len(cols)):
         for j in range(len(cols)):
             v = matrix[i, j]
-            ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.2f}", ha="center", va="center",
-                    fontsize=7, color="white" if np.isfinite(v) and abs(v) > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                "n/a" if not np.isfinite(v) else f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if np.isfinite(v) and abs(v) > 0.6 else "black",
+            )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(f"{_model(runs)}: Spearman correlation over {len(runs)} runs", fontsize=9)
     return _save(fig, path)
@@ -201,8 +226,11 @@ def _trace_run(out_dir: str, runs: pd.DataFrame):
     """The first run of the largest size that has samples.parquet: (row, run folder) or None."""
     for size in sorted(runs["size"].unique(), reverse=True):
         for _, row in runs[runs["size"] == size].sort_values("run").iterrows():
-            run_dir = row["path"] if "path" in row and isinstance(row["path"], str) else \
-                run_folder(out_dir, fmt_exact(size), int(row["run"]))
+            run_dir = (
+                row["path"]
+                if "path" in row and isinstance(row["path"], str)
+                else run_folder(out_dir, fmt_exact(size), int(row["run"]))
+            )
             if os.path.isfile(os.path.join(run_dir, "samples.parquet")):
                 return row, run_dir
     return None
@@ -252,10 +280,12 @@ def _plot_power_trace(path: str, runs: pd.DataFrame, summary: pd.DataFrame, out_
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    shown = "" if inferences is None or len(inferences) <= MAX_BOUNDARIES else \
-        f", {MAX_BOUNDARIES} of {len(inferences)} inference starts shown"
-    ax.set_title(f"{_model(runs)}, size {fmt_exact(row['size'])}, run {int(row['run'])}: power{shown}",
-                 fontsize=9)
+    shown = (
+        ""
+        if inferences is None or len(inferences) <= MAX_BOUNDARIES
+        else f", {MAX_BOUNDARIES} of {len(inferences)} inference starts shown"
+    )
+    ax.set_title(f"{_model(runs)}, size {fmt_exact(row['size'])}, run {int(row['run'])}: power{shown}", fontsize=9)
     return _save(fig, path)
 
 
@@ -286,14 +316,15 @@ def _plot_all(out_dir: str, runs: pd.DataFrame, summary: pd.DataFrame):
         except Exception as exc:  # one plot that fails does not cost the others
             skipped[name] = f"failed: {type(exc).__name__}: {exc}"
             logger.warning("%s could not be drawn", name, exc_info=True)
-        for stale in (path, path + ".tmp"):   # no plot left over from an earlier report
+        for stale in (path, path + ".tmp"):  # no plot left over from an earlier report
             if os.path.exists(stale):
                 os.remove(stale)
     return written, skipped
 
 
-def plot_report(out_dir, runs: pd.DataFrame | None = None, summary: pd.DataFrame | None = None,
-                skipped: dict | None = None) -> list[str]:
+def plot_report(
+    out_dir, runs: pd.DataFrame | None = None, summary: pd.DataFrame | None = None, skipped: dict | None = None
+) -> list[str]:
     """Draw the report's PNGs into OUT/plots/; returns the paths written.
 
     energy_vs_size.png, latency_energy_vs_size.png, spearman.png and power_trace.png. A plot

@@ -15,6 +15,7 @@ Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts)
     input_<size>/run_0/samples.parquet     raw readings of the first run of each size
     summary.csv, plots/*.png               medians over runs, from aipm_fast.bench.report
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,15 +42,15 @@ class BenchOptions:
     sizes: list[int]
     batch_size: int
     runs: int = 10
-    duration_s: float | None = 5.0       # per run; ignored when iters is given
-    iters: int | None = None             # forward passes per run
+    duration_s: float | None = 5.0  # per run; ignored when iters is given
+    iters: int | None = None  # forward passes per run
     warmup_s: float = 2.0
     baseline_s: float = 3.0
     device: str = "cpu"
     dtype: str = "float32"
     out: str = "aipm-bench"
     weights: str | None = None
-    precision: float | None = None       # adaptive: stop once the median J/inference is this well known
+    precision: float | None = None  # adaptive: stop once the median J/inference is this well known
     min_runs: int = 3
     engine: dict = field(default_factory=dict)
 
@@ -70,6 +71,7 @@ def median_precision(values: list[float]) -> float:
 
 def _dtype(name: str):
     import torch
+
     table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if name not in table:
         raise BenchError(f"--dtype {name!r}: choose one of {', '.join(table)}")
@@ -79,7 +81,7 @@ def _dtype(name: str):
 class Benchmark:
     def __init__(self, opts: BenchOptions, meter=None, progress=None, log=print):
         self.opts = opts
-        self.metered_gpus = None         # NVML indices the benchmark's own Meter reads (None: all)
+        self.metered_gpus = None  # NVML indices the benchmark's own Meter reads (None: all)
         self.spec = models.get_spec(opts.model)
         for size in opts.sizes:
             models.validate_size(opts.model, size)
@@ -94,6 +96,7 @@ class Benchmark:
         import torch
 
         from aipm_fast import Meter
+
         opts = self.opts
         if opts.device.startswith("cuda") and not torch.cuda.is_available():
             raise BenchError("--device cuda, but torch sees no CUDA device; use --device cpu")
@@ -111,7 +114,8 @@ class Benchmark:
             self.metered_gpus = config.gpus if config is not None else engine.get("gpus")
             self.meter = Meter(cuda=opts.device.startswith("cuda"), **engine)
             import warnings
-            with warnings.catch_warnings():   # the benchmark says itself what it cannot measure
+
+            with warnings.catch_warnings():  # the benchmark says itself what it cannot measure
                 warnings.simplefilter("ignore")
                 self.meter.start()
         m = self.meter
@@ -127,8 +131,9 @@ class Benchmark:
             model = None
             for size in opts.sizes:
                 if model is None or self.spec.rebuild_per_size:
-                    model = models.build_model(opts.model, weights_path=opts.weights, device=opts.device,
-                                               dtype=dtype, size=size)
+                    model = models.build_model(
+                        opts.model, weights_path=opts.weights, device=opts.device, dtype=dtype, size=size
+                    )
                 inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
                 self._warmup(model, inputs)
                 self._runs_of_size(model, inputs, size)
@@ -176,8 +181,10 @@ class Benchmark:
                     self.log(f"size {size}: median known to ±{100 * median_precision(jpi):.2f}% after {k} runs")
                     break
                 if k >= opts.runs:
-                    self.log(f"size {size}: precision {100 * median_precision(jpi):.2f}% after the maximum "
-                             f"{k} runs (asked {100 * opts.precision:g}%)")
+                    self.log(
+                        f"size {size}: precision {100 * median_precision(jpi):.2f}% after the maximum "
+                        f"{k} runs (asked {100 * opts.precision:g}%)"
+                    )
                     break
 
     def _warmup(self, model, inputs) -> None:
@@ -190,15 +197,17 @@ class Benchmark:
     def _sync(self) -> None:
         if self.opts.device.startswith("cuda"):
             import torch
+
             torch.cuda.synchronize()
 
     def _one_run(self, model, inputs, size: int, k: int) -> RunFile:
         import torch
+
         opts, m = self.opts, self.meter
         run_dir = run_folder(opts.out, size, k)
         os.makedirs(run_dir, exist_ok=True)
         writer = None
-        if k == 0:   # the raw trace of one run per size, for the power-trace plot
+        if k == 0:  # the raw trace of one run per size, for the power-trace plot
             writer = m.recorder.sample_writer(os.path.join(run_dir, "samples.parquet"))
             m.recorder.add_sink(writer)
         if opts.device.startswith("cuda"):
@@ -228,23 +237,35 @@ class Benchmark:
         inf = m.inferences(window=name)
         samples = passes * opts.batch_size
         duration = (w.end_ns - w.start_ns) / 1e9
-        per_pass = inf.pivot_table(index="index", columns="domain", values="energy_j", aggfunc="first") \
-            if len(inf) else pd.DataFrame()
+        per_pass = (
+            inf.pivot_table(index="index", columns="domain", values="energy_j", aggfunc="first")
+            if len(inf)
+            else pd.DataFrame()
+        )
         lat = inf.drop_duplicates("index").set_index("index")
-        table = pd.DataFrame({"index": lat.index, "start_ns": lat["start_ns"].to_numpy(),
-                              "end_ns": lat["end_ns"].to_numpy(), "latency_s": lat["latency_s"].to_numpy()})
-        energy = {}
+        table = pd.DataFrame(
+            {
+                "index": lat.index,
+                "start_ns": lat["start_ns"].to_numpy(),
+                "end_ns": lat["end_ns"].to_numpy(),
+                "latency_s": lat["latency_s"].to_numpy(),
+            }
+        )
+        energy: dict[str, PartEnergy | None] = {}
         for part, domains in self.parts.items():
             usable = [d for d in domains if d in win.index and np.isfinite(win.loc[d, "energy_j"])]
             col = f"{part}_j"
             if usable and len(usable) == len(domains):
-                energy[part] = PartEnergy.of(float(sum(win.loc[d, "energy_j"] for d in usable)),
-                                             float(sum(win.loc[d, "dynamic_energy_j"] for d in usable)), samples)
+                energy[part] = PartEnergy.of(
+                    float(sum(win.loc[d, "energy_j"] for d in usable)),
+                    float(sum(win.loc[d, "dynamic_energy_j"] for d in usable)),
+                    samples,
+                )
                 table[col] = per_pass[usable].sum(axis=1).reindex(lat.index).to_numpy() if len(per_pass) else np.nan
             else:
                 energy[part] = None
                 table[col] = np.nan
-        measured = [energy[p] for p in ("gpu", "cpu") if energy[p] is not None]
+        measured = [e for e in (energy["gpu"], energy["cpu"]) if e is not None]
         if measured:
             energy["total"] = PartEnergy.sum(measured)
             table["total_j"] = table[[f"{p}_j" for p in ("gpu", "cpu") if energy[p] is not None]].sum(axis=1)
@@ -253,24 +274,31 @@ class Benchmark:
             table["total_j"] = np.nan
         util, mem = self._gpu_side(w)
         run = RunFile(
-            model=opts.model, size=size, run=k, batch_size=opts.batch_size, device=opts.device,
-            n_inferences=int(samples), duration_s=duration,
+            model=opts.model,
+            size=size,
+            run=k,
+            batch_size=opts.batch_size,
+            device=opts.device,
+            n_inferences=int(samples),
+            duration_s=duration,
             latency_median_s=float(table["latency_s"].median()) if len(table) else duration / max(passes, 1),
             throughput_per_s=samples / duration if duration > 0 else 0.0,
-            gpu_utilization_pct=util, gpu_memory_gb=mem,
+            gpu_utilization_pct=util,
+            gpu_memory_gb=mem,
             energy={part: energy[part] for part in ENERGY_PARTS},
             energy_missing_reason=None if measured else (self.missing_reason or "no power reading covered this run"),
         )
         table[list(INFERENCE_COLUMNS)].to_csv(os.path.join(run_dir, "inferences.csv"), index=False)
         table[["latency_s"]].to_csv(os.path.join(run_dir, "latency.csv"), index=False)
         write_json(os.path.join(run_dir, "power_metrics.json"), _aipowermeter_metrics(run))
-        run.write(run_dir)   # last: its presence marks a complete run
+        run.write(run_dir)  # last: its presence marks a complete run
         return run
 
     def _gpu_side(self, w) -> tuple[float | None, float | None]:
         if not self.opts.device.startswith("cuda"):
             return None, None
         import torch
+
         util = self.meter.side_mean("utilization", w)
         util = [u for u in util if np.isfinite(u)]
         mem = torch.cuda.max_memory_allocated() / 1e9
@@ -286,23 +314,33 @@ class Benchmark:
 
     def _meta(self) -> dict:
         import torch
-        versions = {"python": platform.python_version(), "torch": torch.__version__}
+
+        versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
         for pkg in ("torchvision", "transformers", "ultralytics", "numpy"):
             try:
                 versions[pkg] = __import__(pkg).__version__
             except Exception:
                 pass
         from aipm_fast import __version__
+
         versions["aipm_fast"] = __version__
-        devices = dict(self.meter.recorder.discovery.devices)
+        devices: dict[str, str | None] = dict(self.meter.recorder.discovery.devices)
         if self.opts.device.startswith("cuda"):
             devices["cuda"] = torch.cuda.get_device_name(torch.device(self.opts.device))
             versions["cuda"] = torch.version.cuda
             versions["nvidia_driver"] = _nvidia_driver()
-        return {"model": self.opts.model, "input_kind": self.spec.input_kind, "options": asdict(self.opts),
-                "versions": versions, "devices": devices, "host": platform.node(),
-                "energy_parts": self.parts, "metered_gpus": self.metered_gpus, "inference": "one input sample (a batch holds batch_size)",
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        return {
+            "model": self.opts.model,
+            "input_kind": self.spec.input_kind,
+            "options": asdict(self.opts),
+            "versions": versions,
+            "devices": devices,
+            "host": platform.node(),
+            "energy_parts": self.parts,
+            "metered_gpus": self.metered_gpus,
+            "inference": "one input sample (a batch holds batch_size)",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
 
 
 def model_gpu(device: str, environ=os.environ, current: int | None = None) -> tuple[int | None, str]:
@@ -314,6 +352,7 @@ def model_gpu(device: str, environ=os.environ, current: int | None = None) -> tu
     NVML by PCI bus unless CUDA_DEVICE_ORDER=PCI_BUS_ID: on a machine of mixed GPUs set it, or
     pass --gpus."""
     from aipm_fast.integrations.distributed import visible_devices
+
     _, _, index = device.partition(":")
     if index:
         if not index.isdigit():
@@ -323,6 +362,7 @@ def model_gpu(device: str, environ=os.environ, current: int | None = None) -> tu
         cuda_index = current
     else:
         import torch
+
         cuda_index = torch.cuda.current_device()
     visible = visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
     if visible is None:
@@ -343,6 +383,7 @@ def _nvidia_driver() -> str | None:
     except OSError:
         return None
     import re
+
     m = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", first)
     return m.group(1) if m else first.strip()
 
@@ -351,11 +392,12 @@ def _headline(run: RunFile) -> float:
     for part in ("total", "gpu", "cpu"):
         if run.energy[part] is not None:
             return run.energy[part].joules_per_inference
-    return run.latency_median_s   # no energy: adapt on latency instead
+    return run.latency_median_s  # no energy: adapt on latency instead
 
 
 def _aipowermeter_metrics(run: RunFile) -> dict:
     """The run's figures under AIPowerMeter's power_metrics.json names (energies in J)."""
+
     def energy_j(part):
         return None if run.energy[part] is None else run.energy[part].energy_j
 

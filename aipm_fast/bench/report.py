@@ -14,6 +14,7 @@ A file that is missing, unreadable or malformed raises :class:`ReportError` nami
 what is wrong with it. Data that was simply not measured (no GPU, no RAPL, no samples) is not an
 error: the values are NaN and the plots that need them are skipped, with the reason.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,7 @@ from aipm_fast.bench.runfile import ReportError
 from aipm_fast.bench.summary import summarize, write_summary
 from aipm_fast.bench.table import format_table
 
-__all__ = ["ReportError", "build_report", "format_table", "load_runs", "plot_report", "summarize",
-           "write_summary"]
+__all__ = ["ReportError", "build_report", "format_table", "load_runs", "plot_report", "summarize", "write_summary"]
 
 
 def build_report(out_dir) -> dict:

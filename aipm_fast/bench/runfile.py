@@ -8,6 +8,7 @@ file and the field. The JSON layout is the dataclass's, field for field, in orde
     {"model": ..., "size": ..., ..., "energy": {"gpu": {...} | null, "cpu": ..., "total": ...},
      "energy_missing_reason": ...}
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from aipm_fast.storage import write_json
 
-__all__ = ["ENERGY_COLUMNS", "ENERGY_KEYS", "ENERGY_PARTS", "MEASURED_COLUMNS", "PartEnergy",
-           "ReportError", "RunFile"]
+__all__ = ["ENERGY_COLUMNS", "ENERGY_KEYS", "ENERGY_PARTS", "MEASURED_COLUMNS", "PartEnergy", "ReportError", "RunFile"]
 
 NUMBER = "number"
 INTEGER = "integer"
@@ -51,15 +51,16 @@ class PartEnergy:
     def of(cls, energy_j: float, dynamic_energy_j: float | None, n_inferences: int) -> PartEnergy:
         """The energies of a run of n_inferences inputs and their share per inference."""
         dynamic = dynamic_energy_j if dynamic_energy_j is not None and math.isfinite(dynamic_energy_j) else None
-        return cls(energy_j, dynamic, energy_j / n_inferences,
-                   None if dynamic is None else dynamic / n_inferences)
+        return cls(energy_j, dynamic, energy_j / n_inferences, None if dynamic is None else dynamic / n_inferences)
 
     @classmethod
     def sum(cls, parts: list[PartEnergy]) -> PartEnergy:
         """Figure by figure sum of parts; unknown where any part's figure is unknown."""
+
         def total(key):
             values = [getattr(p, key) for p in parts]
             return None if any(v is None for v in values) else sum(values)
+
         return cls(**{key: total(key) for key in ENERGY_KEYS})
 
 
@@ -83,7 +84,7 @@ class RunFile:
     throughput_per_s: float = _declare(NUMBER, minimum=0.0)
     gpu_utilization_pct: float | None = _declare(NUMBER, nullable=True)
     gpu_memory_gb: float | None = _declare(NUMBER, nullable=True)
-    energy: dict = _declare(dict)    # part (ENERGY_PARTS) -> PartEnergy, or None when not measured
+    energy: dict = _declare(dict)  # part (ENERGY_PARTS) -> PartEnergy, or None when not measured
     energy_missing_reason: str | None = _declare(str, nullable=True)
 
     def to_json(self) -> dict:
@@ -93,7 +94,7 @@ class RunFile:
         """Write run_dir/run.json, checked as the report will read it; returns its path."""
         path = os.path.join(os.fspath(run_dir), "run.json")
         data = self.to_json()
-        RunFile.from_json(path, data)   # never write what the report would refuse
+        RunFile.from_json(path, data)  # never write what the report would refuse
         write_json(path, data)
         return path
 
@@ -112,8 +113,9 @@ class RunFile:
             if part not in energy:
                 raise ReportError(path, f"missing key 'energy.{part}' (null when not measured)")
             found = _check_value(path, f"key 'energy.{part}'", energy[part], dict, True)
-            parts[part] = None if found is None else PartEnergy(**_check_fields(path, PartEnergy, found,
-                                                                                f"energy.{part}."))
+            parts[part] = (
+                None if found is None else PartEnergy(**_check_fields(path, PartEnergy, found, f"energy.{part}."))
+            )
         values["energy"] = parts
         return cls(**values)
 
@@ -132,8 +134,14 @@ class RunFile:
 
 
 #: Columns of a run's row that the summary reduces to a median per size.
-MEASURED_COLUMNS = ("n_inferences", "duration_s", "latency_median_s", "throughput_per_s",
-                    "gpu_utilization_pct", "gpu_memory_gb") + ENERGY_COLUMNS
+MEASURED_COLUMNS = (
+    "n_inferences",
+    "duration_s",
+    "latency_median_s",
+    "throughput_per_s",
+    "gpu_utilization_pct",
+    "gpu_memory_gb",
+) + ENERGY_COLUMNS
 
 
 def _nan_if_none(value):
@@ -200,23 +208,23 @@ def _check_value(path: str, where: str, value, kind, nullable: bool):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         if nullable:
             return None
-        raise ReportError(path, f"{where} is {'NaN' if value is not None else 'null'}, expected "
-                                f"{_kind_name(kind)}")
+        raise ReportError(path, f"{where} is {'NaN' if value is not None else 'null'}, expected {_kind_name(kind)}")
     if kind == NUMBER:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ReportError(path, f"{where} has the wrong type: expected a number, found "
-                                    f"{_json_type(value)} ({value!r})")
+            raise ReportError(
+                path, f"{where} has the wrong type: expected a number, found {_json_type(value)} ({value!r})"
+            )
         if not math.isfinite(value):
             raise ReportError(path, f"{where} is {value!r}, expected a finite number")
         return value
     if kind == INTEGER:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ReportError(path, f"{where} has the wrong type: expected an integer, found "
-                                    f"{_json_type(value)} ({value!r})")
+            raise ReportError(
+                path, f"{where} has the wrong type: expected an integer, found {_json_type(value)} ({value!r})"
+            )
         return value
     if not isinstance(value, kind):
-        raise ReportError(path, f"{where} has the wrong type: expected {_kind_name(kind)}, found "
-                                f"{_json_type(value)}")
+        raise ReportError(path, f"{where} has the wrong type: expected {_kind_name(kind)}, found {_json_type(value)}")
     return value
 
 

@@ -1,4 +1,5 @@
 """The runs of a benchmark folder reduced to one row per input size: medians and spread."""
+
 from __future__ import annotations
 
 import os

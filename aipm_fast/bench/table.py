@@ -1,4 +1,5 @@
 """The console table of a benchmark summary (rich), and the number formats it shares with the plots."""
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,11 @@ def format_table(summary: pd.DataFrame, title: str | None = None):
     if not np.isfinite(energy_spread).any():
         columns.append(("latency spread %", col("latency_median_s_iqr_pct"), lambda v: fmt(v, 2)))
     columns = [c for c in columns if np.isfinite(c[1]).any()]
-    table = Table(title=title, caption="medians over runs; spread: interquartile range over runs, "
-                                       "% of the median", caption_justify="left")
+    table = Table(
+        title=title,
+        caption="medians over runs; spread: interquartile range over runs, % of the median",
+        caption_justify="left",
+    )
     for name, _, _ in columns:
         table.add_column(name, justify="right")
     for i in range(len(summary)):

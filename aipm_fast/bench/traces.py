@@ -1,4 +1,5 @@
 """Power against time from a run's raw samples: power channels thinned, energy counters differentiated."""
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ from aipm_fast.storage import legacy_reading
 
 __all__ = ["MAX_POINTS_PER_TRACE", "power_traces"]
 
-MAX_POINTS_PER_TRACE = 4000   # points per channel drawn on the power trace
+MAX_POINTS_PER_TRACE = 4000  # points per channel drawn on the power trace
 
 
 def _counter_power(t_ns: np.ndarray, value_j: np.ndarray, max_points: int):
@@ -26,7 +27,7 @@ def _counter_power(t_ns: np.ndarray, value_j: np.ndarray, max_points: int):
     changed = np.concatenate(([True], np.diff(value_j) != 0))
     t, v = t_ns[changed], value_j[changed]
     if not changed[1:].all() and t.size > 2:
-        t, v = t[1:], v[1:]   # when the first value appeared is unknown
+        t, v = t[1:], v[1:]  # when the first value appeared is unknown
     if t.size < 2:
         return np.empty(0, np.int64), np.empty(0), None
     dt = np.diff(t).astype(np.float64) * 1e-9

@@ -15,6 +15,7 @@ Clocks: times are each host's CLOCK_MONOTONIC (ns since its boot). Ranks on one 
 so their absolute times compare; ranks on different nodes do not, so figures that span nodes
 are built from durations only (a job's span is the longest of its nodes' spans).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,9 @@ def _first_int(environ: Mapping[str, str], names: tuple[str, ...]) -> int | None
     return None
 
 
-def rank_engine_options(environ: Mapping[str, str] = os.environ, *, reads_host: bool | None = None,
-                        gpus: list | None = None) -> dict:
+def rank_engine_options(
+    environ: Mapping[str, str] = os.environ, *, reads_host: bool | None = None, gpus: list | None = None
+) -> dict:
     """Engine options (`gpus`, `cpu`) for this process, to pass to a Meter.
 
     Under a distributed launch (LOCAL_RANK set) the rank meters the LOCAL_RANK-th entry of
@@ -84,11 +86,10 @@ def rank_engine_options(environ: Mapping[str, str] = os.environ, *, reads_host: 
     local_rank = _first_int(environ, LOCAL_RANK_VARS)
     visible = visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
     if local_rank is None:
-        chosen, host = visible, True          # None: every GPU NVML sees
+        chosen, host = visible, True  # None: every GPU NVML sees
     else:
         chosen, host = _rank_gpus(local_rank, visible), local_rank == 0
-    return {"gpus": chosen if gpus is None else list(gpus),
-            "cpu": host if reads_host is None else bool(reads_host)}
+    return {"gpus": chosen if gpus is None else list(gpus), "cpu": host if reads_host is None else bool(reads_host)}
 
 
 def _rank_gpus(local_rank: int, visible: list | None) -> list:
@@ -122,14 +123,22 @@ def resolve_gpus(gpus: list | None, nvml_uuids: Mapping[str, int]) -> list[int] 
     return out
 
 
-def rank_meter(environ: Mapping[str, str] | None = None, *, reads_host: bool | None = None,
-               gpus: list | None = None, **meter_options):
+def rank_meter(
+    environ: Mapping[str, str] | None = None,
+    *,
+    reads_host: bool | None = None,
+    gpus: list | None = None,
+    **meter_options,
+):
     """A Meter for this rank: `rank_engine_options` merged under explicit `meter_options`."""
     from aipm_fast.meter import Meter
+
     options = rank_engine_options(os.environ if environ is None else environ, reads_host=reads_host, gpus=gpus)
     if any(isinstance(g, str) for g in options["gpus"] or []):
-        raise ValueError(f"CUDA_VISIBLE_DEVICES names GPUs by UUID ({options['gpus']}): map them to NVML "
-                         "indices with resolve_gpus() and pass gpus=[...]")
+        raise ValueError(
+            f"CUDA_VISIBLE_DEVICES names GPUs by UUID ({options['gpus']}): map them to NVML "
+            "indices with resolve_gpus() and pass gpus=[...]"
+        )
     return Meter(**{**options, **meter_options})
 
 
@@ -233,14 +242,31 @@ def _totals(per_rank: pd.DataFrame, keys: list[str], extra: dict) -> pd.DataFram
     if per_rank.empty:
         return pd.DataFrame()
     rows = additive_rows(per_rank)
-    node = rows.groupby([*keys, "node"], sort=False).agg(
-        energy_j=("energy_j", _sum_strict), start_ns=("start_ns", "min"), end_ns=("end_ns", "max"),
-        n_ranks=("rank", "nunique"), **{c: (c, how) for c, how in extra.items()}).reset_index()
+    node = (
+        rows.groupby([*keys, "node"], sort=False)
+        .agg(
+            energy_j=("energy_j", _sum_strict),
+            start_ns=("start_ns", "min"),
+            end_ns=("end_ns", "max"),
+            n_ranks=("rank", "nunique"),
+            **{c: (c, how) for c, how in extra.items()},
+        )
+        .reset_index()
+    )
     node["duration_s"] = (node["end_ns"] - node["start_ns"]) / 1e9
-    job = node.groupby(keys, sort=False).agg(
-        energy_j=("energy_j", _sum_strict), duration_s=("duration_s", "max"), start_ns=("start_ns", "min"),
-        end_ns=("end_ns", "max"), n_ranks=("n_ranks", "sum"), n_nodes=("node", "nunique"),
-        **{c: (c, how) for c, how in extra.items()}).reset_index()
+    job = (
+        node.groupby(keys, sort=False)
+        .agg(
+            energy_j=("energy_j", _sum_strict),
+            duration_s=("duration_s", "max"),
+            start_ns=("start_ns", "min"),
+            end_ns=("end_ns", "max"),
+            n_ranks=("n_ranks", "sum"),
+            n_nodes=("node", "nunique"),
+            **{c: (c, how) for c, how in extra.items()},
+        )
+        .reset_index()
+    )
     several = job["n_nodes"] > 1
     job["start_ns"] = job["start_ns"].astype("Int64").mask(several)
     job["end_ns"] = job["end_ns"].astype("Int64").mask(several)
@@ -253,7 +279,7 @@ def _assemble(per_rank: pd.DataFrame, totals: pd.DataFrame, keys: list[str]) -> 
     per_rank = per_rank.assign(scope="rank", n_ranks=1)
     table = pd.concat([per_rank, totals], ignore_index=True)
     for col in ("start_ns", "end_ns", "window_id", "index", "n_inferences"):
-        if col in table:   # integers stay integers next to the totals' empty cells (ns do not fit a float)
+        if col in table:  # integers stay integers next to the totals' empty cells (ns do not fit a float)
             table[col] = table[col].astype("Int64")
     first = ["scope", "rank", "node", *keys, "domain", "energy_j", "duration_s", "start_ns", "end_ns", "n_ranks"]
     return table[first + [c for c in table.columns if c not in first]]
@@ -278,8 +304,10 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
         names = [window] if isinstance(window, str) else list(window)
         unknown = sorted(set(names) - set(rows["window"]))
         if unknown and len(rows):
-            raise ValueError(f"no window named {', '.join(map(repr, unknown))}; the table has "
-                             f"{', '.join(map(repr, sorted(rows['window'].unique())))}")
+            raise ValueError(
+                f"no window named {', '.join(map(repr, unknown))}; the table has "
+                f"{', '.join(map(repr, sorted(rows['window'].unique())))}"
+            )
         rows = rows[rows["window"].isin(names)]
     rows = additive_rows(rows)
     per_rank = rows.groupby(["rank", "node"]).agg(energy_j=("energy_j", _sum_strict))
@@ -289,20 +317,29 @@ def job_summary(table: pd.DataFrame, samples_per_step: float | None = None, wind
         by_rank = rows[sel].groupby(["rank", "node"])["energy_j"].agg(_sum_strict)
         per_rank[f"{part}_energy_j"] = by_rank.reindex(per_rank.index, fill_value=0.0)
     windows = rows.drop_duplicates(["rank", "window", "seq"])
-    per_rank = per_rank.join(windows.groupby(["rank", "node"]).agg(
-        n_steps=("n_inferences", "sum"), duration_s=("duration_s", "sum"))).reset_index()
-    per_node = per_rank.groupby("node").agg(energy_j=("energy_j", _sum_strict), gpu_energy_j=("gpu_energy_j", _sum_strict),
-                                            host_energy_j=("host_energy_j", _sum_strict), n_ranks=("rank", "count"))
+    per_rank = per_rank.join(
+        windows.groupby(["rank", "node"]).agg(n_steps=("n_inferences", "sum"), duration_s=("duration_s", "sum"))
+    ).reset_index()
+    per_node = per_rank.groupby("node").agg(
+        energy_j=("energy_j", _sum_strict),
+        gpu_energy_j=("gpu_energy_j", _sum_strict),
+        host_energy_j=("host_energy_j", _sum_strict),
+        n_ranks=("rank", "count"),
+    )
     jobs = table[(table["scope"] == "job") & table["window"].isin(windows["window"].unique())]
     n_steps = int(per_rank["n_steps"].max()) if len(per_rank) else 0
-    total = {"duration_s": float(jobs["duration_s"].sum()), "n_steps": n_steps,
-             "n_ranks": int(per_rank["rank"].nunique()), "n_nodes": int(per_rank["node"].nunique()),
-             # a domain with no reading (a stuck counter, say) makes its part and the total NaN,
-             # never a silent undercount; the other part's figures stay usable
-             "unmeasured_domains": sorted(rows.loc[~np.isfinite(rows["energy_j"].astype(float)), "domain"].unique()),
-             # 0 J of GPU energy for these: right for a rank sharing another's GPU, a loss if
-             # NVML failed there (that rank's Meter warned)
-             "ranks_without_gpu": sorted(int(r) for r in set(per_rank["rank"]) - set(rows.loc[is_gpu, "rank"]))}
+    total = {
+        "duration_s": float(jobs["duration_s"].sum()),
+        "n_steps": n_steps,
+        "n_ranks": int(per_rank["rank"].nunique()),
+        "n_nodes": int(per_rank["node"].nunique()),
+        # a domain with no reading (a stuck counter, say) makes its part and the total NaN,
+        # never a silent undercount; the other part's figures stay usable
+        "unmeasured_domains": sorted(rows.loc[~np.isfinite(rows["energy_j"].astype(float)), "domain"].unique()),
+        # 0 J of GPU energy for these: right for a rank sharing another's GPU, a loss if
+        # NVML failed there (that rank's Meter warned)
+        "ranks_without_gpu": sorted(int(r) for r in set(per_rank["rank"]) - set(rows.loc[is_gpu, "rank"])),
+    }
     for prefix, column in (("", "energy_j"), ("gpu_", "gpu_energy_j"), ("host_", "host_energy_j")):
         energy_j = _sum_strict(per_rank[column])
         per_step = energy_j / n_steps if n_steps else float("nan")

@@ -39,6 +39,7 @@ in order; the callback adds its keys to both. The integrations chosen with `repo
 so to have them receive the energy keys too, add the callback with `callback.attach(trainer)`,
 which puts it ahead of them.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,10 @@ try:
 except ModuleNotFoundError as exc:
     if (exc.name or "").split(".")[0] != "transformers":
         raise
-    raise ModuleNotFoundError("aipm_fast.integrations.huggingface needs Hugging Face transformers: "
-                              "pip install 'aipm-fast[huggingface]'", name=exc.name) from None
+    raise ModuleNotFoundError(
+        "aipm_fast.integrations.huggingface needs Hugging Face transformers: pip install 'aipm-fast[huggingface]'",
+        name=exc.name,
+    ) from None
 
 from aipm_fast.integrations.common import StepMarks, energy_keys, energy_record, gather_job, job_keys, training_counts
 
@@ -94,8 +97,8 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
         self._setup(meter, group, meter_options)
 
     def _clear(self) -> None:
-        super()._clear()           # here _epoch holds (window mark, Window, epoch number)
-        self._unlogged: dict[str, float] = {}   # epoch keys waiting for the next log
+        super()._clear()  # here _epoch holds (window mark, Window, epoch number)
+        self._unlogged: dict[str, float] = {}  # epoch keys waiting for the next log
 
     def attach(self, trainer):
         """Add this callback to `trainer` ahead of the `report_to` integrations, so that they
@@ -155,7 +158,7 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
         self._unlogged.update(energy_keys("energy/epoch_j", energies, self.meter.domains))
         if per_sample is not None and math.isfinite(per_sample):
             self._unlogged["energy/epoch_j_per_sample"] = per_sample
-        if self._distributed:   # every rank takes part; rank 0 gets the job's figures
+        if self._distributed:  # every rank takes part; rank 0 gets the job's figures
             job = gather_job(w, energies, self._steps, samples, self.group, domains=self.meter.domains)
             if job is not None:
                 self.job_epochs.append({"epoch": n, **job})
@@ -184,7 +187,7 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.meter is None or logs is None:
             return
-        if "train_runtime" in logs:   # the Trainer's final summary: training is over
+        if "train_runtime" in logs:  # the Trainer's final summary: training is over
             self._close_train()
         self._poll()
         if not state.is_world_process_zero:
@@ -203,11 +206,10 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
         logs.update(added)
 
 
-
 def _local_rank(args) -> int | None:
     """The Trainer's local rank (None where it cannot tell: LOCAL_RANK then decides)."""
     try:
         return int(args.local_process_index)
-    except Exception:    # older TrainingArguments, or a stand-in without it
+    except Exception:  # older TrainingArguments, or a stand-in without it
         rank = getattr(args, "local_rank", -1)
         return rank if isinstance(rank, int) and rank >= 0 else None

@@ -33,6 +33,7 @@ where it is not set).
 
 Works with `lightning.pytorch` or, where that is not installed, the older `pytorch_lightning`.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,13 +45,14 @@ try:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] != "lightning":
             raise
-        from pytorch_lightning import Callback
+        from pytorch_lightning import Callback  # type: ignore[assignment]
         from pytorch_lightning.utilities.data import extract_batch_size
 except ModuleNotFoundError as exc:
     if (exc.name or "").split(".")[0] not in ("lightning", "pytorch_lightning"):
         raise
-    raise ModuleNotFoundError("aipm_fast.integrations.lightning needs PyTorch Lightning: "
-                              "pip install 'aipm-fast[lightning]'", name=exc.name) from None
+    raise ModuleNotFoundError(
+        "aipm_fast.integrations.lightning needs PyTorch Lightning: pip install 'aipm-fast[lightning]'", name=exc.name
+    ) from None
 
 from aipm_fast.integrations.common import StepMarks, energy_keys, energy_record, gather_job, job_keys, training_counts
 
@@ -112,7 +114,9 @@ class AipmCallback(Callback, StepMarks):
         self.train = energy_record(None, *training_counts(self.epochs), duration, energies, self.meter.domains)
         metrics = energy_keys("energy/train_j", energies, self.meter.domains)
         if self._distributed:
-            self.job_train = gather_job(w, energies, self.train["steps"], self.train["samples"], self.group, domains=self.meter.domains)
+            self.job_train = gather_job(
+                w, energies, self.train["steps"], self.train["samples"], self.group, domains=self.meter.domains
+            )
             if self.job_train is not None:
                 metrics.update(job_keys("train", self.job_train))
         if metrics and trainer.is_global_zero:
@@ -135,7 +139,7 @@ class AipmCallback(Callback, StepMarks):
         self._samples_known = True
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._close_step()   # a batch that ended the epoch early never reached on_train_batch_end
+        self._close_step()  # a batch that ended the epoch early never reached on_train_batch_end
         if self._epoch is None:
             return
         (_, w), energies, duration = self._end_window("_epoch")
@@ -148,7 +152,7 @@ class AipmCallback(Callback, StepMarks):
             metrics["energy/epoch_j_per_sample"] = per_sample
         for key, value in metrics.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, batch_size=1)
-        if self._distributed:   # every rank takes part; rank 0 gets the job's figures
+        if self._distributed:  # every rank takes part; rank 0 gets the job's figures
             job = gather_job(w, energies, record["steps"], record["samples"], self.group, domains=self.meter.domains)
             if job is not None:
                 self.job_epochs.append({"epoch": trainer.current_epoch, **job})
@@ -161,7 +165,7 @@ class AipmCallback(Callback, StepMarks):
             return
         try:
             self._samples += int(extract_batch_size(batch))
-        except Exception:    # no tensor to read a batch size from
+        except Exception:  # no tensor to read a batch size from
             self._samples_known = False
         self._begin_step()
 

@@ -21,19 +21,21 @@ series with additive="true", e.g. `sum by (host) (aipm_power_watts{additive="tru
 The exporter has its own registry, so it never mixes with (or is mixed into) the process's
 default one, and several meters can serve on several ports.
 """
+
 from __future__ import annotations
 
 import os
 import socket
 import threading
 import time
+from typing import Any
 
 import numpy as np
 
 from aipm_fast import policy
 from aipm_fast.tracks import ChannelTrack, answering_track, latest
 
-KEEP_NS = 10_000_000_000   # readings a recorder's view keeps: enough for any power window
+KEEP_NS = 10_000_000_000  # readings a recorder's view keeps: enough for any power window
 
 
 class _MeterView:
@@ -96,28 +98,34 @@ class _RecorderView:
 class _EnergyCollector:
     """A prometheus_client custom collector: builds the metric families at each scrape."""
 
-    def __init__(self, exporter: "PrometheusExporter"):
+    def __init__(self, exporter: PrometheusExporter):
         self.exporter = exporter
-        self._reported: dict[str, float] = {}   # last energy per domain: a counter never goes down
+        self._reported: dict[str, float] = {}  # last energy per domain: a counter never goes down
 
     def describe(self):
-        return []    # no collect() at registration: the meter may not have read anything yet
+        return []  # no collect() at registration: the meter may not have read anything yet
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         ex = self.exporter
         names = ["domain", "host", "rank", "device", "additive", *ex.extra_labels]
         power = GaugeMetricFamily("aipm_power_watts", "Mean power over the last readings (W)", labels=names)
         energy = CounterMetricFamily("aipm_energy_joules", "Energy since the meter started (J)", labels=names)
         step = GaugeMetricFamily("aipm_step_energy_joules", "Energy of the last integrated step (J)", labels=names)
-        steps = CounterMetricFamily("aipm_steps", "Steps integrated so far",
-                                    labels=["host", "rank", *ex.extra_labels])
+        steps = CounterMetricFamily("aipm_steps", "Steps integrated so far", labels=["host", "rank", *ex.extra_labels])
         view = ex.view
         n_steps, last_step = view.steps()
         for domain, (total_j, power_w) in view.live(ex.power_window_ns).items():
             meaning = view.domains.get(domain)
-            values = [domain, ex.host, ex.rank, meaning.device if meaning else "",
-                      "true" if meaning is not None and meaning.additive else "false", *ex.extra_labels.values()]
+            values = [
+                domain,
+                ex.host,
+                ex.rank,
+                meaning.device if meaning else "",
+                "true" if meaning is not None and meaning.additive else "false",
+                *ex.extra_labels.values(),
+            ]
             if np.isfinite(power_w):
                 power.add_metric(values, power_w)
             if np.isfinite(total_j):
@@ -140,9 +148,16 @@ class PrometheusExporter:
     `labels` adds constant labels (e.g. {"job_id": "..."}); host and rank default to the
     hostname and $RANK (0 outside a distributed launch) and may be overridden there."""
 
-    def __init__(self, meter_or_recorder, port: int = 9464, addr: str = "127.0.0.1",
-                 labels: dict | None = None, power_window_s: float = 1.0):
+    def __init__(
+        self,
+        meter_or_recorder,
+        port: int = 9464,
+        addr: str = "127.0.0.1",
+        labels: dict | None = None,
+        power_window_s: float = 1.0,
+    ):
         from prometheus_client import CollectorRegistry
+
         labels = dict(labels or {})
         self.host = str(labels.pop("host", socket.gethostname()))
         self.rank = str(labels.pop("rank", os.environ.get("RANK", "0")))
@@ -153,12 +168,14 @@ class PrometheusExporter:
         self.view = _MeterView(meter_or_recorder) if is_meter else _RecorderView(meter_or_recorder)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_EnergyCollector(self))
-        self._server = self._thread = None
+        self._server: Any = None
+        self._thread: Any = None
 
-    def start(self) -> "PrometheusExporter":
+    def start(self) -> PrometheusExporter:
         from prometheus_client import start_http_server
+
         started = start_http_server(self.port, addr=self.addr, registry=self.registry)
-        if started is not None:            # prometheus_client >= 0.17 returns (server, thread)
+        if started is not None:  # prometheus_client >= 0.17 returns (server, thread)
             self._server, self._thread = started
             self.port = self._server.server_port
         return self
@@ -176,20 +193,27 @@ class PrometheusExporter:
     def url(self) -> str:
         return f"http://{self.addr}:{self.port}/metrics"
 
-    def __enter__(self) -> "PrometheusExporter":
+    def __enter__(self) -> PrometheusExporter:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def serve(port: int = 9464, addr: str = "127.0.0.1", duration_s: float | None = None,
-          labels: dict | None = None, on_ready=None, **engine_options) -> None:
+def serve(
+    port: int = 9464,
+    addr: str = "127.0.0.1",
+    duration_s: float | None = None,
+    labels: dict | None = None,
+    on_ready=None,
+    **engine_options,
+) -> None:
     """Meter the whole machine and serve it until interrupted (Ctrl-C) or for `duration_s`.
     `engine_options` are the Meter's (powercap_root, nvml_lib, gpus, ...); `on_ready(exporter)`
     is called once serving, e.g. to print the address."""
     from aipm_fast.meter import Meter
-    meter = Meter(cuda=False, **engine_options)   # no marks to time: no CUDA context
+
+    meter = Meter(cuda=False, **engine_options)  # no marks to time: no CUDA context
     with meter, PrometheusExporter(meter, port, addr, labels) as exporter:
         if on_ready is not None:
             on_ready(exporter)

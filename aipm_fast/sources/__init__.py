@@ -4,6 +4,7 @@ Policy lives here, not in C: the order in which RAPL interfaces are tried (power
 MSR, then perf, stopping at the first that gives any domain so nothing is counted twice),
 which GPUs to read, and what to tell the user about what is missing.
 """
+
 from __future__ import annotations
 
 from aipm_fast.sources import hwmon, msr, nvml, perf, powercap, rapl, wallmeter
@@ -26,8 +27,9 @@ def discover_all(engine, config) -> Discovery:
             found.extend(result)
             if result.channels:
                 rest = [n for n, _ in RAPL_SOURCES if n != name]
-                found.notes.append(f"RAPL read through {name}; {' and '.join(rest)} not used so that no "
-                                   "domain is counted twice")
+                found.notes.append(
+                    f"RAPL read through {name}; {' and '.join(rest)} not used so that no domain is counted twice"
+                )
                 break
     else:
         found.notes.append("RAPL not read by this process (another rank on this node reads it)")

@@ -6,6 +6,7 @@ meaning here, once; the energy policy, the totals, the bench columns and every o
 fields and never parse a channel's or a domain's name. A new source (an AMD GPU, a board's hwmon
 rail, a wall meter) is one module that fills these in.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -24,11 +25,11 @@ ENERGY_READINGS = (COUNTER, MEAN_POWER, INSTANT_POWER)
 POWER_READINGS = (MEAN_POWER, INSTANT_POWER)
 
 # -- what a domain is part of (Domain.part) ------------------------------------------------------
-GPU = "gpu"              # an accelerator board
-HOST = "host"            # the host's CPU packages and their memory (RAPL package, DRAM, core)
-PLATFORM = "platform"    # a whole board or platform (RAPL psys): holds the host parts
-WALL = "wall"            # a wall meter: holds everything behind the plug
-OTHER = "other"          # anything else a source measures (a board rail, an unknown chip)
+GPU = "gpu"  # an accelerator board
+HOST = "host"  # the host's CPU packages and their memory (RAPL package, DRAM, core)
+PLATFORM = "platform"  # a whole board or platform (RAPL psys): holds the host parts
+WALL = "wall"  # a wall meter: holds everything behind the plug
+OTHER = "other"  # anything else a source measures (a board rail, an unknown chip)
 PARTS = (GPU, HOST, PLATFORM, WALL, OTHER)
 
 
@@ -47,17 +48,17 @@ class Channel:
     """
 
     id: int
-    domain: str          # e.g. "rapl:package-0", "rapl:package-0/dram", "nvml:0"
-    label: str           # the channel within its domain: "energy", "power_samples", ...
+    domain: str  # e.g. "rapl:package-0", "rapl:package-0/dram", "nvml:0"
+    label: str  # the channel within its domain: "energy", "power_samples", ...
     reading: str
-    quantity: str        # "energy" (J), "power" (W), "utilization" (%), "memory" (bytes)
+    quantity: str  # "energy" (J), "power" (W), "utilization" (%), "memory" (bytes)
     unit: str
-    source: str          # the module that found it: "powercap", "msr", "perf", "nvml", ...
-    period_s: float      # how often the sampler reads it
+    source: str  # the module that found it: "powercap", "msr", "perf", "nvml", ...
+    period_s: float  # how often the sampler reads it
     update_s: float | None = None
     averaging_s: float | None = None
     wrap: float | None = None
-    detail: str = ""     # the file, register or function it reads
+    detail: str = ""  # the file, register or function it reads
 
     def __post_init__(self):
         if self.reading not in (*ENERGY_READINGS, LEVEL):
@@ -84,7 +85,7 @@ class Channel:
         return {**asdict(self), "name": self.name}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Channel":
+    def from_dict(cls, data: dict) -> Channel:
         fields = {k: v for k, v in data.items() if k != "name"}
         return cls(**fields)
 
@@ -104,7 +105,7 @@ class Domain:
     part: str
     additive: bool
     parent: str | None = None
-    device: str = ""     # human name: "NVIDIA H200", "RAPL zone package-0 (intel-rapl:0)"
+    device: str = ""  # human name: "NVIDIA H200", "RAPL zone package-0 (intel-rapl:0)"
 
     def __post_init__(self):
         if self.part not in PARTS:
@@ -119,7 +120,7 @@ class Problem:
     """Why a source, device or channel is not measured, and what would fix it."""
 
     source: str
-    target: str          # the file, library or device concerned
+    target: str  # the file, library or device concerned
     error: str
     fix: str = ""
 
@@ -134,7 +135,7 @@ class Discovery:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     domains: dict[str, Domain] = field(default_factory=dict)
-    producers: list = field(default_factory=list)     # Python-side sources (aipm_fast.producers)
+    producers: list = field(default_factory=list)  # Python-side sources (aipm_fast.producers)
 
     @property
     def devices(self) -> dict[str, str]:
@@ -144,7 +145,7 @@ class Discovery:
     def add_domain(self, domain: Domain) -> None:
         self.domains.setdefault(domain.name, domain)
 
-    def extend(self, other: "Discovery") -> None:
+    def extend(self, other: Discovery) -> None:
         self.channels += other.channels
         self.problems += other.problems
         self.notes += other.notes

@@ -7,6 +7,7 @@ hwmon:<chip name>/<label or K>; an index follows the name where several chips sh
 CPU energy drivers repeat RAPL), so only chips known here to measure a separate device add into
 totals: every other chip is measured and reported but not added, so that no joule counts twice.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,13 +15,25 @@ import re
 from dataclasses import dataclass
 
 from aipm_fast._native import NativeError
-from aipm_fast.sources.base import (COUNTER, GPU, HOST, INSTANT_POWER, MEAN_POWER, OTHER, Channel, Discovery,
-                                    Domain, Problem)
+from aipm_fast.sources.base import (
+    COUNTER,
+    GPU,
+    HOST,
+    INSTANT_POWER,
+    MEAN_POWER,
+    OTHER,
+    Channel,
+    Discovery,
+    Domain,
+    Problem,
+)
 
 SENSOR_RE = re.compile(r"^(power|energy)(\d+)_(average|input)$")
 
-HWMON_FIX = ("point AIPM_HWMON_ROOT (--hwmon-root) at the hwmon class folder (/sys/class/hwmon), "
-             "e.g. inside a container that mounts sysfs elsewhere")
+HWMON_FIX = (
+    "point AIPM_HWMON_ROOT (--hwmon-root) at the hwmon class folder (/sys/class/hwmon), "
+    "e.g. inside a container that mounts sysfs elsewhere"
+)
 
 
 @dataclass(frozen=True)
@@ -104,32 +117,56 @@ def discover(engine, config) -> Discovery:
             domain = base if len(sensors) == 1 else f"{base}/{label}"
             added = False
             for name in files:
-                kind, _, how = SENSOR_RE.match(name).groups()
+                kind, _, how = _parts(name)
                 reading, quantity, unit, scale = FILE_READINGS[(kind, how)]
                 path = os.path.join(folder, name)
                 try:
                     cid = engine.add_text_counter(path, scale, period)
-                except (NativeError, OSError) as exc:   # the message names the call and the file
-                    found.problems.append(Problem("hwmon", path, str(exc),
-                                                  "run as root or grant read access to the file"))
+                except (NativeError, OSError) as exc:  # the message names the call and the file
+                    found.problems.append(
+                        Problem("hwmon", path, str(exc), "run as root or grant read access to the file")
+                    )
                     continue
-                found.channels.append(Channel(
-                    cid, domain, f"{kind}_{how}", reading, quantity, unit, "hwmon", period,
-                    averaging_s=_averaging_s(folder, kind, index) if reading == MEAN_POWER else None,
-                    detail=path))
+                found.channels.append(
+                    Channel(
+                        cid,
+                        domain,
+                        f"{kind}_{how}",
+                        reading,
+                        quantity,
+                        unit,
+                        "hwmon",
+                        period,
+                        averaging_s=_averaging_s(folder, kind, index) if reading == MEAN_POWER else None,
+                        detail=path,
+                    )
+                )
                 added = True
             if added:
                 # a chip's first sensor is the device; further ones are rails that may lie inside it
                 first = index == min(sensors)
-                found.add_domain(Domain(domain, meaning.part, meaning.additive and first,
-                                        parent=None if first else (base if len(sensors) == 1 else None),
-                                        device=f"hwmon {chip} ({os.path.basename(folder)}): {meaning.why}"))
+                found.add_domain(
+                    Domain(
+                        domain,
+                        meaning.part,
+                        meaning.additive and first,
+                        parent=None if first else (base if len(sensors) == 1 else None),
+                        device=f"hwmon {chip} ({os.path.basename(folder)}): {meaning.why}",
+                    )
+                )
     return found
+
+
+def _parts(name: str) -> tuple[str, str, str]:
+    """("power", "1", "average") of a file find_sensors listed (so it matches)."""
+    m = SENSOR_RE.match(name)
+    assert m is not None, name
+    return m.group(1), m.group(2), m.group(3)
 
 
 def _label(folder: str, files: list[str], index: int) -> str:
     """A sensor's label file (e.g. 'PPT'), else its index."""
-    kind = SENSOR_RE.match(files[0]).group(1)
+    kind = _parts(files[0])[0]
     try:
         text = _read(os.path.join(folder, f"{kind}{index}_label"))
     except OSError:

@@ -3,6 +3,7 @@
 Used only when powercap gives nothing, so that no domain is counted twice. One CPU per
 package is read (the packages' first CPUs, from the CPU topology in sysfs).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,12 +20,14 @@ INTEL_DOMAINS = [  # register, domain suffix ("" = the package itself)
     (0x641, "uncore"),
     (0x619, "dram"),
 ]
-INTEL_PLATFORM = 0x64D          # psys: the whole platform, not per package
+INTEL_PLATFORM = 0x64D  # psys: the whole platform, not per package
 AMD_UNITS = 0xC0010299
 AMD_DOMAINS = [(0xC001029B, ""), (0xC001029A, "core")]
 
-MSR_FIX = ("load the msr module (`sudo modprobe msr`) and run as root, or give the user "
-           "CAP_SYS_RAWIO and read access to /dev/cpu/*/msr; or point AIPM_MSR_ROOT (--msr-root) elsewhere")
+MSR_FIX = (
+    "load the msr module (`sudo modprobe msr`) and run as root, or give the user "
+    "CAP_SYS_RAWIO and read access to /dev/cpu/*/msr; or point AIPM_MSR_ROOT (--msr-root) elsewhere"
+)
 
 
 def read_msr(path: str, register: int) -> int | None:
@@ -50,6 +53,7 @@ def package_cpus(msr_root: str, cpu_root: str) -> dict[int, int]:
     packages: dict[int, int] = {}
     for cpu in cpus:
         topo = os.path.join(cpu_root, f"cpu{cpu}", "topology", "physical_package_id")
+        pkg: int | None
         try:
             with open(topo) as f:
                 pkg = int(f.read().strip())
@@ -87,8 +91,14 @@ def discover(engine, config) -> Discovery:
         elif amd_units:
             unit, registers = energy_unit_j(amd_units), AMD_DOMAINS
         else:
-            found.problems.append(Problem("msr", path, "no RAPL unit register (0x606 or 0xC0010299)",
-                                          "this CPU or hypervisor does not expose RAPL MSRs"))
+            found.problems.append(
+                Problem(
+                    "msr",
+                    path,
+                    "no RAPL unit register (0x606 or 0xC0010299)",
+                    "this CPU or hypervisor does not expose RAPL MSRs",
+                )
+            )
             continue
         for register, suffix in registers:
             if read_msr(path, register) is None:
@@ -103,8 +113,20 @@ def discover(engine, config) -> Discovery:
             except (NativeError, OSError) as exc:
                 found.problems.append(Problem("msr", f"{path}@{register:#x}", str(exc), MSR_FIX))
                 continue
-            found.channels.append(Channel(cid, meaning.name, "energy", COUNTER, "energy", "J", "msr", period,
-                                          update_s=rapl.UPDATE_S, wrap=2.0**32 * unit,
-                                          detail=f"{path} register {register:#x}"))
+            found.channels.append(
+                Channel(
+                    cid,
+                    meaning.name,
+                    "energy",
+                    COUNTER,
+                    "energy",
+                    "J",
+                    "msr",
+                    period,
+                    update_s=rapl.UPDATE_S,
+                    wrap=2.0**32 * unit,
+                    detail=f"{path} register {register:#x}",
+                )
+            )
             found.add_domain(meaning)
     return found

@@ -4,6 +4,7 @@ Used only when neither powercap nor MSR gives a RAPL domain. Event names map to 
 domain names as the other RAPL sources (energy-pkg -> rapl:package-N, energy-ram ->
 rapl:package-N/dram, energy-psys -> rapl:psys).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,10 @@ EVENT_DOMAINS = {
     "energy-psys": "psys",
 }
 
-PERF_FIX = ("run as root or lower /proc/sys/kernel/perf_event_paranoid to 0 "
-            "(`sudo sysctl kernel.perf_event_paranoid=0`); system-wide events need it")
+PERF_FIX = (
+    "run as root or lower /proc/sys/kernel/perf_event_paranoid to 0 "
+    "(`sudo sysctl kernel.perf_event_paranoid=0`); system-wide events need it"
+)
 
 
 def _read(path: str) -> str:
@@ -53,14 +56,20 @@ def discover(engine, config) -> Discovery:
     found = Discovery()
     pmu = os.path.join(config.perf_root, "power")
     if not os.path.isdir(pmu):
-        found.problems.append(Problem("perf", pmu, "no power PMU",
-                                      "the kernel exposes no RAPL perf events here (needs the intel_rapl_perf "
-                                      "or amd rapl perf driver)"))
+        found.problems.append(
+            Problem(
+                "perf",
+                pmu,
+                "no power PMU",
+                "the kernel exposes no RAPL perf events here (needs the intel_rapl_perf or amd rapl perf driver)",
+            )
+        )
         return found
     try:
         pmu_type = int(_read(os.path.join(pmu, "type")))
-        cpus = parse_cpumask(_read(os.path.join(pmu, "cpumask"))) if os.path.exists(
-            os.path.join(pmu, "cpumask")) else [0]
+        cpus = (
+            parse_cpumask(_read(os.path.join(pmu, "cpumask"))) if os.path.exists(os.path.join(pmu, "cpumask")) else [0]
+        )
     except (OSError, ValueError) as exc:
         found.problems.append(Problem("perf", pmu, f"unreadable PMU description: {exc}"))
         return found
@@ -93,8 +102,19 @@ def discover(engine, config) -> Discovery:
                 found.problems.append(Problem("perf", f"{event} on cpu {cpu}", str(exc), PERF_FIX))
                 continue
             # the kernel extends perf's counter to 64 bits: it does not wrap
-            found.channels.append(Channel(cid, meaning.name, "energy", COUNTER, "energy", "J", "perf", period,
-                                          update_s=rapl.UPDATE_S,
-                                          detail=f"perf {event} (type {pmu_type}, config {event_config:#x}) cpu {cpu}"))
+            found.channels.append(
+                Channel(
+                    cid,
+                    meaning.name,
+                    "energy",
+                    COUNTER,
+                    "energy",
+                    "J",
+                    "perf",
+                    period,
+                    update_s=rapl.UPDATE_S,
+                    detail=f"perf {event} (type {pmu_type}, config {event_config:#x}) cpu {cpu}",
+                )
+            )
             found.add_domain(meaning)
     return found

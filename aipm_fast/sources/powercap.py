@@ -4,6 +4,7 @@ Zones are found by walking the root (the class folder lists every zone, subzones
 flat links; the device tree nests them), deduplicated by real path, and named from their
 `name` file, subzones under their parent: rapl:package-0, rapl:package-0/core.
 """
+
 from __future__ import annotations
 
 import errno
@@ -33,7 +34,7 @@ def find_zones(root: str) -> list[tuple[str, str, str]]:
     """(zone id like '0' or '0:1', real path, parent id or '') for every RAPL zone under root."""
     seen: dict[str, tuple[str, str, str]] = {}
     for dirpath, dirnames, _ in os.walk(root, followlinks=True):
-        depth = dirpath[len(root):].count(os.sep)
+        depth = dirpath[len(root) :].count(os.sep)
         if depth > 2:
             dirnames[:] = []
             continue
@@ -51,15 +52,27 @@ def discover(engine, config) -> Discovery:
     found = Discovery()
     root = config.powercap_root
     if not os.path.isdir(root):
-        found.problems.append(Problem("powercap", root, "no such folder",
-                                      "load the intel_rapl_common/intel_rapl_msr modules, or point "
-                                      "AIPM_POWERCAP_ROOT (--powercap-root) at a mounted sysfs"))
+        found.problems.append(
+            Problem(
+                "powercap",
+                root,
+                "no such folder",
+                "load the intel_rapl_common/intel_rapl_msr modules, or point "
+                "AIPM_POWERCAP_ROOT (--powercap-root) at a mounted sysfs",
+            )
+        )
         return found
     zones = find_zones(root)
     if not zones:
-        found.problems.append(Problem("powercap", root, "no intel-rapl zones",
-                                      "this machine exposes no RAPL through powercap (virtual machines "
-                                      "rarely do); MSR or perf may still work"))
+        found.problems.append(
+            Problem(
+                "powercap",
+                root,
+                "no intel-rapl zones",
+                "this machine exposes no RAPL through powercap (virtual machines "
+                "rarely do); MSR or perf may still work",
+            )
+        )
         return found
     names = {}
     for zone_id, path, _ in zones:
@@ -69,16 +82,22 @@ def discover(engine, config) -> Discovery:
             names[zone_id] = f"zone-{zone_id}"
     for zone_id, path, parent in zones:
         device = f"RAPL zone {names[zone_id]} ({os.path.basename(path)})"
-        meaning = rapl.domain(names[parent], names[zone_id], device) if parent else rapl.domain(names[zone_id],
-                                                                                              device=device)
+        meaning = (
+            rapl.domain(names[parent], names[zone_id], device) if parent else rapl.domain(names[zone_id], device=device)
+        )
         domain = meaning.name
         energy_file = os.path.join(path, "energy_uj")
         try:
             wrap_uj = float(_read(os.path.join(path, "max_energy_range_uj")))
         except (OSError, ValueError) as exc:
-            found.problems.append(Problem("powercap", os.path.join(path, "max_energy_range_uj"),
-                                          f"unreadable ({exc}); wraparound cannot be handled",
-                                          "check the powercap driver"))
+            found.problems.append(
+                Problem(
+                    "powercap",
+                    os.path.join(path, "max_energy_range_uj"),
+                    f"unreadable ({exc}); wraparound cannot be handled",
+                    "check the powercap driver",
+                )
+            )
             continue
         try:
             cid = engine.add_text_counter(energy_file, 1e-6, config.period("rapl"))
@@ -86,9 +105,21 @@ def discover(engine, config) -> Discovery:
             fix = PERMISSION_FIX if _is_permission(exc, energy_file) else ""
             found.problems.append(Problem("powercap", energy_file, str(exc), fix))
             continue
-        found.channels.append(Channel(cid, domain, "energy", COUNTER, "energy", "J", "powercap",
-                                      config.period("rapl"), update_s=rapl.UPDATE_S, wrap=wrap_uj * 1e-6,
-                                      detail=energy_file))
+        found.channels.append(
+            Channel(
+                cid,
+                domain,
+                "energy",
+                COUNTER,
+                "energy",
+                "J",
+                "powercap",
+                config.period("rapl"),
+                update_s=rapl.UPDATE_S,
+                wrap=wrap_uj * 1e-6,
+                detail=energy_file,
+            )
+        )
         found.add_domain(meaning)
     return found
 

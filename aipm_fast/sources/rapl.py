@@ -8,6 +8,7 @@ take their meaning from here, so that the rule for what adds up is written once:
 - psys covers the whole platform, packages included: it adds only where no package is read;
 - a zone of a name not known here is measured and reported but not added (it may repeat one).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -19,13 +19,14 @@ wall:<file name>, of part "wall": it holds everything behind the plug, so it is 
 totals that already count the host and its GPUs, unless `wall_meter_adds` says that the meter
 measures a device that no other source covers (a second machine, a switch).
 """
+
 from __future__ import annotations
 
 import os
 import re
 import select
-import statistics
 import stat
+import statistics
 import time
 
 from aipm_fast._native import now_ns
@@ -33,9 +34,9 @@ from aipm_fast.producers import Producer, new_channel_id
 from aipm_fast.sources.base import MEAN_POWER, OTHER, WALL, Channel, Discovery, Domain, Problem
 
 SEPARATORS = re.compile(r"[\s,;]+")
-CLOCK_DISAGREES_S = 1.0      # median arrival - stamp beyond this: the meter has its own clock
-CLOCK_PROBE_LINES = 5        # lines looked at before deciding
-POLL_S = 0.01                # how often a regular file is checked for new lines
+CLOCK_DISAGREES_S = 1.0  # median arrival - stamp beyond this: the meter has its own clock
+CLOCK_PROBE_LINES = 5  # lines looked at before deciding
+POLL_S = 0.01  # how often a regular file is checked for new lines
 
 
 def parse_line(line: str) -> tuple[float | None, float]:
@@ -61,9 +62,9 @@ class WallMeterStream(Producer):
     def __init__(self, path: str, channel_id: int, name: str):
         super().__init__(channel_id, name)
         self.path = path
-        self.clock = "host"             # "host", "own" (offset from arrivals) or "arrival"
+        self.clock = "host"  # "host", "own" (offset from arrivals) or "arrival"
         self.offset_ns: int | None = None
-        self._probe: list[float] = []   # arrival - stamp (s) of the first lines
+        self._probe: list[float] = []  # arrival - stamp (s) of the first lines
         self._min_delay_ns: int | None = None
 
     def to_monotonic(self, stamp_s: float | None, arrival_mono_ns: int, arrival_real_ns: int) -> int:
@@ -72,7 +73,7 @@ class WallMeterStream(Producer):
             self.clock = "arrival"
             return arrival_mono_ns
         stamp_ns = int(round(stamp_s * 1e9))
-        host_offset = arrival_real_ns - arrival_mono_ns          # realtime - monotonic, now
+        host_offset = arrival_real_ns - arrival_mono_ns  # realtime - monotonic, now
         delay_ns = arrival_real_ns - stamp_ns
         if len(self._probe) < CLOCK_PROBE_LINES:
             self._probe.append(delay_ns / 1e9)
@@ -90,7 +91,7 @@ class WallMeterStream(Producer):
         try:
             regular = stat.S_ISREG(os.fstat(fd).st_mode)
             if regular:
-                os.lseek(fd, 0, os.SEEK_END)     # a log being appended: only new lines count
+                os.lseek(fd, 0, os.SEEK_END)  # a log being appended: only new lines count
             pending = b""
             while not stop.is_set():
                 if not regular:
@@ -122,7 +123,7 @@ class WallMeterStream(Producer):
 
     @property
     def note(self) -> str:
-        if self.clock == "own":
+        if self.clock == "own" and self.offset_ns is not None:
             return f"the meter's clock differs from this host's: offset {self.offset_ns / 1e9:+.3f} s from arrivals"
         return {"host": "stamps on this host's clock", "arrival": "stamped on arrival"}[self.clock]
 
@@ -133,22 +134,39 @@ def discover(engine, config) -> Discovery:
     if not path:
         return found
     if not os.path.exists(path):
-        found.problems.append(Problem("wallmeter", path, "no such file, pipe or device",
-                                      "start the meter's logger first, or point AIPM_WALL_METER (--wall-meter) "
-                                      "at the file it appends to"))
+        found.problems.append(
+            Problem(
+                "wallmeter",
+                path,
+                "no such file, pipe or device",
+                "start the meter's logger first, or point AIPM_WALL_METER (--wall-meter) at the file it appends to",
+            )
+        )
         return found
     if not os.access(path, os.R_OK):
-        found.problems.append(Problem("wallmeter", path, "not readable", "grant read access (a serial device: "
-                                      "add the user to the dialout group)"))
+        found.problems.append(
+            Problem(
+                "wallmeter",
+                path,
+                "not readable",
+                "grant read access (a serial device: add the user to the dialout group)",
+            )
+        )
         return found
     name = os.path.basename(path.rstrip("/")) or "meter"
     domain = f"wall:{name}"
     cid = new_channel_id()
     found.producers.append(WallMeterStream(path, cid, domain))
-    found.channels.append(Channel(cid, domain, "power", MEAN_POWER, "power", "W", "wallmeter",
-                                  config.period("wall"), detail=path))
+    found.channels.append(
+        Channel(cid, domain, "power", MEAN_POWER, "power", "W", "wallmeter", config.period("wall"), detail=path)
+    )
     adds = bool(config.wall_meter_adds)
-    found.add_domain(Domain(domain, OTHER if adds else WALL, additive=adds,
-                            device=f"wall meter stream {path}" + ("" if adds else
-                                                                  " (holds the host: not added to totals)")))
+    found.add_domain(
+        Domain(
+            domain,
+            OTHER if adds else WALL,
+            additive=adds,
+            device=f"wall meter stream {path}" + ("" if adds else " (holds the host: not added to totals)"),
+        )
+    )
     return found

@@ -12,10 +12,11 @@ Chips are given as {folder: (chip name, {sensor index: {file kind: watts, "label
 file kinds "power_average", "power_input", "energy_input". The key of a file for the truth is
 "<folder>/<file name>".
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Dict, List, Mapping
 
 from fakes.powercap import CounterSpec, CounterWriter
 
@@ -23,7 +24,7 @@ WIDTH = 16
 RIPPLE_UW = 2
 
 
-def build_hwmon_tree(root, chips: Mapping[str, tuple]) -> Dict[str, tuple]:
+def build_hwmon_tree(root, chips: Mapping[str, tuple]) -> dict[str, tuple]:
     """Writes the tree; returns {key: (path, kind, watts)} for the writer."""
     root = Path(root)
     files = {}
@@ -31,7 +32,7 @@ def build_hwmon_tree(root, chips: Mapping[str, tuple]) -> Dict[str, tuple]:
         d = root / folder
         d.mkdir(parents=True)
         (d / "name").write_text(name + "\n")
-        (d / "temp1_input").write_text("45000\n")          # a sensor that is no power
+        (d / "temp1_input").write_text("45000\n")  # a sensor that is no power
         for index, spec in sensors.items():
             for kind, value in spec.items():
                 if kind == "label":
@@ -52,14 +53,36 @@ class HwmonWriter(CounterWriter):
         super().__init__({k: w for k, (_, _, w) in files.items()}, period_s=period_s)
         self.files = dict(files)
 
-    def _specs(self) -> List[CounterSpec]:
+    def _specs(self) -> list[CounterSpec]:
         specs = []
         for key, (path, quantity, watts) in self.files.items():
             if quantity == "energy":
-                specs.append(CounterSpec(key=key, path=path, offset=0, power_w=watts, units_per_j=1e6,
-                                         modulus=10 ** WIDTH, initial=123_456_789, fmt="text", width=WIDTH))
+                specs.append(
+                    CounterSpec(
+                        key=key,
+                        path=path,
+                        offset=0,
+                        power_w=watts,
+                        units_per_j=1e6,
+                        modulus=10**WIDTH,
+                        initial=123_456_789,
+                        fmt="text",
+                        width=WIDTH,
+                    )
+                )
             else:
-                specs.append(CounterSpec(key=key, path=path, offset=0, power_w=0.0, units_per_j=1e6,
-                                         modulus=10 ** WIDTH, initial=int(watts * 1e6) - RIPPLE_UW // 2,
-                                         fmt="text", width=WIDTH, ripple=RIPPLE_UW))
+                specs.append(
+                    CounterSpec(
+                        key=key,
+                        path=path,
+                        offset=0,
+                        power_w=0.0,
+                        units_per_j=1e6,
+                        modulus=10**WIDTH,
+                        initial=int(watts * 1e6) - RIPPLE_UW // 2,
+                        fmt="text",
+                        width=WIDTH,
+                        ripple=RIPPLE_UW,
+                    )
+                )
         return specs

@@ -41,9 +41,10 @@ register in place every millisecond, the value being a function of time so the t
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 from .powercap import DEFAULT_PERIOD_S, CounterSpec, CounterWriter
 
@@ -58,9 +59,11 @@ AMD_PKG_ENERGY_STATUS = 0xC001029B
 
 VENDORS = {
     #        unit register,       counters in each CPU's file,               default ESU
-    "intel": (INTEL_RAPL_POWER_UNIT, {"package": INTEL_PKG_ENERGY_STATUS,
-                                      "pp0": INTEL_PP0_ENERGY_STATUS,
-                                      "dram": INTEL_DRAM_ENERGY_STATUS}, 14),
+    "intel": (
+        INTEL_RAPL_POWER_UNIT,
+        {"package": INTEL_PKG_ENERGY_STATUS, "pp0": INTEL_PP0_ENERGY_STATUS, "dram": INTEL_DRAM_ENERGY_STATUS},
+        14,
+    ),
     "amd": (AMD_RAPL_POWER_UNIT, {"package": AMD_PKG_ENERGY_STATUS}, 16),  # core: see above
 }
 
@@ -85,18 +88,18 @@ def esu_of(unit_register: int) -> int:
 class MsrTree:
     root: Path
     vendor: str
-    cpus: List[int]
+    cpus: list[int]
     esu: int
     unit_register: int  # the power unit register of the vendor
     units_value: int  # what it holds
     # counter key ("cpu<N>/<name>") -> (file, register)
-    counters: Dict[str, Tuple[Path, int]]
+    counters: dict[str, tuple[Path, int]]
     reserved_high: int = 0
 
     @property
     def unit_j(self) -> float:
         """Joules per count."""
-        return 2.0 ** -self.esu
+        return 2.0**-self.esu
 
     def path(self, cpu: int) -> Path:
         return self.root / str(cpu) / "msr"
@@ -120,9 +123,11 @@ class MsrTree:
 def _check_layout(unit_reg: int, registers: Mapping[str, int]) -> None:
     """The bytes that carry meaning (the ESU byte; each counter's bits 31:0) must not overlap,
     or writing one register would change another's value (see the module docstring)."""
-    spans = sorted([(unit_reg + 1, unit_reg + 2, "the ESU byte")] +
-                   [(reg, reg + 4, f"{name} (0x{reg:x})") for name, reg in registers.items()])
-    for (a0, a1, a), (b0, b1, b) in zip(spans, spans[1:]):
+    spans = sorted(
+        [(unit_reg + 1, unit_reg + 2, "the ESU byte")]
+        + [(reg, reg + 4, f"{name} (0x{reg:x})") for name, reg in registers.items()]
+    )
+    for (_a0, a1, a), (b0, _b1, b) in zip(spans, spans[1:]):
         if b0 < a1:
             raise ValueError(f"{a} and {b} share bytes in a file addressed by MSR number")
 
@@ -135,8 +140,14 @@ def _write_u64(path: Path, reg: int, value: int) -> None:
         os.close(fd)
 
 
-def build_msr_tree(root, vendor: str = "intel", packages: int = 1, esu: Optional[int] = None,
-                   reserved_high: int = 0, initial: Optional[Mapping[str, int]] = None) -> MsrTree:
+def build_msr_tree(
+    root,
+    vendor: str = "intel",
+    packages: int = 1,
+    esu: int | None = None,
+    reserved_high: int = 0,
+    initial: Mapping[str, int] | None = None,
+) -> MsrTree:
     """Create `<root>/0/msr` (and `<root>/1/msr` for two packages). Counters start at arbitrary
     distinct values; `initial` overrides them per key ("cpu0/package", ...)."""
     if vendor not in VENDORS:
@@ -151,7 +162,7 @@ def build_msr_tree(root, vendor: str = "intel", packages: int = 1, esu: Optional
     units = power_unit_value(esu)
     root = Path(root)
     cpus = list(range(packages))
-    counters: Dict[str, Tuple[Path, int]] = {}
+    counters: dict[str, tuple[Path, int]] = {}
     for cpu in cpus:
         path = root / str(cpu) / "msr"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,9 +183,14 @@ class MsrWriter(CounterWriter):
     keys not given get DEFAULT_POWERS_W, less 5 W per package after the first), with 32-bit
     wraparound. `wrap_after_s`: start every counter that many seconds before it wraps."""
 
-    def __init__(self, tree: MsrTree, powers_w: Optional[Mapping[str, float]] = None,
-                 wrap_after_s: Optional[float] = None, period_s: float = DEFAULT_PERIOD_S,
-                 start_method: Optional[str] = None):
+    def __init__(
+        self,
+        tree: MsrTree,
+        powers_w: Mapping[str, float] | None = None,
+        wrap_after_s: float | None = None,
+        period_s: float = DEFAULT_PERIOD_S,
+        start_method: str | None = None,
+    ):
         powers = {}
         for key in tree.counters:
             cpu, name = key.split("/")
@@ -191,17 +207,29 @@ class MsrWriter(CounterWriter):
     def root(self) -> Path:
         return self.tree.root
 
-    def _specs(self) -> List[CounterSpec]:
+    def _specs(self) -> list[CounterSpec]:
         specs = []
-        units_per_j = 2.0 ** self.tree.esu
+        units_per_j = 2.0**self.tree.esu
         for key, (path, reg) in self.tree.counters.items():
             if self.wrap_after_s is None:
                 initial = self.tree.read_counter(key)
             else:
-                initial = (COUNTER_MODULUS - round(self.powers_w[key] * self.wrap_after_s * units_per_j)) % COUNTER_MODULUS
-            specs.append(CounterSpec(key=key, path=str(path), offset=reg, power_w=self.powers_w[key],
-                                     units_per_j=units_per_j, modulus=COUNTER_MODULUS, initial=initial,
-                                     fmt="u64le", high_bits=self.tree.reserved_high))
+                initial = (
+                    COUNTER_MODULUS - round(self.powers_w[key] * self.wrap_after_s * units_per_j)
+                ) % COUNTER_MODULUS
+            specs.append(
+                CounterSpec(
+                    key=key,
+                    path=str(path),
+                    offset=reg,
+                    power_w=self.powers_w[key],
+                    units_per_j=units_per_j,
+                    modulus=COUNTER_MODULUS,
+                    initial=initial,
+                    fmt="u64le",
+                    high_bits=self.tree.reserved_high,
+                )
+            )
         return specs
 
 

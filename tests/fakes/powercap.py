@@ -34,9 +34,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Optional
+from typing import NamedTuple
 
 DEFAULT_MAX_ENERGY_RANGE_UJ = 3_000_000  # 3 J: wraps several times a second at the powers below
 DEFAULT_PERIOD_S = 0.001
@@ -125,26 +126,26 @@ class CounterWriter:
     by implementing `_specs()`, called at start so that each counter continues from the value
     its file holds then (a writer can be stopped and started again without a jump)."""
 
-    def __init__(self, powers_w: Mapping[str, float], period_s: float = DEFAULT_PERIOD_S,
-                 start_method: Optional[str] = None):
-        self.powers_w: Dict[str, float] = dict(powers_w)
+    def __init__(
+        self, powers_w: Mapping[str, float], period_s: float = DEFAULT_PERIOD_S, start_method: str | None = None
+    ):
+        self.powers_w: dict[str, float] = dict(powers_w)
         self.period_s = period_s
         # fork starts in milliseconds and needs nothing importable in the child; the child
         # only runs os/time calls, so forking a process that has other threads is harmless.
-        self.start_method = start_method or ("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                             else "spawn")
-        self.start_ns: Optional[int] = None
-        self._stop_ns: Optional[int] = None
+        self.start_method = start_method or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        self.start_ns: int | None = None
+        self._stop_ns: int | None = None
         self._proc = None
-        self._specs_by_key: Dict[str, CounterSpec] = {}
-        self._index: Dict[str, int] = {}
+        self._specs_by_key: dict[str, CounterSpec] = {}
+        self._index: dict[str, int] = {}
 
     # -- subclass hook --
-    def _specs(self) -> List[CounterSpec]:
+    def _specs(self) -> list[CounterSpec]:
         raise NotImplementedError
 
     # -- lifecycle --
-    def start(self) -> "CounterWriter":
+    def start(self) -> CounterWriter:
         if self._proc is not None:
             raise RuntimeError("writer already started")
         specs = self._specs()
@@ -158,9 +159,18 @@ class CounterWriter:
         self._stop_ns_shared = ctx.Value("q", 0, lock=False)
         self._proc = ctx.Process(
             target=_writer_main,
-            args=(specs, int(self.period_s * 1e9), child_conn, self._stop, self._frozen, self._ticks,
-                  self._stop_ns_shared),
-            name=f"{type(self).__name__}", daemon=True)
+            args=(
+                specs,
+                int(self.period_s * 1e9),
+                child_conn,
+                self._stop,
+                self._frozen,
+                self._ticks,
+                self._stop_ns_shared,
+            ),
+            name=f"{type(self).__name__}",
+            daemon=True,
+        )
         self._proc.start()
         child_conn.close()
         if not parent_conn.poll(10.0):
@@ -204,7 +214,7 @@ class CounterWriter:
         return self._proc is not None and self._proc.is_alive()
 
     @property
-    def stop_ns(self) -> Optional[int]:
+    def stop_ns(self) -> int | None:
         """Monotonic time of the last write, once stopped; None while running."""
         return self._stop_ns
 
@@ -280,7 +290,7 @@ class Zone:
 @dataclass
 class PowercapTree:
     root: Path
-    zones: Dict[str, Zone]
+    zones: dict[str, Zone]
 
     def zone(self, key: str) -> Zone:
         return self.zones[key]
@@ -291,21 +301,25 @@ class PowercapTree:
 
 def _zone_layout(packages: int):
     """(key, name, parent key or None) for each zone, parents first."""
-    layout = [("intel-rapl:0", "package-0", None),
-              ("intel-rapl:0:0", "core", "intel-rapl:0"),
-              ("intel-rapl:0:1", "dram", "intel-rapl:0")]
+    layout = [
+        ("intel-rapl:0", "package-0", None),
+        ("intel-rapl:0:0", "core", "intel-rapl:0"),
+        ("intel-rapl:0:1", "dram", "intel-rapl:0"),
+    ]
     if packages >= 2:
-        layout += [("intel-rapl:1", "package-1", None),
-                   ("intel-rapl:1:0", "core", "intel-rapl:1")]
+        layout += [("intel-rapl:1", "package-1", None), ("intel-rapl:1:0", "core", "intel-rapl:1")]
     if packages not in (1, 2):
         raise ValueError("packages must be 1 or 2")
     return layout
 
 
-def build_powercap_tree(root, packages: int = 1,
-                        max_energy_range_uj: int = DEFAULT_MAX_ENERGY_RANGE_UJ,
-                        initial_uj: Optional[Mapping[str, int]] = None,
-                        control_type: bool = True) -> PowercapTree:
+def build_powercap_tree(
+    root,
+    packages: int = 1,
+    max_energy_range_uj: int = DEFAULT_MAX_ENERGY_RANGE_UJ,
+    initial_uj: Mapping[str, int] | None = None,
+    control_type: bool = True,
+) -> PowercapTree:
     """Create the tree under `root` (made if missing). Counters start at arbitrary, distinct
     values rather than 0, as real ones do; `initial_uj` overrides them per zone."""
     root = Path(root)
@@ -314,7 +328,7 @@ def build_powercap_tree(root, packages: int = 1,
         (root / "intel-rapl").mkdir(exist_ok=True)
         (root / "intel-rapl" / "enabled").write_text("1\n")
     width = len(str(max_energy_range_uj))
-    zones: Dict[str, Zone] = {}
+    zones: dict[str, Zone] = {}
     for i, (key, name, parent) in enumerate(_zone_layout(packages)):
         if parent is None:
             path = root / key
@@ -337,8 +351,13 @@ class PowercapWriter(CounterWriter):
     """Advances each zone's energy_uj at a constant power (W per zone key; zones not named get
     DEFAULT_POWERS_W) every `period_s`, wrapping at the zone's max_energy_range_uj."""
 
-    def __init__(self, tree: PowercapTree, powers_w: Optional[Mapping[str, float]] = None,
-                 period_s: float = DEFAULT_PERIOD_S, start_method: Optional[str] = None):
+    def __init__(
+        self,
+        tree: PowercapTree,
+        powers_w: Mapping[str, float] | None = None,
+        period_s: float = DEFAULT_PERIOD_S,
+        start_method: str | None = None,
+    ):
         powers = {k: DEFAULT_POWERS_W[k] for k in tree.zones}
         for key, w in (powers_w or {}).items():
             if key not in tree.zones:
@@ -351,11 +370,21 @@ class PowercapWriter(CounterWriter):
     def root(self) -> Path:
         return self.tree.root
 
-    def _specs(self) -> List[CounterSpec]:
-        return [CounterSpec(key=z.key, path=str(z.energy_path), offset=0, power_w=self.powers_w[z.key],
-                            units_per_j=1e6, modulus=z.max_energy_range_uj,
-                            initial=self.tree.read_uj(z.key), fmt="text", width=z.width)
-                for z in self.tree.zones.values()]
+    def _specs(self) -> list[CounterSpec]:
+        return [
+            CounterSpec(
+                key=z.key,
+                path=str(z.energy_path),
+                offset=0,
+                power_w=self.powers_w[z.key],
+                units_per_j=1e6,
+                modulus=z.max_energy_range_uj,
+                initial=self.tree.read_uj(z.key),
+                fmt="text",
+                width=z.width,
+            )
+            for z in self.tree.zones.values()
+        ]
 
     # -- faults that a reader holding the fd open must survive --
     def corrupt(self, key: str, data: bytes = b"garbage\n") -> None:

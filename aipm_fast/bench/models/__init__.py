@@ -220,6 +220,7 @@ def build_model(
     """
     spec = get_spec(name)
     size = spec.native_size if size is None else validate_size(name, size)
+    assert spec.builder is not None  # every spec has one (ModelSpec checks it)
     model = spec.builder(spec, size)
     if weights_path is not None:
         load_weights(model, spec, Path(weights_path), size)
@@ -248,6 +249,7 @@ def make_inputs(
     size = validate_size(name, size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{name}: batch size must be a positive integer, got {batch_size!r}")
+    assert spec.inputs is not None  # every spec has one (ModelSpec checks it)
     return spec.inputs(spec, size, batch_size, torch.device(device), dtype)
 
 

@@ -4,6 +4,7 @@ A family (one module of this package) describes each of its models with a :class
 the input kind and sizes it accepts, and the functions that build the model for a size and make
 its synthetic inputs. The protocol reads only the spec, never a model's name.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,16 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["DISTRIBUTION", "EXTRA_PACKAGES", "INPUT_KINDS", "BenchModelError", "MissingExtraError", "ModelSpec",
-           "WeightsLoadError", "require"]
+__all__ = [
+    "DISTRIBUTION",
+    "EXTRA_PACKAGES",
+    "INPUT_KINDS",
+    "BenchModelError",
+    "MissingExtraError",
+    "ModelSpec",
+    "WeightsLoadError",
+    "require",
+]
 
 #: Name of the distribution on PyPI, used in ``pip install`` hints.
 DISTRIBUTION = "aipm-fast"

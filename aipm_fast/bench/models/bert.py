@@ -1,5 +1,6 @@
 """BERT (bert-base-uncased's architecture) with a sequence-classification head, built with
 transformers (extra ``text``). Sizes are sequence lengths in tokens, 2 to 512."""
+
 from __future__ import annotations
 
 import torch

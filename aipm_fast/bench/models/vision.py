@@ -2,6 +2,7 @@
 
 Sizes are the side of a square RGB image in pixels; the inputs are seeded standard normal noise.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,13 +33,22 @@ def _build(spec: ModelSpec, size: int) -> nn.Module:
 
 
 def _classifier(name: str, default_batch_size: int, description: str, **sizes) -> ModelSpec:
-    return ModelSpec(name=name, input_kind="image", native_size=224, default_batch_size=default_batch_size,
-                     description=description, builder=_build, inputs=image_inputs, **sizes)
+    return ModelSpec(
+        name=name,
+        input_kind="image",
+        native_size=224,
+        default_batch_size=default_batch_size,
+        description=description,
+        builder=_build,
+        inputs=image_inputs,
+        **sizes,
+    )
 
 
 SPECS = (
-    _classifier("alexnet", 1, "AlexNet (torchvision), 61 M parameters; adaptive pooling accepts any size >= 63",
-                min_size=63),
+    _classifier(
+        "alexnet", 1, "AlexNet (torchvision), 61 M parameters; adaptive pooling accepts any size >= 63", min_size=63
+    ),
     _classifier("resnet18", 1, "ResNet-18 (torchvision), 11.7 M parameters"),
     _classifier("resnet50", 128, "ResNet-50 (torchvision), 25.6 M parameters"),
 )

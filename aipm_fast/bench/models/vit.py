@@ -1,5 +1,6 @@
 """ViT-B/16 (torchvision), built for the input size: its position embedding has one entry per
 16x16 patch, so the architecture itself depends on the size and the model is rebuilt per size."""
+
 from __future__ import annotations
 
 from torch import nn

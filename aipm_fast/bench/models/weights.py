@@ -1,5 +1,6 @@
 """Local weights for a benchmark model: a state-dict file read safely and checked against the
 architecture, with errors that name the file and the keys that do not fit."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -46,7 +47,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         )
     state = dict(obj)
     if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 

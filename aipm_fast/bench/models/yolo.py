@@ -4,6 +4,7 @@ Backbone and neck come from the YOLOv5 description ultralytics ships; its head i
 the original anchor-based one (:class:`YOLOv5Detect`). Inputs are square images whose side is a
 multiple of 32 (the largest stride).
 """
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ class YOLOv5Detect(nn.Module):
         self._grids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         with torch.no_grad():  # YOLOv5's prior on objectness and class scores
             for conv, s in zip(self.m, strides):
-                b = conv.bias.view(self.na, -1)
+                b = conv.bias.view(self.na, -1)  # type: ignore[operator]
                 b[:, 4] += math.log(8 / (640 / float(s)) ** 2)
                 b[:, 5:] += math.log(0.6 / (nc - 0.99))
 
@@ -67,7 +68,8 @@ class YOLOv5Detect(nn.Module):
         x = torch.arange(nx, device=like.device, dtype=like.dtype)
         yv, xv = torch.meshgrid(y, x, indexing="ij")
         grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
-        anchor_grid = (self.anchors[i] * self.stride[i]).to(like.dtype).view(1, self.na, 1, 1, 2).expand(shape)
+        scale = self.anchors[i] * self.stride[i]  # type: ignore[index]  # buffers, typed Tensor | Module
+        anchor_grid = scale.to(like.dtype).view(1, self.na, 1, 1, 2).expand(shape)
         self._grids[key] = (grid, anchor_grid)
         return grid, anchor_grid
 
@@ -105,7 +107,6 @@ def _build_yolov5s(spec: ModelSpec, size: int) -> nn.Module:
     _prepare_ultralytics()
     ultralytics = require(spec)
     import yaml  # a dependency of ultralytics
-
     from ultralytics.nn.tasks import DetectionModel
 
     cfg_path = Path(ultralytics.__file__).parent / "cfg" / "models" / "v5" / "yolov5.yaml"
@@ -130,8 +131,8 @@ def _build_yolov5s(spec: ModelSpec, size: int) -> nn.Module:
     head = YOLOv5Detect(_YOLO_CLASSES, _YOLOV5_ANCHORS, _YOLOV5S_HEAD_CHANNELS, model.stride.tolist())
     for attr in ("f", "i"):
         setattr(head, attr, getattr(old, attr))
-    head.type = "YOLOv5Detect"
-    head.np = sum(p.numel() for p in head.parameters())
+    head.type = "YOLOv5Detect"  # type: ignore[method-assign,assignment]  # ultralytics reads these
+    head.np = sum(p.numel() for p in head.parameters())  # type: ignore[assignment]
     model.model[-1] = head
     return model
 
