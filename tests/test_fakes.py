@@ -545,7 +545,9 @@ def test_recorder_sees_the_sensor_lag_and_the_true_energy(fake_nvml_lib, fake_nv
         result = rec.energy()["nvml:0"]
         truth = (lib.fake_nvml_energy_ns_j(0, int(rec.stop_ns + to_real_ms * 1e6))
                  - lib.fake_nvml_energy_ns_j(0, int(rec.start_ns + to_real_ms * 1e6)))
-        assert result.energy_j == pytest.approx(truth, rel=0.01)
+        # the samples' energy is late by the sensor's mean delay (lag + tau): at each end of the
+        # window at most that long at the other level goes missing or extra
+        assert abs(result.energy_j - truth) <= (300 - 100) * 0.015 + 0.01 * truth
         assert result.alternatives["energy"] == pytest.approx(truth, rel=0.05)   # read once a second
     finally:
         lib.nvmlShutdown()
