@@ -310,7 +310,7 @@ static double step_response(const struct sensor *sn, double d, double age_us, do
     double g = 1.0 - e_tau;
     if (d > 0.0 && sn->p.overshoot > 0.0) {
         if (sn->os_same_constant)
-            g += sn->p.overshoot * age_us / ((double)sn->p.tau_ms * 1000.0) * e_tau;
+            g += sn->p.overshoot * age_us / (sn->p.tau_ms * 1000.0) * e_tau;
         else
             g += sn->os_gain * (e_os - e_tau);
     }
