@@ -105,6 +105,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.fake_nvml_energy_ns_j.argtypes = [ctypes.c_uint, ctypes.c_longlong]
     lib.fake_nvml_power_w.restype = ctypes.c_double
     lib.fake_nvml_power_w.argtypes = [ctypes.c_uint, ctypes.c_double]
+    lib.fake_nvml_sensed_w.restype = ctypes.c_double
+    lib.fake_nvml_sensed_w.argtypes = [ctypes.c_uint, ctypes.c_double]
     lib.fake_nvml_origin_us.restype = ctypes.c_ulonglong
     lib.fake_nvml_origin_us.argtypes = []
     lib.fake_nvml_calls.restype = ctypes.c_ulong

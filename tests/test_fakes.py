@@ -7,6 +7,7 @@ a fake that is off by a sample or a wrap would turn into a wrong verdict on the 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import shutil
 import subprocess
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from aipm_fast.recorder import Recorder
 from fakes.msr import (AMD_PKG_ENERGY_STATUS, AMD_RAPL_POWER_UNIT,
                        INTEL_DRAM_ENERGY_STATUS, INTEL_PKG_ENERGY_STATUS, INTEL_PP0_ENERGY_STATUS,
                        INTEL_RAPL_POWER_UNIT, esu_of)
+from recording import drain_for
 
 # ---- NVML constants and structures (the layouts of csrc/src_nvml.c) ----
 SUCCESS, UNINITIALIZED, INVALID_ARGUMENT, NOT_SUPPORTED = 0, 1, 2, 3
@@ -28,7 +31,7 @@ VALUE_TYPE_UNSIGNED_INT = 1
 ENERGY_OFFSET_MJ = 123456789
 ULONG_MAX = 2 ** (8 * ctypes.sizeof(ctypes.c_ulong)) - 1
 FAKE_ENV = ["FAKE_NVML_GPUS", "FAKE_NVML_TRACE", "FAKE_NVML_SAMPLE_MS", "FAKE_NVML_UTIL",
-            "FAKE_NVML_LOSE_GPU_AFTER_S", "FAKE_NVML_INIT_FAIL"]
+            "FAKE_NVML_LOSE_GPU_AFTER_S", "FAKE_NVML_INIT_FAIL", "FAKE_NVML_CALL_US", "FAKE_NVML_SENSOR"]
 
 
 class Value(ctypes.Union):
@@ -377,6 +380,206 @@ def test_calls_are_counted(nvml):
     assert n.lib.fake_nvml_calls(b"nvmlDeviceGetPowerUsage") == 1
     assert n.lib.fake_nvml_calls(b"nvmlDeviceGetSamples") == 0
     assert n.lib.fake_nvml_calls(b"nvmlDeviceGetTotalEnergy") == ULONG_MAX  # misspelt: never 0
+
+
+# ---- the sensor response (FAKE_NVML_SENSOR) ----
+
+SENSOR = "lag_ms=5,tau_ms=10"
+HALFWAY_MS = 5 + 10 * math.log(2)   # lag + tau ln 2
+STEP_MS = 10 / 32                   # the fake's summing step: an edge's age is exact to half of it
+
+
+def square_response_w(t_ms, lo, hi, period_ms, lag_ms=0.0, tau_ms=0.0, overshoot=0.0, overshoot_ms=0.0):
+    """The square trace (ms after the origin) through the documented response, in closed form,
+    independently of the C code: the level long before, plus each edge since weighted by the
+    step response at its age."""
+    span = 20 * max(tau_ms, overshoot_ms, 1.0)
+    seen = t_ms - lag_ms
+
+    def level(t):
+        return lo if (t % period_ms) < period_ms / 2 else hi
+
+    value = level(seen - span)
+    k = math.floor((seen - span) / (period_ms / 2)) + 1
+    while k * period_ms / 2 <= seen:
+        edge = k * period_ms / 2
+        rise = level(edge) - level(edge - 1e-9)
+        x = seen - edge
+        g = 1 - (math.exp(-x / tau_ms) if tau_ms else 0.0)
+        if rise > 0 and overshoot:
+            if tau_ms == overshoot_ms:
+                g += overshoot * x / tau_ms * math.exp(-x / tau_ms)
+            else:
+                e_tau = math.exp(-x / tau_ms) if tau_ms else 0.0
+                g += overshoot * overshoot_ms / (overshoot_ms - tau_ms) * (math.exp(-x / overshoot_ms) - e_tau)
+        value += rise * g
+        k += 1
+    return value
+
+
+def halfway_ms(points, lo, hi):
+    """[(ms after an edge, W)] sorted by time -> when they first cross halfway from lo to hi
+    (either way), linearly interpolated."""
+    mid = (lo + hi) / 2
+    for (x0, v0), (x1, v1) in zip(points, points[1:]):
+        if (v0 - mid) * (v1 - mid) <= 0 and v0 != v1:
+            return x0 + (mid - v0) / (v1 - v0) * (x1 - x0)
+    raise AssertionError(f"no crossing of {mid} W in {points}")
+
+
+def test_sensor_lags_and_smooths_a_square_trace(nvml):
+    n = nvml(trace="square:100,300,200", sensor=SENSOR)
+    origin_s = n.origin_us() / 1e6
+    for edge_ms, lo, hi in [(100, 100, 300), (200, 300, 100), (1100, 100, 300)]:
+        xs = [edge_ms + i * 0.05 for i in range(-40, 1200)]
+        got = [(x - edge_ms, n.lib.fake_nvml_sensed_w(0, origin_s + x / 1000)) for x in xs]
+        assert halfway_ms(got, lo, hi) == pytest.approx(HALFWAY_MS, abs=STEP_MS / 2 + 0.05)
+        # the truth steps at the edge; the sensor has not moved until the lag is over
+        assert n.lib.fake_nvml_power_w(0, origin_s + (edge_ms + 0.01) / 1000) == hi
+        assert all(abs(v - lo) < 0.1 for x, v in got if x < 5)
+    # everywhere over a period: the documented response, an edge's age exact to half a step
+    for i in range(800):
+        t_ms = 1000 + i * 0.25
+        want = square_response_w(t_ms, 100, 300, 200, lag_ms=5, tau_ms=10)
+        slope = abs(square_response_w(t_ms + 0.01, 100, 300, 200, lag_ms=5, tau_ms=10) - want) / 0.01
+        got = n.lib.fake_nvml_sensed_w(0, origin_s + t_ms / 1000)
+        assert got == pytest.approx(want, abs=slope * STEP_MS / 2 + 0.02), t_ms
+    # GPU i reads 10 W more, through the same response
+    t = origin_s + 0.110
+    assert n.lib.fake_nvml_sensed_w(1, t) == pytest.approx(n.lib.fake_nvml_sensed_w(0, t) + 10, abs=1e-9)
+
+
+@pytest.mark.parametrize("overshoot_ms", [30, 10])   # 10: the same constant as tau, its own formula
+def test_sensor_overshoots_on_rises_only(nvml, overshoot_ms):
+    sensor = {"lag_ms": 5, "tau_ms": 10, "overshoot": 0.3, "overshoot_ms": overshoot_ms}
+    n = nvml(trace="square:100,300,400", sensor=",".join(f"{k}={v}" for k, v in sensor.items()))
+    origin_s = n.origin_us() / 1e6
+    got = {}
+    for i in range(1600):
+        t_ms = 400 + i * 0.25
+        got[t_ms] = n.lib.fake_nvml_sensed_w(0, origin_s + t_ms / 1000)
+        want = square_response_w(t_ms, 100, 300, 400, **sensor)
+        slope = abs(square_response_w(t_ms + 0.01, 100, 300, 400, **sensor) - want) / 0.01
+        assert got[t_ms] == pytest.approx(want, abs=slope * STEP_MS / 2 + 0.05), t_ms
+    after_rise = [v for t, v in got.items() if 600 <= t < 800]
+    after_fall = [v for t, v in got.items() if 400 <= t < 600]
+    assert max(after_rise) > 300 + (10 if overshoot_ms == 30 else 0.5)   # above the new level
+    assert min(after_fall) > 100 - 0.05                                  # never below it
+
+
+def test_sensor_with_only_a_lag_is_a_pure_delay(nvml):
+    n = nvml(trace="triangle:100,200,400", sensor="lag_ms=7.5")
+    origin_s = n.origin_us() / 1e6
+    for i in range(0, 400_000, 1_250):
+        t = origin_s + i / 1e6
+        assert n.lib.fake_nvml_sensed_w(0, t) == n.lib.fake_nvml_power_w(0, t - 0.0075)
+
+
+def test_sensor_stamps_are_irregular_increasing_and_repeatable(nvml):
+    n = nvml(gpus=2, trace="square:100,300,130", sensor=SENSOR + ",jitter_ms=6")
+    origin = n.origin_us()
+    time.sleep(0.6)
+    for gpu in range(2):
+        dev = n.handle(gpu)
+        rc, got, _ = n.samples(dev)
+        assert rc == SUCCESS and len(got) >= 25
+        stamps = [ts for ts, _ in got]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert stamps[0] == origin                      # sample 0 stays at the origin
+        assert all(8_000 <= g <= 32_000 for g in gaps)  # 20 ms ± twice the jitter, so increasing
+        assert len(set(gaps)) > len(gaps) // 2          # and irregular
+        assert all(abs(ts - origin - 20_000 * k) <= 6_000 for k, ts in enumerate(stamps))
+        for ts, mw in got:  # each holds the response at its own stamp
+            assert mw == round(n.lib.fake_nvml_sensed_w(gpu, ts / 1e6) * 1000)
+        # a second call agrees sample for sample, and last_seen still means "after this stamp"
+        rc, again, _ = n.samples(dev, last_seen=stamps[9])
+        assert rc == SUCCESS and again[:len(got) - 10] == got[10:]
+        rc, again, _ = n.samples(dev, last_seen=stamps[9] + 1)
+        assert rc == SUCCESS and again[0] == got[10]
+        # field 186 follows the same response; the 1 s average (here the trace) does not
+        rc, f = n.instant_mw(dev)
+        assert rc == SUCCESS and f.value.uiVal == round(n.lib.fake_nvml_sensed_w(gpu, f.timestamp / 1e6) * 1000)
+        assert n.power_mw(dev)[1] in (100_000 + 10_000 * gpu, 300_000 + 10_000 * gpu)
+    # the GPUs' sample clocks are not in step
+    assert n.samples(n.handle(0))[1][1:] != n.samples(n.handle(1))[1][1:]
+
+
+def test_sensor_leaves_the_energy_counter_on_the_true_trace(nvml):
+    n = nvml(trace="square:100,300,130", sensor="lag_ms=5,tau_ms=10,jitter_ms=6,overshoot=0.3,overshoot_ms=30")
+    dev = n.handle(0)
+    a0 = time.time_ns()
+    c0 = n.energy_mj(dev)[1]
+    b0 = time.time_ns()
+    time.sleep(0.5)
+    a1 = time.time_ns()
+    c1 = n.energy_mj(dev)[1]
+    b1 = time.time_ns()
+    lo, hi = n.energy_j(0, a1) - n.energy_j(0, b0), n.energy_j(0, b1) - n.energy_j(0, a0)
+    assert lo - 0.002 <= (c1 - c0) / 1000 <= hi + 0.002
+    assert (c1 - c0) / 1000 == pytest.approx(n.energy_j(0, (a1 + b1) // 2) - n.energy_j(0, (a0 + b0) // 2), rel=0.01)
+
+
+def test_recorder_sees_the_sensor_lag_and_the_true_energy(fake_nvml_lib, fake_nvml_ctypes, monkeypatch):
+    # realistic: 20 ms samples with jittered stamps, a 130 ms square wave whose edges fall at
+    # every phase of the sample grid, so that folding the edges gives the response finely
+    for name in FAKE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FAKE_NVML_TRACE", "square:100,300,130")
+    monkeypatch.setenv("FAKE_NVML_SENSOR", SENSOR + ",jitter_ms=6")
+    lib = fake_nvml_ctypes()
+    assert lib.nvmlInit_v2() == 0   # a reference, so the origin outlives the recording
+    try:
+        rec = drain_for(Recorder(nvml_lib=str(fake_nvml_lib), powercap_root="/nonexistent",
+                                 msr_root="/nonexistent", perf_root="/nonexistent"), 2.0)
+        names = list(rec.channel_names())
+        t_ns, watts = rec.series(names.index("nvml:0.power_samples"))
+        gaps_ms = (t_ns[1:] - t_ns[:-1]) / 1e6
+        assert len(t_ns) >= 80 and gaps_ms.min() > 0 and gaps_ms.std() > 2   # increasing, irregular
+        origin_ms = lib.fake_nvml_origin_us() / 1000
+        to_real_ms = (time.time_ns() - time.monotonic_ns()) / 1e6
+        phase = (t_ns / 1e6 + to_real_ms - origin_ms) % 130      # ms after a falling edge
+        for edge_ms, lo, hi in [(65, 100, 300), (0, 300, 100)]:
+            after = sorted((p - edge_ms, w) for p, w in zip(phase, watts) if 0 <= p - edge_ms < 40)
+            assert len(after) >= 15
+            assert halfway_ms(after, lo, hi) == pytest.approx(HALFWAY_MS, abs=1.5)
+        result = rec.energy()["nvml:0"]
+        truth = (lib.fake_nvml_energy_ns_j(0, int(rec.stop_ns + to_real_ms * 1e6))
+                 - lib.fake_nvml_energy_ns_j(0, int(rec.start_ns + to_real_ms * 1e6)))
+        # the samples' energy is late by the sensor's mean delay (lag + tau): at each end of the
+        # window at most that long at the other level goes missing or extra
+        assert abs(result.energy_j - truth) <= (300 - 100) * 0.015 + 0.01 * truth
+        assert result.alternatives["energy"] == pytest.approx(truth, rel=0.05)   # read once a second
+    finally:
+        lib.nvmlShutdown()
+
+
+def test_sensor_settings_are_checked(nvml, capfd):
+    for bad in ["tau=10", "lag_ms=5,lag_ms=6", "lag_ms=-1", "lag_ms=x", "lag_ms=5;tau_ms=1",
+                "overshoot=0.3", "jitter_ms=10"]:
+        n = nvml(init=False, sensor=bad)
+        assert n.lib.nvmlInit_v2() == UNKNOWN, bad
+        assert f"FAKE_NVML_SENSOR={bad}" in capfd.readouterr().err
+    n = nvml(init=False, sample_ms=40, sensor="jitter_ms=10")   # below half of 40 ms: fine
+    assert n.lib.nvmlInit_v2() == SUCCESS
+    assert n.lib.nvmlShutdown() == SUCCESS
+
+
+def test_without_a_sensor_readings_are_the_trace(nvml, monkeypatch):
+    for sensor in [None, "", "lag_ms=0,tau_ms=0,jitter_ms=0"]:
+        n = nvml(trace="square:100,300,200", **({} if sensor is None else {"sensor": sensor}))
+        time.sleep(0.25)
+        origin = n.origin_us()
+        rc, got, _ = n.samples(n.handle(0))
+        assert rc == SUCCESS and [ts for ts, _ in got] == [origin + 20_000 * k for k in range(len(got))]
+        for ts, mw in got:
+            assert mw == round(n.lib.fake_nvml_power_w(0, ts / 1e6) * 1000)
+            assert n.lib.fake_nvml_sensed_w(0, ts / 1e6) == n.lib.fake_nvml_power_w(0, ts / 1e6)
+    # a new sensor setting is a new setting: it replaces the one in force (and the origin)
+    monkeypatch.setenv("FAKE_NVML_SENSOR", SENSOR)
+    assert n.lib.nvmlInit_v2() == SUCCESS
+    t = n.origin_us() / 1e6 + 0.102
+    assert n.lib.fake_nvml_sensed_w(0, t) < 150 < n.lib.fake_nvml_power_w(0, t)
+    assert n.lib.nvmlShutdown() == SUCCESS
 
 
 # ------------------------------------------------------------------------------------------

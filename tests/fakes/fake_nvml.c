@@ -27,16 +27,46 @@
  *   FAKE_NVML_INIT_FAIL=1            nvmlInit_v2 fails with NVML_ERROR_UNKNOWN
  *   FAKE_NVML_CALL_US=fn:us[,fn:us]  the named NVML functions take that long a call (a sleep),
  *                                    e.g. nvmlDeviceGetTotalEnergyConsumption:4000 as on an H200
+ *   FAKE_NVML_SENSOR=key=v[,key=v]   the power sensor's response (default: none, the samples hold
+ *                                    the trace at their stamps); see "Sensor response" below
  * Compile-time switches -DFAKE_NVML_OMIT_SAMPLES and -DFAKE_NVML_OMIT_ENERGY leave out
  * nvmlDeviceGetSamples and nvmlDeviceGetTotalEnergyConsumption, as older drivers do.
  *
  * Time origin: CLOCK_REALTIME at init, rounded down to a multiple of 20 ms. The driver's
- * sample k is taken at origin + k * FAKE_NVML_SAMPLE_MS and holds the trace at that instant.
+ * sample k is taken at origin + k * FAKE_NVML_SAMPLE_MS and holds the trace at that instant
+ * (unless FAKE_NVML_SENSOR says otherwise).
+ *
+ * Sensor response (FAKE_NVML_SENSOR). A real H200's 50 Hz samples are not the power at their
+ * stamps: they lag, smooth, overshoot on a rise, and their stamps are irregular. With this set,
+ * a sample stamped t (and field 186 read at t) reports what a sensor with this response would
+ * show at t; the energy counter, nvmlDeviceGetPowerUsage and the truth helpers keep the trace
+ * itself. Keys, each optional (0 or absent: that part of the response is off), in any order:
+ *   lag_ms=D        pure delay: the sensor sees the trace D ms late
+ *   tau_ms=T        first-order low-pass with time constant T ms: after a step, the reading is
+ *                   1 - e^(-x/T) of the way there x ms after the delay, halfway at D + T ln 2
+ *                   (without overshoot, which brings that earlier)
+ *   overshoot=F     each rise of the trace (a step or a ramp) adds F times its size, decaying
+ *   overshoot_ms=O  with time constant O ms, to what the sensor sees, hence low-passed by T
+ *                   too; falls get none. F without O fails the init
+ *   jitter_ms=J     sample k >= 1 is stamped k * FAKE_NVML_SAMPLE_MS + j_k, j_k a hash of k
+ *                   and the GPU index, uniform in [-J, J] (whole µs); J must be below half
+ *                   the sample period, so stamps stay strictly increasing; sample 0 stays at
+ *                   the origin
+ * e.g. FAKE_NVML_SENSOR=lag_ms=5,tau_ms=10,jitter_ms=4,overshoot=0.3,overshoot_ms=30. Unknown or
+ * repeated keys and values outside 0..1e6 fail the init too. The response is a step response
+ * g(age): the value reported at t is the delayed trace 10 longest time constants before t,
+ * plus every increment of it since, each weighted by g at its age; the sum runs in steps of
+ * the shortest time constant / 32 (at most 4096 steps), so an edge's age is exact to half a
+ * step. It is deterministic and a pure function of the clock, about 1-3 µs a sample at
+ * T = 10 ms. A later part of the response (distinct rise and fall constants, a power limit
+ * with capping noise, an overshoot that the counter sees as well) is one more row in
+ * sensor_keys[] and one more term in step_response() or sensed_power_w(), not a second fake.
  *
  * Test helpers (not NVML): fake_nvml_energy_j, fake_nvml_energy_ns_j, fake_nvml_power_w,
- * fake_nvml_origin_us, fake_nvml_calls, fake_nvml_reset_calls. A test that loads this library
- * with ctypes from the same path as the code under test shares its state (the dynamic loader
- * maps a file once), so it sees the same origin and the same call counts.
+ * fake_nvml_sensed_w, fake_nvml_origin_us, fake_nvml_calls, fake_nvml_reset_calls. A test
+ * that loads this library with ctypes from the same path as the code under test shares its
+ * state (the dynamic loader maps a file once), so it sees the same origin and the same call
+ * counts.
  *
  * Plain C11 with libc only: no libm call is made (NAN is a compile-time constant), so the
  * library builds with nothing but `gcc -shared -fPIC`. */
@@ -44,6 +74,7 @@
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -106,6 +137,42 @@ static atomic_ulong fn_calls[FN_COUNT];
 
 typedef enum { TRACE_CONST, TRACE_TRIANGLE, TRACE_SQUARE } trace_kind;
 
+/* FAKE_NVML_SENSOR's keys, as given (ms, or a fraction); all 0 when a key is absent. */
+struct sensor_params {
+    double lag_ms, tau_ms, overshoot, overshoot_ms, jitter_ms;
+};
+static const struct sensor_key {
+    const char *name;
+    size_t offset;
+} sensor_keys[] = {
+    {"lag_ms", offsetof(struct sensor_params, lag_ms)},
+    {"tau_ms", offsetof(struct sensor_params, tau_ms)},
+    {"overshoot", offsetof(struct sensor_params, overshoot)},
+    {"overshoot_ms", offsetof(struct sensor_params, overshoot_ms)},
+    {"jitter_ms", offsetof(struct sensor_params, jitter_ms)},
+};
+#define N_SENSOR_KEYS (sizeof sensor_keys / sizeof sensor_keys[0])
+#define FAKE_SENSOR_WINDOW 10        /* the response is summed over 10 time constants */
+#define FAKE_SENSOR_STEPS_PER_TAU 32 /* in steps of the shorter constant / 32 */
+#define FAKE_SENSOR_MAX_STEPS 4096
+
+static double *sensor_param(struct sensor_params *p, size_t key) {
+    return (double *)((char *)p + sensor_keys[key].offset);
+}
+
+/* The response in the units it is computed in, derived once from the params at init. */
+struct sensor {
+    int on;                    /* FAKE_NVML_SENSOR was set */
+    struct sensor_params p;
+    long long lag_us, jitter_us;
+    long long step_us;         /* the sum's step; 0: no filter, the delayed trace itself */
+    int steps;
+    double decay_tau, first_tau;   /* exp(-step / tau), exp(-step / 2 / tau): 0 if tau is 0 */
+    double decay_os, first_os;     /* the same for overshoot_ms */
+    double os_gain;                /* overshoot * O / (O - tau); see step_response */
+    int os_same_constant;          /* O == tau: the overshoot term is (age / tau) e^(-age/tau) */
+};
+
 struct fake_config {
     unsigned int n_gpus;
     trace_kind kind;
@@ -115,6 +182,7 @@ struct fake_config {
     unsigned int util_gpu, util_mem;
     double lose_after_s;    /* < 0: never */
     long long call_us[FN_COUNT]; /* how long each function takes */
+    struct sensor sensor;
 };
 
 /* Written only by nvmlInit_v2, under init_lock, and published by the release store of
@@ -213,6 +281,69 @@ static double gpu_energy_j(unsigned int gpu, double rel_s) {
     return trace_energy_j(rel_s) + FAKE_GPU_STEP_W * gpu * rel_s;
 }
 
+/* ---- the sensor's response ---- */
+
+/* e^x for x <= 0, without libm: halve x into [-1/2, 0], sum the series, square back. Used
+ * only at init, for the decay factors of the response. */
+static double exp_neg(double x) {
+    if (x < -700.0) return 0.0;
+    int halvings = 0;
+    while (x < -0.5) {
+        x /= 2.0;
+        halvings++;
+    }
+    double term = 1.0, sum = 1.0;
+    for (int n = 1; n < 20; n++) {
+        term *= x / n;
+        sum += term;
+    }
+    while (halvings-- > 0) sum *= sum;
+    return sum;
+}
+
+/* What the step response g(age) adds for an increment d of the delayed trace at that age:
+ * d (1 - e^(-age/tau)) for the low-pass, and for a rise the overshoot F e^(-age/O) passed
+ * through the same low-pass, F O / (O - tau) (e^(-age/O) - e^(-age/tau)), or F (age/tau)
+ * e^(-age/tau) where O == tau. e_tau and e_os are e^(-age/tau) and e^(-age/O) (0 for a
+ * constant of 0, whose filter passes everything at once). */
+static double step_response(const struct sensor *sn, double d, double age_us, double e_tau, double e_os) {
+    double g = 1.0 - e_tau;
+    if (d > 0.0 && sn->p.overshoot > 0.0) {
+        if (sn->os_same_constant)
+            g += sn->p.overshoot * age_us / (sn->p.tau_ms * 1000.0) * e_tau;
+        else
+            g += sn->os_gain * (e_os - e_tau);
+    }
+    return d * g;
+}
+
+/* What the sensor of GPU `gpu` reports at rel_us: the delayed trace FAKE_SENSOR_WINDOW time
+ * constants back, plus each increment of it since, weighted by the step response at its age
+ * (the increment over one step is placed at the step's middle). Every call at the same rel_us
+ * sums the same terms in the same order, so it gives the same value. */
+static double sensed_power_w(unsigned int gpu, long long rel_us) {
+    const struct sensor *sn = &cfg.sensor;
+    long long t0 = rel_us - sn->lag_us;
+    double now = trace_power_w(t0);
+    if (sn->step_us == 0) return now + FAKE_GPU_STEP_W * gpu;
+    double e_tau = sn->first_tau, e_os = sn->first_os, age_us = (double)sn->step_us / 2.0;
+    double prev = now, sum = 0.0;
+    for (int i = 1; i <= sn->steps; i++) {
+        double earlier = trace_power_w(t0 - (long long)i * sn->step_us);
+        if (prev != earlier) sum += step_response(sn, prev - earlier, age_us, e_tau, e_os);
+        prev = earlier;
+        e_tau *= sn->decay_tau;
+        e_os *= sn->decay_os;
+        age_us += (double)sn->step_us;
+    }
+    return prev + sum + FAKE_GPU_STEP_W * gpu;
+}
+
+/* What a reading at rel_us reports: the sensor's response if one is set, else the trace. */
+static double reported_power_w(unsigned int gpu, long long rel_us) {
+    return cfg.sensor.on ? sensed_power_w(gpu, rel_us) : gpu_power_w(gpu, rel_us);
+}
+
 /* NVML reports power as an integer number of mW. */
 static unsigned int to_mw(double w) {
     double mw = w * 1000.0 + 0.5;
@@ -265,6 +396,61 @@ static int parse_call_costs(const char *s, struct fake_config *c) {
         s = *end == ',' ? end + 1 : end;
     }
     return 0;
+}
+
+/* "lag_ms=5,tau_ms=10": each key of sensor_keys[] at most once, values in [0, 1e6]. On a bad
+ * value returns what is wrong with it. */
+static const char *parse_sensor(const char *s, struct sensor_params *p) {
+    unsigned int seen = 0;
+    memset(p, 0, sizeof *p);
+    while (*s) {
+        const char *eq = strchr(s, '=');
+        if (!eq) return "want KEY=VALUE[,KEY=VALUE...]";
+        size_t key = 0;
+        while (key < N_SENSOR_KEYS && !(strlen(sensor_keys[key].name) == (size_t)(eq - s) &&
+                                        strncmp(sensor_keys[key].name, s, (size_t)(eq - s)) == 0))
+            key++;
+        if (key == N_SENSOR_KEYS) return "unknown key";
+        if (seen & (1u << key)) return "a key given twice";
+        seen |= 1u << key;
+        char *end = NULL;
+        double v = strtod(eq + 1, &end);
+        if (end == eq + 1 || (*end != ',' && *end != '\0')) return "not a number";
+        if (!(v >= 0.0 && v <= 1e6)) return "values must be in 0..1e6";
+        *sensor_param(p, key) = v;
+        s = *end == ',' ? end + 1 : end;
+    }
+    return NULL;
+}
+
+/* The response's step, window and decay factors from its params (see sensed_power_w). */
+static const char *derive_sensor(struct sensor *sn, long long sample_us) {
+    const struct sensor_params *p = &sn->p;
+    if (p->overshoot > 0.0 && p->overshoot_ms <= 0.0) return "overshoot needs overshoot_ms";
+    sn->lag_us = (long long)(p->lag_ms * 1000.0 + 0.5);
+    sn->jitter_us = (long long)(p->jitter_ms * 1000.0 + 0.5);
+    if (2 * sn->jitter_us >= sample_us) return "jitter_ms must be below half of FAKE_NVML_SAMPLE_MS";
+    double tau_us = p->tau_ms * 1000.0;
+    double os_us = p->overshoot > 0.0 ? p->overshoot_ms * 1000.0 : 0.0;
+    double shortest = tau_us > 0.0 && (os_us <= 0.0 || tau_us < os_us) ? tau_us : os_us;
+    double longest = tau_us > os_us ? tau_us : os_us;
+    sn->step_us = 0;
+    sn->steps = 0;
+    if (longest <= 0.0) return NULL; /* a pure delay */
+    double window_us = FAKE_SENSOR_WINDOW * longest;
+    long long step = (long long)(shortest / FAKE_SENSOR_STEPS_PER_TAU);
+    if (step < 1) step = 1;
+    if (window_us / (double)step > FAKE_SENSOR_MAX_STEPS)
+        step = (long long)(window_us / FAKE_SENSOR_MAX_STEPS) + 1;
+    sn->step_us = step;
+    sn->steps = (int)(window_us / (double)step) + 1;
+    sn->decay_tau = tau_us > 0.0 ? exp_neg(-(double)step / tau_us) : 0.0;
+    sn->first_tau = tau_us > 0.0 ? exp_neg(-(double)step / 2.0 / tau_us) : 0.0;
+    sn->decay_os = os_us > 0.0 ? exp_neg(-(double)step / os_us) : 0.0;
+    sn->first_os = os_us > 0.0 ? exp_neg(-(double)step / 2.0 / os_us) : 0.0;
+    sn->os_same_constant = os_us > 0.0 && os_us == tau_us;
+    sn->os_gain = os_us > 0.0 && !sn->os_same_constant ? p->overshoot * os_us / (os_us - tau_us) : 0.0;
+    return NULL;
 }
 
 static const char *env_or(const char *name, const char *fallback) {
@@ -324,6 +510,18 @@ static int read_config(struct fake_config *c) {
                         " functions)\n", s);
         return -1;
     }
+    s = getenv("FAKE_NVML_SENSOR");
+    if (s && *s) {
+        c->sensor.on = 1;
+        const char *why = parse_sensor(s, &c->sensor.p);
+        if (!why) why = derive_sensor(&c->sensor, c->sample_us);
+        if (why) {
+            fprintf(stderr, "fake_nvml: bad FAKE_NVML_SENSOR=%s (%s; keys:", s, why);
+            for (size_t k = 0; k < N_SENSOR_KEYS; k++) fprintf(stderr, " %s", sensor_keys[k].name);
+            fprintf(stderr, ")\n");
+            return -1;
+        }
+    }
     return 0;
 
 bad_gpus:
@@ -331,11 +529,21 @@ bad_gpus:
     return -1;
 }
 
+/* The sensor's derived values follow from its params and the sample period. */
+static int same_sensor(const struct sensor *a, const struct sensor *b) {
+    if (a->on != b->on) return 0;
+    struct sensor_params pa = a->p, pb = b->p;
+    for (size_t k = 0; k < N_SENSOR_KEYS; k++)
+        if (*sensor_param(&pa, k) != *sensor_param(&pb, k)) return 0;
+    return 1;
+}
+
 static int same_config(const struct fake_config *a, const struct fake_config *b) {
     return a->n_gpus == b->n_gpus && a->kind == b->kind && a->lo == b->lo && a->hi == b->hi &&
            a->period_us == b->period_us && a->sample_us == b->sample_us &&
            a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
-           a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0;
+           a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0 &&
+           same_sensor(&a->sensor, &b->sensor);
 }
 
 /* ---- common checks of the device functions ---- */
@@ -446,8 +654,36 @@ nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int len
 }
 
 #ifndef FAKE_NVML_OMIT_SAMPLES
-/* The driver's power sample buffer: sample k is at origin + k * sample period, the newest is
- * the last one not in the future and the oldest kept is FAKE_SAMPLE_DEPTH - 1 before it. */
+/* splitmix64's finaliser: a well-mixed hash of the sample index, so that every call agrees. */
+static uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Stamp of sample k of GPU `gpu`, µs after the origin: on the grid, moved by the jitter if
+ * one is set (never sample 0, which stays at the origin). |jitter| < half the period keeps
+ * the stamps strictly increasing. */
+static long long sample_stamp_us(unsigned int gpu, long long k) {
+    long long t = k * cfg.sample_us, j = cfg.sensor.jitter_us;
+    if (j == 0 || k <= 0) return t;
+    uint64_t h = mix64((uint64_t)k ^ ((uint64_t)gpu << 56));
+    return t + (long long)(h % (uint64_t)(2 * j + 1)) - j;
+}
+
+/* The last sample of GPU `gpu` stamped at or before rel_us (-1 if none). The jitter moves a
+ * stamp by less than half a period, so the grid's answer is off by one at most. */
+static long long sample_at_or_before(unsigned int gpu, long long rel_us) {
+    long long k = floor_div(rel_us, cfg.sample_us);
+    while (sample_stamp_us(gpu, k + 1) <= rel_us) k++;
+    while (k >= 0 && sample_stamp_us(gpu, k) > rel_us) k--;
+    return k;
+}
+
+/* The driver's power sample buffer: sample k is at origin + k * sample period (moved by the
+ * sensor's jitter, if any), the newest is the last one not in the future and the oldest kept
+ * is FAKE_SAMPLE_DEPTH - 1 before it. */
 nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t device, int type, unsigned long long lastSeenTimeStamp,
                                   nvmlValueType_t *sampleValType, unsigned int *sampleCount,
                                   nvmlSample_t *samples) {
@@ -463,12 +699,13 @@ nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t device, int type, unsigned long l
     }
     long long rel = now_rel_us();
     if (rel < 0) return NVML_ERROR_NOT_FOUND; /* the clock was set back past the origin */
-    long long newest = rel / cfg.sample_us;
+    unsigned int gpu = device->index;
+    long long newest = sample_at_or_before(gpu, rel);
     long long first = newest - (FAKE_SAMPLE_DEPTH - 1);
     if (first < 0) first = 0;
     if (lastSeenTimeStamp >= (unsigned long long)origin_us) {
-        long long after = floor_div((long long)(lastSeenTimeStamp - (unsigned long long)origin_us),
-                                    cfg.sample_us) + 1;
+        long long after = sample_at_or_before(
+            gpu, (long long)(lastSeenTimeStamp - (unsigned long long)origin_us)) + 1;
         if (after > first) first = after;
     }
     if (first > newest) return NVML_ERROR_NOT_FOUND;
@@ -478,10 +715,10 @@ nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t device, int type, unsigned long l
         return NVML_ERROR_INSUFFICIENT_SIZE;
     }
     for (unsigned long long i = 0; i < n; i++) {
-        long long t = (first + (long long)i) * cfg.sample_us;
+        long long t = sample_stamp_us(gpu, first + (long long)i);
         samples[i].timeStamp = (unsigned long long)(origin_us + t);
         samples[i].sampleValue.ullVal = 0; /* clear the union's upper bytes */
-        samples[i].sampleValue.uiVal = to_mw(gpu_power_w(device->index, t));
+        samples[i].sampleValue.uiVal = to_mw(reported_power_w(gpu, t));
     }
     *sampleCount = (unsigned int)n;
     return NVML_SUCCESS;
@@ -501,7 +738,7 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvml
         f->value.ullVal = 0;
         if (f->fieldId == NVML_FI_DEV_POWER_INSTANT) {
             f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
-            f->value.uiVal = to_mw(gpu_power_w(device->index, rel));
+            f->value.uiVal = to_mw(reported_power_w(device->index, rel));
             f->nvmlReturn = NVML_SUCCESS;
         } else {
             f->nvmlReturn = NVML_ERROR_NOT_SUPPORTED; /* per field, as NVML reports it */
@@ -547,7 +784,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) 
 }
 
 /* The real one averages over about a second on Ampere and newer; the fake gives the trace
- * at now, which makes its readings easy to check. */
+ * at now (whatever FAKE_NVML_SENSOR says), which makes its readings easy to check. */
 nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
     count_call(FN_GET_POWER);
     nvmlReturn_t rc = check_device(device);
@@ -574,13 +811,25 @@ double fake_nvml_energy_ns_j(unsigned int gpu, long long t_realtime_ns) {
     return gpu_energy_j(gpu, (double)(t_realtime_ns - origin_us * 1000) / 1e9);
 }
 
-/* The trace of GPU `gpu` at t (CLOCK_REALTIME seconds, taken to the nearest µs so that a
- * sample's timeStamp / 1e6 lands on its own grid instant), in W. NAN before the first init. */
+/* t (CLOCK_REALTIME seconds) in µs after the origin, to the nearest µs, so that a sample's
+ * timeStamp / 1e6 lands on its own stamp. */
+static long long rel_us_of(double t_realtime_s) {
+    double rel_us = (t_realtime_s - (double)origin_us / 1e6) * 1e6;
+    return rel_us >= 0 ? (long long)(rel_us + 0.5) : -(long long)(0.5 - rel_us);
+}
+
+/* The trace of GPU `gpu` at t (CLOCK_REALTIME seconds), in W. NAN before the first init. */
 double fake_nvml_power_w(unsigned int gpu, double t_realtime_s) {
     if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
-    double rel_us = (t_realtime_s - (double)origin_us / 1e6) * 1e6;
-    long long r = rel_us >= 0 ? (long long)(rel_us + 0.5) : -(long long)(0.5 - rel_us);
-    return gpu_power_w(gpu, r);
+    return gpu_power_w(gpu, rel_us_of(t_realtime_s));
+}
+
+/* What a sample of GPU `gpu` stamped t (CLOCK_REALTIME seconds), or field 186 read at t,
+ * reports, in W (before the rounding to mW): the trace through FAKE_NVML_SENSOR's response,
+ * or the trace itself without one. NAN before the first init. */
+double fake_nvml_sensed_w(unsigned int gpu, double t_realtime_s) {
+    if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
+    return reported_power_w(gpu, rel_us_of(t_realtime_s));
 }
 
 /* The origin in µs since the epoch; 0 before the first nvmlInit. */
