@@ -39,8 +39,13 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from fakes.msr import FakeMsr, MsrWriter, build_msr_tree  # noqa: E402
-from fakes.powercap import (DEFAULT_MAX_ENERGY_RANGE_UJ, DEFAULT_PERIOD_S, FakePowercap,  # noqa: E402
-                            PowercapWriter, build_powercap_tree)
+from fakes.powercap import (  # noqa: E402
+    DEFAULT_MAX_ENERGY_RANGE_UJ,
+    DEFAULT_PERIOD_S,
+    FakePowercap,
+    PowercapWriter,
+    build_powercap_tree,
+)
 
 FAKE_NVML_SRC = TESTS_DIR / "fakes" / "fake_nvml.c"
 # -I csrc: the fake is built with the sampler's own NVML declarations (csrc/nvml_types.h)
@@ -113,8 +118,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.fake_nvml_calls.argtypes = [ctypes.c_char_p]
     lib.fake_nvml_reset_calls.restype = None
     if hasattr(lib, "nvmlDeviceGetSamples"):
-        lib.nvmlDeviceGetSamples.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_ulonglong,
-                                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.nvmlDeviceGetSamples.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_ulonglong,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
     return lib
 
 
@@ -133,8 +144,13 @@ def fake_nvml_ctypes(fake_nvml_lib):
 def fake_powercap(tmp_path):
     writers = []
 
-    def make(packages: int = 1, powers_w=None, max_energy_range_uj: int = DEFAULT_MAX_ENERGY_RANGE_UJ,
-             start: bool = True, period_s: float = DEFAULT_PERIOD_S) -> FakePowercap:
+    def make(
+        packages: int = 1,
+        powers_w=None,
+        max_energy_range_uj: int = DEFAULT_MAX_ENERGY_RANGE_UJ,
+        start: bool = True,
+        period_s: float = DEFAULT_PERIOD_S,
+    ) -> FakePowercap:
         root = tmp_path / f"powercap{len(writers)}"
         tree = build_powercap_tree(root, packages=packages, max_energy_range_uj=max_energy_range_uj)
         writer = PowercapWriter(tree, powers_w, period_s=period_s)
@@ -152,8 +168,16 @@ def fake_powercap(tmp_path):
 def fake_msr(tmp_path):
     writers = []
 
-    def make(vendor: str = "intel", packages: int = 1, powers_w=None, esu=None, wrap_after_s=None,
-             reserved_high: int = 0, start: bool = True, period_s: float = DEFAULT_PERIOD_S) -> FakeMsr:
+    def make(
+        vendor: str = "intel",
+        packages: int = 1,
+        powers_w=None,
+        esu=None,
+        wrap_after_s=None,
+        reserved_high: int = 0,
+        start: bool = True,
+        period_s: float = DEFAULT_PERIOD_S,
+    ) -> FakeMsr:
         root = tmp_path / f"msr{len(writers)}"
         tree = build_msr_tree(root, vendor=vendor, packages=packages, esu=esu, reserved_high=reserved_high)
         writer = MsrWriter(tree, powers_w, wrap_after_s=wrap_after_s, period_s=period_s)

@@ -17,9 +17,16 @@ from pathlib import Path
 import pytest
 
 from aipm_fast.recorder import Recorder
-from fakes.msr import (AMD_PKG_ENERGY_STATUS, AMD_RAPL_POWER_UNIT,
-                       INTEL_DRAM_ENERGY_STATUS, INTEL_PKG_ENERGY_STATUS, INTEL_PP0_ENERGY_STATUS,
-                       INTEL_RAPL_POWER_UNIT, esu_of)
+
+from fakes.msr import (
+    AMD_PKG_ENERGY_STATUS,
+    AMD_RAPL_POWER_UNIT,
+    INTEL_DRAM_ENERGY_STATUS,
+    INTEL_PKG_ENERGY_STATUS,
+    INTEL_PP0_ENERGY_STATUS,
+    INTEL_RAPL_POWER_UNIT,
+    esu_of,
+)
 from recording import drain_for
 
 # ---- NVML constants and structures (the layouts of csrc/src_nvml.c) ----
@@ -30,13 +37,27 @@ FI_DEV_POWER_INSTANT = 186
 VALUE_TYPE_UNSIGNED_INT = 1
 ENERGY_OFFSET_MJ = 123456789
 ULONG_MAX = 2 ** (8 * ctypes.sizeof(ctypes.c_ulong)) - 1
-FAKE_ENV = ["FAKE_NVML_GPUS", "FAKE_NVML_TRACE", "FAKE_NVML_SAMPLE_MS", "FAKE_NVML_UTIL",
-            "FAKE_NVML_LOSE_GPU_AFTER_S", "FAKE_NVML_INIT_FAIL", "FAKE_NVML_CALL_US", "FAKE_NVML_SENSOR"]
+FAKE_ENV = [
+    "FAKE_NVML_GPUS",
+    "FAKE_NVML_TRACE",
+    "FAKE_NVML_SAMPLE_MS",
+    "FAKE_NVML_UTIL",
+    "FAKE_NVML_LOSE_GPU_AFTER_S",
+    "FAKE_NVML_INIT_FAIL",
+    "FAKE_NVML_CALL_US",
+    "FAKE_NVML_SENSOR",
+]
 
 
 class Value(ctypes.Union):
-    _fields_ = [("dVal", ctypes.c_double), ("uiVal", ctypes.c_uint), ("ulVal", ctypes.c_ulong),
-                ("ullVal", ctypes.c_ulonglong), ("sllVal", ctypes.c_longlong), ("siVal", ctypes.c_int)]
+    _fields_ = [
+        ("dVal", ctypes.c_double),
+        ("uiVal", ctypes.c_uint),
+        ("ulVal", ctypes.c_ulong),
+        ("ullVal", ctypes.c_ulonglong),
+        ("sllVal", ctypes.c_longlong),
+        ("siVal", ctypes.c_int),
+    ]
 
 
 class Sample(ctypes.Structure):
@@ -44,9 +65,15 @@ class Sample(ctypes.Structure):
 
 
 class FieldValue(ctypes.Structure):
-    _fields_ = [("fieldId", ctypes.c_uint), ("scopeId", ctypes.c_uint), ("timestamp", ctypes.c_longlong),
-                ("latencyUsec", ctypes.c_longlong), ("valueType", ctypes.c_int), ("nvmlReturn", ctypes.c_int),
-                ("value", Value)]
+    _fields_ = [
+        ("fieldId", ctypes.c_uint),
+        ("scopeId", ctypes.c_uint),
+        ("timestamp", ctypes.c_longlong),
+        ("latencyUsec", ctypes.c_longlong),
+        ("valueType", ctypes.c_int),
+        ("nvmlReturn", ctypes.c_int),
+        ("value", Value),
+    ]
 
 
 class Utilization(ctypes.Structure):
@@ -73,8 +100,9 @@ class Nvml:
         buf = (Sample * max(capacity, 1))()
         vtype = ctypes.c_int(-1)
         count = ctypes.c_uint(capacity)
-        rc = self.lib.nvmlDeviceGetSamples(dev, TOTAL_POWER_SAMPLES, last_seen, ctypes.byref(vtype),
-                                           ctypes.byref(count), buf)
+        rc = self.lib.nvmlDeviceGetSamples(
+            dev, TOTAL_POWER_SAMPLES, last_seen, ctypes.byref(vtype), ctypes.byref(count), buf
+        )
         got = []
         if rc == SUCCESS:
             assert vtype.value == VALUE_TYPE_UNSIGNED_INT
@@ -154,8 +182,23 @@ def test_fake_nvml_compiles_without_warnings(tmp_path, defines):
         pytest.skip("gcc not found")
     src = Path(__file__).parent / "fakes" / "fake_nvml.c"
     csrc = Path(__file__).parent.parent / "csrc"
-    r = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", f"-I{csrc}", *defines, str(src),
-                        "-o", str(tmp_path / "f.so")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            gcc,
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            f"-I{csrc}",
+            *defines,
+            str(src),
+            "-o",
+            str(tmp_path / "f.so"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
@@ -235,8 +278,10 @@ def test_sample_buffer_depth_and_capacity(nvml):
     dev = n.handle(0)
     time.sleep(0.35)
     vtype, count = ctypes.c_int(), ctypes.c_uint(0)
-    assert n.lib.nvmlDeviceGetSamples(dev, TOTAL_POWER_SAMPLES, 0, ctypes.byref(vtype), ctypes.byref(count),
-                                      None) == SUCCESS
+    assert (
+        n.lib.nvmlDeviceGetSamples(dev, TOTAL_POWER_SAMPLES, 0, ctypes.byref(vtype), ctypes.byref(count), None)
+        == SUCCESS
+    )
     assert count.value == 120  # samples == NULL: the buffer's depth
     rc, got, _ = n.samples(dev)
     assert rc == SUCCESS and len(got) == 120 and got[0][0] > n.origin_us()  # the oldest are gone
@@ -385,8 +430,8 @@ def test_calls_are_counted(nvml):
 # ---- the sensor response (FAKE_NVML_SENSOR) ----
 
 SENSOR = "lag_ms=5,tau_ms=10"
-HALFWAY_MS = 5 + 10 * math.log(2)   # lag + tau ln 2
-STEP_MS = 10 / 32                   # the fake's summing step: an edge's age is exact to half of it
+HALFWAY_MS = 5 + 10 * math.log(2)  # lag + tau ln 2
+STEP_MS = 10 / 32  # the fake's summing step: an edge's age is exact to half of it
 
 
 def square_response_w(t_ms, lo, hi, period_ms, lag_ms=0.0, tau_ms=0.0, overshoot=0.0, overshoot_ms=0.0):
@@ -449,7 +494,7 @@ def test_sensor_lags_and_smooths_a_square_trace(nvml):
     assert n.lib.fake_nvml_sensed_w(1, t) == pytest.approx(n.lib.fake_nvml_sensed_w(0, t) + 10, abs=1e-9)
 
 
-@pytest.mark.parametrize("overshoot_ms", [30, 10])   # 10: the same constant as tau, its own formula
+@pytest.mark.parametrize("overshoot_ms", [30, 10])  # 10: the same constant as tau, its own formula
 def test_sensor_overshoots_on_rises_only(nvml, overshoot_ms):
     sensor = {"lag_ms": 5, "tau_ms": 10, "overshoot": 0.3, "overshoot_ms": overshoot_ms}
     n = nvml(trace="square:100,300,400", sensor=",".join(f"{k}={v}" for k, v in sensor.items()))
@@ -463,8 +508,8 @@ def test_sensor_overshoots_on_rises_only(nvml, overshoot_ms):
         assert got[t_ms] == pytest.approx(want, abs=slope * STEP_MS / 2 + 0.05), t_ms
     after_rise = [v for t, v in got.items() if 600 <= t < 800]
     after_fall = [v for t, v in got.items() if 400 <= t < 600]
-    assert max(after_rise) > 300 + (10 if overshoot_ms == 30 else 0.5)   # above the new level
-    assert min(after_fall) > 100 - 0.05                                  # never below it
+    assert max(after_rise) > 300 + (10 if overshoot_ms == 30 else 0.5)  # above the new level
+    assert min(after_fall) > 100 - 0.05  # never below it
 
 
 def test_sensor_with_only_a_lag_is_a_pure_delay(nvml):
@@ -485,15 +530,15 @@ def test_sensor_stamps_are_irregular_increasing_and_repeatable(nvml):
         assert rc == SUCCESS and len(got) >= 25
         stamps = [ts for ts, _ in got]
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-        assert stamps[0] == origin                      # sample 0 stays at the origin
+        assert stamps[0] == origin  # sample 0 stays at the origin
         assert all(8_000 <= g <= 32_000 for g in gaps)  # 20 ms ± twice the jitter, so increasing
-        assert len(set(gaps)) > len(gaps) // 2          # and irregular
+        assert len(set(gaps)) > len(gaps) // 2  # and irregular
         assert all(abs(ts - origin - 20_000 * k) <= 6_000 for k, ts in enumerate(stamps))
         for ts, mw in got:  # each holds the response at its own stamp
             assert mw == round(n.lib.fake_nvml_sensed_w(gpu, ts / 1e6) * 1000)
         # a second call agrees sample for sample, and last_seen still means "after this stamp"
         rc, again, _ = n.samples(dev, last_seen=stamps[9])
-        assert rc == SUCCESS and again[:len(got) - 10] == got[10:]
+        assert rc == SUCCESS and again[: len(got) - 10] == got[10:]
         rc, again, _ = n.samples(dev, last_seen=stamps[9] + 1)
         assert rc == SUCCESS and again[0] == got[10]
         # field 186 follows the same response; the 1 s average (here the trace) does not
@@ -527,39 +572,54 @@ def test_recorder_sees_the_sensor_lag_and_the_true_energy(fake_nvml_lib, fake_nv
     monkeypatch.setenv("FAKE_NVML_TRACE", "square:100,300,130")
     monkeypatch.setenv("FAKE_NVML_SENSOR", SENSOR + ",jitter_ms=6")
     lib = fake_nvml_ctypes()
-    assert lib.nvmlInit_v2() == 0   # a reference, so the origin outlives the recording
+    assert lib.nvmlInit_v2() == 0  # a reference, so the origin outlives the recording
     try:
-        rec = drain_for(Recorder(nvml_lib=str(fake_nvml_lib), powercap_root="/nonexistent",
-                                 msr_root="/nonexistent", perf_root="/nonexistent"), 2.0)
+        rec = drain_for(
+            Recorder(
+                nvml_lib=str(fake_nvml_lib),
+                powercap_root="/nonexistent",
+                msr_root="/nonexistent",
+                perf_root="/nonexistent",
+            ),
+            2.0,
+        )
         names = list(rec.channel_names())
         t_ns, watts = rec.series(names.index("nvml:0.power_samples"))
         gaps_ms = (t_ns[1:] - t_ns[:-1]) / 1e6
-        assert len(t_ns) >= 80 and gaps_ms.min() > 0 and gaps_ms.std() > 2   # increasing, irregular
+        assert len(t_ns) >= 80 and gaps_ms.min() > 0 and gaps_ms.std() > 2  # increasing, irregular
         origin_ms = lib.fake_nvml_origin_us() / 1000
         to_real_ms = (time.time_ns() - time.monotonic_ns()) / 1e6
-        phase = (t_ns / 1e6 + to_real_ms - origin_ms) % 130      # ms after a falling edge
+        phase = (t_ns / 1e6 + to_real_ms - origin_ms) % 130  # ms after a falling edge
         for edge_ms, lo, hi in [(65, 100, 300), (0, 300, 100)]:
             after = sorted((p - edge_ms, w) for p, w in zip(phase, watts) if 0 <= p - edge_ms < 40)
             assert len(after) >= 15
             assert halfway_ms(after, lo, hi) == pytest.approx(HALFWAY_MS, abs=1.5)
         result = rec.energy()["nvml:0"]
-        truth = (lib.fake_nvml_energy_ns_j(0, int(rec.stop_ns + to_real_ms * 1e6))
-                 - lib.fake_nvml_energy_ns_j(0, int(rec.start_ns + to_real_ms * 1e6)))
+        truth = lib.fake_nvml_energy_ns_j(0, int(rec.stop_ns + to_real_ms * 1e6)) - lib.fake_nvml_energy_ns_j(
+            0, int(rec.start_ns + to_real_ms * 1e6)
+        )
         # the samples' energy is late by the sensor's mean delay (lag + tau): at each end of the
         # window at most that long at the other level goes missing or extra
         assert abs(result.energy_j - truth) <= (300 - 100) * 0.015 + 0.01 * truth
-        assert result.alternatives["energy"] == pytest.approx(truth, rel=0.05)   # read once a second
+        assert result.alternatives["energy"] == pytest.approx(truth, rel=0.05)  # read once a second
     finally:
         lib.nvmlShutdown()
 
 
 def test_sensor_settings_are_checked(nvml, capfd):
-    for bad in ["tau=10", "lag_ms=5,lag_ms=6", "lag_ms=-1", "lag_ms=x", "lag_ms=5;tau_ms=1",
-                "overshoot=0.3", "jitter_ms=10"]:
+    for bad in [
+        "tau=10",
+        "lag_ms=5,lag_ms=6",
+        "lag_ms=-1",
+        "lag_ms=x",
+        "lag_ms=5;tau_ms=1",
+        "overshoot=0.3",
+        "jitter_ms=10",
+    ]:
         n = nvml(init=False, sensor=bad)
         assert n.lib.nvmlInit_v2() == UNKNOWN, bad
         assert f"FAKE_NVML_SENSOR={bad}" in capfd.readouterr().err
-    n = nvml(init=False, sample_ms=40, sensor="jitter_ms=10")   # below half of 40 ms: fine
+    n = nvml(init=False, sample_ms=40, sensor="jitter_ms=10")  # below half of 40 ms: fine
     assert n.lib.nvmlInit_v2() == SUCCESS
     assert n.lib.nvmlShutdown() == SUCCESS
 
@@ -612,8 +672,13 @@ def poll(read, seconds, interval=0.002):
 
 def test_powercap_layout(fake_powercap):
     root, writer = fake_powercap(packages=2, start=False)
-    zones = {"intel-rapl:0": "package-0", "intel-rapl:0:0": "core", "intel-rapl:0:1": "dram",
-             "intel-rapl:1": "package-1", "intel-rapl:1:0": "core"}
+    zones = {
+        "intel-rapl:0": "package-0",
+        "intel-rapl:0:0": "core",
+        "intel-rapl:0:1": "dram",
+        "intel-rapl:1": "package-1",
+        "intel-rapl:1:0": "core",
+    }
     assert set(writer.tree.zones) == set(zones)
     for key, name in zones.items():
         top = root / key
@@ -711,8 +776,7 @@ def test_msr_intel_layout(fake_msr):
         for reg in (INTEL_PKG_ENERGY_STATUS, INTEL_PP0_ENERGY_STATUS, INTEL_DRAM_ENERGY_STATUS):
             assert tree.read_register(cpu, reg) >> 32 == 0xDEAD
     assert tree.unit_j == pytest.approx(61.035e-6, rel=1e-4)
-    assert sorted(tree.counters) == ["cpu0/dram", "cpu0/package", "cpu0/pp0",
-                                     "cpu1/dram", "cpu1/package", "cpu1/pp0"]
+    assert sorted(tree.counters) == ["cpu0/dram", "cpu0/package", "cpu0/pp0", "cpu1/dram", "cpu1/package", "cpu1/pp0"]
 
 
 def test_msr_counters_advance_and_wrap(fake_msr):
