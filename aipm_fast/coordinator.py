@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from aipm_fast import policy
+from aipm_fast import counters, policy
 from aipm_fast.results import MarkBatch, SessionResults, Window
 from aipm_fast.timing import Anchor
 from aipm_fast.tracks import ChannelTrack, answering_track, edge_uncertainty, latest
 
 MAX_WAIT_NS = 5_000_000_000  # an edge that no reading passes within 5 s is integrated as unknown
 SILENT_NS = 3_000_000_000  # a domain with no usable reading for this long is not waited for
+STALE_NS = 2_000_000_000  # live power older than this (or three of the channel's periods) is not live
 
 
 @dataclass
@@ -111,7 +112,11 @@ class Coordinator:
             self._integrate_marks(now, final)
             self._update_anchor_points()
             self.results.update(
-                self.scales(), self.health, {cid: tr.problem for cid, tr in self.tracks.items() if tr.problem}
+                self.scales(),
+                self.health,
+                {cid: tr.problem for cid, tr in self.tracks.items() if tr.problem},
+                self.counter_events(),
+                int(self.rec.sampler_stats()["overflows"]),
             )
             self._trim(now)
             if final:
@@ -296,10 +301,13 @@ class Coordinator:
 
     def live(self, window_ns: int) -> dict[str, tuple[float, float]]:
         """{domain: (energy since start J, mean power W over the last window_ns)} from each
-        domain's primary channel, scaled as the results are; NaN where unknown."""
+        domain's primary channel, scaled as the results are; NaN where unknown. Power is NaN
+        once the Meter stops or a domain's readings stop coming (a GPU lost): the last power is
+        never served as if live; the energy keeps its last value."""
         with self.lock:
             out = {}
             scales = self.scales()
+            now = self.clock()
             for domain in self.ranked:
                 tr = self.primary(domain)
                 if tr is None:
@@ -307,8 +315,15 @@ class Coordinator:
                     continue
                 k = scales.get(tr.channel_id, policy.Scale.none("")).factor
                 total, power = latest(tr, window_ns)
+                quiet_ns = now - tr.last_ns if tr.last_ns is not None else None
+                if self._stopping or quiet_ns is None or quiet_ns > max(STALE_NS, 3e9 * tr.channel.resolution_s):
+                    power = np.nan
                 out[domain] = (total * k, power * k)
             return out
+
+    def counter_events(self) -> dict[int, str]:
+        """channel id -> what its counter showed so far ('1 reset bridged, ...'), where anything."""
+        return {cid: text for cid, tr in self.tracks.items() if (text := counters.summary(list(tr.events.items())))}
 
     def side_mean(self, quantity: str, a_ns: int, b_ns: int) -> list[float]:
         """Time-weighted mean over [a, b] of every side channel measuring `quantity`."""

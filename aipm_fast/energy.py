@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aipm_fast import counters
+
 __all__ = [
     "EnergyCurve",
     "HIDDEN_VARIATION",
@@ -89,6 +91,7 @@ class EnergyCurve:
     max_extrapolation_s: float | None = None
     scale: float = 1.0
     hidden_variation: float = HIDDEN_VARIATION
+    events: tuple = ()  # counters: (t_ns, kind) of each reset, glitch or gap (aipm_fast.counters)
 
     # Derived in __post_init__, all per knot or per segment (segment j = [knot j, knot j+1]).
     _origin_ns: int = field(init=False, repr=False)
@@ -341,7 +344,15 @@ class EnergyCurve:
 # -- building curves --------------------------------------------------------------------
 
 
-def counter_curve(t_ns, value_j, wrap_j=None, *, first_is_new: bool | None = None) -> EnergyCurve:
+def counter_curve(
+    t_ns,
+    value_j,
+    wrap_j=None,
+    *,
+    first_is_new: bool | None = None,
+    max_power_w: float | None = None,
+    update_s: float = 0.001,
+) -> EnergyCurve:
     """Curve from an energy counter's readings: t_ns (int64 ns), value_j (float64, J).
 
     A decrease is a wrap when ``wrap_j`` (the counter's range, J) is given: wrap_j is added
@@ -371,10 +382,20 @@ def counter_curve(t_ns, value_j, wrap_j=None, *, first_is_new: bool | None = Non
     the trailing unchanged readings of a live counter are covered and those of a stuck one
     are not (the recorder reports such a channel as stuck).
 
+    With ``max_power_w`` (a plausibility bound on the device's power, W), every step that does
+    not fit is classified instead (aipm_fast.counters): a decrease is a wrap only where one range
+    is a plausible energy for the step's duration; otherwise the reading is a glitch (dropped)
+    or a reset (bridged at the neighbouring power), and a long gap in the readings is unwrapped
+    from the neighbouring power. The curve's ``events`` and ``method`` say what was found.
+    ``update_s`` is the counter's own update interval (the slack of the bound).
+
     Duplicate timestamps keep their first reading. Raises ValueError for fewer than two
     knots (a counter that never changed, or only once).
     """
     t, v, index = _clean_readings(t_ns, value_j, "value_j")
+    events: list = []
+    if max_power_w is not None:
+        t, v, events = counters.classify(t, v, None if wrap_j is None else float(wrap_j), max_power_w, update_s)
     step = np.diff(v)
     down = np.flatnonzero(step < 0)
     if down.size:
@@ -414,19 +435,28 @@ def counter_curve(t_ns, value_j, wrap_j=None, *, first_is_new: bool | None = Non
             "at least two updates are needed to measure energy (is it stuck?)"
         )
     kt = t[knots]
+    found = counters.summary(events)
     return EnergyCurve(
         t_ns=kt,
         joules=v[knots] - v[knots[0]],
         sample_period_s=float(np.median(np.diff(kt))) / _NS_PER_S,
-        method="counter",
+        method=f"counter ({found})" if found else "counter",
+        events=tuple(events),
     )
 
 
 def power_curve(t_ns, watts) -> EnergyCurve:
     """Curve from a power trace: t_ns (int64 ns), watts (float64, W); cumulative trapezoid.
 
-    Duplicate timestamps keep their first reading. Needs at least two distinct times.
+    Readings that are not finite numbers (a sensor's NaN) are dropped and counted in the
+    method, so that one bad sample costs its own span, not the whole trace. Duplicate timestamps
+    keep their first reading. Needs at least two distinct times.
     """
+    watts = np.asarray(watts, dtype=np.float64)
+    finite = np.isfinite(watts)
+    dropped = int(finite.size - np.count_nonzero(finite))
+    if dropped:
+        t_ns, watts = np.asarray(t_ns)[finite], watts[finite]
     t, p, _ = _clean_readings(t_ns, watts, "watts")
     if t.size < 2:
         raise ValueError(f"a power curve needs at least two samples at distinct times, got {t.size}")
@@ -436,7 +466,9 @@ def power_curve(t_ns, watts) -> EnergyCurve:
         t_ns=t,
         joules=joules,
         sample_period_s=float(np.median(dt_s)),
-        method="power-trapezoid",
+        method=f"power-trapezoid ({dropped} invalid sample{'s' * (dropped > 1)} dropped)"
+        if dropped
+        else "power-trapezoid",
         power_w=p,
     )
 

@@ -297,6 +297,9 @@ class Meter:
             "baseline_w": self.baseline_w,
             "scales": self.scales(),
             "domains": {d: m.to_dict() for d, m in self.domains.items()},
+            "counter_events": {
+                self.recorder.channels[cid].name: text for cid, text in self.coordinator.counter_events().items()
+            },
             "uncertainty": UNCERTAINTY,
             "status": self.results.status,
             "recording": self.recorder.summary(),

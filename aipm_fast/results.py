@@ -108,6 +108,8 @@ class SessionResults:
         self._scales: dict[int, policy.Scale] = {}
         self._health: dict[int, str] = {}
         self._curve_problems: dict[int, str] = {}
+        self._notes: dict[int, str] = {}
+        self.overflows = 0
         self._lock = threading.Lock()  # guards the lists against a reader on another thread
         self._files = StreamedFiles(out_dir) if out_dir else None
 
@@ -116,8 +118,19 @@ class SessionResults:
         return list(self.ranked)
 
     # -- fed by the coordinator ----------------------------------------------------------------
-    def update(self, scales: dict[int, policy.Scale], health: dict[int, str], problems: dict[int, str]) -> None:
+    def update(
+        self,
+        scales: dict[int, policy.Scale],
+        health: dict[int, str],
+        problems: dict[int, str],
+        notes: dict[int, str] | None = None,
+        overflows: int = 0,
+    ) -> None:
+        """The coordinator's view at a drain: scales, channels' health, why a curve failed, what a
+        counter showed (resets, glitches, gaps), and records the ring dropped so far."""
         self._scales, self._health, self._curve_problems = dict(scales), dict(health), dict(problems)
+        self._notes = dict(notes or {})
+        self.overflows = overflows
 
     def open_window(self, w: Window) -> None:
         with self._lock:
@@ -187,6 +200,13 @@ class SessionResults:
         e = (w.end_j[c.id] - w.start_j[c.id]) * s.factor
         u = float(np.hypot(w.start_u.get(c.id, np.nan), w.end_u.get(c.id, np.nan))) * s.factor
         method = c.label + (f"; {s.how}" if s.how else "") + policy.fallback_note(c, ranked, self._health)
+        if c.id in self._notes:
+            method += f"; {self._notes[c.id]}"
+        if self.overflows:
+            method += (
+                f"; the sampler's ring overflowed ({self.overflows} readings lost): a trace has gaps, "
+                "a counter's are unwrapped from the neighbouring power"
+            )
         return float(e), u, method
 
     def baseline_power(self) -> dict[str, float]:

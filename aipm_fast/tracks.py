@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from aipm_fast import energy, policy
-from aipm_fast.sources.base import COUNTER, Channel
+from aipm_fast.sources.base import Channel
 
 
 class ChannelTrack:
@@ -24,6 +24,7 @@ class ChannelTrack:
         self.base_j = 0.0  # cumulative energy at t[0]
         self.trimmed = False  # after a trim, t[0] is known to be a counter update
         self.problem = ""  # why no curve can be built (e.g. a stuck counter)
+        self.events: dict[int, str] = {}  # t_ns -> reset, glitch or gap seen in the counter
         self._curve: energy.EnergyCurve | None = None
         self._failed_size = -1  # readings count at the last failed build: not retried
 
@@ -47,6 +48,7 @@ class ChannelTrack:
                     self.channel, self.t, self.v, first_is_new=True if self.trimmed else None
                 )
                 self.problem = ""
+                self.events.update(self._curve.events)  # by time: a rebuild does not count twice
             except ValueError as exc:
                 # a counter that has not advanced (yet, or ever): its energies are unknown (NaN),
                 # never 0 J, and the reason travels with the results
@@ -65,17 +67,18 @@ class ChannelTrack:
         """Forget readings before keep_from_ns, keeping one at or before it for interpolation."""
         if self.t.size < 3:
             return
-        k = int(np.searchsorted(self.t, keep_from_ns, side="right")) - 1
-        k = min(k, self.t.size - 2)
-        if self.channel.reading == COUNTER:
-            # cut only where the counter changed: its knots are the first sight of each value,
-            # and cutting inside a run of repeats would move a knot and the total with it
-            while k > 0 and self.v[k] == self.v[k - 1]:
-                k -= 1
-        if k <= 0:
-            return
         c = self.curve()
         if c is None:
+            return
+        # Cut only at a knot of the curve: a counter's knots are the first sight of each value
+        # (cutting inside a run of repeats would move a knot and the total with it), and a
+        # reading the curve left out (a power sample that is no number, a counter's glitch)
+        # must not become the first one kept.
+        knots = c.t_ns[c.t_ns <= min(keep_from_ns, int(self.t[-2]))]
+        if knots.size == 0:
+            return
+        k = int(np.searchsorted(self.t, knots[-1]))
+        if k <= 0:
             return
         self.base_j += float(c.at(np.array([self.t[k]]))[0])
         self.t, self.v = self.t[k:], self.v[k:]

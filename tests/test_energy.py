@@ -309,8 +309,17 @@ def test_unsorted_times_and_float_times_are_refused():
         power_curve(np.array([T0, T0 + 2, T0 + 1]), np.ones(3))
     with pytest.raises(TypeError, match="integer nanoseconds"):
         power_curve(np.array([0.0, 1.0]), np.ones(2))
-    with pytest.raises(ValueError, match="finite"):
-        power_curve(np.array([T0, T0 + 1]), np.array([1.0, np.nan]))
+    with pytest.raises(ValueError, match="at least two samples"):
+        power_curve(np.array([T0, T0 + 1]), np.array([1.0, np.nan]))  # one sample is left
+
+
+def test_a_sensor_nan_costs_its_own_span_not_the_whole_trace():
+    t = grid(T0, T0 + 1 * S, 20 * MS)
+    watts = np.full(t.size, 100.0)
+    watts[[10, 11, 30]] = [np.nan, np.inf, np.nan]
+    curve = power_curve(t, watts)
+    assert curve.total_j == pytest.approx(100.0, rel=1e-9)
+    assert curve.method == "power-trapezoid (3 invalid samples dropped)"
 
 
 def test_a_million_intervals_at_once():

@@ -419,3 +419,23 @@ def test_marks_streamed_to_out_dir_leave_memory_and_read_back_alike(hw, tmp_path
     assert len(final) == len(m.domains) * 40 and set(final["status"]) == {"final"}
     assert final["energy_j"].notna().all() and (final["energy_j"] > 0).all()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "s" / "inferences.csv"), final, check_dtype=False)
+
+
+def test_a_ring_overflow_loses_no_wraps_and_is_said(fake_powercap):
+    # a 3 J range wraps every 150 ms at 20 W; a 128-record ring drained once a second overflows
+    root, writer = fake_powercap()
+    with Meter(
+        powercap_root=str(root),
+        nvml_lib="/x/libnvidia-ml.so.1",
+        **OFF,
+        cuda=False,
+        ring_capacity_log2=7,
+        drain_period_s=1.0,
+    ) as m:
+        with m.window("w") as w:
+            time.sleep(3.0)
+    win = m.windows().set_index("domain").loc["rapl:package-0"]
+    truth = writer.energy_j("intel-rapl:0", w.start_ns, w.end_ns)
+    assert win["energy_j"] == pytest.approx(truth, rel=0.03)  # not 26.7 W for 40 W
+    assert "ring overflowed" in win["method"] and "gap" in win["method"]
+    assert m.report()["recording"]["sampler"]["overflows"] > 0

@@ -157,3 +157,21 @@ def test_both_paths_fall_back_alike_from_a_stuck_trace(recording):
     assert set(inf.loc[inf["domain"] == "nvml:0", "channel"]) == {"power_instant"}
     method = coordinator.results.windows().set_index(["window", "domain"]).loc[("w0", "nvml:0"), "method"]
     assert "fell back from power_samples stuck" in method
+
+
+def test_nan_samples_cost_their_own_span_on_both_paths(recording):
+    import copy
+
+    spoiled = copy.copy(recording)
+    spoiled.records = recording.records.copy()
+    trace = next(c for c in recording.channels.values() if c.name == "nvml:0.power_samples")
+    mine = np.flatnonzero(spoiled.records["channel"] == trace.id)
+    spoiled.records["value"][mine[::25]] = np.nan  # every 25th sample is no number
+    spans, marks = spans_and_marks(spoiled)
+    coordinator, windows = replay_online(spoiled, spans, marks)
+    inf = assert_same_energies(spoiled, coordinator, windows, spans, marks)
+    assert np.isfinite(inf["energy_j"]).all()
+    whole = coordinator.results.window_energy(windows[0])["nvml:0"]
+    clean = recording.offline_energies(*spans[0])["nvml:0"].energy_j
+    assert whole == pytest.approx(clean, rel=0.02)  # the trace still answers, near the truth
+    assert "invalid samples dropped" in spoiled.offline_energies(*spans[0])["nvml:0"].method

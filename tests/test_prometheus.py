@@ -148,3 +148,27 @@ def test_serve_meters_the_whole_machine(hw):
     finally:
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_power_is_not_served_as_live_after_the_meter_stops_or_the_gpu_is_lost(hw, monkeypatch):
+    options, _ = hw
+    monkeypatch.setenv("FAKE_NVML_LOSE_GPU_AFTER_S", "1.0")
+    m = Meter(**options, cuda=False).start()
+    exporter = PrometheusExporter(m, port=0).start()
+    try:
+        time.sleep(0.6)
+        live = scrape(exporter.port)
+        assert live[("aipm_power_watts", "nvml:0")][0] == pytest.approx(100.0, rel=0.05)
+        time.sleep(3.5)  # the GPU is lost at 1 s: its readings stop
+        lost = scrape(exporter.port)
+        assert np.isnan(lost[("aipm_power_watts", "nvml:0")][0])
+        assert lost[("aipm_energy_joules_total", "nvml:0")][0] >= live[("aipm_energy_joules_total", "nvml:0")][0]
+        assert np.isfinite(lost[("aipm_power_watts", "rapl:package-0")][0])  # the rest goes on
+        m.stop()
+        stopped = scrape(exporter.port)
+        health = [(c["name"], c["status"]) for c in m.report()["recording"]["channels"]]
+        assert np.isnan(stopped[("aipm_power_watts", "rapl:package-0")][0]), health
+        assert stopped.get(("aipm_energy_joules_total", "rapl:package-0"), (0,))[0] > 0, (health, stopped)
+    finally:
+        exporter.stop()
+        m.stop()

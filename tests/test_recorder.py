@@ -219,3 +219,47 @@ def test_samples_frame_names_channels(fake_powercap):
     assert set(df.columns) == {"t_ns", "channel", "value", "flags"}
     assert "rapl:package-0.energy" in set(df["channel"].astype(str))
     assert np.all(np.diff(df["t_ns"][df["channel"] == "rapl:package-0.energy"]) > 0)
+
+
+def test_a_counter_reset_is_bridged_not_read_as_a_wrap(tmp_path):
+    """A RAPL counter that restarts from a low value (a driver reload) must not gain a whole
+    range: 262 kJ in one millisecond is no power a 40 W package can draw."""
+    from fakes.powercap import PowercapWriter, build_powercap_tree
+
+    tree = build_powercap_tree(
+        tmp_path / "pc", max_energy_range_uj=262_143_328_850, initial_uj={"intel-rapl:0": 200_000_000_000}
+    )
+    (tree.zones["intel-rapl:0"].path / "constraint_0_max_power_uw").write_text("50000000\n")  # 50 W
+    writer = PowercapWriter(tree, {"intel-rapl:0": 40.0}).start()
+    rec = Recorder(powercap_root=str(tree.root), nvml_lib=NO_NVML, msr_root="/x", perf_root="/x").start()
+    time.sleep(0.6)
+    rec.drain()
+    writer.stop()
+    first = writer.energy_j("intel-rapl:0", rec.start_ns, writer.stop_ns)
+    width = tree.zones["intel-rapl:0"].width
+    tree.zones["intel-rapl:0"].energy_path.write_bytes(b"%0*d\n" % (width, 12_000_000))  # 12 J
+    writer.start()
+    time.sleep(0.6)
+    rec.close()
+    writer.stop()
+    second = writer.energy_j("intel-rapl:0", writer.start_ns, rec.stop_ns)
+    d = rec.energy()["rapl:package-0"]
+    assert d.energy_j == pytest.approx(first + second, rel=0.02), d  # not + 262 kJ
+    assert "1 reset bridged" in d.method
+    assert next(s for s in rec.status() if s.name == "rapl:package-0.energy").events == "1 reset bridged"
+    assert rec.channels[
+        next(c for c, ch in rec.channels.items() if ch.domain == "rapl:package-0")
+    ].max_power_w == pytest.approx(100.0)
+
+
+def test_a_zone_with_a_range_that_is_no_number_is_explained_at_discovery(tmp_path):
+    from fakes.powercap import build_powercap_tree
+
+    tree = build_powercap_tree(tmp_path / "pc")
+    for bad in ("0", "-5", "nan", "inf"):
+        (tree.zones["intel-rapl:0"].path / "max_energy_range_uj").write_text(bad + "\n")
+        rec = Recorder(powercap_root=str(tree.root), nvml_lib=NO_NVML, msr_root="/x", perf_root="/x")
+        problem = next(p for p in rec.discovery.problems if p.target.endswith("intel-rapl:0/max_energy_range_uj"))
+        assert "not a positive finite number" in problem.error, bad
+        assert "rapl:package-0" not in {c.domain for c in rec.channels.values()}
+        rec.close()

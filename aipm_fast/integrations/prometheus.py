@@ -126,8 +126,7 @@ class _EnergyCollector:
                 "true" if meaning is not None and meaning.additive else "false",
                 *ex.extra_labels.values(),
             ]
-            if np.isfinite(power_w):
-                power.add_metric(values, power_w)
+            power.add_metric(values, power_w)  # NaN once stale: a gap, never the last value as live
             if np.isfinite(total_j):
                 # the counter-derived scale settles after a few seconds; a small step down
                 # would read as a counter reset to Prometheus, so hold the highest value

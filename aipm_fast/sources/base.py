@@ -45,6 +45,9 @@ class Channel:
     averaging_s: for MEAN_POWER, the span the device averages over (None: unknown, taken as
         update_s).
     wrap: for COUNTER, the counter's range in J where it wraps (None: it does not wrap).
+    max_power_w: the most power the device can draw, where it says (powercap's constraints, a
+        GPU's limit): the plausibility bound that tells a counter's wrap from a reset or a glitch
+        (None: the policy's default bound).
     """
 
     id: int
@@ -58,6 +61,7 @@ class Channel:
     update_s: float | None = None
     averaging_s: float | None = None
     wrap: float | None = None
+    max_power_w: float | None = None
     detail: str = ""  # the file, register or function it reads
 
     def __post_init__(self):

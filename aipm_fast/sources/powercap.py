@@ -88,7 +88,7 @@ def discover(engine, config) -> Discovery:
         domain = meaning.name
         energy_file = os.path.join(path, "energy_uj")
         try:
-            wrap_uj = float(_read(os.path.join(path, "max_energy_range_uj")))
+            wrap_uj = _positive_number(_read(os.path.join(path, "max_energy_range_uj")))
         except (OSError, ValueError) as exc:
             found.problems.append(
                 Problem(
@@ -117,11 +117,33 @@ def discover(engine, config) -> Discovery:
                 config.period("rapl"),
                 update_s=rapl.UPDATE_S,
                 wrap=wrap_uj * 1e-6,
+                max_power_w=zone_max_power_w(path),
                 detail=energy_file,
             )
         )
         found.add_domain(meaning)
     return found
+
+
+def _positive_number(text: str) -> float:
+    """A finite, positive number (ValueError naming the text otherwise)."""
+    value = float(text)
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{text!r} is not a positive finite number")
+    return value
+
+
+def zone_max_power_w(path: str) -> float | None:
+    """The zone's own bound on power: twice its largest constraint_*_max_power_uw (a limit is
+    exceeded for moments; twice is still far below what a misread counter implies), or None."""
+    bounds = []
+    for name in os.listdir(path):
+        if name.startswith("constraint_") and name.endswith("_max_power_uw"):
+            try:
+                bounds.append(_positive_number(_read(os.path.join(path, name))) * 1e-6)
+            except (OSError, ValueError):
+                continue
+    return 2.0 * max(bounds) if bounds else None
 
 
 def _is_permission(exc: Exception, path: str) -> bool:
