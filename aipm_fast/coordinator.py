@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from aipm_fast import counters, policy
-from aipm_fast.results import MarkBatch, SessionResults, Window
+from aipm_fast.marks import MarkBatch
+from aipm_fast.results import SessionResults, Window
 from aipm_fast.timing import Anchor
 from aipm_fast.tracks import ChannelTrack, answering_track, edge_uncertainty, latest
 

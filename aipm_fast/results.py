@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 
 from aipm_fast import policy
+from aipm_fast.marks import MarkBatch, MarkStore
 from aipm_fast.sources.base import Channel, Domain
 
 PROVISIONAL, FINAL = "provisional", "final"
-#: batches of marks kept in memory when they are streamed to out_dir (a batch is one drain's
-#: marks, 0.1 s by default): enough for the callbacks and the exporter, which read the latest
-TAIL_BATCHES = 1000
+#: marks kept in memory when they are streamed to out_dir: enough for the callbacks and the
+#: exporter, which read the latest (at 32 bytes a mark and domain, a few MB at most)
+TAIL_MARKS = 100_000
 BASELINE = "__baseline__"  # the idle window of Meter.measure_baseline
 
 WINDOW_COLUMNS = [
@@ -81,29 +82,15 @@ class Window:
     end_resolved: bool = False  # end_j/end_u hold their final values
 
 
-@dataclass
-class MarkBatch:
-    """Marks integrated together: per domain, the answering channel id (-1: none) and its figures,
-    unscaled; the scale is applied when read."""
-
-    index: np.ndarray  # int64
-    window: np.ndarray  # object (str)
-    start_ns: np.ndarray  # int64
-    end_ns: np.ndarray  # int64
-    energy: dict  # domain -> (energy J float64, uncertainty J float64, estimate bool, channel int32)
-
-
 class SessionResults:
     def __init__(self, ranked: dict[str, list[Channel]], domains: dict[str, Domain], out_dir: str | None = None):
         self.ranked = ranked
         self.meaning = {d: domains.get(d, Domain(d, "other", additive=False)) for d in ranked}
         self.channels = {c.id: c for chs in ranked.values() for c in chs}
         self.windows_list: list[Window] = []
-        # Marks in memory: all of them without out_dir; with it, only the latest TAIL_BATCHES
-        # (for marks_since and last_mark), the rest read back from inferences.csv when asked.
-        self.batches: list[MarkBatch] = []
-        self._first_seq = 0  # sequence number of batches[0]
-        self.n_marks = 0
+        # Marks in memory, packed: all of them without out_dir; with it, only the latest
+        # TAIL_MARKS (for marks_since and last_mark), the rest read back from inferences.csv.
+        self.marks = MarkStore(ranked, keep_marks=TAIL_MARKS if out_dir else None)
         self.status = PROVISIONAL
         self._scales: dict[int, policy.Scale] = {}
         self._health: dict[int, str] = {}
@@ -116,6 +103,10 @@ class SessionResults:
     @property
     def domains(self) -> list[str]:
         return list(self.ranked)
+
+    @property
+    def n_marks(self) -> int:
+        return self.marks.count
 
     # -- fed by the coordinator ----------------------------------------------------------------
     def update(
@@ -141,16 +132,10 @@ class SessionResults:
             self._files.append_windows(self._window_frame([w]))
 
     def add_marks(self, batch: MarkBatch) -> None:
-        with self._lock:
-            self.batches.append(batch)
-            self.n_marks += int(batch.index.size)
-        if self._files is not None:
+        if self._files is not None:  # written at full precision before it is packed
             self._files.append_marks(self._marks_frame([batch]))
-            with self._lock:
-                if len(self.batches) > TAIL_BATCHES:  # on disk now: memory stays bounded
-                    drop = len(self.batches) - TAIL_BATCHES
-                    del self.batches[:drop]
-                    self._first_seq += drop
+        with self._lock:
+            self.marks.append(batch)
 
     def finalize(self) -> None:
         """The session stopped: scales are final; the streamed files are rewritten as final."""
@@ -265,7 +250,7 @@ class SessionResults:
             rows = self._files.read_marks().drop_duplicates("index")
             return rows["start_ns"].to_numpy(np.int64), rows["end_ns"].to_numpy(np.int64)
         with self._lock:
-            batches = list(self.batches)
+            batches = self.marks.batches()
         if not batches:
             return np.empty(0, np.int64), np.empty(0, np.int64)
         return np.concatenate([b.start_ns for b in batches]), np.concatenate([b.end_ns for b in batches])
@@ -277,7 +262,7 @@ class SessionResults:
             frame = self._rescaled(self._files.read_marks(), window)
         else:
             with self._lock:
-                batches = list(self.batches)
+                batches = self.marks.batches()
             frame = self._marks_frame(batches, window)
         return frame.sort_values(["index", "domain"], ignore_index=True)
 
@@ -347,8 +332,8 @@ class SessionResults:
         """Marks integrated since an earlier call: ([(index, {domain: J})], position); pass the
         position back next time (0 the first time). Scaled as in inferences()."""
         with self._lock:
-            batches = self.batches[max(position - self._first_seq, 0) :]
-            end = self._first_seq + len(self.batches)
+            batches = self.marks.batches(since=position)
+            end = self.marks.count
         out = []
         for b in batches:
             energies = {d: b.energy[d][0] * self._factors(b.energy[d][3]) for d in self.ranked}
@@ -359,14 +344,15 @@ class SessionResults:
     @property
     def position(self) -> int:
         """Where marks_since would start for marks integrated from now on."""
-        return self._first_seq + len(self.batches)
+        return self.marks.count
 
     def last_mark(self) -> dict[str, float]:
         """{domain: J} of the latest integrated mark, scaled ({} before the first)."""
         with self._lock:
-            last = self.batches[-1] if self.batches else None
-        if last is None:
+            batches = self.marks.batches(since=self.marks.count - 1) if self.marks.count else []
+        if not batches:
             return {}
+        last = batches[-1]
         return {d: float(last.energy[d][0][-1] * self._factors(last.energy[d][3][-1:])[0]) for d in self.ranked}
 
 

@@ -343,6 +343,11 @@ def build_powercap_tree(
         (path / "max_energy_range_uj").write_text(f"{max_energy_range_uj}\n")
         (path / "enabled").write_text("1\n")
         (path / "energy_uj").write_bytes(b"%0*d\n" % (width, start))
+        # as on real machines: a package states its power limit's range, a core subzone often 0
+        if parent is None:
+            (path / "constraint_0_max_power_uw").write_text("100000000\n")
+        elif name == "core":
+            (path / "constraint_0_max_power_uw").write_text("0\n")
         zones[key] = Zone(key, name, path, max_energy_range_uj, width)
     return PowercapTree(root, zones)
 
