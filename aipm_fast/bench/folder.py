@@ -3,7 +3,8 @@
     OUT/meta.json
     OUT/input_<size>/run_<k>/run.json          one run: latency, throughput, energy (runfile.py)
     OUT/input_<size>/run_<k>/inferences.csv    one row per forward pass (CLOCK_MONOTONIC ns)
-    OUT/input_<size>/run_<k>/samples.parquet   raw power samples (optional)
+    OUT/input_<size>/run_<k>/samples.parquet   raw power samples (optional; samples/ holds its
+                                               parts when the run was killed before the end)
 
 :func:`load_runs` gives one row per run; :func:`read_inferences` and :func:`read_samples` read a
 run's per-pass table and raw samples. A file that is missing or malformed raises ReportError
@@ -171,20 +172,22 @@ def read_inferences(path) -> pd.DataFrame:
 
 
 def read_samples(path) -> pd.DataFrame:
-    """samples.parquet of one run: t_ns (int64), channel (str), value (float64), flags (uint32)."""
+    """samples.parquet of one run (or the folder of parts a killed run left beside it): t_ns
+    (int64), channel (str), value (float64), flags (uint32)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    path = os.fspath(path)
+    from aipm_fast.storage import read_sample_schema, read_sample_table, samples_source
+
+    path = samples_source(os.fspath(path))
     try:
-        schema = pq.read_schema(path)
+        schema = read_sample_schema(path)
     except FileNotFoundError:
         raise ReportError(path, "missing") from None
     except (pa.ArrowException, OSError) as exc:
         raise ReportError(path, f"not a readable Parquet file ({exc})") from None
     _require_columns(path, SAMPLE_COLUMNS, schema.names)
     try:
-        table = pq.read_table(path, columns=list(SAMPLE_COLUMNS))
+        table = read_sample_table(path, columns=list(SAMPLE_COLUMNS))
     except (pa.ArrowException, OSError) as exc:
         raise ReportError(path, f"not a readable Parquet file ({exc})") from None
     kinds = {"t_ns": pa.types.is_integer, "value": pa.types.is_floating, "flags": pa.types.is_integer}
