@@ -548,7 +548,8 @@ def report_command(folder):
 
     try:
         result = report.build_report(folder)
-        summary = report.summarize(report.load_runs(folder))
+        runs = report.load_runs(folder)
+        summary = report.summarize(runs)
     except report.ReportError as exc:
         raise click.ClickException(str(exc)) from None
     console.print(report.format_table(summary, title=folder))
@@ -556,6 +557,8 @@ def report_command(folder):
         console.print(f"plot: {path}")
     for name, why in result["skipped"].items():
         console.print(f"[dim]plot {name} skipped: {why}[/]")
+    for path in result["missing"]:
+        console.print(f"[yellow]incomplete run left out (no run.json): {path}[/]")
     console.print(f"summary: {result['summary']}")
 
 

@@ -77,15 +77,23 @@ def load_runs(out_dir) -> pd.DataFrame:
     dynamic_joules_per_inference; NaN where not measured), and model, device,
     energy_missing_reason and path (the run folder).
 
-    Raises ReportError naming the file when a run folder lacks its run.json, when a run.json is
-    not JSON, misses a key, holds a value of the wrong type, or disagrees with its folder name
-    (input_<size>/run_<k>) or with the other runs (model; batch_size within one size), and
-    naming out_dir when it holds no run folder at all.
+    A run folder without run.json (a run interrupted before its end) is left out: its path is
+    listed in ``runs.attrs["missing"]`` and logged, and the complete runs are reported.
+
+    Raises ReportError naming the file when a run.json is not JSON, misses a key, holds a value
+    of the wrong type, or disagrees with its folder name (input_<size>/run_<k>) or with the
+    other runs (model; batch_size within one size), and naming out_dir when it holds no run
+    folder at all, or none with its run.json.
     """
     out_dir = os.fspath(out_dir)
     rows = []
+    missing = []
     for run_dir in _run_dirs(out_dir):
         path = os.path.join(run_dir, "run.json")
+        if not os.path.lexists(path):
+            logger.warning("%s has no run.json (interrupted?): left out of the report", run_dir)
+            missing.append(run_dir)
+            continue
         row = RunFile.read(path).row()
         input_name = os.path.basename(os.path.dirname(run_dir))
         folder_size = _size_from_folder(input_name)
@@ -100,6 +108,10 @@ def load_runs(out_dir) -> pd.DataFrame:
             )
         row["path"] = run_dir
         rows.append(row)
+    if not rows:
+        raise ReportError(
+            out_dir, f"no complete benchmark run: {len(missing)} run folder(s) without run.json (interrupted?)"
+        )
     _check_consistent(rows)
     runs = pd.DataFrame(rows)
     if all(float(s).is_integer() for s in runs["size"]):
@@ -112,6 +124,7 @@ def load_runs(out_dir) -> pd.DataFrame:
     front = ["size", "run", "batch_size"] + list(MEASURED_COLUMNS)
     rest = ["model", "device", "energy_missing_reason", "path"]
     runs = runs[front + rest].sort_values(["size", "run"], kind="stable").reset_index(drop=True)
+    runs.attrs["missing"] = missing
     return runs
 
 
