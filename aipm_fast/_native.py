@@ -181,6 +181,11 @@ class Engine:
             lib.aipm_engine_free(self._e)
         self._e = None
 
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's engine without touching it (its thread is not
+        in this process and its mutex may be held); the child's memory goes with the child."""
+        self._e = None
+
     def __del__(self):  # the C side owns a thread and fds: never leak them
         try:
             self.close()

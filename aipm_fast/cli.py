@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import signal
 import subprocess
@@ -164,8 +166,35 @@ def _problem(d):
     return Problem(**d)
 
 
+class _Seconds(click.ParamType):
+    """A finite number of seconds above `minimum` (nan and inf are refused, naming the option)."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = 0.0, inclusive: bool = False):
+        self.minimum, self.inclusive = minimum, inclusive
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        low_ok = v >= self.minimum if self.inclusive else v > self.minimum
+        if not math.isfinite(v) or not low_ok:
+            bound = f"{'at least' if self.inclusive else 'above'} {self.minimum:g}"
+            self.fail(f"{value!r}: give a finite number of seconds {bound}", param, ctx)
+        return v
+
+
+#: signals that stop a recording (forwarded to the command, if any)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+SUMMARY_EVERY_S = 2.0  # a provisional summary.json at least this often (more rarely if it is slow to make)
+GRACE_HELP = "seconds the command has to exit after a forwarded SIGINT/SIGTERM, before SIGKILL [10]"
+SI_KERNEL = 0x80  # si_code of a signal sent by the kernel: a terminal's Ctrl-C reaches the whole group itself
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds to record (without a command)")
+@click.option("--duration", type=_Seconds(), help="seconds to record (without a command)")
 @click.option(
     "--out",
     "out_dir",
@@ -173,80 +202,180 @@ def _problem(d):
     type=click.Path(file_okay=False),
     help="folder for samples.parquet and summary.json",
 )
-@click.option(
-    "--drain-every",
-    default=0.25,
-    show_default=True,
-    type=click.FloatRange(min=0.01),
-    help="seconds between drains (and file writes)",
-)
+@click.option("--drain-every", default=0.25, type=_Seconds(0.01, inclusive=True), help="seconds between drains [0.25]")
+@click.option("--grace", default=10.0, type=_Seconds(0.0, inclusive=True), help=GRACE_HELP)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @engine_options
-def record(duration, out_dir, drain_every, command, **kwargs):
+def record(duration, out_dir, drain_every, grace, command, **kwargs):
     """Record every live channel for --duration seconds, or for the lifetime of a command:
 
     aipm-fast record --out run1 -- python train.py
+
+    SIGINT, SIGTERM and SIGHUP are forwarded to the command, which then has --grace seconds to
+    exit before SIGKILL; recording goes on meanwhile. The exit code is the command's (128+N if
+    a signal N killed it, 127 if it was not found, 126 if it could not be run).
     """
     from aipm_fast.recorder import Recorder
-    from aipm_fast.storage import write_json
+    from aipm_fast.storage import create_temp
 
     if bool(duration) == bool(command):
         raise click.UsageError("give either --duration S or a command after --, not both and not neither")
+    if duration is not None and drain_every > duration:
+        raise click.BadParameter(
+            f"{drain_every:g} s is longer than --duration {duration:g} s", param_hint="'--drain-every'"
+        )
     config = engine_config(kwargs)
-    os.makedirs(out_dir, exist_ok=True)
-    rec = Recorder(config)
+    try:  # a bad --out fails here, before anything starts
+        os.makedirs(out_dir, exist_ok=True)
+        fd, tmp = create_temp(os.path.join(out_dir, "summary.json"))
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise click.BadParameter(f"{out_dir}: {exc.strerror or exc}", param_hint="'--out'") from None
+    # Stop signals are blocked in every thread (the sampler's included: they are made after
+    # this) and taken by sigtimedwait between drains, so that no signal interrupts a write.
+    waited = {s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN} | {signal.SIGCHLD}
+    caller_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    caught: list[int] = []
+    handlers = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in waited - {signal.SIGCHLD}}
+    try:
+        rec = Recorder(config)
+        try:
+            exit_code = _record(rec, out_dir, duration, drain_every, grace, list(command), waited, caller_mask, caught)
+        finally:
+            rec.close()
+    finally:
+        while signal.sigtimedwait(waited, 0) is not None:  # what came during the final writes
+            pass
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)
+    sys.exit(exit_code)
+
+
+def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_mask, caught) -> int:
+    from aipm_fast.storage import jsonable, write_json
+
     if not rec.channels:
         console.print("[red]no power source can be read here: the recording will hold no samples[/]")
     print_problems(rec.discovery.problems, rec.discovery.notes)
-    writer = rec.sample_writer(os.path.join(out_dir, "samples.parquet"))
+    try:
+        writer = rec.sample_writer(os.path.join(out_dir, "samples.parquet"))
+    except OSError as exc:
+        raise click.BadParameter(str(exc.strerror if exc.filename else exc), param_hint="'--out'") from None
     rec.add_sink(writer)
+    summary_path = os.path.join(out_dir, "summary.json")
+    state: dict = {"signals": [], "killed_after_grace": False, "summary_errors": 0, "last_summary_error": ""}
+    exit_code: int | None = None
 
-    def on_term(signum, frame):  # a polite kill still leaves complete files behind
-        raise KeyboardInterrupt
+    def summary(status: str) -> dict:
+        s = rec.summary()
+        s["status"] = status
+        s["samples"] = writer.stats()
+        s["signals"] = list(state["signals"])
+        if command:
+            s["command"] = command
+            s["command_exit_code"] = exit_code
+            s["command_killed_after_grace"] = state["killed_after_grace"]
+        s["summary_write_errors"] = state["summary_errors"]
+        return s
 
-    previous = signal.signal(signal.SIGTERM, on_term)
-    exit_code = 0
+    def write_summary(status: str) -> bool:
+        try:
+            write_json(summary_path, summary(status))
+            return True
+        except OSError as exc:
+            state["summary_errors"] += 1
+            state["last_summary_error"] = f"{summary_path}: {exc.strerror or exc}"
+            return False
+
     proc = None
     rec.start()
+    start = time.monotonic()
     try:
         if command:
+            signal.pthread_sigmask(signal.SIG_SETMASK, caller_mask)  # the command starts as we were started
             try:
-                proc = subprocess.Popen(list(command))
+                proc = subprocess.Popen(command)
+            except FileNotFoundError:
+                console.print(f"[red]{command[0]}: command not found[/]")
+                exit_code = 127
             except OSError as exc:
-                raise click.ClickException(f"cannot run {command[0]!r}: {exc.strerror}") from None
-        deadline = time.monotonic() + duration if duration else None
+                console.print(f"[red]cannot run {command[0]!r}: {exc.strerror}[/]")
+                exit_code = 126
+            finally:
+                signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+        deadline = start + duration if duration else None
+        next_drain = start + drain_every
+        next_summary = start + SUMMARY_EVERY_S
+        grace_end = None
         with console.status("recording") as status:
-            while True:
-                time.sleep(drain_every)
-                rec.drain()
-                status.update(
-                    f"recording: {(time.monotonic() - (deadline - duration if deadline else 0)):.0f} s"
-                    if deadline
-                    else f"recording while {command[0]} runs ({writer.rows} samples)"
-                )
+            while exit_code is None:
+                timeout = max(0.0, min(next_drain, deadline or next_drain) - time.monotonic())
+                info = signal.sigtimedwait(waited, timeout)
+                pending = [*caught, *([] if info is None else [info])]
+                caught.clear()
+                for got in pending:
+                    signum = got if isinstance(got, int) else got.si_signo
+                    if signum == signal.SIGCHLD:
+                        continue
+                    state["signals"].append(signal.Signals(signum).name)
+                    if proc is None:  # --duration: stop as the signal asks
+                        console.print(f"[yellow]{signal.Signals(signum).name}: writing what was recorded[/]")
+                        exit_code = 128 + signum
+                        break
+                    from_terminal = not isinstance(got, int) and got.si_code == SI_KERNEL and signum == signal.SIGINT
+                    if not from_terminal and proc.poll() is None:
+                        proc.send_signal(signum)
+                    if grace_end is None:
+                        grace_end = time.monotonic() + grace
+                        console.print(
+                            f"[yellow]{signal.Signals(signum).name}: passed to {command[0]}, "
+                            f"which has {grace:g} s to exit; recording goes on[/]"
+                        )
+                now = time.monotonic()
+                if now >= next_drain:
+                    rec.drain()
+                    next_drain = max(next_drain + drain_every, now)
+                    status.update(
+                        f"recording: {now - start:.0f} s"
+                        if deadline
+                        else f"recording while {command[0]} runs ({writer.stats()['rows_written']} samples written)"
+                    )
                 if proc is not None and proc.poll() is not None:
-                    exit_code = proc.returncode
-                    break
-                if deadline is not None and time.monotonic() >= deadline:
-                    break
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: writing what was recorded[/]")
-        if proc is not None:
-            exit_code = proc.wait()
-        else:
-            exit_code = 130
+                    exit_code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+                elif (
+                    grace_end is not None and proc is not None and now >= grace_end and not state["killed_after_grace"]
+                ):
+                    console.print(f"[red]{command[0]} did not exit within {grace:g} s: SIGKILL[/]")
+                    proc.kill()
+                    state["killed_after_grace"] = True
+                if deadline is not None and now >= deadline and exit_code is None:
+                    exit_code = 0
+                if now >= next_summary and exit_code is None:
+                    t = time.monotonic()
+                    write_summary("provisional")
+                    next_summary = time.monotonic() + max(SUMMARY_EVERY_S, 10 * (time.monotonic() - t))
     finally:
+        if proc is not None and proc.poll() is None:  # an error of ours: never leave the command behind
+            proc.kill()
+            proc.wait()
         rec.stop()
         writer.close()
-        summary = rec.summary()
-        if command:
-            summary["command"] = list(command)
-            summary["command_exit_code"] = exit_code
-        write_json(os.path.join(out_dir, "summary.json"), summary)
-        signal.signal(signal.SIGTERM, previous)
-        rec.close()
-    _print_domains(summary)
-    sys.exit(exit_code)
+        written = write_summary("final")
+    final = summary("final")
+    _print_domains(final)
+    lost = writer.stats()
+    if not lost["finalised"]:
+        console.print(f"[red]samples kept as parts in {writer.parts_dir} ({lost['last_error']})[/]")
+    if lost["rows_lost"]:
+        console.print(f"[red]{lost['rows_lost']} samples could not be written ({lost['last_error']})[/]")
+    if not written:
+        console.print(f"[red]summary.json could not be written ({state['last_summary_error']}): it follows[/]")
+        out.print_json(json.dumps(final, default=jsonable))
+    if exit_code == 0 and (lost["rows_lost"] or not written):
+        exit_code = 1
+    return exit_code
 
 
 def _print_domains(summary: dict) -> None:
@@ -419,7 +548,8 @@ def report_command(folder):
 
     try:
         result = report.build_report(folder)
-        summary = report.summarize(report.load_runs(folder))
+        runs = report.load_runs(folder)
+        summary = report.summarize(runs)
     except report.ReportError as exc:
         raise click.ClickException(str(exc)) from None
     console.print(report.format_table(summary, title=folder))
@@ -427,6 +557,8 @@ def report_command(folder):
         console.print(f"plot: {path}")
     for name, why in result["skipped"].items():
         console.print(f"[dim]plot {name} skipped: {why}[/]")
+    for path in result["missing"]:
+        console.print(f"[yellow]incomplete run left out (no run.json): {path}[/]")
     console.print(f"summary: {result['summary']}")
 
 

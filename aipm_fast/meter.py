@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import threading
+import weakref
 
 import pandas as pd
 
@@ -27,9 +28,31 @@ from aipm_fast.recorder import Recorder
 from aipm_fast.results import BASELINE, SessionResults, Window
 from aipm_fast.timing import HostTimer, cuda_timer
 
+_METERS: weakref.WeakSet = weakref.WeakSet()  # every Meter of this process, for the fork hook
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits the parent's Meters without their threads: each one becomes
+    inert (see Meter), its fds closed in the child, its locks never taken again."""
+    for m in list(_METERS):
+        m._forked_from = m._pid
+        m._started = False
+        m._thread = None
+        if m.results._files is not None:
+            m.results._files.abandon()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class Meter:
     """Measures energy per window and per inference (or training step).
+
+    After os.fork (multiprocessing's fork start method, a DataLoader worker), the child's copy of
+    a running Meter is inert: marks, windows and stop() (leaving the `with` block) do nothing,
+    and everything else (start, flush, measure_baseline, windows, inferences, summary, report,
+    ...) raises RuntimeError. The child never writes the parent's files and takes none of its
+    locks; a Meter created in the child measures normally.
 
     Takes the engine's options (powercap_root, msr_root, perf_root, nvml_lib, gpus, cpu,
     periods_s, ...), or a ready EngineConfig as `config`. `cuda=None` uses CUDA events when
@@ -61,6 +84,16 @@ class Meter:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task | None = None
         self._started = False
+        self._pid = os.getpid()
+        self._forked_from: int | None = None  # the parent's pid, in a forked child
+        _METERS.add(self)
+
+    def _check_process(self) -> None:
+        if self._forked_from is not None:
+            raise RuntimeError(
+                f"this Meter belongs to process {self._forked_from}; process {os.getpid()} is a fork of it "
+                "and cannot use it (create a Meter in the child to measure there)"
+            )
 
     @property
     def results(self) -> SessionResults:
@@ -93,6 +126,7 @@ class Meter:
         return self
 
     def _start_sampling(self) -> None:
+        self._check_process()
         if self._started:
             raise RuntimeError("this Meter is already running")
         self._started = True
@@ -107,8 +141,9 @@ class Meter:
         self.recorder.start()
 
     def stop(self) -> None:
-        """Stop sampling, integrate everything still pending, close the result files."""
-        if not self._started:
+        """Stop sampling, integrate everything still pending, close the result files (nothing
+        in a forked child)."""
+        if not self._started or self._forked_from is not None:
             return
         self.coordinator.stop()
         if self._thread is not None:
@@ -125,9 +160,16 @@ class Meter:
         # the report below reads the statistics kept at close
         self.recorder.close()
         if self.out_dir:
-            from aipm_fast.storage import write_json
+            from aipm_fast.storage import UnsafeOutputError, write_json
 
-            write_json(os.path.join(self.out_dir, "meter.json"), self.report())
+            try:
+                write_json(os.path.join(self.out_dir, "meter.json"), self.report())
+            except UnsafeOutputError:
+                raise
+            except OSError as exc:  # the results stay readable from this object
+                import warnings
+
+                warnings.warn(f"aipm-fast: meter.json not written: {exc}", stacklevel=3)
 
     def __enter__(self) -> Meter:
         return self.start()
@@ -141,6 +183,8 @@ class Meter:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self._forked_from is not None:
+            return
         self.coordinator.stop()
         if self._task is not None:
             await self._task
@@ -176,6 +220,8 @@ class Meter:
         return stack
 
     def _open(self, name: str, explicit: bool = False) -> Window:
+        if self._forked_from is not None:  # inert in a forked child: a window of nothing
+            return Window(-1, name, 0, explicit=explicit)
         w = Window(next(self._windows), name, self.timer.window_edge(), explicit=explicit)
         self.coordinator.open_window(w)
         if not explicit:  # explicit windows take no marks of a thread: see start_window
@@ -183,6 +229,9 @@ class Meter:
         return w
 
     def _close(self, w: Window) -> None:
+        if self._forked_from is not None:
+            w.end_ns = 0
+            return
         if w.end_ns is not None:
             raise ValueError(f"window {w.name!r} is already closed")
         w.end_ns = self.timer.window_edge()
@@ -196,6 +245,7 @@ class Meter:
         """Idle power per domain over the next `seconds` (do nothing else meanwhile)."""
         import time
 
+        self._check_process()
         if not self._started:
             raise RuntimeError("start the Meter before measuring the baseline")
         w = self._open(BASELINE)
@@ -208,6 +258,7 @@ class Meter:
         """Wait until every mark so far (or one window) is integrated."""
         import time
 
+        self._check_process()
         deadline = time.monotonic() + timeout_s
         while True:
             self.coordinator.process(final=not self._started)
@@ -226,6 +277,7 @@ class Meter:
         cannot resolve it), channel (the reading that answered), scale, status (provisional
         until the Meter stops, then final). `window` keeps the inferences of windows of that
         name only (cheaper than filtering afterwards in a long session)."""
+        self._check_process()
         if window is not None and not isinstance(window, str):
             raise TypeError(f"window selects by name (a str), got {type(window).__name__}")
         if self._started:
@@ -236,6 +288,7 @@ class Meter:
         """One row per (window, domain): window, window_id, domain, part, additive, start_ns,
         end_ns, duration_s, energy_j, dynamic_energy_j, uncertainty_j (1 sigma), n_inferences,
         method, status."""
+        self._check_process()
         if self._started:
             self.flush()
         return self.results.windows()
@@ -292,6 +345,7 @@ class Meter:
         """Everything needed to judge the numbers: windows, scales, channel health, problems."""
         from aipm_fast.policy import UNCERTAINTY
 
+        self._check_process()
         return {
             "windows": json.loads(self.windows().to_json(orient="records")),
             "baseline_w": self.baseline_w,
@@ -302,6 +356,7 @@ class Meter:
             },
             "uncertainty": UNCERTAINTY,
             "status": self.results.status,
+            "files": self.results.file_stats(),
             "recording": self.recorder.summary(),
         }
 
@@ -338,11 +393,14 @@ class _InferenceMark:
         self.meter = meter
 
     def __enter__(self):
-        self.start = self.meter.timer.begin()
+        if self.meter._forked_from is None:
+            self.start = self.meter.timer.begin()
         return self
 
     def __exit__(self, *exc):
         m = self.meter
+        if m._forked_from is not None:  # inert in a forked child
+            return
         end = m.timer.end()
         stack = m._stack()
         w = stack[-1] if stack else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,6 +22,20 @@ from aipm_fast.sources import Channel, discover_all
 from aipm_fast.sources.base import COUNTER
 
 STUCK_AFTER_S = 3.0
+_RECORDERS: weakref.WeakSet = weakref.WeakSet()  # every Recorder of this process, for the fork hook
+
+
+def _after_fork_in_child() -> None:
+    """The child of a fork has the parent's engine without its sampler thread, and its mutex
+    possibly held: the child's copy is forgotten (never stopped, drained or freed there)."""
+    for rec in list(_RECORDERS):
+        rec.forked = True
+        rec.engine.abandon()
+        rec._sinks = []
+        rec.producers = {}
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -68,6 +83,8 @@ class Recorder:
         self._sinks: list = []
         self.start_ns: int | None = None
         self.stop_ns: int | None = None
+        self.forked = False  # a forked child's copy: inert
+        _RECORDERS.add(self)
 
     # -- life cycle ----------------------------------------------------------------------
     def start(self) -> Recorder:
@@ -78,6 +95,8 @@ class Recorder:
         return self
 
     def stop(self) -> None:
+        if self.forked:
+            return
         if self.engine.running:
             self.stop_ns = now_ns()
             self.engine.stop()
@@ -88,7 +107,7 @@ class Recorder:
     def close(self) -> None:
         """Stop and free the engine (its thread, fds and NVML handle). What was measured stays
         readable: channel and sampler statistics are kept as they were at the end."""
-        if self._closed_stats is not None:
+        if self._closed_stats is not None or self.forked:
             return
         self.stop()
         final_status = self.status()
@@ -123,6 +142,8 @@ class Recorder:
         self._sinks.remove(sink)
 
     def drain(self) -> np.ndarray:
+        if self.forked:
+            return np.empty(0, RECORD_DTYPE)
         records = self.engine.drain()
         if self.producers:
             records = np.concatenate([records, *(p.drain() for p in self.producers.values())])

@@ -9,16 +9,16 @@ they must give the same energies, and a test holds them to it.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from aipm_fast import offline
 from aipm_fast._native import RECORD_DTYPE
 from aipm_fast.sources.base import Channel, Discovery, Domain
-from aipm_fast.storage import read_sample_metadata
+from aipm_fast.storage import read_sample_metadata, read_sample_table
 
 
 class Recording:
-    """The readings and meaning of one samples.parquet."""
+    """The readings and meaning of one samples.parquet, or of the folder of parts that a killed
+    recording leaves (storage.samples_source)."""
 
     def __init__(self, path: str):
         meta = read_sample_metadata(path)
@@ -28,7 +28,7 @@ class Recording:
             )
         self.channels = {c["id"]: Channel.from_dict(c) for c in meta["channels"]}
         self.domains = {d: Domain(**m) for d, m in meta["domains"].items()}
-        frame = pd.read_parquet(path)
+        frame = read_sample_table(path).to_pandas()
         ids = {c.name: cid for cid, c in self.channels.items()}
         known = frame["channel"].astype(str).isin(ids)
         frame = frame[known]

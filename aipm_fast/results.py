@@ -14,8 +14,11 @@ windows() and inferences().
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,6 +148,10 @@ class SessionResults:
         if self._files is not None:
             self._files.rewrite(self.windows(), self.inferences())
             self._files.close()
+
+    def file_stats(self) -> dict | None:
+        """What the streamed files could not hold (StreamedFiles.stats), None without out_dir."""
+        return self._files.stats() if self._files is not None else None
 
     # -- how one figure is made -------------------------------------------------------------------
     def scale(self, channel_id: int) -> policy.Scale:
@@ -356,45 +363,124 @@ class SessionResults:
         return {d: float(last.energy[d][0][-1] * self._factors(last.energy[d][3][-1:])[0]) for d in self.ranked}
 
 
+#: characters that make a spreadsheet read a cell as a formula (and the escape itself)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+TEXT_COLUMNS = ("window", "domain", "channel", "method")
+MAX_PENDING_BYTES = 16 << 20  # rows kept in memory while their file cannot be written
+
+
+def _escape(col: pd.Series) -> pd.Series:
+    text = col.astype(str)
+    return text.where(~text.str.startswith(FORMULA_START), "'" + text)
+
+
+def _unescape(col: pd.Series) -> pd.Series:
+    return col.where(~col.str.startswith("'"), col.str[1:])
+
+
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """Rows as the streamed files hold them: every text field quoted (a name may hold a comma,
+    a quote or a line break), and a text that starts like a spreadsheet formula (= + - @, a tab
+    or a carriage return) or with the escape ' itself written with a leading '."""
+    frame = frame.copy()
+    for c in TEXT_COLUMNS:
+        if c in frame.columns and len(frame):
+            frame[c] = _escape(frame[c])
+    return frame.to_csv(
+        header=False, index=False, na_rep="nan", quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n"
+    ).encode()
+
+
 class StreamedFiles:
     """windows.csv and inferences.csv in out_dir: rows appended as they are integrated (status
-    "provisional") and flushed each time, so that a killed process keeps them; rewritten whole
-    at stop with the final figures (status "final"), through a temporary file and a rename."""
+    "provisional") and written through at once, so that a killed process keeps them; rewritten
+    whole at stop with the final figures (status "final"), through an O_EXCL temporary file and
+    a rename. Files are opened without following symbolic links (storage.open_append).
+
+    A write error (a full disk) never raises into the coordinator: the rows wait in memory (at
+    most MAX_PENDING_BYTES per file, the oldest dropped beyond that and counted), the next
+    append tries again, and stats() says what was lost. Rows are written whole and in order:
+    a row cut by a full disk is completed before the next one."""
 
     def __init__(self, out_dir: str):
+        from aipm_fast.storage import open_append
+
         os.makedirs(out_dir, exist_ok=True)
         self.paths = {"windows": os.path.join(out_dir, "windows.csv"), "marks": os.path.join(out_dir, "inferences.csv")}
-        self._files = {}
+        self._fds: dict[str, int | None] = {}
         self._ours_from = {}  # byte offset where this session's rows begin: earlier sessions' stay
+        self._pending: dict[str, deque] = {k: deque() for k in self.paths}  # [bytes, rows, bytes written]
+        self.rows_lost = {k: 0 for k in self.paths}
+        self.write_errors = 0
+        self.last_error = ""
         for key, columns in (("windows", WINDOW_COLUMNS), ("marks", MARK_COLUMNS)):
-            f = open(self.paths[key], "a", buffering=1 << 16)
-            if f.tell() == 0:
-                f.write(",".join(columns) + "\n")
-                f.flush()
-            self._files[key] = f
-            self._ours_from[key] = f.tell()
+            fd = open_append(self.paths[key])
+            self._fds[key] = fd
+            size = os.fstat(fd).st_size
+            if size == 0:
+                header = (",".join(columns) + "\n").encode()
+                self._pending[key].append([header, 0, 0])
+                size = len(header)
+                self._send(key)
+            self._ours_from[key] = size
+
+    def _send(self, key: str) -> None:
+        from aipm_fast.storage import _os_write
+
+        fd, pending = self._fds[key], self._pending[key]
+        while pending and fd is not None:
+            chunk = pending[0]
+            try:
+                chunk[2] += _os_write(fd, memoryview(chunk[0])[chunk[2] :])
+            except OSError as exc:
+                self.write_errors += 1
+                self.last_error = f"{self.paths[key]}: {exc.strerror or exc}"
+                self._bound(key)
+                return
+            if chunk[2] >= len(chunk[0]):
+                pending.popleft()
+
+    def _bound(self, key: str) -> None:
+        pending = self._pending[key]
+        size = sum(len(c[0]) - c[2] for c in pending)
+        while size > MAX_PENDING_BYTES and len(pending) > 1:
+            drop = pending[1] if pending[0][2] else pending[0]  # a row begun on disk is finished first
+            pending.remove(drop)
+            size -= len(drop[0])
+            self.rows_lost[key] += drop[1]
 
     def _append(self, key: str, frame: pd.DataFrame) -> None:
         if len(frame):
-            frame.to_csv(self._files[key], header=False, index=False, na_rep="nan")
-            self._files[key].flush()
+            self._pending[key].append([csv_bytes(frame), len(frame), 0])
+            self._send(key)
+
+    def stats(self) -> dict:
+        """What could not be written: rows lost (dropped) and waiting, per file; write errors."""
+        return {
+            "rows_lost": {os.path.basename(self.paths[k]): n for k, n in self.rows_lost.items()},
+            "rows_waiting": {os.path.basename(self.paths[k]): sum(c[1] for c in q) for k, q in self._pending.items()},
+            "write_errors": self.write_errors,
+            "last_error": self.last_error,
+        }
 
     def read_marks(self) -> pd.DataFrame:
-        """This session's marks as streamed (what earlier sessions appended is not read)."""
-        path = self.paths["marks"]
-        if not self._files["marks"].closed:
-            self._files["marks"].flush()
-        with open(path, "rb") as f:
+        """This session's marks as streamed, those still waiting to be written included (what
+        earlier sessions appended is not read)."""
+        with open(self.paths["marks"], "rb") as f:
             f.seek(self._ours_from["marks"])
-            numbers = [c for c in MARK_COLUMNS if c not in ("window", "domain", "channel", "status")]
-            return pd.read_csv(
-                f,
-                header=None,
-                names=MARK_COLUMNS,
-                keep_default_na=False,
-                na_values={c: ["nan"] for c in numbers},
-                dtype={"window": str, "domain": str, "channel": str, "status": str},
-            )
+            data = f.read() + b"".join(bytes(memoryview(c[0])[c[2] :]) for c in self._pending["marks"])
+        numbers = [c for c in MARK_COLUMNS if c not in ("window", "domain", "channel", "status")]
+        rows = pd.read_csv(
+            io.BytesIO(data),
+            header=None,
+            names=MARK_COLUMNS,
+            keep_default_na=False,
+            na_values={c: ["nan"] for c in numbers},
+            dtype={"window": str, "domain": str, "channel": str, "status": str},
+        )
+        for c in ("window", "domain", "channel"):
+            rows[c] = _unescape(rows[c])
+        return rows
 
     def append_windows(self, frame: pd.DataFrame) -> None:
         self._append("windows", frame)
@@ -403,15 +489,36 @@ class StreamedFiles:
         self._append("marks", frame)
 
     def rewrite(self, windows: pd.DataFrame, marks: pd.DataFrame) -> None:
+        """The final figures, replacing this session's provisional rows; on a write error the
+        provisional file stays as it is (counted in stats())."""
+        from aipm_fast.storage import write_atomic
+
         for key, frame in (("windows", windows), ("marks", marks)):
-            self._files[key].close()
-            tmp = self.paths[key] + ".tmp"
-            with open(self.paths[key], "rb") as old, open(tmp, "wb") as f:
-                f.write(old.read(self._ours_from[key]))
-            frame.to_csv(tmp, mode="a", header=False, index=False, na_rep="nan")
-            os.replace(tmp, self.paths[key])  # the bytes before _ours_from are kept as they were
+            self._send(key)
+            try:
+                with open(self.paths[key], "rb") as old:
+                    before = old.read(self._ours_from[key])
+                write_atomic(self.paths[key], before + csv_bytes(frame))
+            except OSError as exc:
+                self.write_errors += 1
+                self.last_error = f"{self.paths[key]}: {exc.strerror or exc} (the provisional rows are kept)"
+            else:
+                if key == "windows":  # rewritten from memory, whole; lost marks stay lost
+                    self.rows_lost[key] = 0
+                self._pending[key].clear()
 
     def close(self) -> None:
-        for f in self._files.values():
-            if not f.closed:
-                f.close()
+        for key, fd in self._fds.items():
+            if fd is not None:
+                self.rows_lost[key] += sum(c[1] for c in self._pending[key])
+                self._pending[key].clear()
+                os.close(fd)
+                self._fds[key] = None
+
+    def abandon(self) -> None:
+        """In a forked child: close this process's copies of the fds, write nothing."""
+        for key, fd in self._fds.items():
+            if fd is not None:
+                os.close(fd)
+                self._fds[key] = None
+            self._pending[key].clear()

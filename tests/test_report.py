@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -185,10 +187,26 @@ def test_missing_and_empty_run_json_name_the_file(bench):
     with pytest.raises(ReportError, match="empty file") as err:
         load_runs(bench)
     assert str(path) in str(err.value)
-    path.unlink()
-    with pytest.raises(ReportError, match="missing") as err:
+    path.unlink()  # an interrupted run: left out, named, the complete runs reported
+    runs = load_runs(bench)
+    assert runs.attrs["missing"] == [str(path.parent)]
+    assert ((runs["size"] == 32) & (runs["run"] == 2)).sum() == 0 and len(runs) > 0
+    assert build_report(bench)["missing"] == [str(path.parent)]
+    for other in bench.glob("input_*/run_*/run.json"):
+        other.unlink()
+    with pytest.raises(ReportError, match="no complete benchmark run"):
         load_runs(bench)
-    assert str(path) in str(err.value)
+
+
+def test_report_command_on_an_interrupted_bench_names_the_missing_run(bench):
+    path = run_json_path(bench, 32, 2)
+    path.unlink()
+    (path.parent / "samples").mkdir()  # what a killed run leaves
+    result = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "report", str(bench)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "incomplete run left out" in result.stderr and "run_2" in result.stderr
 
 
 def test_a_folder_without_runs_names_the_folder(tmp_path):
@@ -424,3 +442,16 @@ def test_a_failing_plot_does_not_cost_the_others(bench, monkeypatch):
     result = build_report(bench)
     assert result["skipped"] == {"spearman.png": "failed: RuntimeError: boom"}
     assert len(result["plots"]) == 3
+
+
+def test_read_samples_falls_back_to_the_parts_of_a_killed_run(tmp_path):
+    from aipm_fast._native import RECORD_DTYPE
+    from aipm_fast.storage import ParquetSampleWriter
+
+    w = ParquetSampleWriter(str(tmp_path / "samples.parquet"), ["rapl:package-0.energy"], part_every_s=0.0)
+    records = np.zeros(5, RECORD_DTYPE)
+    records["t_ns"] = np.arange(5)
+    w(records)
+    w(records)  # never closed: as a SIGKILL leaves it
+    samples = read_samples(tmp_path / "samples.parquet")
+    assert len(samples) == 10 and set(samples["channel"].astype(str)) == {"rapl:package-0.energy"}

@@ -3,7 +3,8 @@
     OUT/meta.json
     OUT/input_<size>/run_<k>/run.json          one run: latency, throughput, energy (runfile.py)
     OUT/input_<size>/run_<k>/inferences.csv    one row per forward pass (CLOCK_MONOTONIC ns)
-    OUT/input_<size>/run_<k>/samples.parquet   raw power samples (optional)
+    OUT/input_<size>/run_<k>/samples.parquet   raw power samples (optional; samples/ holds its
+                                               parts when the run was killed before the end)
 
 :func:`load_runs` gives one row per run; :func:`read_inferences` and :func:`read_samples` read a
 run's per-pass table and raw samples. A file that is missing or malformed raises ReportError
@@ -76,15 +77,23 @@ def load_runs(out_dir) -> pd.DataFrame:
     dynamic_joules_per_inference; NaN where not measured), and model, device,
     energy_missing_reason and path (the run folder).
 
-    Raises ReportError naming the file when a run folder lacks its run.json, when a run.json is
-    not JSON, misses a key, holds a value of the wrong type, or disagrees with its folder name
-    (input_<size>/run_<k>) or with the other runs (model; batch_size within one size), and
-    naming out_dir when it holds no run folder at all.
+    A run folder without run.json (a run interrupted before its end) is left out: its path is
+    listed in ``runs.attrs["missing"]`` and logged, and the complete runs are reported.
+
+    Raises ReportError naming the file when a run.json is not JSON, misses a key, holds a value
+    of the wrong type, or disagrees with its folder name (input_<size>/run_<k>) or with the
+    other runs (model; batch_size within one size), and naming out_dir when it holds no run
+    folder at all, or none with its run.json.
     """
     out_dir = os.fspath(out_dir)
     rows = []
+    missing = []
     for run_dir in _run_dirs(out_dir):
         path = os.path.join(run_dir, "run.json")
+        if not os.path.lexists(path):
+            logger.warning("%s has no run.json (interrupted?): left out of the report", run_dir)
+            missing.append(run_dir)
+            continue
         row = RunFile.read(path).row()
         input_name = os.path.basename(os.path.dirname(run_dir))
         folder_size = _size_from_folder(input_name)
@@ -99,6 +108,10 @@ def load_runs(out_dir) -> pd.DataFrame:
             )
         row["path"] = run_dir
         rows.append(row)
+    if not rows:
+        raise ReportError(
+            out_dir, f"no complete benchmark run: {len(missing)} run folder(s) without run.json (interrupted?)"
+        )
     _check_consistent(rows)
     runs = pd.DataFrame(rows)
     if all(float(s).is_integer() for s in runs["size"]):
@@ -111,6 +124,7 @@ def load_runs(out_dir) -> pd.DataFrame:
     front = ["size", "run", "batch_size"] + list(MEASURED_COLUMNS)
     rest = ["model", "device", "energy_missing_reason", "path"]
     runs = runs[front + rest].sort_values(["size", "run"], kind="stable").reset_index(drop=True)
+    runs.attrs["missing"] = missing
     return runs
 
 
@@ -171,20 +185,22 @@ def read_inferences(path) -> pd.DataFrame:
 
 
 def read_samples(path) -> pd.DataFrame:
-    """samples.parquet of one run: t_ns (int64), channel (str), value (float64), flags (uint32)."""
+    """samples.parquet of one run (or the folder of parts a killed run left beside it): t_ns
+    (int64), channel (str), value (float64), flags (uint32)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    path = os.fspath(path)
+    from aipm_fast.storage import read_sample_schema, read_sample_table, samples_source
+
+    path = samples_source(os.fspath(path))
     try:
-        schema = pq.read_schema(path)
+        schema = read_sample_schema(path)
     except FileNotFoundError:
         raise ReportError(path, "missing") from None
     except (pa.ArrowException, OSError) as exc:
         raise ReportError(path, f"not a readable Parquet file ({exc})") from None
     _require_columns(path, SAMPLE_COLUMNS, schema.names)
     try:
-        table = pq.read_table(path, columns=list(SAMPLE_COLUMNS))
+        table = read_sample_table(path, columns=list(SAMPLE_COLUMNS))
     except (pa.ArrowException, OSError) as exc:
         raise ReportError(path, f"not a readable Parquet file ({exc})") from None
     kinds = {"t_ns": pa.types.is_integer, "value": pa.types.is_floating, "flags": pa.types.is_integer}

@@ -18,7 +18,7 @@ from aipm_fast.bench.runfile import ENERGY_PARTS, ReportError
 from aipm_fast.bench.summary import summarize
 from aipm_fast.bench.table import fmt_exact
 from aipm_fast.bench.traces import power_traces
-from aipm_fast.storage import sample_readings
+from aipm_fast.storage import parts_folder, sample_readings
 
 __all__ = ["PLOT_NAMES", "plot_report"]
 
@@ -231,7 +231,8 @@ def _trace_run(out_dir: str, runs: pd.DataFrame):
                 if "path" in row and isinstance(row["path"], str)
                 else run_folder(out_dir, fmt_exact(size), int(row["run"]))
             )
-            if os.path.isfile(os.path.join(run_dir, "samples.parquet")):
+            samples = os.path.join(run_dir, "samples.parquet")
+            if os.path.isfile(samples) or os.path.isdir(parts_folder(samples)):
                 return row, run_dir
     return None
 

@@ -29,11 +29,12 @@ __all__ = ["ReportError", "build_report", "format_table", "load_runs", "plot_rep
 
 
 def build_report(out_dir) -> dict:
-    """summary.csv and the plots: {"summary": path, "plots": [paths], "skipped": {plot: reason}}."""
+    """summary.csv and the plots: {"summary": path, "plots": [paths], "skipped": {plot: reason},
+    "missing": [run folders without run.json, left out]}."""
     out_dir = os.fspath(out_dir)
     runs = load_runs(out_dir)
     summary = summarize(runs)
     summary_path = write_summary(out_dir, summary)
     skipped: dict[str, str] = {}
     plots = plot_report(out_dir, runs, summary, skipped=skipped)
-    return {"summary": summary_path, "plots": plots, "skipped": skipped}
+    return {"summary": summary_path, "plots": plots, "skipped": skipped, "missing": runs.attrs.get("missing", [])}
