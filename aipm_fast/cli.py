@@ -239,7 +239,7 @@ def record(duration, out_dir, drain_every, grace, command, **kwargs):
     caught: list[int] = []
     handlers = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in waited - {signal.SIGCHLD}}
     try:
-        rec = Recorder(config)
+        rec = Recorder(config, keep_history=False)  # readings go to disk; the span is integrated as it goes
         try:
             exit_code = _record(rec, out_dir, duration, drain_every, grace, list(command), waited, caller_mask, caught)
         finally:
@@ -254,6 +254,7 @@ def record(duration, out_dir, drain_every, grace, command, **kwargs):
 
 
 def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_mask, caught) -> int:
+    from aipm_fast.span import SpanEnergy
     from aipm_fast.storage import jsonable, write_json
 
     if not rec.channels:
@@ -268,8 +269,10 @@ def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_
     state: dict = {"signals": [], "killed_after_grace": False, "summary_errors": 0, "last_summary_error": ""}
     exit_code: int | None = None
 
+    span = SpanEnergy(rec)
+
     def summary(status: str) -> dict:
-        s = rec.summary()
+        s = rec.summary(span.energies())
         s["status"] = status
         s["samples"] = writer.stats()
         s["signals"] = list(state["signals"])
@@ -291,6 +294,7 @@ def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_
 
     proc = None
     rec.start()
+    span.start()
     start = time.monotonic()
     try:
         if command:
@@ -335,7 +339,7 @@ def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_
                         )
                 now = time.monotonic()
                 if now >= next_drain:
-                    rec.drain()
+                    span.update()  # drains the recorder and integrates what came
                     next_drain = max(next_drain + drain_every, now)
                     status.update(
                         f"recording: {now - start:.0f} s"
@@ -361,6 +365,7 @@ def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_
             proc.kill()
             proc.wait()
         rec.stop()
+        span.finish()
         writer.close()
         written = write_summary("final")
     final = summary("final")

@@ -270,11 +270,18 @@ class Recorder:
         }
         return offline.domain_energies(curves, self.health(), a, b)
 
-    def summary(self) -> dict:
+    def summary(self, energies: dict[str, DomainEnergy] | None = None) -> dict:
+        """Everything about the recording: per domain its energy (`energies` where the caller
+        integrated them itself, as `record` does in bounded memory; else from the history kept),
+        the channels' health, the sampler's statistics, the problems."""
         duration = ((self.stop_ns or now_ns()) - self.start_ns) / 1e9 if self.start_ns else 0.0
+        if energies is None:
+            energies = self.energy() if self.keep_history else {}
         return {
             "duration_s": duration,
-            "domains": {d: asdict(e) for d, e in self.energy().items()} if self.keep_history else {},
+            "start_ns": self.start_ns,
+            "stop_ns": self.stop_ns,
+            "domains": {d: asdict(e) for d, e in energies.items()},
             "devices": self.discovery.devices,
             "channels": [asdict(s) for s in self.status()],
             "sampler": self.sampler_stats(),

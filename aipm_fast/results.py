@@ -175,9 +175,9 @@ class SessionResults:
 
     def window_energy(self, w: Window) -> dict[str, float]:
         """{domain: J} of a window, scaled (NaN where unknown)."""
-        return {d: self._window_figures(w, d)[0] for d in self.ranked}
+        return {d: self.window_figures(w, d)[0] for d in self.ranked}
 
-    def _window_figures(self, w: Window, domain: str) -> tuple[float, float, str]:
+    def window_figures(self, w: Window, domain: str) -> tuple[float, float, str]:
         """(energy J, 1-sigma uncertainty J, method) of one domain over a window."""
         ranked = self.ranked[domain]
         c = self.window_channel(w, domain)
@@ -229,7 +229,7 @@ class SessionResults:
             if w.explicit and spans is not None:
                 n_marks = int(np.count_nonzero((spans[0] >= w.start_ns) & (spans[1] <= w.end_ns)))
             for domain in self.ranked:
-                e, u, method = self._window_figures(w, domain)
+                e, u, method = self.window_figures(w, domain)
                 meaning = self.meaning[domain]
                 rows.append(
                     {

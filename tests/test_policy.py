@@ -1,6 +1,8 @@
 """The one energy policy: channel ranking and fallback, the counter's scale, and one recording
 replayed through the online (Meter) and offline (record) paths with the same energies."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -175,3 +177,39 @@ def test_nan_samples_cost_their_own_span_on_both_paths(recording):
     clean = recording.offline_energies(*spans[0])["nvml:0"].energy_j
     assert whole == pytest.approx(clean, rel=0.02)  # the trace still answers, near the truth
     assert "invalid samples dropped" in spoiled.offline_energies(*spans[0])["nvml:0"].method
+
+
+def test_record_s_bounded_span_gives_the_offline_energies_of_its_samples(tmp_path, build_fake_nvml, monkeypatch):
+    from aipm_fast.span import SpanEnergy
+
+    monkeypatch.setenv("FAKE_NVML_TRACE", "square:80,300,0.3")
+    powercap = PowercapWriter(build_powercap_tree(tmp_path / "powercap"), None).start()
+    rec = Recorder(
+        powercap_root=str(tmp_path / "powercap"),
+        nvml_lib=str(build_fake_nvml()),
+        msr_root="/x",
+        perf_root="/x",
+        keep_history=False,
+    )
+    writer = rec.sample_writer(str(tmp_path / "samples.parquet"))
+    rec.add_sink(writer)
+    span = SpanEnergy(rec)
+    rec.start()
+    span.start()
+    for _ in range(20):
+        time.sleep(0.1)
+        span.update()
+    provisional = span.energies()
+    rec.stop()
+    span.finish()
+    writer.close()
+    rec.close()
+    powercap.stop()
+    assert "up to the latest reading" in provisional["nvml:0"].method
+    online = span.energies()
+    offline = Recording(str(tmp_path / "samples.parquet")).offline_energies(rec.start_ns, rec.stop_ns)
+    assert set(online) == set(offline)
+    for domain, d in online.items():
+        assert d.energy_j == pytest.approx(offline[domain].energy_j, rel=1e-6), domain
+        assert d.uncertainty_j == pytest.approx(offline[domain].uncertainty_j, rel=1e-6), domain
+    assert not rec.records().size  # nothing kept per record
