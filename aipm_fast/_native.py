@@ -105,7 +105,9 @@ class Engine:
         return ffi.string(buf).decode(errors="replace")
 
     def nvml_error_string(self, code: int) -> str:
-        return ffi.string(lib.aipm_nvml_error_string(self._e, code)).decode(errors="replace")
+        """NVML's text for a return code; a placeholder where the library gives none."""
+        text = lib.aipm_nvml_error_string(self._e, code)
+        return ffi.string(text).decode(errors="replace") if text != ffi.NULL else "unknown NVML error"
 
     def add_nvml_channel(self, gpu: int, kind: str, period_s: float) -> int:
         return self._check(lib.aipm_add_nvml_channel(self._e, gpu, NVML_KINDS[kind], _ns(period_s)))
