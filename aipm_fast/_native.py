@@ -22,6 +22,7 @@ RECORD_DTYPE = np.dtype([("t_ns", "<i8"), ("value", "<f8"), ("channel", "<u4"), 
 if ffi.sizeof("aipm_record") != RECORD_DTYPE.itemsize:  # pragma: no cover - a build mismatch
     raise ImportError("aipm_record and RECORD_DTYPE disagree in size: rebuild the extension")
 
+MAX_CHANNELS = lib.AIPM_MAX_CHANNELS  # C channel slots per engine; discovery shares them out
 FLAG_REPEAT = lib.AIPM_FLAG_REPEAT
 FLAG_FINAL = lib.AIPM_FLAG_FINAL
 
@@ -46,6 +47,10 @@ ERROR_NAMES = {
     lib.AIPM_EGONE: "file removed",
     lib.AIPM_ETIMEOUT: "first readings too slow",
 }
+
+
+#: the start of the message of a channel refused for want of a slot (discovery gathers them)
+NO_SLOT = "no channel slot left"
 
 
 class NativeError(RuntimeError):
@@ -74,6 +79,28 @@ class Engine:
         self._e = lib.aipm_engine_new(ring_capacity_log2)
         if self._e == ffi.NULL:
             raise NativeError(lib.AIPM_EARG, f"cannot create the engine with a ring of 2**{ring_capacity_log2} records")
+        self._slot_limit: int | None = None
+
+    # -- channel slots -------------------------------------------------------------------
+    @property
+    def n_channels(self) -> int:
+        return self.sampler_stats()["n_channels"]
+
+    def limit_channels(self, total: int | None) -> None:
+        """Refuse (NativeError naming NO_SLOT) any channel that would make more than `total`
+        in all; None lifts the limit. Discovery uses it to keep slots for later sources."""
+        self._slot_limit = total
+
+    def _slot(self) -> None:
+        used = self.n_channels
+        limit = MAX_CHANNELS if self._slot_limit is None else min(self._slot_limit, MAX_CHANNELS)
+        if used >= limit:
+            kept = MAX_CHANNELS - limit
+            raise NativeError(
+                lib.AIPM_ESTATE,
+                f"{NO_SLOT}: {used} of the engine's {MAX_CHANNELS} are taken"
+                + (f" and {kept} are kept for the sources discovered after this one" if kept else ""),
+            )
 
     # -- setup -------------------------------------------------------------------------
     def _check(self, rc: int) -> int:
@@ -84,12 +111,15 @@ class Engine:
         return rc
 
     def add_text_counter(self, path: str, scale: float, period_s: float) -> int:
+        self._slot()
         return self._check(lib.aipm_add_text_counter(self._e, path.encode(), scale, _ns(period_s)))
 
     def add_msr_counter(self, path: str, register: int, scale: float, period_s: float) -> int:
+        self._slot()
         return self._check(lib.aipm_add_msr_counter(self._e, path.encode(), register, scale, _ns(period_s)))
 
     def add_perf_counter(self, type_: int, config: int, cpu: int, scale: float, period_s: float) -> int:
+        self._slot()
         return self._check(lib.aipm_add_perf_counter(self._e, type_, config, cpu, scale, _ns(period_s)))
 
     def add_lateness_channel(self) -> int:
@@ -105,9 +135,12 @@ class Engine:
         return ffi.string(buf).decode(errors="replace")
 
     def nvml_error_string(self, code: int) -> str:
-        return ffi.string(lib.aipm_nvml_error_string(self._e, code)).decode(errors="replace")
+        """NVML's text for a return code; a placeholder where the library gives none."""
+        text = lib.aipm_nvml_error_string(self._e, code)
+        return ffi.string(text).decode(errors="replace") if text != ffi.NULL else "unknown NVML error"
 
     def add_nvml_channel(self, gpu: int, kind: str, period_s: float) -> int:
+        self._slot()
         return self._check(lib.aipm_add_nvml_channel(self._e, gpu, NVML_KINDS[kind], _ns(period_s)))
 
     def record_unchanged(self, on: bool = True) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -38,6 +39,88 @@ class _Parsed(click.ParamType):
             return self.option.parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (which pass every bound, so that `--seconds nan`
+    would run forever or not at all)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return number
+
+
+def _address(ctx, param, value: str) -> str:
+    """--addr: an address or host name this machine can resolve (so that a typo is an error
+    that names the option, not a traceback from getaddrinfo)."""
+    import socket
+
+    try:
+        socket.getaddrinfo(value, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise click.BadParameter(f"{value!r} is not an address or host name this machine resolves ({exc})") from None
+    return value
+
+
+#: devices a benchmark can run on: the host, or a CUDA device (`cuda`, `cuda:N`)
+BENCH_DEVICES = "cpu, cuda or cuda:N"
+
+
+def _bench_device(ctx, param, value: str | None) -> str | None:
+    """--device: cpu or an existing CUDA device, checked before any model is built."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"unknown device {value!r}; use {BENCH_DEVICES}") from None
+    if device.type == "cpu" and device.index is None:
+        return value
+    if device.type != "cuda":
+        raise click.BadParameter(f"{value!r}: the benchmark runs on {BENCH_DEVICES}")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise click.BadParameter(f"{value!r}, but torch sees no CUDA device here; use --device cpu")
+    if device.index is not None and device.index >= count:
+        raise click.BadParameter(f"{value!r}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return value
+
+
+def _free_memory_bytes(device: str) -> int | None:
+    """Memory free on the benchmark's device now (None where it cannot be told)."""
+    import torch
+
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
+def _check_sizes_fit(sizes: list[int], spec, batch_size: int, dtype: str, device: str) -> None:
+    """Refuse --sizes whose input batch alone is larger than the device's free memory (the
+    model's activations need many times more)."""
+    import torch
+
+    free = _free_memory_bytes(device)
+    if free is None:
+        return
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    largest = max(sizes)
+    elements = batch_size * (3 * largest * largest if spec.input_kind == "image" else largest)
+    need = elements * itemsize
+    if need > free:
+        raise click.BadParameter(
+            f"size {largest}: one batch of {batch_size} inputs alone needs {need / 2**30:.1f} GiB, "
+            f"more than the {free / 2**30:.1f} GiB free on {device}; lower --sizes or --batch-size",
+            param_hint="--sizes",
+        )
 
 
 def engine_options(func):
@@ -118,7 +201,7 @@ def devices(as_json, **kwargs):
 
 
 @main.command()
-@click.option("--seconds", default=3.0, show_default=True, type=click.FloatRange(min=0.5))
+@click.option("--seconds", default=3.0, show_default=True, type=Finite(min=0.5))
 @click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")
 @engine_options
 def probe(seconds, as_json, **kwargs):
@@ -411,23 +494,25 @@ def _print_domains(summary: dict) -> None:
     type=click.IntRange(min=1),
     help="repetitions per size (the maximum, with --precision)",
 )
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="seconds per run [5]")
+@click.option("--duration", type=Finite(min=0, min_open=True), help="seconds per run [5]")
 @click.option("--iters", type=click.IntRange(min=1), help="forward passes per run (instead of --duration)")
-@click.option(
-    "--warmup", default=2.0, show_default=True, type=click.FloatRange(min=0), help="seconds of warm-up per size"
-)
-@click.option(
-    "--baseline", default=3.0, show_default=True, type=click.FloatRange(min=0), help="seconds of idle baseline"
-)
-@click.option("--device", help="cuda or cpu [cuda when present]")
+@click.option("--warmup", default=2.0, show_default=True, type=Finite(min=0), help="seconds of warm-up per size")
+@click.option("--baseline", default=3.0, show_default=True, type=Finite(min=0), help="seconds of idle baseline")
+@click.option("--device", callback=_bench_device, help="cpu, cuda or cuda:N [cuda when present]")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
-@click.option("--weights", type=click.Path(dir_okay=False), help="local state-dict file (weights are random otherwise)")
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="local state-dict file (weights are random otherwise)",
+)
 @click.option(
     "--precision",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     help="adaptive: stop repeating once the median J/inference is known to this relative precision (0.02 = 2%)",
 )
-@click.option("--out", "out_dir", default=None, help="output folder [aipm-bench/<model>]")
+@click.option(
+    "--out", "out_dir", default=None, type=click.Path(file_okay=False), help="output folder [aipm-bench/<model>]"
+)
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
 @engine_options
 def bench(
@@ -473,6 +558,8 @@ def bench(
         return
     if not model:
         raise click.UsageError("give --model (see --list-models)")
+    import torch
+
     from aipm_fast.bench import report
     from aipm_fast.bench.protocol import BenchError, Benchmark, BenchOptions
 
@@ -482,9 +569,8 @@ def bench(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model/--sizes") from None
     if device is None:
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    _check_sizes_fit(size_list, spec, batch_size or spec.default_batch_size, dtype, device)
     config = engine_config(kwargs)
     opts = BenchOptions(
         model=model,
@@ -514,6 +600,10 @@ def bench(
             summary = Benchmark(opts, progress=tick, log=lambda msg: console.print(msg)).run()
         except (BenchError, models.BenchModelError) as exc:
             raise click.ClickException(str(exc)) from None
+        except torch.OutOfMemoryError:
+            raise click.ClickException(
+                f"{device} ran out of memory; lower --batch-size or --sizes (largest {max(size_list)})"
+            ) from None
     console.print(report.format_table(summary, title=f"{model}: medians over runs ({opts.out})"))
     if not no_plots:
         result = report.build_report(opts.out)
@@ -526,8 +616,14 @@ def bench(
 @click.option(
     "--port", default=9464, show_default=True, type=click.IntRange(0, 65535), help="port to serve /metrics on"
 )
-@click.option("--addr", default="127.0.0.1", show_default=True, help="address to bind (0.0.0.0 for every interface)")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="stop after this many seconds [never]")
+@click.option(
+    "--addr",
+    default="127.0.0.1",
+    show_default=True,
+    callback=_address,
+    help="address to bind (0.0.0.0 for every interface)",
+)
+@click.option("--duration", type=Finite(min=0, min_open=True), help="stop after this many seconds [never]")
 @engine_options
 def serve(port, addr, duration, **kwargs):
     """Serve this machine's live power and cumulative energy to Prometheus."""
@@ -540,9 +636,19 @@ def serve(port, addr, duration, **kwargs):
             "aipm-fast serve needs prometheus_client: pip install 'aipm-fast[prometheus]'"
         ) from None
     config = engine_config(kwargs)
-    prometheus.serve(
-        port, addr, duration, config=config, on_ready=lambda e: console.print(f"serving {e.url} (Ctrl-C stops)")
-    )
+    try:
+        prometheus.serve(
+            port, addr, duration, config=config, on_ready=lambda e: console.print(f"serving {e.url} (Ctrl-C stops)")
+        )
+    except OSError as exc:
+        why = {
+            errno.EADDRINUSE: ("--port", f"port {port} on {addr} is in use (another exporter?); pick another --port"),
+            errno.EACCES: ("--port", f"port {port} needs privileges; use a port above 1023"),
+            errno.EADDRNOTAVAIL: ("--addr", f"{addr} is not an address of this machine"),
+        }.get(exc.errno)
+        if why is None:
+            raise
+        raise click.BadParameter(why[1], param_hint=why[0]) from None
 
 
 @main.command("report")

@@ -242,10 +242,18 @@ class Meter:
 
     # -- baseline ------------------------------------------------------------------------
     def measure_baseline(self, seconds: float = 2.0) -> dict[str, float]:
-        """Idle power per domain over the next `seconds` (do nothing else meanwhile)."""
+        """Idle power per domain over the next `seconds` (do nothing else meanwhile). A duration
+        that is not a positive finite number raises ValueError before anything is measured."""
+        import math
         import time
 
         self._check_process()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+            raise ValueError(f"measure_baseline: seconds must be a finite number, got {seconds!r}")
+        if seconds <= 0:
+            raise ValueError(
+                f"measure_baseline: seconds must be positive (an idle span to average over), got {seconds!r}"
+            )
         if not self._started:
             raise RuntimeError("start the Meter before measuring the baseline")
         w = self._open(BASELINE)

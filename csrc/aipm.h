@@ -25,6 +25,10 @@ typedef struct {
 } aipm_record;
 
 enum {
+    AIPM_MAX_CHANNELS = 256 /* channels one engine can hold; the sources share them */
+};
+
+enum {
     AIPM_FLAG_REPEAT = 1,   /* value unchanged, emitted only so that a live channel shows it is alive */
     AIPM_FLAG_FINAL = 2     /* last reading, taken when the sampler stopped */
 };

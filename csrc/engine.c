@@ -80,7 +80,7 @@ aipm_channel *engine_new_channel(aipm_engine *e, const channel_ops *ops, int64_t
         return NULL;
     }
     if (e->n_channels >= AIPM_MAX_CHANNELS) {
-        engine_fail(e, AIPM_ESTATE, 0, "too many channels (at most %d)", AIPM_MAX_CHANNELS);
+        engine_fail(e, AIPM_ESTATE, 0, "no channel slot left: all %d are taken", AIPM_MAX_CHANNELS);
         return NULL;
     }
     if (period_ns <= 0) {

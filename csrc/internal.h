@@ -59,7 +59,6 @@ struct aipm_channel {
     aipm_channel_stats stats;   /* written by the sampler, read by others, both under stats_lock */
 };
 
-#define AIPM_MAX_CHANNELS 256
 #define AIPM_HEARTBEAT_NS 1000000000LL   /* an unchanged value is re-emitted this often */
 #define AIPM_MAX_SLEEP_NS 20000000LL     /* the loop checks for stop at least this often */
 #define AIPM_FIRST_PASS_LIMIT_NS 2000000000LL /* default wait in aipm_start for every first reading */

@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/perf_event.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,21 +16,33 @@
 
 #include "internal.h"
 
-/* powercap energy_uj and the like: a decimal number in a small text file. */
+/* The longest text a counter may hold: 20 digits (2^64 - 1) and a newline. */
+#define TEXT_COUNTER_MAX 21
+
+/* powercap energy_uj and the like: an unsigned decimal number in a small text file, digits
+ * only, with at most a trailing newline. Anything else is refused as not a number, never
+ * read as one: strtoull alone would take a sign ("-5" as 2^64 - 5), a "+", leading blanks,
+ * and a file longer than the buffer would be cut to its first digits. */
 static int read_text(aipm_engine *e, aipm_channel *c, uint32_t id, double *value, int32_t *err) {
-    char buf[64];
+    char buf[TEXT_COUNTER_MAX + 2]; /* one byte more than a number can hold tells a longer file */
     ssize_t n = pread(c->fd, buf, sizeof buf - 1, 0);
     if (n < 0) {
         *err = errno;
         return AIPM_EREAD;
     }
-    buf[n] = '\0';
-    char *end = NULL;
-    errno = 0;
-    unsigned long long raw = strtoull(buf, &end, 10);
-    if (end == buf || errno != 0 || (*end != '\0' && *end != '\n')) {
+    if (n > 0 && buf[n - 1] == '\n') n--;
+    if (n == 0 || n > TEXT_COUNTER_MAX - 1) {
         *err = EINVAL;
         return AIPM_EPARSE;
+    }
+    unsigned long long raw = 0;
+    for (ssize_t i = 0; i < n; i++) {
+        unsigned d = (unsigned)(buf[i] - '0');
+        if (d > 9 || raw > (ULLONG_MAX - d) / 10) { /* not a digit, or past 2^64 - 1 */
+            *err = EINVAL;
+            return AIPM_EPARSE;
+        }
+        raw = raw * 10 + d;
     }
     *value = (double)raw * c->scale;
     return AIPM_OK;
@@ -87,16 +100,41 @@ static int commit_after_first_read(aipm_engine *e, aipm_channel *c, const char *
     return engine_commit_channel(e);
 }
 
+/* What a file must be to be read: a text counter a regular file (sysfs attributes are), an
+ * MSR a regular file or the msr driver's character device. A FIFO or a socket would block the
+ * first read, and with it discovery, forever: it is opened without blocking and refused. */
+static const char *not_readable_kind(mode_t mode, int char_device_ok) {
+    if (S_ISREG(mode) || (char_device_ok && S_ISCHR(mode))) return NULL;
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return "not a regular file";
+}
+
 static int add_file(aipm_engine *e, const channel_ops *ops, const char *path, uint64_t reg,
                     double scale, int64_t period_ns) {
     aipm_channel *c = engine_new_channel(e, ops, period_ns);
     if (!c) return AIPM_ESTATE;
     c->scale = scale;
     c->reg = reg;
-    c->fd = open(path, O_RDONLY | O_CLOEXEC);
+    c->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (c->fd < 0) {
         int err = errno;
         return engine_fail(e, AIPM_EOPEN, err, "open(%s): %s", path, strerror(err));
+    }
+    struct stat st;
+    if (fstat(c->fd, &st) != 0) {
+        int err = errno;
+        close_fd(c);
+        return engine_fail(e, AIPM_EOPEN, err, "fstat(%s): %s", path, strerror(err));
+    }
+    const char *kind = not_readable_kind(st.st_mode, ops == &msr_ops);
+    if (kind) {
+        close_fd(c);
+        return engine_fail(e, AIPM_EOPEN, EINVAL, "open(%s): %s, not a file that can be read as a counter",
+                           path, kind);
     }
     return commit_after_first_read(e, c, path);
 }

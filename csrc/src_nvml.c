@@ -2,7 +2,11 @@
  *
  * No CUDA toolkit or NVML header is needed to build: the few types and functions used are
  * declared here as the NVML API documents them. Every function is looked up with dlsym, and
- * one that is missing disables only the channels that need it. */
+ * one that is missing disables only the channels that need it.
+ *
+ * Nothing a library returns is trusted further than its type: a count is clamped to the
+ * buffer it describes, a string may be NULL or unterminated, a value type may be unknown. A
+ * driver bug then costs a reading (counted as an error), never a read out of bounds. */
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +19,7 @@ typedef void *nvmlDevice_t;
 
 #define NVML_SUCCESS 0
 #define NVML_ERROR_NOT_FOUND 6
+#define NVML_ERROR_UNKNOWN 999
 #define NVML_TOTAL_POWER_SAMPLES 0
 #define NVML_FI_DEV_POWER_INSTANT 186
 #define NVML_SAMPLE_CAPACITY 512
@@ -39,6 +44,15 @@ struct nvml_lib {
     nvmlReturn_t (*get_power)(nvmlDevice_t, unsigned int *);
     nvmlSample_t samples[NVML_SAMPLE_CAPACITY]; /* scratch for the sampler thread only */
 };
+
+#define NVML_UNKNOWN_ERROR_TEXT "unknown NVML error"
+
+/* NVML's text for a code; a placeholder when the library has no nvmlErrorString or its
+ * nvmlErrorString returns NULL. */
+static const char *error_text(const struct nvml_lib *n, nvmlReturn_t rc) {
+    const char *text = n && n->error_string ? n->error_string(rc) : NULL;
+    return text ? text : NVML_UNKNOWN_ERROR_TEXT;
+}
 
 static void *sym(void *h, const char *a, const char *b) {
     void *p = dlsym(h, a);
@@ -84,7 +98,7 @@ int aipm_nvml_open(aipm_engine *e, const char *library_path) {
     if (rc == NVML_SUCCESS) rc = n->get_count(&n->count);
     if (rc != NVML_SUCCESS) {
         engine_fail(e, AIPM_ENVML, rc, "nvmlInit/nvmlDeviceGetCount: %s (NVML error %d)",
-                    n->error_string ? n->error_string(rc) : "unknown", rc);
+                    error_text(n, rc), rc);
         dlclose(h);
         free(n);
         return AIPM_ENVML;
@@ -107,27 +121,30 @@ void nvml_close(aipm_engine *e) {
 }
 
 const char *aipm_nvml_error_string(aipm_engine *e, int32_t code) {
-    if (!e->nvml || !e->nvml->error_string) return "unknown NVML error";
-    return e->nvml->error_string(code);
+    return error_text(e->nvml, code);
 }
 
 int aipm_nvml_device_name(aipm_engine *e, uint32_t gpu, char *buf, uint32_t len) {
     if (!e->nvml || gpu >= e->nvml->count || !e->nvml->devices[gpu]) return AIPM_EARG;
     if (!e->nvml->get_name) return AIPM_ESYMBOL;
+    if (len == 0) return AIPM_EARG;
     nvmlReturn_t rc = e->nvml->get_name(e->nvml->devices[gpu], buf, len);
+    buf[len - 1] = '\0'; /* a name that fills the buffer is cut, not left unterminated */
     return rc == NVML_SUCCESS ? AIPM_OK : engine_fail(e, AIPM_ENVML, rc, "nvmlDeviceGetName: NVML error %d", rc);
 }
 
-static double sample_value(nvmlValueType_t type, nvmlValue_t v) {
+/* A value of a known type, as a double in *out; 0 for a type this code does not know (the
+ * reading is then refused rather than taken as 0 W). */
+static int sample_value(nvmlValueType_t type, nvmlValue_t v, double *out) {
     switch (type) {
-    case NVML_VALUE_TYPE_DOUBLE: return v.dVal;
-    case NVML_VALUE_TYPE_UNSIGNED_INT: return (double)v.uiVal;
-    case NVML_VALUE_TYPE_UNSIGNED_LONG: return (double)v.ulVal;
-    case NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: return (double)v.ullVal;
-    case NVML_VALUE_TYPE_SIGNED_LONG_LONG: return (double)v.sllVal;
-    case NVML_VALUE_TYPE_SIGNED_INT: return (double)v.siVal;
+    case NVML_VALUE_TYPE_DOUBLE: *out = v.dVal; return 1;
+    case NVML_VALUE_TYPE_UNSIGNED_INT: *out = (double)v.uiVal; return 1;
+    case NVML_VALUE_TYPE_UNSIGNED_LONG: *out = (double)v.ulVal; return 1;
+    case NVML_VALUE_TYPE_UNSIGNED_LONG_LONG: *out = (double)v.ullVal; return 1;
+    case NVML_VALUE_TYPE_SIGNED_LONG_LONG: *out = (double)v.sllVal; return 1;
+    case NVML_VALUE_TYPE_SIGNED_INT: *out = (double)v.siVal; return 1;
     }
-    return 0.0;
+    return 0;
 }
 
 /* ---- one read function per channel kind ---- */
@@ -151,12 +168,15 @@ static int read_power_samples(aipm_engine *e, aipm_channel *c, uint32_t id, doub
                                      c->nvml_last_seen_us, &type, &count, n->samples);
     if (rc == NVML_ERROR_NOT_FOUND) return 0; /* no sample newer than the last one */
     if (rc != NVML_SUCCESS) return nvml_result(rc, err);
+    if (count > NVML_SAMPLE_CAPACITY) count = NVML_SAMPLE_CAPACITY; /* never past the buffer */
     int64_t offset = realtime_to_monotonic_offset_ns();
     int pushed = 0;
     for (unsigned int i = 0; i < count; i++) {
         unsigned long long ts = n->samples[i].timeStamp;
         if (ts <= c->nvml_last_seen_us) continue; /* the driver may repeat the boundary sample */
-        double watts = sample_value(type, n->samples[i].sampleValue) / 1000.0; /* mW */
+        double mw = 0.0;
+        if (!sample_value(type, n->samples[i].sampleValue, &mw)) return nvml_result(NVML_ERROR_UNKNOWN, err);
+        double watts = mw / 1000.0;
         engine_emit(e, id, (int64_t)ts * 1000 - offset, watts, 0);
         c->nvml_last_seen_us = ts;
         c->value = watts;
@@ -172,7 +192,9 @@ static int read_power_instant(aipm_engine *e, aipm_channel *c, uint32_t id, doub
     f.fieldId = NVML_FI_DEV_POWER_INSTANT;
     nvmlReturn_t rc = e->nvml->get_field_values(device_of(e, c), 1, &f);
     if (rc == NVML_SUCCESS) rc = f.nvmlReturn;
-    if (rc == NVML_SUCCESS) *value = sample_value(f.valueType, f.value) / 1000.0;
+    double mw = 0.0;
+    if (rc == NVML_SUCCESS && !sample_value(f.valueType, f.value, &mw)) rc = NVML_ERROR_UNKNOWN;
+    if (rc == NVML_SUCCESS) *value = mw / 1000.0;
     return nvml_result(rc, err);
 }
 
@@ -239,6 +261,6 @@ int aipm_add_nvml_channel(aipm_engine *e, uint32_t gpu, int kind, int64_t period
     if (rc == AIPM_ESYMBOL)
         return engine_fail(e, rc, 0, "%s not found in the NVML library", nvml_kinds[kind].symbol);
     if (rc != AIPM_OK)
-        return engine_fail(e, rc, err, "GPU %u: %s (NVML error %d)", gpu, aipm_nvml_error_string(e, err), err);
+        return engine_fail(e, rc, err, "GPU %u: %s (NVML error %d)", gpu, error_text(n, err), err);
     return engine_commit_channel(e);
 }

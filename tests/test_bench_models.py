@@ -211,6 +211,8 @@ def test_parse_sizes_lists_and_ranges():
         ("224:112:16", "stop < start"),
         ("112:224:0", "zero step"),
         ("112:x:16", "not a non-negative integer"),
+        ("1:1000000000000:1", "more than 256 sizes"),  # refused without building the range
+        (",".join(["224"] * 257), "more than 256 sizes"),
     ],
 )
 def test_parse_sizes_errors(text, why):

@@ -105,3 +105,40 @@ def test_serve_prints_its_address_and_stops_after_duration(hw):
     env, _ = hw
     result = aipm("serve", "--port", "0", "--duration", "1", env=env)
     assert "serving http://127.0.0.1:" in result.stderr
+
+
+# -- options that would end in a traceback: each a usage error that names the option ------------
+
+
+@pytest.mark.parametrize(
+    "args, option, why",
+    [
+        (["serve", "--addr", "999.1.1.1", "--duration", "1"], "'--addr'", "not an address or host name"),
+        (["serve", "--duration", "nan"], "'--duration'", "not a finite number"),
+        (["probe", "--seconds", "inf"], "'--seconds'", "not a finite number"),
+        (["bench", "--model", "resnet18", "--device", "tpu"], "'--device'", "unknown device 'tpu'"),
+        (["bench", "--model", "resnet18", "--device", "cuda:99"], "'--device'", "cuda:99"),
+        (["bench", "--model", "resnet18", "--sizes", "1:10000000000:1"], "--sizes", "more than 256 sizes"),
+        (["bench", "--model", "resnet18", "--sizes", "2000000", "--device", "cpu"], "--sizes", "GiB free on cpu"),
+        (["bench", "--model", "resnet18", "--warmup", "nan"], "'--warmup'", "not a finite number"),
+        (["bench", "--model", "resnet18", "--weights", "/nonexistent/w.pt"], "'--weights'", "does not exist"),
+    ],
+)
+def test_bad_options_are_usage_errors_naming_the_option(args, option, why):
+    result = aipm(*args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert option in result.stderr and why in result.stderr
+
+
+def test_serve_on_a_busy_port_says_so(hw):
+    import socket
+
+    env, _ = hw
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = aipm("serve", "--port", str(port), "--duration", "1", env=env, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "--port" in result.stderr

@@ -43,6 +43,7 @@ FAKE_ENV = [
     "FAKE_NVML_SAMPLE_MS",
     "FAKE_NVML_UTIL",
     "FAKE_NVML_LOSE_GPU_AFTER_S",
+    "FAKE_NVML_FAULT",
     "FAKE_NVML_INIT_FAIL",
     "FAKE_NVML_CALL_US",
     "FAKE_NVML_SENSOR",
@@ -622,6 +623,24 @@ def test_sensor_settings_are_checked(nvml, capfd):
     n = nvml(init=False, sample_ms=40, sensor="jitter_ms=10")  # below half of 40 ms: fine
     assert n.lib.nvmlInit_v2() == SUCCESS
     assert n.lib.nvmlShutdown() == SUCCESS
+
+
+def test_faults_break_the_driver_as_named(nvml, capfd):
+    n = nvml(fault="oversized_samples,null_error_string,bad_value_type,unterminated_name")
+    dev = n.handle(0)
+    time.sleep(0.05)
+    buf = (Sample * 4)()
+    vtype, count = ctypes.c_int(-1), ctypes.c_uint(4)
+    assert n.lib.nvmlDeviceGetSamples(dev, TOTAL_POWER_SAMPLES, 0, ctypes.byref(vtype), ctypes.byref(count), buf) == 0
+    assert count.value > 100000 and vtype.value == 42  # claims far more than the 4 it may write
+    assert n.lib.nvmlErrorString(GPU_IS_LOST) is None
+    name = ctypes.create_string_buffer(b"\x01" * 9)
+    assert n.lib.nvmlDeviceGetName(dev, name, 8) == SUCCESS
+    assert name.raw[:9] == b"X" * 8 + b"\x01"  # the whole buffer, no NUL, and nothing past it
+    for bad in ["oversized", "null_error_string,null_error_string"]:
+        m = nvml(init=False, fault=bad)
+        assert m.lib.nvmlInit_v2() == UNKNOWN, bad
+        assert f"FAKE_NVML_FAULT={bad}" in capfd.readouterr().err
 
 
 def test_without_a_sensor_readings_are_the_trace(nvml, monkeypatch):

@@ -127,6 +127,18 @@ def test_baseline_gives_dynamic_energy(hw):
     assert abs(row["dynamic_energy_j"]) < 0.03 * row["energy_j"]
 
 
+@pytest.mark.filterwarnings("ignore:aipm-fast. no power source")
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf"), "2", True])
+def test_a_baseline_of_no_duration_is_refused_and_leaves_nothing_behind(seconds):
+    with Meter(**OFF, powercap_root="/nonexistent", cuda=False) as m:
+        with pytest.raises(ValueError, match="measure_baseline: seconds must be"):
+            m.measure_baseline(seconds)
+        assert m.baseline_w == {} and m.windows().empty
+        with m.window("after"):  # the Meter goes on as if nothing had been asked
+            pass
+    assert list(m.windows()["window"].unique()) in ([], ["after"])
+
+
 def test_window_decorator_and_summary(hw):
     options, _ = hw
     m = Meter(**options, cuda=False)

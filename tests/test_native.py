@@ -1,10 +1,14 @@
 """The C core through its one Python front: channels, the ring, counting what was lost."""
 
 import errno
+import os
+import re
 import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aipm_fast._native import FLAG_FINAL, FLAG_REPEAT, RECORD_DTYPE, Engine, NativeError, now_ns
 
@@ -199,3 +203,142 @@ def test_an_engine_without_polled_channels_starts_at_once():
     e.start(first_pass_limit_s=0.5)
     assert time.monotonic() - t0 < 0.2
     e.stop()
+
+
+# -- the text parser: digits and at most a trailing newline, nothing else -----------------------
+
+
+def strict_counter(text: str) -> int | None:
+    """What a text counter must hold: an unsigned 64-bit decimal, digits only, at most one
+    trailing newline; None where the file is not a number."""
+    if re.fullmatch(r"[0-9]{1,20}\n?", text) is None:
+        return None
+    value = int(text)
+    return value if value < 2**64 else None
+
+
+counter_texts = st.one_of(
+    st.text(alphabet="0123456789+- \t\nx.e", max_size=30),
+    st.integers(min_value=-(2**65), max_value=2**65).map(lambda v: f"{v}\n"),
+    st.builds(
+        lambda pad, v, tail: f"{pad}{v}{tail}",
+        st.sampled_from(["", " ", "+", "0", "\t"]),
+        st.integers(min_value=0, max_value=2**64 + 5),
+        st.sampled_from(["", "\n", " \n", "\n\n", "\n5", "x"]),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=counter_texts)
+def test_text_counter_gives_exactly_the_numbers_a_strict_parser_accepts(tmp_path, text):
+    path = tmp_path / "energy_uj"
+    path.write_text(text)
+    e = Engine(4)
+    want = strict_counter(text)
+    try:
+        if want is None:
+            with pytest.raises(NativeError, match="not a number"):
+                e.add_text_counter(str(path), 1.0, 0.001)
+        else:
+            cid = e.add_text_counter(str(path), 1.0, 0.001)
+            assert e.channel_stats(cid)["errors"] == 0
+            e.start()
+            e.stop()
+            assert e.drain()["value"][0] == float(want)
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("bad", ["-5\n", "+5\n", " 5\n", "5 \n", "18446744073709551616\n", "1" * 21 + "\n", "7\n" * 40])
+def test_a_counter_that_turns_into_no_number_mid_run_counts_errors_never_values(tmp_path, bad):
+    path = counter_file(tmp_path, "1000000\n")
+    e = Engine(12)
+    cid = e.add_text_counter(path, 1e-6, 0.001)
+    e.start()
+    time.sleep(0.02)
+    with open(path, "w") as f:
+        f.write(bad)
+    time.sleep(0.03)
+    e.stop()
+    stats = e.channel_stats(cid)
+    assert stats["errors"] > 5 and stats["last_error_kind"] == -4  # AIPM_EPARSE, "not a number"
+    assert set(e.drain()["value"]) == {1.0}  # only the good reading, never the bad text read as a number
+
+
+def test_a_fifo_is_refused_at_once_naming_the_file(tmp_path):
+    fifo = tmp_path / "energy_uj"
+    os.mkfifo(fifo)
+    e = Engine(4)
+    t0 = time.monotonic()
+    with pytest.raises(NativeError, match=r"energy_uj\): a FIFO, not a file that can be read as a counter"):
+        e.add_text_counter(str(fifo), 1e-6, 0.001)
+    with pytest.raises(NativeError, match="a directory"):
+        e.add_text_counter(str(tmp_path), 1e-6, 0.001)
+    assert time.monotonic() - t0 < 1.0
+
+
+# -- a hostile NVML library: counts clamped, strings checked, unknown types refused -------------
+
+
+def hostile_nvml(fake_nvml_lib, monkeypatch, faults: str) -> Engine:
+    monkeypatch.setenv("FAKE_NVML_FAULT", faults)
+    e = Engine(12)
+    e.nvml_open(str(fake_nvml_lib))
+    return e
+
+
+def test_a_library_that_claims_more_samples_than_the_buffer_holds_is_clamped(fake_nvml_lib, monkeypatch):
+    e = hostile_nvml(fake_nvml_lib, monkeypatch, "oversized_samples")
+    cid = e.add_nvml_channel(0, "power_samples", 0.005)
+    e.start()
+    time.sleep(0.2)
+    e.stop()
+    mine = e.drain()
+    mine = mine[mine["channel"] == cid]
+    assert 5 <= mine.size <= 512  # at most one buffer's worth, nothing read past it
+    assert set(mine["value"]) == {100.0}  # const:100 W, no garbage from beyond the buffer
+    assert np.all(np.diff(mine["t_ns"]) > 0)
+    e.close()
+
+
+def test_an_error_string_that_is_null_gives_a_placeholder(fake_nvml_lib, monkeypatch):
+    monkeypatch.setenv("FAKE_NVML_LOSE_GPU_AFTER_S", "0.05")
+    e = hostile_nvml(fake_nvml_lib, monkeypatch, "null_error_string")
+    assert e.nvml_error_string(15) == "unknown NVML error"
+    time.sleep(0.06)  # the GPU is lost after its handle was taken: the next call fails
+    with pytest.raises(NativeError, match=r"GPU 0: unknown NVML error \(NVML error 15\)"):
+        e.add_nvml_channel(0, "energy", 0.01)
+    e.close()
+
+
+def test_samples_of_an_unknown_value_type_are_errors_not_zero_watts(fake_nvml_lib, monkeypatch):
+    e = hostile_nvml(fake_nvml_lib, monkeypatch, "bad_value_type,unterminated_name")
+    assert e.nvml_device_name(0) == "X" * 95  # cut to the buffer, terminated
+    with pytest.raises(NativeError, match="NVML error 999"):
+        e.add_nvml_channel(0, "power_instant", 0.01)
+    cid = e.add_nvml_channel(0, "power_samples", 0.005)  # its setup reads no value
+    e.start()
+    time.sleep(0.1)
+    e.stop()
+    assert e.drain().size == 0
+    stats = e.channel_stats(cid)
+    assert stats["errors"] > 5 and stats["last_error_kind"] == -6 and stats["last_error"] == 999
+    e.close()
+
+
+def test_a_recorder_summary_survives_an_nvml_without_error_strings(fake_nvml_lib, monkeypatch):
+    from aipm_fast.recorder import Recorder
+
+    monkeypatch.setenv("FAKE_NVML_FAULT", "null_error_string")
+    monkeypatch.setenv("FAKE_NVML_LOSE_GPU_AFTER_S", "0.3")
+    rec = Recorder(
+        nvml_lib=str(fake_nvml_lib), msr_root="/nonexistent", perf_root="/nonexistent", powercap_root="/nonexistent"
+    )
+    rec.start()
+    time.sleep(0.5)
+    rec.drain()
+    summary = rec.summary()
+    rec.close()
+    errors = {c["name"]: c["last_error"] for c in summary["channels"]}
+    assert errors["nvml:0.power_instant"] == "unknown NVML error (NVML error 15)"

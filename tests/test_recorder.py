@@ -210,6 +210,9 @@ def test_unreadable_powercap_names_the_file_and_the_fix(tmp_path, monkeypatch):
     assert not found.channels
     p = found.problems[0]
     assert p.target.endswith("intel-rapl:0/energy_uj") and "CVE-2020-8694" in p.fix
+    # a group of trusted users, not every user: chmod o+r would re-open the side channel
+    assert 'RUN+="/bin/chgrp -R powercap /sys%p"' in p.fix and "do not make it world-readable" in p.fix
+    assert "sudo chmod o+r" not in p.fix
 
 
 def test_samples_frame_names_channels(fake_powercap):

@@ -9,6 +9,9 @@ rail, a wall meter) is one module that fills these in.
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 
 # -- what a channel's value means (Channel.reading) --------------------------------------------
@@ -156,3 +159,18 @@ class Discovery:
         self.producers += other.producers
         for d in other.domains.values():
             self.add_domain(d)
+
+
+def read_small_file(path: str, limit: int = 4096) -> str:
+    """The text of a small sysfs file. Opened without blocking and refused unless it is a
+    regular file: a FIFO or a socket planted at a sysfs path would hang discovery (OSError
+    naming the file and what it is)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+            raise OSError(errno.EINVAL, f"{kind}, not a file that can be read", path)
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)

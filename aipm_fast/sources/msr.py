@@ -30,16 +30,39 @@ MSR_FIX = (
 )
 
 
+class ShortRegister(ValueError):
+    """A register that the file holds only part of: not an msr device, or a truncated copy."""
+
+
 def read_msr(path: str, register: int) -> int | None:
-    """The 64-bit value of a register, or None where the register does not exist."""
-    fd = os.open(path, os.O_RDONLY)
+    """The 64-bit value of a register, or None where the register does not exist (the driver
+    answers EIO; a regular file ends before it). Raises ShortRegister where fewer than its 8
+    bytes could be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         data = os.pread(fd, 8, register)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return struct.unpack("<Q", data)[0] if len(data) == 8 else None
+    if 0 < len(data) < 8:
+        end = register + len(data)
+        raise ShortRegister(f"register {register:#x}: only {len(data)} of its 8 bytes (the file ends at byte {end})")
+    return struct.unpack("<Q", data)[0] if data else None
+
+
+def _missing_package_register(path: str, register: int) -> str:
+    """Why a package's energy status register, which every RAPL CPU has, cannot be read."""
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        return f"register {register:#x} unreadable: {exc.strerror}"
+    if size and size < register + 8:
+        return (
+            f"the file is {size} bytes long, too short for the package energy register {register:#x} "
+            f"(bytes {register}-{register + 7}): not the msr driver's device"
+        )
+    return f"the package energy register {register:#x} cannot be read"
 
 
 def energy_unit_j(units_register: int) -> float:
@@ -84,6 +107,9 @@ def discover(engine, config) -> Discovery:
         except OSError as exc:
             found.problems.append(Problem("msr", path, f"open: {exc.strerror}", MSR_FIX))
             continue
+        except ShortRegister as exc:
+            found.problems.append(Problem("msr", path, str(exc), MSR_FIX))
+            continue
         if intel_units:
             unit, registers = energy_unit_j(intel_units), list(INTEL_DOMAINS)
             if pkg == min(packages):
@@ -101,8 +127,17 @@ def discover(engine, config) -> Discovery:
             )
             continue
         for register, suffix in registers:
-            if read_msr(path, register) is None:
-                continue  # the CPU lacks this domain: not a problem worth reporting
+            try:
+                present = read_msr(path, register) is not None
+            except ShortRegister as exc:
+                found.problems.append(Problem("msr", f"{path}@{register:#x}", str(exc), MSR_FIX))
+                continue
+            if not present:
+                if suffix == "":  # every RAPL CPU has the package counter: its absence is news
+                    found.problems.append(
+                        Problem("msr", f"{path}@{register:#x}", _missing_package_register(path, register), MSR_FIX)
+                    )
+                continue  # a CPU that lacks a sub-domain: not a problem worth reporting
             device = f"RAPL MSR {register:#x} on CPU {cpu}"
             if suffix == "psys":
                 meaning = rapl.domain("psys", device=device)

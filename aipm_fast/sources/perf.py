@@ -12,7 +12,7 @@ import re
 
 from aipm_fast._native import NativeError
 from aipm_fast.sources import rapl
-from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
+from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem, read_small_file
 
 EVENT_DOMAINS = {
     "energy-pkg": "",
@@ -29,8 +29,7 @@ PERF_FIX = (
 
 
 def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
+    return read_small_file(path).strip()
 
 
 def parse_event(text: str) -> int:
@@ -42,13 +41,17 @@ def parse_event(text: str) -> int:
 
 
 def parse_cpumask(text: str) -> list[int]:
+    """A sysfs CPU list ("0", "0,28-29") -> the CPUs in it; ValueError, saying what is wrong,
+    for anything else (a reversed range like "5-2", an empty list, a negative number)."""
     cpus: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            cpus += range(int(a), int(b) + 1)
-        elif part:
-            cpus.append(int(part))
+    for part in text.strip().split(","):
+        bounds = part.split("-")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            raise ValueError(f"cpumask {text.strip()!r}: {part!r} is not a CPU number or a range A-B")
+        first, last = int(bounds[0]), int(bounds[-1])
+        if last < first:
+            raise ValueError(f"cpumask {text.strip()!r}: the range {part!r} runs backwards")
+        cpus += range(first, last + 1)
     return cpus
 
 

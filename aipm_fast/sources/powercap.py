@@ -13,21 +13,24 @@ import re
 
 from aipm_fast._native import NativeError
 from aipm_fast.sources import rapl
-from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem
+from aipm_fast.sources.base import COUNTER, Channel, Discovery, Problem, read_small_file
 
 ZONE_RE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
 
 PERMISSION_FIX = (
-    "since Linux 5.10 energy_uj is readable only by root (CVE-2020-8694). Run as root, or grant "
-    "read access: `sudo chmod o+r /sys/class/powercap/intel-rapl:*/energy_uj "
-    "/sys/class/powercap/intel-rapl:*/*/energy_uj` (until reboot), or a udev rule / systemd-tmpfiles "
-    "entry that does the same at boot"
+    "since Linux 5.10 energy_uj is readable only by root (CVE-2020-8694: its fine-grained energy "
+    "readings let any local user infer secrets computed on the CPU, so do not make it world-readable "
+    "with chmod o+r). Run as root, or give read access to a dedicated group of trusted users: "
+    "`sudo groupadd -r powercap && sudo usermod -aG powercap $USER`, then a udev rule in "
+    "/etc/udev/rules.d/99-powercap.rules: "
+    'SUBSYSTEM=="powercap", ACTION=="add", RUN+="/bin/chgrp -R powercap /sys%p", '
+    'RUN+="/bin/chmod -R g+r /sys%p" '
+    "(apply it with `sudo udevadm trigger --subsystem-match=powercap --action=add`, and log in again)"
 )
 
 
 def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
+    return read_small_file(path).strip()
 
 
 def find_zones(root: str) -> list[tuple[str, str, str]]:

@@ -6,7 +6,10 @@
  * thread advances a powercap-like energy_uj file while the sampler reads it, the main thread
  * drains the ring while the sampler fills it, and a third thread reads the statistics all the
  * while. Then it checks that a first pass slower than its limit is refused (AIPM_ETIMEOUT)
- * and that a failed setup carries its errno.
+ * and that a failed setup carries its errno, and meets hostile input: counter files that are
+ * no number (a sign, blanks, too long), a FIFO, and an NVML library that claims more samples
+ * than the buffer holds, returns NULL error strings, unknown value types and unterminated
+ * names (FAKE_NVML_FAULT).
  *
  * Usage: engine_driver WORK_DIR FAKE_NVML_SO. Exit status 0 when every check holds; a failed
  * check prints what was expected and exits 1 (a sanitizer report exits non-zero on its own). */
@@ -19,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -199,6 +203,67 @@ static void run_failures(const char *dir, const char *nvml) {
     unsetenv("FAKE_NVML_CALL_US");
 }
 
+static void write_file(const char *path, const char *text) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0, "open %s: %s", path, strerror(errno));
+    if (fd < 0) return;
+    size_t len = strlen(text);
+    CHECK(write(fd, text, len) == (ssize_t)len, "write %s", path);
+    close(fd);
+}
+
+/* Only digits and a trailing newline are a number; a FIFO is refused without blocking. */
+static void run_hostile_files(const char *dir) {
+    static const char *const bad[] = {"-5\n", "+5\n", " 5\n", "5 \n", "", "\n", "18446744073709551616\n",
+                                      "000000000000000000001\n", "5\n5\n5\n5\n5\n5\n5\n5\n5\n5\n5\n5\n"};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/hostile_uj", dir);
+    aipm_engine *e = aipm_engine_new(8);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_file(path, bad[i]);
+        int rc = aipm_add_text_counter(e, path, 1.0, 1000000);
+        CHECK(rc == AIPM_EPARSE, "text %zu (\"%s\") gave %d, want AIPM_EPARSE", i, bad[i], rc);
+    }
+    write_file(path, "18446744073709551615\n");
+    add(e, aipm_add_text_counter(e, path, 1.0, 1000000), "the largest counter value");
+    snprintf(path, sizeof path, "%s/fifo_uj", dir);
+    CHECK(mkfifo(path, 0644) == 0, "mkfifo %s: %s", path, strerror(errno));
+    int rc = aipm_add_text_counter(e, path, 1.0, 1000000);
+    CHECK(rc == AIPM_EOPEN && strstr(aipm_last_error(e), "a FIFO"), "FIFO gave %d (%s)", rc, aipm_last_error(e));
+    aipm_engine_free(e);
+}
+
+/* A library's counts, strings and types are checked, never trusted. */
+static void run_hostile_nvml(const char *nvml) {
+    setenv("FAKE_NVML_FAULT", "oversized_samples,null_error_string,unterminated_name", 1);
+    aipm_engine *e = aipm_engine_new(12);
+    add(e, aipm_nvml_open(e, nvml), "nvml open");
+    int samples = add(e, aipm_add_nvml_channel(e, 0, AIPM_NVML_POWER_SAMPLES, 5000000), "power samples");
+    char name[16];
+    CHECK(aipm_nvml_device_name(e, 0, name, sizeof name) == AIPM_OK && strlen(name) == sizeof name - 1,
+          "an unterminated name is cut to the buffer");
+    CHECK(strcmp(aipm_nvml_error_string(e, 15), "unknown NVML error") == 0, "NULL error string");
+    CHECK(aipm_start(e) == AIPM_OK, "start: %s", aipm_last_error(e));
+    sleep_ms(150);
+    aipm_stop(e);
+    aipm_record out[1024];
+    size_t n = aipm_drain(e, out, 1024), mine = 0;
+    for (size_t i = 0; i < n; i++) {
+        if ((int)out[i].channel != samples) continue;
+        mine++;
+        CHECK(out[i].value == 100.0, "sample %zu is %g W, want the fake's 100 W", i, out[i].value);
+    }
+    CHECK(mine >= 3 && mine <= 512, "%zu samples", mine);
+    aipm_engine_free(e);
+
+    setenv("FAKE_NVML_FAULT", "bad_value_type", 1);
+    e = aipm_engine_new(8);
+    add(e, aipm_nvml_open(e, nvml), "nvml open");
+    CHECK(aipm_add_nvml_channel(e, 0, AIPM_NVML_POWER_INSTANT, 5000000) == AIPM_ENVML, "an unknown field type");
+    aipm_engine_free(e);
+    unsetenv("FAKE_NVML_FAULT");
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s WORK_DIR FAKE_NVML_SO\n", argv[0]);
@@ -206,6 +271,8 @@ int main(int argc, char **argv) {
     }
     run_engine(argv[1], argv[2]);
     run_failures(argv[1], argv[2]);
+    run_hostile_files(argv[1]);
+    run_hostile_nvml(argv[2]);
     if (failures) fprintf(stderr, "engine_driver: %d check(s) failed\n", failures);
     else printf("engine_driver: all checks passed\n");
     return failures ? 1 : 0;

@@ -29,6 +29,13 @@
  *                                    e.g. nvmlDeviceGetTotalEnergyConsumption:4000 as on an H200
  *   FAKE_NVML_SENSOR=key=v[,key=v]   the power sensor's response (default: none, the samples hold
  *                                    the trace at their stamps); see "Sensor response" below
+ *   FAKE_NVML_FAULT=name[,name]      a broken driver, for the sampler's defences; each name once:
+ *                    oversized_samples  nvmlDeviceGetSamples fills at most the caller's buffer
+ *                                       but reports FAKE_OVERSIZE more samples than it holds
+ *                    null_error_string  nvmlErrorString returns NULL
+ *                    bad_value_type     samples and field values come with an unknown type (42)
+ *                    unterminated_name  nvmlDeviceGetName fills the whole buffer, without a NUL
+ *                    An unknown name fails the init; a new fault is one row in fault_names[].
  * Compile-time switches -DFAKE_NVML_OMIT_SAMPLES and -DFAKE_NVML_OMIT_ENERGY leave out
  * nvmlDeviceGetSamples and nvmlDeviceGetTotalEnergyConsumption, as older drivers do.
  *
@@ -110,6 +117,14 @@ typedef struct fake_gpu *nvmlDevice_t;
 #define FAKE_ENERGY_OFFSET_MJ 123456789ULL     /* real counters count from driver load */
 #define FAKE_GPU_STEP_W 10.0                   /* GPU i draws i * 10 W more than GPU 0 */
 #define GIB (1024ULL * 1024ULL * 1024ULL)
+#define FAKE_OVERSIZE 100000U                 /* oversized_samples: samples claimed beyond the buffer */
+#define FAKE_BAD_VALUE_TYPE 42                /* bad_value_type: no nvmlValueType_t has it */
+
+/* ---- FAKE_NVML_FAULT: one bit each ---- */
+enum { FAULT_OVERSIZED_SAMPLES, FAULT_NULL_ERROR_STRING, FAULT_BAD_VALUE_TYPE, FAULT_UNTERMINATED_NAME, FAULT_COUNT };
+static const char *const fault_names[FAULT_COUNT] = {
+    "oversized_samples", "null_error_string", "bad_value_type", "unterminated_name",
+};
 
 /* ---- call counting ---- */
 enum {
@@ -183,6 +198,7 @@ struct fake_config {
     double lose_after_s;    /* < 0: never */
     long long call_us[FN_COUNT]; /* how long each function takes */
     struct sensor sensor;
+    unsigned int faults;    /* FAKE_NVML_FAULT: bit i set for fault_names[i] */
 };
 
 /* Written only by nvmlInit_v2, under init_lock, and published by the release store of
@@ -398,6 +414,23 @@ static int parse_call_costs(const char *s, struct fake_config *c) {
     return 0;
 }
 
+/* "oversized_samples,null_error_string": each a name of fault_names[], at most once. */
+static int parse_faults(const char *s, unsigned int *faults) {
+    *faults = 0;
+    while (*s) {
+        const char *comma = strchr(s, ',');
+        size_t len = comma ? (size_t)(comma - s) : strlen(s);
+        int f = 0;
+        while (f < FAULT_COUNT && !(strlen(fault_names[f]) == len && strncmp(fault_names[f], s, len) == 0)) f++;
+        if (f == FAULT_COUNT || (*faults & (1u << f))) return -1;
+        *faults |= 1u << f;
+        s = comma ? comma + 1 : s + len;
+    }
+    return 0;
+}
+
+static int has_fault(int f) { return is_initialized() && (cfg.faults & (1u << f)) != 0; }
+
 /* "lag_ms=5,tau_ms=10": each key of sensor_keys[] at most once, values in [0, 1e6]. On a bad
  * value returns what is wrong with it. */
 static const char *parse_sensor(const char *s, struct sensor_params *p) {
@@ -522,6 +555,13 @@ static int read_config(struct fake_config *c) {
             return -1;
         }
     }
+    s = getenv("FAKE_NVML_FAULT");
+    if (s && *s && parse_faults(s, &c->faults) != 0) {
+        fprintf(stderr, "fake_nvml: bad FAKE_NVML_FAULT=%s (want NAME[,NAME...], each once, of:", s);
+        for (int f = 0; f < FAULT_COUNT; f++) fprintf(stderr, " %s", fault_names[f]);
+        fprintf(stderr, ")\n");
+        return -1;
+    }
     return 0;
 
 bad_gpus:
@@ -543,7 +583,7 @@ static int same_config(const struct fake_config *a, const struct fake_config *b)
            a->period_us == b->period_us && a->sample_us == b->sample_us &&
            a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
            a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0 &&
-           same_sensor(&a->sensor, &b->sensor);
+           same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults;
 }
 
 /* ---- common checks of the device functions ---- */
@@ -604,6 +644,7 @@ nvmlReturn_t nvmlShutdown(void) {
 /* The strings of the real library, for the codes that can plausibly come up. */
 const char *nvmlErrorString(nvmlReturn_t result) {
     count_call(FN_ERROR_STRING);
+    if (has_fault(FAULT_NULL_ERROR_STRING)) return NULL;
     switch (result) {
     case 0: return "Success";
     case 1: return "Uninitialized";
@@ -646,6 +687,10 @@ nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int len
     nvmlReturn_t rc = check_device(device);
     if (rc != NVML_SUCCESS) return rc;
     if (!name) return NVML_ERROR_INVALID_ARGUMENT;
+    if (has_fault(FAULT_UNTERMINATED_NAME)) {
+        memset(name, 'X', length);
+        return NVML_SUCCESS;
+    }
     char buf[NVML_DEVICE_NAME_BUFFER_SIZE];
     int n = snprintf(buf, sizeof buf, "Fake GPU %u", device->index);
     if (n < 0 || (unsigned int)n >= length) return NVML_ERROR_INSUFFICIENT_SIZE;
@@ -692,7 +737,8 @@ nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t device, int type, unsigned long l
     if (rc != NVML_SUCCESS) return rc;
     if (type != NVML_TOTAL_POWER_SAMPLES) return NVML_ERROR_NOT_SUPPORTED; /* only power is faked */
     if (!sampleValType || !sampleCount) return NVML_ERROR_INVALID_ARGUMENT;
-    *sampleValType = NVML_VALUE_TYPE_UNSIGNED_INT;
+    *sampleValType = has_fault(FAULT_BAD_VALUE_TYPE) ? (nvmlValueType_t)FAKE_BAD_VALUE_TYPE
+                                                     : NVML_VALUE_TYPE_UNSIGNED_INT;
     if (!samples) { /* a size query: how many the buffer can hold */
         *sampleCount = FAKE_SAMPLE_DEPTH;
         return NVML_SUCCESS;
@@ -720,7 +766,7 @@ nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t device, int type, unsigned long l
         samples[i].sampleValue.ullVal = 0; /* clear the union's upper bytes */
         samples[i].sampleValue.uiVal = to_mw(reported_power_w(gpu, t));
     }
-    *sampleCount = (unsigned int)n;
+    *sampleCount = (unsigned int)n + (has_fault(FAULT_OVERSIZED_SAMPLES) ? FAKE_OVERSIZE : 0);
     return NVML_SUCCESS;
 }
 #endif
@@ -737,7 +783,8 @@ nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvml
         f->latencyUsec = 0;
         f->value.ullVal = 0;
         if (f->fieldId == NVML_FI_DEV_POWER_INSTANT) {
-            f->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+            f->valueType = has_fault(FAULT_BAD_VALUE_TYPE) ? (nvmlValueType_t)FAKE_BAD_VALUE_TYPE
+                                                           : NVML_VALUE_TYPE_UNSIGNED_INT;
             f->value.uiVal = to_mw(reported_power_w(device->index, rel));
             f->nvmlReturn = NVML_SUCCESS;
         } else {

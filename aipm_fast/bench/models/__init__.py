@@ -150,6 +150,7 @@ def validate_size(name: str, size: int) -> int:
 
 
 _UINT = re.compile(r"\d+")
+MAX_SIZES = 256  # input sizes per benchmark: more is a typo in a range, not a study
 
 
 def _parse_uint(part: str, text: str) -> int:
@@ -185,9 +186,11 @@ def parse_sizes(text: str | None, spec: ModelSpec) -> list[int]:
                 raise ValueError(f"invalid --sizes {text!r}: range {item.strip()!r} has a zero step")
             if stop < start:
                 raise ValueError(f"invalid --sizes {text!r}: range {item.strip()!r} has stop < start")
-            sizes.extend(range(start, stop + 1, step))
+            sizes.extend(range(start, stop + 1, step)[: MAX_SIZES + 1])  # never expand a huge range
         else:
             sizes.append(_parse_uint(item, text))
+        if len(sizes) > MAX_SIZES:
+            raise ValueError(f"invalid --sizes {text!r}: more than {MAX_SIZES} sizes")
     for size in sizes:
         try:
             validate_size(spec.name, size)
