@@ -155,6 +155,12 @@ class Coordinator:
         """The track that answers for a domain now (tracks.answering_track)."""
         return answering_track(self.ranked[domain], self.tracks, self.health)
 
+    def _best(self, domain: str) -> ChannelTrack | None:
+        """The domain's best usable channel, with a curve or not yet: the one edges wait for (a
+        finer trace that has not delivered yet must not be overtaken by a coarser one)."""
+        chosen = policy.choose(self.ranked[domain], self.health, lambda c: True)
+        return None if chosen is None else self.tracks[chosen.id]
+
     def _covered(self, t_ns: int, now: int, final: bool) -> bool:
         """Have readings of every domain's answering channel passed t (or given up on it)?"""
         return final or now - t_ns > MAX_WAIT_NS or t_ns <= self._horizon_ns
@@ -167,7 +173,7 @@ class Coordinator:
         report at least once a second)."""
         started = self.rec.start_ns if self.rec.start_ns is not None else now
         horizon = float("inf")
-        for tr in map(self.primary, self.ranked):
+        for tr in map(self._best, self.ranked):
             if tr is None:
                 continue
             has_curve = tr.curve() is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from aipm_fast import policy
 from aipm_fast.coordinator import Coordinator
 from aipm_fast.offline import DomainEnergy
 from aipm_fast.results import Window
@@ -68,7 +69,13 @@ class SpanEnergy:
         closed, provisional while it is open."""
         w = self.window
         assert w is not None
-        tr = self.coordinator.primary(domain)
+        c = self.coordinator
+        chosen = policy.choose(
+            c.ranked[domain],
+            c.health,
+            lambda ch: np.isfinite(w.start_j.get(ch.id, np.nan)) and c.tracks[ch.id].last_ns is not None,
+        )
+        tr = c.tracks[chosen.id] if chosen is not None else None
         start_j = w.start_j.get(tr.channel_id, np.nan) if tr is not None else np.nan
         if tr is None or tr.last_ns is None or not np.isfinite(start_j) or tr.last_ns <= w.start_ns:
             e, u, method = self.coordinator.results.window_figures(w, domain) if w.end_resolved else (None, None, "")
