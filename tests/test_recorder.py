@@ -41,7 +41,9 @@ def test_powercap_energy_within_1_percent_with_several_wraps(fake_powercap):
     ]:
         truth = writer.energy_j(key, rec.start_ns, rec.stop_ns)
         assert result[domain].energy_j == pytest.approx(truth, rel=0.01), (domain, result[domain], rec.status())
-        assert result[domain].method == "energy: counter"
+        # a reader stalled on a busy machine may leave a gap, unwrapped and said so; never more
+        method = result[domain].method
+        assert method.startswith("energy: counter") and "reset" not in method and "glitch" not in method, method
     assert result["rapl:package-0"].energy_j > 10 * 3.0  # it really went round the range
 
 
@@ -239,6 +241,7 @@ def test_a_counter_reset_is_bridged_not_read_as_a_wrap(tmp_path):
     rec.drain()
     writer.stop()
     first = writer.energy_j("intel-rapl:0", rec.start_ns, writer.stop_ns)
+    paused_from = writer.stop_ns
     width = tree.zones["intel-rapl:0"].width
     tree.zones["intel-rapl:0"].energy_path.write_bytes(b"%0*d\n" % (width, 12_000_000))  # 12 J
     writer.start()
@@ -246,8 +249,12 @@ def test_a_counter_reset_is_bridged_not_read_as_a_wrap(tmp_path):
     rec.close()
     writer.stop()
     second = writer.energy_j("intel-rapl:0", writer.start_ns, rec.stop_ns)
+    # The fake's counter stands still while its writer restarts; the sampler records only
+    # changes, so the step across the reset spans that pause and is bridged at the power around
+    # it, as a real counter (which never pauses) would be.
+    paused = 40.0 * (writer.start_ns - paused_from) / 1e9
     d = rec.energy()["rapl:package-0"]
-    assert d.energy_j == pytest.approx(first + second, rel=0.02), d  # not + 262 kJ
+    assert d.energy_j == pytest.approx(first + second + paused, rel=0.02), d  # not + 262 kJ
     assert "1 reset bridged" in d.method
     assert next(s for s in rec.status() if s.name == "rapl:package-0.energy").events == "1 reset bridged"
     assert rec.channels[
