@@ -1,6 +1,7 @@
 """The generic hwmon source on a fake tree: what each chip means, its energy in `record`, the
 Meter and the bench's columns, and unknown chips measured but kept out of totals."""
 
+import os
 import time
 
 import pytest
@@ -91,3 +92,16 @@ def test_meter_and_bench_totals_count_the_gpus_and_leave_out_what_may_repeat(tre
     assert sorted(additive_domains(m.domains)) == ["hwmon:amdgpu-0", "hwmon:amdgpu-1"]
     total = total_j(m.results.window_energy(w), m.domains)
     assert total == pytest.approx(230.0 * duration, rel=0.03)
+
+
+def test_a_fifo_in_a_hwmon_folder_cannot_hang_discovery(tmp_path):
+    chip = tmp_path / "hwmon" / "hwmon0"
+    chip.mkdir(parents=True)
+    os.mkfifo(chip / "name")
+    os.mkfifo(chip / "power1_input")
+    os.mkfifo(chip / "power1_average_interval")
+    (chip / "power1_average").write_text("5000000\n")
+    found = hwmon.discover(Engine(10), EngineConfig(hwmon_root=str(tmp_path / "hwmon")))
+    assert [c.label for c in found.channels] == ["power_average"]  # the regular file is read
+    assert list(found.domains) == ["hwmon:hwmon0"]  # named after its folder
+    assert any(p.target.endswith("power1_input") for p in found.problems)

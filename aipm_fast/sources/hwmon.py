@@ -26,6 +26,7 @@ from aipm_fast.sources.base import (
     Discovery,
     Domain,
     Problem,
+    read_small_file,
 )
 
 SENSOR_RE = re.compile(r"^(power|energy)(\d+)_(average|input)$")
@@ -62,8 +63,8 @@ FILE_READINGS = {
 
 
 def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read().strip()
+    """A small sysfs file's text, never blocking on a FIFO planted there (OSError then)."""
+    return read_small_file(path).strip()
 
 
 def find_sensors(root: str) -> list[tuple[str, str, dict[int, list[str]]]]:
