@@ -18,8 +18,19 @@ from rich.table import Table
 
 from aipm_fast.config import HARDWARE_OPTIONS, EngineConfig, HardwareOption
 
-console = Console(stderr=True)  # tables and messages; stdout stays clean for --json
-out = Console()
+
+def _console(stderr: bool) -> Console:
+    """A console for a terminal, or for a log (CI, a batch job, `| tee`): there rich would cut
+    tables at 80 columns and a headline figure would read `0.5…`, so lines take the width their
+    content needs (COLUMNS, where set, still rules)."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if stream.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH
+    return Console(stderr=stderr, width=wide)
+
+
+LOG_WIDTH = 1000
+console = _console(stderr=True)  # tables and messages; stdout stays clean for --json
+out = _console(stderr=False)
 
 
 class _Parsed(click.ParamType):

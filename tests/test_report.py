@@ -455,3 +455,19 @@ def test_read_samples_falls_back_to_the_parts_of_a_killed_run(tmp_path):
     w(records)  # never closed: as a SIGKILL leaves it
     samples = read_samples(tmp_path / "samples.parquet")
     assert len(samples) == 10 and set(samples["channel"].astype(str)) == {"rapl:package-0.energy"}
+
+
+def test_the_console_table_is_whole_in_a_log(bench):
+    # piped, as in CI or `| tee`: no column may be cut to fit 80 characters
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "report", str(bench)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    table = result.stderr[result.stderr.index("┏") : result.stderr.index("┘") + 1]
+    assert "…" not in table and max(len(line) for line in table.splitlines()) > 80
+    assert "total J/inf" in table and "0.0132" in table  # the headline column and its figure, whole
