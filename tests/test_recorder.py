@@ -249,12 +249,13 @@ def test_a_counter_reset_is_bridged_not_read_as_a_wrap(tmp_path):
     rec.close()
     writer.stop()
     second = writer.energy_j("intel-rapl:0", writer.start_ns, rec.stop_ns)
-    # The fake's counter stands still while its writer restarts; the sampler records only
-    # changes, so the step across the reset spans that pause and is bridged at the power around
-    # it, as a real counter (which never pauses) would be.
+    # The fake's counter stands still while its writer restarts. The sampler records changes
+    # (and a heartbeat a second), so the step across the reset spans that pause, or the part
+    # of it after a heartbeat, and is bridged at the power around it, as a real counter (which
+    # never pauses) would be: the energy lies between the two runs' and that plus the pause's.
     paused = 40.0 * (writer.start_ns - paused_from) / 1e9
     d = rec.energy()["rapl:package-0"]
-    assert d.energy_j == pytest.approx(first + second + paused, rel=0.02), d  # not + 262 kJ
+    assert 0.98 * (first + second) <= d.energy_j <= 1.02 * (first + second + paused), d  # not + 262 kJ
     assert "1 reset bridged" in d.method
     assert next(s for s in rec.status() if s.name == "rapl:package-0.energy").events == "1 reset bridged"
     assert rec.channels[
