@@ -39,6 +39,7 @@ if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
 from fakes.msr import FakeMsr, MsrWriter, build_msr_tree  # noqa: E402
+from fakes.nvml_clock import declare_clock_helpers  # noqa: E402
 from fakes.powercap import (  # noqa: E402
     DEFAULT_MAX_ENERGY_RANGE_UJ,
     DEFAULT_PERIOD_S,
@@ -117,6 +118,7 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.fake_nvml_calls.restype = ctypes.c_ulong
     lib.fake_nvml_calls.argtypes = [ctypes.c_char_p]
     lib.fake_nvml_reset_calls.restype = None
+    declare_clock_helpers(lib)
     if hasattr(lib, "nvmlDeviceGetSamples"):
         lib.nvmlDeviceGetSamples.argtypes = [
             ctypes.c_void_p,

@@ -27,6 +27,7 @@ from fakes.msr import (
     INTEL_RAPL_POWER_UNIT,
     esu_of,
 )
+from fakes.nvml_clock import NvmlClock
 from recording import drain_for
 
 # ---- NVML constants and structures (the layouts of csrc/src_nvml.c) ----
@@ -40,6 +41,7 @@ ULONG_MAX = 2 ** (8 * ctypes.sizeof(ctypes.c_ulong)) - 1
 FAKE_ENV = [
     "FAKE_NVML_GPUS",
     "FAKE_NVML_TRACE",
+    "FAKE_NVML_LOAD",
     "FAKE_NVML_SAMPLE_MS",
     "FAKE_NVML_UTIL",
     "FAKE_NVML_LOSE_GPU_AFTER_S",
@@ -550,19 +552,27 @@ def test_sensor_stamps_are_irregular_increasing_and_repeatable(nvml):
     assert n.samples(n.handle(0))[1][1:] != n.samples(n.handle(1))[1][1:]
 
 
-def test_sensor_leaves_the_energy_counter_on_the_true_trace(nvml):
-    n = nvml(trace="square:100,300,130", sensor="lag_ms=5,tau_ms=10,jitter_ms=6,overshoot=0.3,overshoot_ms=30")
+def assert_counter_counts_the_truth(n, seconds):
+    """GPU 0's energy counter over `seconds` of real time lies within the truth's energy over
+    the spans that surely are inside and surely contain the two reads (±2 mJ for the counter's
+    truncation); -> the counted J and the truth between the reads' midpoints."""
     dev = n.handle(0)
     a0 = time.time_ns()
     c0 = n.energy_mj(dev)[1]
     b0 = time.time_ns()
-    time.sleep(0.5)
+    time.sleep(seconds)
     a1 = time.time_ns()
     c1 = n.energy_mj(dev)[1]
     b1 = time.time_ns()
     lo, hi = n.energy_j(0, a1) - n.energy_j(0, b0), n.energy_j(0, b1) - n.energy_j(0, a0)
     assert lo - 0.002 <= (c1 - c0) / 1000 <= hi + 0.002
-    assert (c1 - c0) / 1000 == pytest.approx(n.energy_j(0, (a1 + b1) // 2) - n.energy_j(0, (a0 + b0) // 2), rel=0.01)
+    return (c1 - c0) / 1000, n.energy_j(0, (a1 + b1) // 2) - n.energy_j(0, (a0 + b0) // 2)
+
+
+def test_sensor_leaves_the_energy_counter_on_the_true_trace(nvml):
+    n = nvml(trace="square:100,300,130", sensor="lag_ms=5,tau_ms=10,jitter_ms=6,overshoot=0.3,overshoot_ms=30")
+    counted_j, truth_j = assert_counter_counts_the_truth(n, 0.5)
+    assert counted_j == pytest.approx(truth_j, rel=0.01)
 
 
 def test_recorder_sees_the_sensor_lag_and_the_true_energy(fake_nvml_lib, fake_nvml_ctypes, monkeypatch):
@@ -659,6 +669,254 @@ def test_without_a_sensor_readings_are_the_trace(nvml, monkeypatch):
     t = n.origin_us() / 1e6 + 0.102
     assert n.lib.fake_nvml_sensed_w(0, t) < 150 < n.lib.fake_nvml_power_w(0, t)
     assert n.lib.nvmlShutdown() == SUCCESS
+
+
+# ---- a trace from a file, the load response, the virtual clock ----
+
+LLONG_MIN = -(2**63)
+
+
+def write_trace(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def midpoint_integral_j(lib, gpu, from_us, to_us, step_us=10):
+    """The numeric integral of fake_nvml_true_w over [from_us, to_us] by midpoints of step_us
+    cells: exact on the constant and linear pieces, whose breaks the tests put on the grid."""
+    total = sum(lib.fake_nvml_true_w(gpu, t + step_us // 2) for t in range(from_us, to_us, step_us))
+    return total * step_us / 1e6
+
+
+def test_segments_trace_holds_each_power_from_its_start(nvml, tmp_path):
+    path = write_trace(tmp_path / "t.txt", ["# start_ms watts", "100 50", "", "250.5 300", "  400 120  "])
+    n = nvml(gpus=2, trace=f"segments:{path}")
+    lib = n.lib
+    for rel_us, want in [(-5000, 50), (0, 50), (100_000, 50), (250_499, 50), (250_500, 300), (399_999, 300),
+                         (400_000, 120), (10**9, 120)]:  # fmt: skip
+        assert lib.fake_nvml_true_w(0, rel_us) == want, rel_us
+        assert lib.fake_nvml_true_w(1, rel_us) == want + 10
+        assert lib.fake_nvml_sensed_at_w(0, rel_us) == want  # no sensor: the samples hold the power
+    # from the origin: 100 ms before the first start at its power, then each segment in turn
+    want_j = 0.1 * 50 + 0.1505 * 50 + 0.1495 * 300 + 0.6 * 120
+    assert lib.fake_nvml_energy_between_j(0, 0, 1_000_000) == pytest.approx(want_j, rel=1e-12)
+    assert lib.fake_nvml_energy_between_j(1, 0, 1_000_000) == pytest.approx(want_j + 10, rel=1e-12)
+    assert lib.fake_nvml_energy_between_j(0, 1_000_000, 0) == pytest.approx(-want_j, rel=1e-12)
+    # the real-clock helpers and the counter agree with it
+    origin_ns = n.origin_us() * 1000
+    assert n.energy_j(0, origin_ns + 1_000_000_000) == pytest.approx(want_j, rel=1e-12)
+    time.sleep(0.05)
+    rc, got, _ = n.samples(n.handle(0))
+    assert rc == SUCCESS and got
+    for ts, mw in got:
+        assert mw == round(lib.fake_nvml_true_w(0, ts - n.origin_us()) * 1000)
+
+
+def test_segments_file_errors_name_the_file_and_line(nvml, tmp_path, capfd):
+    cases = {
+        "missing.txt": None,
+        "empty.txt": ["# nothing", ""],
+        "word.txt": ["0 100", "ten 200"],
+        "three.txt": ["0 100", "10 200 5"],
+        "one.txt": ["0 100", "10"],
+        "back.txt": ["0 100", "10 200", "10.0004 300"],  # the same µs
+        "negative.txt": ["0 100", "10 -1"],
+        "nan.txt": ["0 100", "nan 200"],
+    }
+    expect = {
+        "missing.txt": "cannot open",
+        "empty.txt": "no START_MS WATTS line",
+        "word.txt": "line 2",
+        "three.txt": "line 2",
+        "one.txt": "line 2",
+        "back.txt": "line 3",
+        "negative.txt": "line 2",
+        "nan.txt": "line 2",
+    }
+    for name, lines in cases.items():
+        path = tmp_path / name
+        if lines is not None:
+            write_trace(path, lines)
+        n = nvml(init=False, trace=f"segments:{path}")
+        assert n.lib.nvmlInit_v2() == UNKNOWN, name
+        err = capfd.readouterr().err
+        assert f"FAKE_NVML_TRACE=segments:{path}" in err and f"{path}" in err.split("(", 1)[1], err
+        assert expect[name] in err, err
+
+
+def test_segments_of_a_million_lines(nvml, tmp_path):
+    lines = 1_000_000
+    path = tmp_path / "long.txt"
+    path.write_text("".join(f"{i} {100 + (i % 7) * 10}\n" for i in range(lines)))
+    n = nvml(trace=f"segments:{path}")
+    lib = n.lib
+    for i in [0, 1, 6, 7, 123_457, lines - 1]:
+        assert lib.fake_nvml_true_w(0, i * 1000 + 500) == 100 + (i % 7) * 10
+    assert lib.fake_nvml_true_w(0, lines * 1000 + 10**9) == 100 + ((lines - 1) % 7) * 10
+    whole_weeks = lines // 7  # seven 1 ms segments of 100..160 W: 0.91 J a week
+    assert lib.fake_nvml_energy_between_j(0, 0, whole_weeks * 7000) == pytest.approx(whole_weeks * 0.91, rel=1e-9)
+
+
+LOAD = {"overshoot": 0.3, "overshoot_ms": 20, "fall_ms": 15}
+LOAD_SETTING = ",".join(f"{k}={v}" for k, v in LOAD.items())
+
+
+def trace_cases(tmp_path):
+    """(trace, load) settings whose breaks lie on a 10 µs grid, each with and without the load
+    response (which only steps get)."""
+    seg = write_trace(tmp_path / "seg.txt", ["-200 80", "30 300", "45 120", "46 260", "300 90", "301 90", "500 400"])
+    traces = [f"segments:{seg}", "square:100,300,130", "square:300,100,52", "triangle:100,200,130", "const:75"]
+    return [(trace, load) for trace in traces for load in (None, LOAD_SETTING)]
+
+
+def test_true_energy_is_exact_for_every_trace_and_load(nvml, tmp_path):
+    for trace, load in trace_cases(tmp_path):
+        n = nvml(gpus=2, trace=trace, **({"load": load} if load else {}))
+        for gpu, (a_us, b_us) in [(0, (-300_000, 700_000)), (1, (2_000_000, 2_400_000))]:
+            numeric = midpoint_integral_j(n.lib, gpu, a_us, b_us)
+            exact = n.lib.fake_nvml_energy_between_j(gpu, a_us, b_us)
+            assert exact == pytest.approx(numeric, rel=1e-6), (trace, load, gpu)
+        # the counter's helpers are the same integral from the origin
+        origin_ns = n.origin_us() * 1000
+        assert n.energy_j(0, origin_ns + 700_000_000) == pytest.approx(
+            n.lib.fake_nvml_energy_between_j(0, 0, 700_000), rel=1e-12
+        )
+
+
+def test_load_overshoots_rises_and_slows_falls(nvml, tmp_path):
+    f, o_ms, x_ms = LOAD["overshoot"], LOAD["overshoot_ms"], LOAD["fall_ms"]
+    path = write_trace(tmp_path / "step.txt", ["0 100", "1000 300", "2000 100"])
+    lib = nvml(trace=f"segments:{path}", load=LOAD_SETTING).lib
+    for x_ms in [0, 0.5, 3, 20, 100]:
+        rise_tail = f * 200 * math.exp(-x_ms / o_ms)
+        assert lib.fake_nvml_true_w(0, round((1000 + x_ms) * 1000)) == pytest.approx(300 + rise_tail, rel=1e-12)
+        fall_tail = 200 * math.exp(-x_ms / LOAD["fall_ms"]) + f * 200 * math.exp(-(1000 + x_ms) / o_ms)
+        assert lib.fake_nvml_true_w(0, round((2000 + x_ms) * 1000)) == pytest.approx(100 + fall_tail, rel=1e-12)
+    assert lib.fake_nvml_true_w(0, 999_999) == 100  # nothing before the rise
+    x_ms = LOAD["fall_ms"]
+    for a_ms in [1, 10, 50, 500]:
+        rise_j = 300 * a_ms / 1000 + f * 200 * o_ms / 1000 * (1 - math.exp(-a_ms / o_ms))
+        assert lib.fake_nvml_energy_between_j(0, 1_000_000, 1_000_000 + a_ms * 1000) == pytest.approx(rise_j, rel=1e-9)
+    # over the whole run every step's tail is in: the excess is F d O for the rise, d X for the fall
+    excess_j = lib.fake_nvml_energy_between_j(0, 0, 60_000_000) - (100 * 59 + 300 * 1)
+    assert excess_j == pytest.approx(f * 200 * o_ms / 1000 + 200 * x_ms / 1000, rel=1e-9)
+
+
+def test_load_on_a_square_trace_is_every_steps_tail(nvml):
+    f, o_ms, x_ms = LOAD["overshoot"], LOAD["overshoot_ms"], LOAD["fall_ms"]
+    lib = nvml(trace="square:100,300,40", load=LOAD_SETTING).lib  # steps 20 ms apart: tails overlap
+
+    def brute_force_w(t_ms):  # the trace plus every step's tail back 60 time constants
+        value = 100 if t_ms % 40 < 20 else 300
+        k = math.floor(t_ms / 20)
+        while k * 20 > t_ms - 60 * o_ms:
+            age = t_ms - k * 20
+            value += f * 200 * math.exp(-age / o_ms) if k % 2 else 200 * math.exp(-age / x_ms)
+            k -= 1
+        return value
+
+    for t_ms in [0, 0.25, 7, 19.99, 20, 33.3, 1000.5, -512.75]:
+        assert lib.fake_nvml_true_w(0, round(t_ms * 1000)) == pytest.approx(brute_force_w(t_ms), rel=1e-9), t_ms
+    # steady state: each period has one rise and one fall, so it draws their whole excess
+    for start_us in [0, 13_000, 5_000_000]:
+        period_j = lib.fake_nvml_energy_between_j(0, start_us, start_us + 40_000)
+        assert period_j == pytest.approx(0.02 * 400 + f * 200 * o_ms / 1000 + 200 * x_ms / 1000, rel=1e-9)
+
+
+def test_load_is_what_the_counter_and_the_sensor_see(nvml):
+    n = nvml(trace="square:100,300,130", load=LOAD_SETTING, sensor="lag_ms=7")
+    lib = n.lib
+    for rel_us in range(0, 400_000, 2_500):
+        assert lib.fake_nvml_sensed_at_w(0, rel_us) == lib.fake_nvml_true_w(0, rel_us - 7000)
+    assert_counter_counts_the_truth(n, 0.3)
+
+
+def test_load_settings_are_checked(nvml, capfd):
+    for bad in ["overshoot=0.3", "fall=3", "fall_ms=-1", "fall_ms=3,fall_ms=4", "overshoot_ms=x"]:
+        n = nvml(init=False, trace="square:100,300,100", load=bad)
+        assert n.lib.nvmlInit_v2() == UNKNOWN, bad
+        assert f"FAKE_NVML_LOAD={bad}" in capfd.readouterr().err
+    n = nvml(init=False, trace="triangle:100,200,100", load="fall_ms=3")  # no steps: the power is the trace
+    assert n.lib.nvmlInit_v2() == SUCCESS
+    assert n.lib.fake_nvml_true_w(0, 75_000) == 200
+    assert n.lib.nvmlShutdown() == SUCCESS
+
+
+def ramp_through_low_pass(x_ms, window_ms, tau_ms):
+    """A unit step averaged over window_ms, then low-passed by tau_ms, x_ms after the step
+    (closed form): (G(x) - G(x - W)) / W with G(u) = u - tau (1 - e^(-u/tau)) for u > 0."""
+
+    def g(u):
+        return u - tau_ms * (1 - math.exp(-u / tau_ms)) if u > 0 else 0.0
+
+    return (g(x_ms) - g(x_ms - window_ms)) / window_ms
+
+
+def test_sensor_window_makes_a_step_a_ramp(nvml, tmp_path):
+    path = write_trace(tmp_path / "step.txt", ["0 100", "1000 300"])
+    lib = nvml(trace=f"segments:{path}", sensor="window_ms=25,lag_ms=5").lib
+    for x_us in range(-2000, 40_000, 250):  # x after the lagged step
+        want = 100 + 200 * min(max(x_us / 25_000, 0.0), 1.0)
+        assert lib.fake_nvml_sensed_at_w(0, 1_005_000 + x_us) == pytest.approx(want, abs=1e-9), x_us
+    # with a low-pass too: the mean of the low-passed power over [t - lag - W, t - lag]
+    lib = nvml(trace=f"segments:{path}", sensor="window_ms=25,lag_ms=5,tau_ms=10").lib
+    for x_us in range(-2000, 100_000, 500):
+        want = 100 + 200 * ramp_through_low_pass(x_us / 1000, 25, 10)
+        slope = 200 / 25  # W/ms at most; the sum places an edge's age to half a step
+        assert lib.fake_nvml_sensed_at_w(0, 1_005_000 + x_us) == pytest.approx(want, abs=slope * STEP_MS / 2 + 1e-6)
+
+
+def test_sensor_window_averages_the_true_power_with_its_load(nvml):
+    lib = nvml(trace="square:100,300,130", load=LOAD_SETTING, sensor="window_ms=25,lag_ms=3").lib
+    for rel_us in range(100_000, 500_000, 1_700):
+        mean_w = lib.fake_nvml_energy_between_j(0, rel_us - 28_000, rel_us - 3_000) / 0.025
+        assert lib.fake_nvml_sensed_at_w(0, rel_us) == pytest.approx(mean_w, rel=1e-12)
+    bad = nvml(init=False, sensor="window_ms=-5")
+    assert bad.lib.nvmlInit_v2() == UNKNOWN
+
+
+def test_sample_stamps_on_the_virtual_clock_are_the_drivers(nvml):
+    n = nvml(gpus=2, trace="square:100,300,130", sensor="lag_ms=5,tau_ms=10,jitter_ms=6")
+    lib = n.lib
+    for gpu in range(2):
+        stamps = [lib.fake_nvml_sample_stamp_us(gpu, k) for k in range(3000)]
+        assert stamps[0] == 0 and lib.fake_nvml_sample_stamp_us(gpu, -1) == LLONG_MIN
+        assert all(b > a for a, b in zip(stamps, stamps[1:]))
+        offsets = [ts - 20_000 * k for k, ts in enumerate(stamps)]
+        assert max(abs(o) for o in offsets) <= 6000 and max(offsets) > 5000 and min(offsets) < -5000
+        assert len(set(offsets)) > 1000  # irregular
+        assert math.isnan(lib.fake_nvml_sample_w(gpu, -1))
+    time.sleep(0.3)
+    rc, got, _ = n.samples(n.handle(1))
+    assert rc == SUCCESS and len(got) >= 10
+    for k, (ts, mw) in enumerate(got):  # what the driver holds, sample for sample
+        assert ts - n.origin_us() == lib.fake_nvml_sample_stamp_us(1, k)
+        assert mw / 1000 == lib.fake_nvml_sample_w(1, k)
+
+
+def test_nvml_clock_serves_a_minute_of_samples_and_their_truth(fake_nvml_lib):
+    schedule = [(i * 0.5, 100.0 if i % 2 == 0 else 300.0) for i in range(120)]
+    env_before = dict(os.environ)
+    with NvmlClock(
+        fake_nvml_lib, schedule=schedule, load=LOAD_SETTING, sensor="lag_ms=5,tau_ms=10,jitter_ms=4"
+    ) as clock:
+        assert dict(os.environ) == env_before  # the settings were in force for the init only
+        stamps, watts = clock.samples(0.0, 60.0)
+        assert 2990 <= len(stamps) <= 3001 and (stamps[1:] > stamps[:-1]).all()
+        assert stamps[0] == 0.0 and stamps[-1] <= 60.0
+        for i in [0, 1, 777, len(stamps) - 1]:
+            assert watts[i] == round(clock.sensed_w(stamps[i]) * 1000) / 1000
+        part_s, part_w = clock.samples(10.0, 11.0)
+        assert (part_s >= 10.0).all() and (part_s <= 11.0).all() and len(part_s) in (49, 50, 51)
+        assert set(part_s) <= set(stamps)
+        # the truth: the schedule's energy plus every step's whole tail (60 rises, 59 falls)
+        f, o_s, x_s = LOAD["overshoot"], LOAD["overshoot_ms"] / 1000, LOAD["fall_ms"] / 1000
+        tails_j = 60 * f * 200 * o_s + 59 * 200 * x_s
+        schedule_j = 60 * 0.5 * (100 + 300) + 1.0 * 300  # the last 300 W holds past 60 s
+        assert clock.energy_j(0.0, 60.0 + 1.0) == pytest.approx(schedule_j + tails_j, rel=1e-6)
+        assert clock.true_w(0.5) == pytest.approx(300 + f * 200)
+    with pytest.raises(ValueError, match="refused"):
+        NvmlClock(fake_nvml_lib, schedule=[(0.0, -1.0)])
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
  * exactly what a driver that had been sampling since nvmlInit would hold at t. That keeps the
  * fake stateless between calls, hence safe to call from the sampler thread and from the test
  * thread at once, and makes the truth available in closed form (fake_nvml_energy_j).
+ * The true power is the trace plus FAKE_NVML_LOAD's response to its steps; the energy
+ * counter, nvmlDeviceGetPowerUsage, the truth helpers and the sensor all see it.
  *
  * Configuration, read from the environment by every nvmlInit_v2. NVML's init is reference
  * counted, and an init that finds the same settings in force shares them and their time
@@ -19,7 +21,19 @@
  *                   triangle:B,A,P   triangle wave from B up to B+A and back, period P ms,
  *                                    at B at the origin
  *                   square:L,H,P     L for the first half of each period, H for the second
+ *                   segments:PATH    piecewise constant, from a text file of lines
+ *                                    `START_MS WATTS` (ms after the origin, strictly
+ *                                    increasing after rounding to whole µs; W in 0..1e7):
+ *                                    each power holds from its start to the next one's,
+ *                                    the first one's before it, the last one's after it.
+ *                                    Blank lines and lines starting with # are skipped; at
+ *                                    most 10,000,000 lines, looked up by binary search. A
+ *                                    file that cannot be read or a bad line fails the init
+ *                                    with the file and line named (START_MS within
+ *                                    +-1e12)
  *                   GPU i draws the trace plus i*10 W.
+ *   FAKE_NVML_LOAD=key=v[,key=v]     the GPU's true power at the trace's steps (default: none,
+ *                                    the true power is the trace); see "Load response" below
  *   FAKE_NVML_SAMPLE_MS=ms           driver sampling period (default 20)
  *   FAKE_NVML_UTIL=G[,M]             utilisation rates in % (default 50,20)
  *   FAKE_NVML_LOSE_GPU_AFTER_S=s     device functions fail with GPU_IS_LOST s seconds after the
@@ -40,44 +54,79 @@
  * nvmlDeviceGetSamples and nvmlDeviceGetTotalEnergyConsumption, as older drivers do.
  *
  * Time origin: CLOCK_REALTIME at init, rounded down to a multiple of 20 ms. The driver's
- * sample k is taken at origin + k * FAKE_NVML_SAMPLE_MS and holds the trace at that instant
+ * sample k is taken at origin + k * FAKE_NVML_SAMPLE_MS and holds the true power at that instant
  * (unless FAKE_NVML_SENSOR says otherwise).
+ *
+ * Load response (FAKE_NVML_LOAD). A real GPU's power overshoots when its load rises and
+ * settles slowly when it falls; that energy is drawn, so the counter sees it too. Keys, each
+ * optional (0 or absent: off), in any order, with the same checks as FAKE_NVML_SENSOR's:
+ *   overshoot=F     each rise of the trace by d adds F d e^(-age/O) to the power, age the time
+ *   overshoot_ms=O  since the rise; F without O fails the init
+ *   fall_ms=X       each fall by d leaves d e^(-age/X) above the new level, so that the power
+ *                   approaches it with time constant X instead of at once
+ * Only steps count (square and segments traces): a triangle's ramps get none. Every step's
+ * tail adds up, however old: a segments trace keeps, per step, the tails' sum just after it
+ * (one binary search and one exponential per lookup); a square trace's steps repeat every
+ * period, so their tails sum as a geometric series (steady state since ever). The energy is
+ * exact in closed form: a step's tail of C W with time constant T gives C T in all, so the
+ * energy up to t is the sum of C T over the steps up to t minus T times each tail's power
+ * left at t. No tail is cut off, so there is no truncation error, only the rounding of doubles.
+ * This is the GPU's real power; FAKE_NVML_SENSOR's own overshoot is the sensor's, seen by the
+ * samples only, and the two add.
  *
  * Sensor response (FAKE_NVML_SENSOR). A real H200's 50 Hz samples are not the power at their
  * stamps: they lag, smooth, overshoot on a rise, and their stamps are irregular. With this set,
  * a sample stamped t (and field 186 read at t) reports what a sensor with this response would
- * show at t; the energy counter, nvmlDeviceGetPowerUsage and the truth helpers keep the trace
- * itself. Keys, each optional (0 or absent: that part of the response is off), in any order:
- *   lag_ms=D        pure delay: the sensor sees the trace D ms late
+ * show at t; the energy counter, nvmlDeviceGetPowerUsage and the truth helpers keep the true
+ * power. Keys, each optional (0 or absent: that part of the response is off), in any order:
+ *   window_ms=W     the sensor averages the true power over W ms: what the rest of the response
+ *                   acts on at s is the mean over [s - W, s], exactly (the true energy's
+ *                   difference / W); with lag and tau the reading at t is the mean of the
+ *                   lagged, low-passed power over [t - lag - W, t - lag] (the two filters
+ *                   commute), and an overshoot follows the rises of the mean
+ *   lag_ms=D        pure delay: the sensor sees the true power D ms late
  *   tau_ms=T        first-order low-pass with time constant T ms: after a step, the reading is
  *                   1 - e^(-x/T) of the way there x ms after the delay, halfway at D + T ln 2
  *                   (without overshoot, which brings that earlier)
- *   overshoot=F     each rise of the trace (a step or a ramp) adds F times its size, decaying
- *   overshoot_ms=O  with time constant O ms, to what the sensor sees, hence low-passed by T
- *                   too; falls get none. F without O fails the init
+ *   overshoot=F     each rise of what the sensor sees (a step or a ramp) adds F times its
+ *   overshoot_ms=O  size, decaying with time constant O ms, to it, hence low-passed by T too;
+ *                   falls get none. F without O fails the init
  *   jitter_ms=J     sample k >= 1 is stamped k * FAKE_NVML_SAMPLE_MS + j_k, j_k a hash of k
  *                   and the GPU index, uniform in [-J, J] (whole µs); J must be below half
  *                   the sample period, so stamps stay strictly increasing; sample 0 stays at
  *                   the origin
  * e.g. FAKE_NVML_SENSOR=lag_ms=5,tau_ms=10,jitter_ms=4,overshoot=0.3,overshoot_ms=30. Unknown or
  * repeated keys and values outside 0..1e6 fail the init too. The response is a step response
- * g(age): the value reported at t is the delayed trace 10 longest time constants before t,
+ * g(age): the value reported at t is the delayed input 10 longest time constants before t,
  * plus every increment of it since, each weighted by g at its age; the sum runs in steps of
  * the shortest time constant / 32 (at most 4096 steps), so an edge's age is exact to half a
  * step. It is deterministic and a pure function of the clock, about 1-3 µs a sample at
- * T = 10 ms. A later part of the response (distinct rise and fall constants, a power limit
- * with capping noise, an overshoot that the counter sees as well) is one more row in
- * sensor_keys[] and one more term in step_response() or sensed_power_w(), not a second fake.
+ * T = 10 ms, some tens of µs with FAKE_NVML_LOAD or window_ms, whose lookups it makes at each
+ * step (a minute of 50 Hz samples then takes a fraction of a second). A later part of the response (distinct rise and fall constants, a power limit with
+ * capping noise) is one more row in sensor_keys[] and one more term in step_response() or
+ * sensed_power_w(), not a second fake.
  *
- * Test helpers (not NVML): fake_nvml_energy_j, fake_nvml_energy_ns_j, fake_nvml_power_w,
- * fake_nvml_sensed_w, fake_nvml_origin_us, fake_nvml_calls, fake_nvml_reset_calls. A test
- * that loads this library with ctypes from the same path as the code under test shares its
- * state (the dynamic loader maps a file once), so it sees the same origin and the same call
- * counts.
+ * Test helpers (not NVML), on the real clock (CLOCK_REALTIME seconds or ns): fake_nvml_energy_j,
+ * fake_nvml_energy_ns_j, fake_nvml_power_w, fake_nvml_sensed_w, fake_nvml_origin_us,
+ * fake_nvml_calls, fake_nvml_reset_calls. On a clock the test controls (µs after the origin,
+ * any time, past or future; NAN, or LLONG_MIN, before the first init), so that a test can step
+ * through a minute of virtual time in a fraction of a second (tests/fakes/nvml_clock.py wraps
+ * them):
+ *   double fake_nvml_true_w(gpu, rel_us)             the true power at rel_us
+ *   double fake_nvml_sensed_at_w(gpu, rel_us)        what a sample stamped rel_us reports
+ *   long long fake_nvml_sample_stamp_us(gpu, k)      driver sample k's stamp, with the jitter
+ *                                                    (k >= 0; LLONG_MIN otherwise)
+ *   double fake_nvml_sample_w(gpu, k)                the value sample k holds, in whole mW as
+ *                                                    the driver gives it, in W
+ *   double fake_nvml_energy_between_j(gpu, from_us, to_us)  the true energy over the span
+ * A test that loads this library with ctypes from the same path as the code under test shares
+ * its state (the dynamic loader maps a file once), so it sees the same origin and the same
+ * call counts.
  *
  * Plain C11 with libc only: no libm call is made (NAN is a compile-time constant), so the
  * library builds with nothing but `gcc -shared -fPIC`. */
 #define _POSIX_C_SOURCE 200809L
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -150,36 +199,77 @@ static const char *const fn_names[FN_COUNT] = {
 };
 static atomic_ulong fn_calls[FN_COUNT];
 
-typedef enum { TRACE_CONST, TRACE_TRIANGLE, TRACE_SQUARE } trace_kind;
+typedef enum { TRACE_CONST, TRACE_TRIANGLE, TRACE_SQUARE, TRACE_SEGMENTS } trace_kind;
+
+/* A KEY=VALUE[,...] setting's keys: each a double field of its params struct. */
+struct param_key {
+    const char *name;
+    size_t offset;
+};
+
+static double *param_field(void *params, const struct param_key *keys, size_t key) {
+    return (double *)((char *)params + keys[key].offset);
+}
 
 /* FAKE_NVML_SENSOR's keys, as given (ms, or a fraction); all 0 when a key is absent. */
 struct sensor_params {
-    double lag_ms, tau_ms, overshoot, overshoot_ms, jitter_ms;
+    double lag_ms, tau_ms, overshoot, overshoot_ms, jitter_ms, window_ms;
 };
-static const struct sensor_key {
-    const char *name;
-    size_t offset;
-} sensor_keys[] = {
+static const struct param_key sensor_keys[] = {
     {"lag_ms", offsetof(struct sensor_params, lag_ms)},
     {"tau_ms", offsetof(struct sensor_params, tau_ms)},
     {"overshoot", offsetof(struct sensor_params, overshoot)},
     {"overshoot_ms", offsetof(struct sensor_params, overshoot_ms)},
     {"jitter_ms", offsetof(struct sensor_params, jitter_ms)},
+    {"window_ms", offsetof(struct sensor_params, window_ms)},
 };
 #define N_SENSOR_KEYS (sizeof sensor_keys / sizeof sensor_keys[0])
 #define FAKE_SENSOR_WINDOW 10        /* the response is summed over 10 time constants */
 #define FAKE_SENSOR_STEPS_PER_TAU 32 /* in steps of the shorter constant / 32 */
 #define FAKE_SENSOR_MAX_STEPS 4096
 
-static double *sensor_param(struct sensor_params *p, size_t key) {
-    return (double *)((char *)p + sensor_keys[key].offset);
-}
+/* FAKE_NVML_LOAD's keys, as given; all 0 when a key is absent. */
+struct load_params {
+    double overshoot, overshoot_ms, fall_ms;
+};
+static const struct param_key load_keys[] = {
+    {"overshoot", offsetof(struct load_params, overshoot)},
+    {"overshoot_ms", offsetof(struct load_params, overshoot_ms)},
+    {"fall_ms", offsetof(struct load_params, fall_ms)},
+};
+#define N_LOAD_KEYS (sizeof load_keys / sizeof load_keys[0])
+
+#define FAKE_SEGMENTS_MAX 10000000LL /* lines of a segments file */
+
+/* A segments trace, and per step (segment i >= 1 starts with a step from segment i - 1) the
+ * load response's state just after it; see load_tails. Arrays of n, owned by the config. */
+struct segments {
+    long long n;
+    long long *start_us;    /* strictly increasing */
+    double *w;              /* power from start_us[i] on */
+    double *cum_j;          /* trace energy from start_us[0] to start_us[i] */
+    double *rise_w, *fall_w; /* the rises' and the falls' tails just after step i (0 for i = 0) */
+    double *steps_j;        /* the full energy of the tails of steps 1..i */
+};
+
+/* The load response in the units it is computed in, derived once from its params at init. */
+struct load {
+    int on;                  /* FAKE_NVML_LOAD was set, with a response that is not all off */
+    struct load_params p;
+    double rise_tau_us, fall_tau_us; /* 0: that tail is off */
+    /* square trace: its two steps per period (at phase 0 and at the half), each a family of
+     * tails repeating every period: in steady state a tail of amp_w just after its step */
+    struct step_family {
+        long long phase_us;
+        double tau_us, amp_w, full_j; /* full_j: one step's tail energy, C T */
+    } family[2];
+};
 
 /* The response in the units it is computed in, derived once from the params at init. */
 struct sensor {
     int on;                    /* FAKE_NVML_SENSOR was set */
     struct sensor_params p;
-    long long lag_us, jitter_us;
+    long long lag_us, jitter_us, window_us;
     long long step_us;         /* the sum's step; 0: no filter, the delayed trace itself */
     int steps;
     double decay_tau, first_tau;   /* exp(-step / tau), exp(-step / 2 / tau): 0 if tau is 0 */
@@ -193,6 +283,8 @@ struct fake_config {
     trace_kind kind;
     double lo, hi;          /* const: lo; triangle: lo = base, hi = base + amp; square: low, high */
     long long period_us;    /* triangle and square */
+    struct segments seg;    /* segments */
+    struct load load;
     long long sample_us;
     unsigned int util_gpu, util_mem;
     double lose_after_s;    /* < 0: never */
@@ -240,67 +332,13 @@ static void count_call(int fn) {
 static long long floor_div(long long a, long long b) { return a / b - ((a % b != 0) && ((a < 0) != (b < 0))); }
 static long long floor_mod(long long a, long long b) { return a - floor_div(a, b) * b; }
 
-/* Power of GPU 0 at rel_us µs after the origin, in W. Times are integers so that the phase of
- * a grid instant is exact: a triangle corner that falls on a sample is sampled at its corner. */
-static double trace_power_w(long long rel_us) {
-    switch (cfg.kind) {
-    case TRACE_CONST:
-        return cfg.lo;
-    case TRACE_TRIANGLE: {
-        long long ph = floor_mod(rel_us, cfg.period_us);
-        double x = (double)ph / (double)cfg.period_us;          /* [0, 1) */
-        double f = x < 0.5 ? 2.0 * x : 2.0 * (1.0 - x);          /* 0 -> 1 -> 0 */
-        return cfg.lo + (cfg.hi - cfg.lo) * f;
-    }
-    case TRACE_SQUARE: {
-        long long ph = floor_mod(rel_us, cfg.period_us);
-        return 2 * ph < cfg.period_us ? cfg.lo : cfg.hi;        /* steps up at half period */
-    }
-    }
-    return 0.0;
+/* floor of a double without libm, for |x| < 2^63 */
+static double floor_d(double x) {
+    double t = (double)(long long)x;
+    return t > x ? t - 1.0 : t;
 }
 
-/* Exact integral of the GPU 0 trace from the origin to rel_s seconds after it, in J.
- * Whole periods contribute their mean; the last, partial period is integrated piecewise. */
-static double trace_energy_j(double rel_s) {
-    if (rel_s <= 0.0) return 0.0;
-    if (cfg.kind == TRACE_CONST) return cfg.lo * rel_s;
-    double p = (double)cfg.period_us / 1e6;
-    double half = p / 2.0;
-    double n = (double)(long long)(rel_s / p);  /* rel_s > 0, so truncation is floor */
-    double x = rel_s - n * p;                   /* time into the current period */
-    if (x < 0.0) x = 0.0;                       /* guard against rounding */
-    double base = cfg.lo, amp = cfg.hi - cfg.lo;
-    if (cfg.kind == TRACE_TRIANGLE) {
-        double whole = p * (base + amp / 2.0);
-        double part;
-        if (x <= half) {
-            part = base * x + amp * x * x / p;                        /* rising: amp * 2t/p */
-        } else {
-            double y = x - half;
-            part = base * x + amp * half / 2.0 + amp * (y - y * y / p); /* falling: amp * (1 - 2y/p) */
-        }
-        return n * whole + part;
-    }
-    /* square */
-    double whole = half * (cfg.lo + cfg.hi);
-    double part = x <= half ? cfg.lo * x : cfg.lo * half + cfg.hi * (x - half);
-    return n * whole + part;
-}
-
-static double gpu_power_w(unsigned int gpu, long long rel_us) {
-    return trace_power_w(rel_us) + FAKE_GPU_STEP_W * gpu;
-}
-
-static double gpu_energy_j(unsigned int gpu, double rel_s) {
-    if (rel_s <= 0.0) return 0.0;
-    return trace_energy_j(rel_s) + FAKE_GPU_STEP_W * gpu * rel_s;
-}
-
-/* ---- the sensor's response ---- */
-
-/* e^x for x <= 0, without libm: halve x into [-1/2, 0], sum the series, square back. Used
- * only at init, for the decay factors of the response. */
+/* e^x for x <= 0, without libm: halve x into [-1/2, 0], sum the series, square back. */
 static double exp_neg(double x) {
     if (x < -700.0) return 0.0;
     int halvings = 0;
@@ -316,6 +354,152 @@ static double exp_neg(double x) {
     while (halvings-- > 0) sum *= sum;
     return sum;
 }
+
+/* The last segment starting at or before t_us (µs after the origin); -1 before the first. */
+static long long segment_at(double t_us) {
+    const struct segments *sg = &cfg.seg;
+    long long lo = -1, hi = sg->n; /* start_us[lo] <= t_us < start_us[hi], as if at -inf, +inf */
+    while (hi - lo > 1) {
+        long long mid = lo + (hi - lo) / 2;
+        if ((double)sg->start_us[mid] <= t_us) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+/* A square period's high half starts at the first phase where trace_power_w gives hi. */
+static long long square_low_us(void) { return cfg.period_us - cfg.period_us / 2; }
+
+/* Power of GPU 0's trace at rel_us µs after the origin, in W. Times are integers so that the
+ * phase of a grid instant is exact: a triangle corner that falls on a sample is sampled at its
+ * corner. */
+static double trace_power_w(long long rel_us) {
+    switch (cfg.kind) {
+    case TRACE_CONST:
+        return cfg.lo;
+    case TRACE_TRIANGLE: {
+        long long ph = floor_mod(rel_us, cfg.period_us);
+        double x = (double)ph / (double)cfg.period_us;          /* [0, 1) */
+        double f = x < 0.5 ? 2.0 * x : 2.0 * (1.0 - x);          /* 0 -> 1 -> 0 */
+        return cfg.lo + (cfg.hi - cfg.lo) * f;
+    }
+    case TRACE_SQUARE: {
+        long long ph = floor_mod(rel_us, cfg.period_us);
+        return 2 * ph < cfg.period_us ? cfg.lo : cfg.hi;        /* steps up at half period */
+    }
+    case TRACE_SEGMENTS: {
+        long long i = segment_at((double)rel_us);
+        return cfg.seg.w[i < 0 ? 0 : i];
+    }
+    }
+    return 0.0;
+}
+
+/* An integral of the GPU 0 trace up to rel_s seconds after the origin (any time, before the
+ * origin too), in J: 0 at the origin for the periodic traces, at the first segment's start for
+ * segments; take differences. Whole periods contribute their mean; the last, partial period is
+ * integrated piecewise. */
+static double trace_integral_j(double rel_s) {
+    if (cfg.kind == TRACE_CONST) return cfg.lo * rel_s;
+    if (cfg.kind == TRACE_SEGMENTS) {
+        const struct segments *sg = &cfg.seg;
+        double t_us = rel_s * 1e6;
+        long long i = segment_at(t_us);
+        if (i < 0) return sg->w[0] * (t_us - (double)sg->start_us[0]) / 1e6;
+        return sg->cum_j[i] + sg->w[i] * (t_us - (double)sg->start_us[i]) / 1e6;
+    }
+    double p = (double)cfg.period_us / 1e6;
+    double n = floor_d(rel_s / p);
+    double x = rel_s - n * p;                   /* time into the current period */
+    if (x < 0.0) x = 0.0;                       /* guard against rounding */
+    if (x > p) x = p;
+    double base = cfg.lo, amp = cfg.hi - cfg.lo;
+    if (cfg.kind == TRACE_TRIANGLE) {
+        double half = p / 2.0;
+        double whole = p * (base + amp / 2.0);
+        double part;
+        if (x <= half) {
+            part = base * x + amp * x * x / p;                        /* rising: amp * 2t/p */
+        } else {
+            double y = x - half;
+            part = base * x + amp * half / 2.0 + amp * (y - y * y / p); /* falling: amp * (1 - 2y/p) */
+        }
+        return n * whole + part;
+    }
+    /* square: low for square_low_us() of each period, as trace_power_w has it */
+    double low = (double)square_low_us() / 1e6;
+    double whole = low * cfg.lo + (p - low) * cfg.hi;
+    double part = x <= low ? cfg.lo * x : cfg.lo * low + cfg.hi * (x - low);
+    return n * whole + part;
+}
+
+/* ---- the load response (FAKE_NVML_LOAD) ---- */
+
+/* The load response of GPU 0 at t_us (µs after the origin): *tail_w the power its tails add
+ * at t; *held_j the energy they have still to give (each tail's power times its time
+ * constant); *steps_j the full energy of the tails of every step up to t, counted from a fixed
+ * step. The response's energy over [a, b] is then the difference of (steps_j - held_j). */
+static void load_tails(double t_us, double *tail_w, double *held_j, double *steps_j) {
+    const struct load *ld = &cfg.load;
+    *tail_w = *held_j = *steps_j = 0.0;
+    if (!ld->on) return;
+    if (cfg.kind == TRACE_SEGMENTS) {
+        const struct segments *sg = &cfg.seg;
+        long long i = segment_at(t_us);
+        if (i <= 0) return; /* no step yet */
+        double age = t_us - (double)sg->start_us[i];
+        double rise = ld->rise_tau_us > 0.0 ? sg->rise_w[i] * exp_neg(-age / ld->rise_tau_us) : 0.0;
+        double fall = ld->fall_tau_us > 0.0 ? sg->fall_w[i] * exp_neg(-age / ld->fall_tau_us) : 0.0;
+        *tail_w = rise + fall;
+        *held_j = (rise * ld->rise_tau_us + fall * ld->fall_tau_us) / 1e6;
+        *steps_j = sg->steps_j[i];
+        return;
+    }
+    if (cfg.kind != TRACE_SQUARE) return; /* no steps */
+    double period = (double)cfg.period_us;
+    for (int f = 0; f < 2; f++) {
+        const struct step_family *fam = &ld->family[f];
+        if (fam->amp_w == 0.0) continue;
+        double k = floor_d((t_us - (double)fam->phase_us) / period); /* the last step's index */
+        double age = t_us - (double)fam->phase_us - k * period;
+        if (age < 0.0) age = 0.0; /* guard against rounding */
+        double x = fam->amp_w * exp_neg(-age / fam->tau_us);
+        *tail_w += x;
+        *held_j += x * fam->tau_us / 1e6;
+        *steps_j += k * fam->full_j;
+    }
+}
+
+/* True power of GPU 0 at rel_us, in W: the trace and the load response's tails. */
+static double true_power_w(long long rel_us) {
+    double tail_w = 0.0, held_j, steps_j;
+    load_tails((double)rel_us, &tail_w, &held_j, &steps_j);
+    return trace_power_w(rel_us) + tail_w;
+}
+
+/* An integral of GPU 0's true power up to rel_s (any time), in J; take differences. */
+static double true_integral_j(double rel_s) {
+    double tail_w, held_j, steps_j;
+    load_tails(rel_s * 1e6, &tail_w, &held_j, &steps_j);
+    return trace_integral_j(rel_s) + steps_j - held_j;
+}
+
+static double gpu_power_w(unsigned int gpu, long long rel_us) {
+    return true_power_w(rel_us) + FAKE_GPU_STEP_W * gpu;
+}
+
+/* The true energy of GPU `gpu` over [from_s, to_s] (seconds after the origin), in J. */
+static double gpu_energy_between_j(unsigned int gpu, double from_s, double to_s) {
+    return true_integral_j(to_s) - true_integral_j(from_s) + FAKE_GPU_STEP_W * gpu * (to_s - from_s);
+}
+
+/* Energy from the origin to rel_s, in J; 0 before the origin (where the counter starts). */
+static double gpu_energy_j(unsigned int gpu, double rel_s) {
+    if (rel_s <= 0.0) return 0.0;
+    return gpu_energy_between_j(gpu, 0.0, rel_s);
+}
+
+/* ---- the sensor's response ---- */
 
 /* What the step response g(age) adds for an increment d of the delayed trace at that age:
  * d (1 - e^(-age/tau)) for the low-pass, and for a rise the overshoot F e^(-age/O) passed
@@ -333,19 +517,28 @@ static double step_response(const struct sensor *sn, double d, double age_us, do
     return d * g;
 }
 
-/* What the sensor of GPU `gpu` reports at rel_us: the delayed trace FAKE_SENSOR_WINDOW time
+/* What the sensor's filters act on at rel_us (GPU 0): the true power, or with window_ms its
+ * mean over the window up to rel_us, exactly, from the true energy. */
+static double sensor_input_w(long long rel_us) {
+    long long w_us = cfg.sensor.window_us;
+    if (w_us == 0) return true_power_w(rel_us);
+    double t = (double)rel_us / 1e6, w = (double)w_us / 1e6;
+    return (true_integral_j(t) - true_integral_j(t - w)) / w;
+}
+
+/* What the sensor of GPU `gpu` reports at rel_us: its delayed input FAKE_SENSOR_WINDOW time
  * constants back, plus each increment of it since, weighted by the step response at its age
  * (the increment over one step is placed at the step's middle). Every call at the same rel_us
  * sums the same terms in the same order, so it gives the same value. */
 static double sensed_power_w(unsigned int gpu, long long rel_us) {
     const struct sensor *sn = &cfg.sensor;
     long long t0 = rel_us - sn->lag_us;
-    double now = trace_power_w(t0);
+    double now = sensor_input_w(t0);
     if (sn->step_us == 0) return now + FAKE_GPU_STEP_W * gpu;
     double e_tau = sn->first_tau, e_os = sn->first_os, age_us = (double)sn->step_us / 2.0;
     double prev = now, sum = 0.0;
     for (int i = 1; i <= sn->steps; i++) {
-        double earlier = trace_power_w(t0 - (long long)i * sn->step_us);
+        double earlier = sensor_input_w(t0 - (long long)i * sn->step_us);
         if (prev != earlier) sum += step_response(sn, prev - earlier, age_us, e_tau, e_os);
         prev = earlier;
         e_tau *= sn->decay_tau;
@@ -355,7 +548,25 @@ static double sensed_power_w(unsigned int gpu, long long rel_us) {
     return prev + sum + FAKE_GPU_STEP_W * gpu;
 }
 
-/* What a reading at rel_us reports: the sensor's response if one is set, else the trace. */
+/* splitmix64's finaliser: a well-mixed hash of the sample index, so that every call agrees. */
+static uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ULL;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* Stamp of sample k of GPU `gpu`, µs after the origin: on the grid, moved by the jitter if
+ * one is set (never sample 0, which stays at the origin). |jitter| < half the period keeps
+ * the stamps strictly increasing. */
+static long long sample_stamp_us(unsigned int gpu, long long k) {
+    long long t = k * cfg.sample_us, j = cfg.sensor.jitter_us;
+    if (j == 0 || k <= 0) return t;
+    uint64_t h = mix64((uint64_t)k ^ ((uint64_t)gpu << 56));
+    return t + (long long)(h % (uint64_t)(2 * j + 1)) - j;
+}
+
+/* What a reading at rel_us reports: the sensor's response if one is set, else the true power. */
 static double reported_power_w(unsigned int gpu, long long rel_us) {
     return cfg.sensor.on ? sensed_power_w(gpu, rel_us) : gpu_power_w(gpu, rel_us);
 }
@@ -370,9 +581,113 @@ static unsigned int to_mw(double w) {
 
 /* ---- configuration ---- */
 
-static int parse_trace(const char *s, struct fake_config *c) {
+/* Reads a segments file into sg (see FAKE_NVML_TRACE). On an error writes what is wrong,
+ * naming the file and line, into why and returns -1; sg then holds what was allocated. */
+static int read_segments(const char *path, struct segments *sg, char *why, size_t why_len) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(why, why_len, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    char *line = NULL;
+    size_t line_cap = 0;
+    long long cap = 0, lineno = 0;
+    int rc = 0;
+    memset(sg, 0, sizeof *sg);
+    while (getline(&line, &line_cap, f) >= 0) {
+        lineno++;
+        const char *p = line;
+        while (*p == ' ' || *p == '\t') p++;
+        if (*p == '\0' || *p == '\n' || *p == '\r' || *p == '#') continue;
+        char *end1 = NULL, *end2 = NULL;
+        double ms = strtod(p, &end1);
+        double w = end1 != p ? strtod(end1, &end2) : 0.0;
+        const char *bad = NULL;
+        if (end1 == p || end2 == end1) bad = "want START_MS WATTS";
+        else {
+            while (*end2 == ' ' || *end2 == '\t' || *end2 == '\r' || *end2 == '\n') end2++;
+            if (*end2 != '\0') bad = "want START_MS WATTS and nothing after";
+            else if (!(ms > -1e12 && ms < 1e12)) bad = "START_MS must be within +-1e12";
+            else if (!(w >= 0.0 && w <= 1e7)) bad = "WATTS must be in 0..1e7";
+        }
+        long long us = (long long)(ms * 1000.0 + (ms >= 0 ? 0.5 : -0.5));
+        if (!bad && sg->n > 0 && us <= sg->start_us[sg->n - 1])
+            bad = "START_MS must increase strictly (to the µs) from the line before";
+        if (!bad && sg->n >= FAKE_SEGMENTS_MAX) bad = "more than 10000000 lines";
+        if (bad) {
+            snprintf(why, why_len, "%s line %lld: %s", path, lineno, bad);
+            rc = -1;
+            break;
+        }
+        if (sg->n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            long long *s2 = realloc(sg->start_us, (size_t)cap * sizeof *s2);
+            if (s2) sg->start_us = s2;
+            double *w2 = s2 ? realloc(sg->w, (size_t)cap * sizeof *w2) : NULL;
+            if (w2) sg->w = w2;
+            if (!s2 || !w2) {
+                snprintf(why, why_len, "%s line %lld: out of memory", path, lineno);
+                rc = -1;
+                break;
+            }
+        }
+        sg->start_us[sg->n] = us;
+        sg->w[sg->n] = w;
+        sg->n++;
+    }
+    if (rc == 0 && ferror(f)) {
+        snprintf(why, why_len, "%s: cannot read: %s", path, strerror(errno));
+        rc = -1;
+    }
+    if (rc == 0 && sg->n == 0) {
+        snprintf(why, why_len, "%s: no START_MS WATTS line", path);
+        rc = -1;
+    }
+    free(line);
+    fclose(f);
+    if (rc != 0) return rc;
+    long long n = sg->n;
+    sg->cum_j = calloc((size_t)n, sizeof(double));
+    sg->rise_w = calloc((size_t)n, sizeof(double));
+    sg->fall_w = calloc((size_t)n, sizeof(double));
+    sg->steps_j = calloc((size_t)n, sizeof(double));
+    if (!sg->cum_j || !sg->rise_w || !sg->fall_w || !sg->steps_j) {
+        snprintf(why, why_len, "%s: out of memory for %lld lines", path, n);
+        return -1;
+    }
+    sg->cum_j[0] = 0.0;
+    for (long long i = 1; i < n; i++)
+        sg->cum_j[i] = sg->cum_j[i - 1] + sg->w[i - 1] * (double)(sg->start_us[i] - sg->start_us[i - 1]) / 1e6;
+    return 0;
+}
+
+static void free_segments(struct segments *sg) {
+    free(sg->start_us);
+    free(sg->w);
+    free(sg->cum_j);
+    free(sg->rise_w);
+    free(sg->fall_w);
+    free(sg->steps_j);
+    memset(sg, 0, sizeof *sg);
+}
+
+static int same_segments(const struct segments *a, const struct segments *b) {
+    if (a->n != b->n) return 0;
+    if (a->n == 0) return 1;
+    return memcmp(a->start_us, b->start_us, (size_t)a->n * sizeof *a->start_us) == 0 &&
+           memcmp(a->w, b->w, (size_t)a->n * sizeof *a->w) == 0;
+}
+
+/* On an error that is more than "not one of the forms", writes it into why (else leaves it
+ * empty) and returns -1. */
+static int parse_trace(const char *s, struct fake_config *c, char *why, size_t why_len) {
     double a = 0, b = 0, p = 0;
     char tail;
+    why[0] = '\0';
+    if (strncmp(s, "segments:", 9) == 0) {
+        c->kind = TRACE_SEGMENTS;
+        return read_segments(s + 9, &c->seg, why, why_len);
+    }
     if (sscanf(s, "const:%lf %c", &a, &tail) == 1) {
         c->kind = TRACE_CONST;
         c->lo = c->hi = a;
@@ -431,27 +746,88 @@ static int parse_faults(const char *s, unsigned int *faults) {
 
 static int has_fault(int f) { return is_initialized() && (cfg.faults & (1u << f)) != 0; }
 
-/* "lag_ms=5,tau_ms=10": each key of sensor_keys[] at most once, values in [0, 1e6]. On a bad
- * value returns what is wrong with it. */
-static const char *parse_sensor(const char *s, struct sensor_params *p) {
+/* "lag_ms=5,tau_ms=10": each of the n keys at most once, values in [0, 1e6], into the params
+ * struct they describe (zeroed first; params_size bytes). On a bad value returns what is
+ * wrong with it. */
+static const char *parse_params(const char *s, const struct param_key *keys, size_t n, void *params,
+                                size_t params_size) {
     unsigned int seen = 0;
-    memset(p, 0, sizeof *p);
+    memset(params, 0, params_size);
     while (*s) {
         const char *eq = strchr(s, '=');
         if (!eq) return "want KEY=VALUE[,KEY=VALUE...]";
         size_t key = 0;
-        while (key < N_SENSOR_KEYS && !(strlen(sensor_keys[key].name) == (size_t)(eq - s) &&
-                                        strncmp(sensor_keys[key].name, s, (size_t)(eq - s)) == 0))
+        while (key < n && !(strlen(keys[key].name) == (size_t)(eq - s) &&
+                            strncmp(keys[key].name, s, (size_t)(eq - s)) == 0))
             key++;
-        if (key == N_SENSOR_KEYS) return "unknown key";
+        if (key == n) return "unknown key";
         if (seen & (1u << key)) return "a key given twice";
         seen |= 1u << key;
         char *end = NULL;
         double v = strtod(eq + 1, &end);
         if (end == eq + 1 || (*end != ',' && *end != '\0')) return "not a number";
         if (!(v >= 0.0 && v <= 1e6)) return "values must be in 0..1e6";
-        *sensor_param(p, key) = v;
+        *param_field(params, keys, key) = v;
         s = *end == ',' ? end + 1 : end;
+    }
+    return NULL;
+}
+
+static int same_params(const void *a, const void *b, const struct param_key *keys, size_t n) {
+    for (size_t k = 0; k < n; k++)
+        if (*param_field((void *)a, keys, k) != *param_field((void *)b, keys, k)) return 0;
+    return 1;
+}
+
+/* Says on stderr that setting `name`=s is bad and why, listing its keys. */
+static void bad_params(const char *name, const char *s, const char *why, const struct param_key *keys,
+                       size_t n) {
+    fprintf(stderr, "fake_nvml: bad %s=%s (%s; keys:", name, s, why);
+    for (size_t k = 0; k < n; k++) fprintf(stderr, " %s", keys[k].name);
+    fprintf(stderr, ")\n");
+}
+
+/* The load response's tails from its params and the trace (see load_tails): for a square
+ * trace its two step families, for segments each step's state. Needs the trace parsed. */
+static const char *derive_load(struct fake_config *c) {
+    struct load *ld = &c->load;
+    const struct load_params *p = &ld->p;
+    if (p->overshoot > 0.0 && p->overshoot_ms <= 0.0) return "overshoot needs overshoot_ms";
+    ld->rise_tau_us = p->overshoot > 0.0 ? p->overshoot_ms * 1000.0 : 0.0;
+    ld->fall_tau_us = p->fall_ms * 1000.0;
+    ld->on = ld->rise_tau_us > 0.0 || ld->fall_tau_us > 0.0;
+    if (c->kind == TRACE_SQUARE) {
+        /* family 0 steps from hi to lo at phase 0, family 1 from lo to hi at the half */
+        const double step[2] = {c->lo - c->hi, c->hi - c->lo};
+        const long long phase[2] = {0, c->period_us - c->period_us / 2};
+        for (int f = 0; f < 2; f++) {
+            struct step_family *fam = &ld->family[f];
+            int rise = step[f] > 0.0;
+            double tau = rise ? ld->rise_tau_us : ld->fall_tau_us;
+            double size = rise ? p->overshoot * step[f] : -step[f]; /* the tail just after one step */
+            fam->phase_us = phase[f];
+            fam->tau_us = tau;
+            fam->amp_w = tau > 0.0 ? size / (1.0 - exp_neg(-(double)c->period_us / tau)) : 0.0;
+            fam->full_j = tau > 0.0 ? size * tau / 1e6 : 0.0;
+        }
+    } else if (c->kind == TRACE_SEGMENTS) {
+        struct segments *sg = &c->seg;
+        sg->rise_w[0] = sg->fall_w[0] = sg->steps_j[0] = 0.0;
+        for (long long i = 1; i < sg->n; i++) {
+            double d = sg->w[i] - sg->w[i - 1], dt = (double)(sg->start_us[i] - sg->start_us[i - 1]);
+            double rise = 0.0, fall = 0.0, full = 0.0;
+            if (ld->rise_tau_us > 0.0) {
+                rise = sg->rise_w[i - 1] * exp_neg(-dt / ld->rise_tau_us) + (d > 0.0 ? p->overshoot * d : 0.0);
+                full += d > 0.0 ? p->overshoot * d * ld->rise_tau_us / 1e6 : 0.0;
+            }
+            if (ld->fall_tau_us > 0.0) {
+                fall = sg->fall_w[i - 1] * exp_neg(-dt / ld->fall_tau_us) + (d < 0.0 ? -d : 0.0);
+                full += d < 0.0 ? -d * ld->fall_tau_us / 1e6 : 0.0;
+            }
+            sg->rise_w[i] = rise;
+            sg->fall_w[i] = fall;
+            sg->steps_j[i] = sg->steps_j[i - 1] + full;
+        }
     }
     return NULL;
 }
@@ -462,6 +838,7 @@ static const char *derive_sensor(struct sensor *sn, long long sample_us) {
     if (p->overshoot > 0.0 && p->overshoot_ms <= 0.0) return "overshoot needs overshoot_ms";
     sn->lag_us = (long long)(p->lag_ms * 1000.0 + 0.5);
     sn->jitter_us = (long long)(p->jitter_ms * 1000.0 + 0.5);
+    sn->window_us = (long long)(p->window_ms * 1000.0 + 0.5);
     if (2 * sn->jitter_us >= sample_us) return "jitter_ms must be below half of FAKE_NVML_SAMPLE_MS";
     double tau_us = p->tau_ms * 1000.0;
     double os_us = p->overshoot > 0.0 ? p->overshoot_ms * 1000.0 : 0.0;
@@ -504,10 +881,23 @@ static int read_config(struct fake_config *c) {
     c->n_gpus = (unsigned int)n;
 
     s = env_or("FAKE_NVML_TRACE", "const:100");
-    if (parse_trace(s, c) != 0) {
-        fprintf(stderr, "fake_nvml: bad FAKE_NVML_TRACE=%s (want const:W, triangle:BASE,AMP,PERIOD_MS"
-                        " or square:LOW,HIGH,PERIOD_MS)\n", s);
+    char why[512];
+    if (parse_trace(s, c, why, sizeof why) != 0) {
+        if (why[0])
+            fprintf(stderr, "fake_nvml: bad FAKE_NVML_TRACE=%s (%s)\n", s, why);
+        else
+            fprintf(stderr, "fake_nvml: bad FAKE_NVML_TRACE=%s (want const:W, triangle:BASE,AMP,PERIOD_MS,"
+                            " square:LOW,HIGH,PERIOD_MS or segments:PATH)\n", s);
         return -1;
+    }
+    s = getenv("FAKE_NVML_LOAD");
+    if (s && *s) {
+        const char *bad = parse_params(s, load_keys, N_LOAD_KEYS, &c->load.p, sizeof c->load.p);
+        if (!bad) bad = derive_load(c);
+        if (bad) {
+            bad_params("FAKE_NVML_LOAD", s, bad, load_keys, N_LOAD_KEYS);
+            return -1;
+        }
     }
 
     s = env_or("FAKE_NVML_SAMPLE_MS", "20");
@@ -546,12 +936,10 @@ static int read_config(struct fake_config *c) {
     s = getenv("FAKE_NVML_SENSOR");
     if (s && *s) {
         c->sensor.on = 1;
-        const char *why = parse_sensor(s, &c->sensor.p);
-        if (!why) why = derive_sensor(&c->sensor, c->sample_us);
-        if (why) {
-            fprintf(stderr, "fake_nvml: bad FAKE_NVML_SENSOR=%s (%s; keys:", s, why);
-            for (size_t k = 0; k < N_SENSOR_KEYS; k++) fprintf(stderr, " %s", sensor_keys[k].name);
-            fprintf(stderr, ")\n");
+        const char *bad = parse_params(s, sensor_keys, N_SENSOR_KEYS, &c->sensor.p, sizeof c->sensor.p);
+        if (!bad) bad = derive_sensor(&c->sensor, c->sample_us);
+        if (bad) {
+            bad_params("FAKE_NVML_SENSOR", s, bad, sensor_keys, N_SENSOR_KEYS);
             return -1;
         }
     }
@@ -571,16 +959,13 @@ bad_gpus:
 
 /* The sensor's derived values follow from its params and the sample period. */
 static int same_sensor(const struct sensor *a, const struct sensor *b) {
-    if (a->on != b->on) return 0;
-    struct sensor_params pa = a->p, pb = b->p;
-    for (size_t k = 0; k < N_SENSOR_KEYS; k++)
-        if (*sensor_param(&pa, k) != *sensor_param(&pb, k)) return 0;
-    return 1;
+    return a->on == b->on && same_params(&a->p, &b->p, sensor_keys, N_SENSOR_KEYS);
 }
 
 static int same_config(const struct fake_config *a, const struct fake_config *b) {
     return a->n_gpus == b->n_gpus && a->kind == b->kind && a->lo == b->lo && a->hi == b->hi &&
-           a->period_us == b->period_us && a->sample_us == b->sample_us &&
+           a->period_us == b->period_us && same_segments(&a->seg, &b->seg) &&
+           same_params(&a->load.p, &b->load.p, load_keys, N_LOAD_KEYS) && a->sample_us == b->sample_us &&
            a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
            a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0 &&
            same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults;
@@ -612,9 +997,15 @@ nvmlReturn_t nvmlInit_v2(void) {
     if (fail && *fail && strcmp(fail, "0") != 0)
         return NVML_ERROR_UNKNOWN; /* what a machine whose driver is not loaded looks like */
     struct fake_config c;
-    if (read_config(&c) != 0) return NVML_ERROR_UNKNOWN;
+    if (read_config(&c) != 0) {
+        free_segments(&c.seg);
+        return NVML_ERROR_UNKNOWN;
+    }
     pthread_mutex_lock(&init_lock);
     if (refcount == 0 || !same_config(&c, &cfg)) {
+        /* A holder of a reference (an engine a test never closed) may still be reading the old
+         * segments: they are freed only when nobody holds one, else kept (a test's few MB). */
+        if (refcount == 0) free_segments(&cfg.seg);
         cfg = c;
         for (unsigned int i = 0; i < FAKE_MAX_GPUS; i++) gpus[i].index = i;
         long long now_us = clock_ns(CLOCK_REALTIME) / 1000;
@@ -622,6 +1013,8 @@ nvmlReturn_t nvmlInit_v2(void) {
         init_monotonic_ns = clock_ns(CLOCK_MONOTONIC);
         atomic_store_explicit(&have_origin, 1, memory_order_release);
         atomic_store_explicit(&initialized, 1, memory_order_release);
+    } else {
+        free_segments(&c.seg); /* the same as those in force */
     }
     refcount++;
     pthread_mutex_unlock(&init_lock);
@@ -699,24 +1092,6 @@ nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int len
 }
 
 #ifndef FAKE_NVML_OMIT_SAMPLES
-/* splitmix64's finaliser: a well-mixed hash of the sample index, so that every call agrees. */
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
-/* Stamp of sample k of GPU `gpu`, µs after the origin: on the grid, moved by the jitter if
- * one is set (never sample 0, which stays at the origin). |jitter| < half the period keeps
- * the stamps strictly increasing. */
-static long long sample_stamp_us(unsigned int gpu, long long k) {
-    long long t = k * cfg.sample_us, j = cfg.sensor.jitter_us;
-    if (j == 0 || k <= 0) return t;
-    uint64_t h = mix64((uint64_t)k ^ ((uint64_t)gpu << 56));
-    return t + (long long)(h % (uint64_t)(2 * j + 1)) - j;
-}
-
 /* The last sample of GPU `gpu` stamped at or before rel_us (-1 if none). The jitter moves a
  * stamp by less than half a period, so the grid's answer is off by one at most. */
 static long long sample_at_or_before(unsigned int gpu, long long rel_us) {
@@ -830,8 +1205,8 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) 
     return NVML_SUCCESS;
 }
 
-/* The real one averages over about a second on Ampere and newer; the fake gives the trace
- * at now (whatever FAKE_NVML_SENSOR says), which makes its readings easy to check. */
+/* The real one averages over about a second on Ampere and newer; the fake gives the true
+ * power at now (whatever FAKE_NVML_SENSOR says), which makes its readings easy to check. */
 nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
     count_call(FN_GET_POWER);
     nvmlReturn_t rc = check_device(device);
@@ -865,18 +1240,56 @@ static long long rel_us_of(double t_realtime_s) {
     return rel_us >= 0 ? (long long)(rel_us + 0.5) : -(long long)(0.5 - rel_us);
 }
 
-/* The trace of GPU `gpu` at t (CLOCK_REALTIME seconds), in W. NAN before the first init. */
+/* The true power of GPU `gpu` at t (CLOCK_REALTIME seconds), in W. NAN before the first init. */
 double fake_nvml_power_w(unsigned int gpu, double t_realtime_s) {
     if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
     return gpu_power_w(gpu, rel_us_of(t_realtime_s));
 }
 
 /* What a sample of GPU `gpu` stamped t (CLOCK_REALTIME seconds), or field 186 read at t,
- * reports, in W (before the rounding to mW): the trace through FAKE_NVML_SENSOR's response,
- * or the trace itself without one. NAN before the first init. */
+ * reports, in W (before the rounding to mW): the true power through FAKE_NVML_SENSOR's
+ * response, or the true power itself without one. NAN before the first init. */
 double fake_nvml_sensed_w(unsigned int gpu, double t_realtime_s) {
     if (!atomic_load_explicit(&have_origin, memory_order_acquire)) return NAN;
     return reported_power_w(gpu, rel_us_of(t_realtime_s));
+}
+
+/* ---- test helpers on a clock the test controls: µs after the origin, any time ---- */
+
+static int have_config(void) { return atomic_load_explicit(&have_origin, memory_order_acquire); }
+
+/* The true power of GPU `gpu` at rel_us, in W. NAN before the first init. */
+double fake_nvml_true_w(unsigned int gpu, long long rel_us) {
+    if (!have_config()) return NAN;
+    return gpu_power_w(gpu, rel_us);
+}
+
+/* What a sample of GPU `gpu` stamped rel_us (or field 186 read then) reports, in W, before the
+ * rounding to mW. NAN before the first init. */
+double fake_nvml_sensed_at_w(unsigned int gpu, long long rel_us) {
+    if (!have_config()) return NAN;
+    return reported_power_w(gpu, rel_us);
+}
+
+/* The stamp of GPU `gpu`'s driver sample k, µs after the origin, with the sensor's jitter.
+ * LLONG_MIN before the first init or for k < 0 (the driver has no sample before the origin). */
+long long fake_nvml_sample_stamp_us(unsigned int gpu, long long k) {
+    if (!have_config() || k < 0) return LLONG_MIN;
+    return sample_stamp_us(gpu, k);
+}
+
+/* The value GPU `gpu`'s driver sample k holds, in W: what nvmlDeviceGetSamples gives (whole
+ * mW) / 1000. NAN before the first init or for k < 0. */
+double fake_nvml_sample_w(unsigned int gpu, long long k) {
+    if (!have_config() || k < 0) return NAN;
+    return to_mw(reported_power_w(gpu, sample_stamp_us(gpu, k))) / 1000.0;
+}
+
+/* The true energy of GPU `gpu` over [from_us, to_us] (µs after the origin), in J: exact, in
+ * closed form, negative if to_us < from_us. NAN before the first init. */
+double fake_nvml_energy_between_j(unsigned int gpu, long long from_us, long long to_us) {
+    if (!have_config()) return NAN;
+    return gpu_energy_between_j(gpu, (double)from_us / 1e6, (double)to_us / 1e6);
 }
 
 /* The origin in µs since the epoch; 0 before the first nvmlInit. */
