@@ -254,6 +254,86 @@ def probe(seconds, as_json, **kwargs):
     print_problems([_problem(p) for p in result["problems"]], result["notes"])
 
 
+@main.command()
+@click.option("--gpu", "gpu", default=0, show_default=True, type=click.IntRange(min=0), help="GPU index to calibrate")
+@click.option(
+    "--from-capture",
+    "from_capture",
+    type=click.Path(dir_okay=False, exists=True),
+    help="fit a capture file written by an earlier calibration (no GPU needed)",
+)
+@click.option("--capture", "capture_out", type=click.Path(dir_okay=False), help="also write the raw capture here")
+@click.option("--gpu-name", help="the GPU model a --from-capture file was measured on, where it does not say")
+@click.option("--driver", help="the driver version a --from-capture file was measured with, where it does not say")
+@click.option("--no-save", is_flag=True, help="print the fit without storing it")
+@click.option("--seed", type=int, default=None, help="seed of the schedule's random phases")
+@click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")
+@engine_options
+def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, as_json, **kwargs):
+    """Measure a GPU power sensor's response against known load edges (about a minute of load),
+    fit it, and store it for this GPU model and driver, so that marks get time-true energy."""
+    from aipm_fast.sensor import capture as cap
+    from aipm_fast.sensor import store
+    from aipm_fast.sensor.fit import fit_response
+
+    config = engine_config(kwargs)
+    if from_capture:
+        try:
+            capture = cap.load(from_capture)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    else:
+        from rich.progress import Progress
+
+        from aipm_fast.sensor.drive import NoGpu, capture_gpu
+
+        try:
+            with Progress(console=console, transient=not console.is_terminal) as bar:
+                task = bar.add_task("calibrating", total=1.0)
+
+                def progress(what, share):
+                    bar.update(task, completed=share, description=what)
+
+                capture = capture_gpu(gpu, progress, config, seed=seed)
+        except NoGpu as exc:
+            raise click.ClickException(str(exc)) from exc
+    if capture_out:
+        cap.save(capture, capture_out)
+    t = capture.samples
+    with console.status("fitting"):
+        try:
+            result = fit_response(t[:, 0], t[:, 1], capture.blocks, heldout=capture.heldout())
+        except ValueError as exc:
+            raise click.ClickException(f"{from_capture or 'the capture'}: {exc}") from exc
+    gpu_name = capture.info.get("gpu") or gpu_name
+    driver = capture.info.get("driver") or driver or ""
+    if not gpu_name:
+        raise click.ClickException(
+            f"{from_capture}: the capture does not say which GPU it was measured on: give --gpu-name (and --driver)"
+        )
+    info = {
+        "measured": capture.info.get("date", ""),
+        "candidates": {
+            c.response.kind: {"fit_rms_w": c.fit_rms_w, "heldout_rms_w": c.heldout_rms_w} for c in result.candidates
+        },
+        "stamp_gaps_ms": result.stamp_gaps_ms,
+        "update_intervals_ms": capture.update_intervals_ms(),
+    }
+    saved = None
+    if not no_save:
+        saved = store.save(gpu_name, driver, result.chosen, info, config.calibration_file)
+    if as_json:
+        out.print_json(
+            data={"gpu": gpu_name, "driver": driver, "response": result.chosen.to_dict(), **info, "saved": saved}
+        )
+        return
+    out.print(f"{gpu_name} (driver {driver or 'unknown'}):", markup=False)
+    out.print(result.report(), markup=False)
+    for name, ms in info["update_intervals_ms"].items():
+        out.print(f"{name} value changes every {ms:.1f} ms (median)", markup=False)
+    out.print(f"stored in {saved}" if saved else "not stored (--no-save)", markup=False)
+
+
 def _problem(d):
     from aipm_fast.sources import Problem
 

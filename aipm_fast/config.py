@@ -73,6 +73,14 @@ HARDWARE_OPTIONS: tuple[HardwareOption, ...] = (
         env="AIPM_HWMON_ROOT",
     ),
     HardwareOption(
+        "calibration_file",
+        "str | None",
+        None,
+        "GPU sensor responses measured by `aipm-fast calibrate`",
+        env="AIPM_CALIBRATION_FILE",
+        shown_default="~/.cache/aipm-fast/sensor-calibrations.json",
+    ),
+    HardwareOption(
         "wall_meter",
         "str | None",
         None,

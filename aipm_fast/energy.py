@@ -34,6 +34,8 @@ from aipm_fast import counters
 __all__ = [
     "EnergyCurve",
     "HIDDEN_VARIATION",
+    "ESTIMATE_FRACTION",
+    "unsure",
     "SCALE_RANGE",
     "SCALE_WARN",
     "counter_curve",
@@ -46,6 +48,18 @@ _NS_PER_S = 1e9
 #: Relative power variation assumed to hide inside one sample period even where the samples
 #: look perfectly steady (the uncertainty model's floor; see EnergyCurve.uncertainty).
 HIDDEN_VARIATION = 0.1
+
+#: an energy is flagged `estimate` where its 1-sigma uncertainty exceeds this share of it
+ESTIMATE_FRACTION = 0.05
+
+
+def unsure(energy_j, uncertainty_j) -> np.ndarray:
+    """The estimate flag: uncertainty above ESTIMATE_FRACTION of the energy, or no energy."""
+    e = np.asarray(energy_j, dtype=float)
+    u = np.asarray(uncertainty_j, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return ~(u <= ESTIMATE_FRACTION * np.abs(e))
+
 
 #: Scale factors (anchor energy / shape energy) that scaled_curve accepts. The range is wide
 #: on purpose: a load whose period locks onto the trace's sample period (a loop of exactly
@@ -79,6 +93,10 @@ class EnergyCurve:
         scale: factor applied by :func:`scaled_curve`, 1.0 if none.
         hidden_variation: relative power variation assumed within one sample period where
             the samples look steady (see :meth:`uncertainty`).
+        placement_s: how far in time a reading's energy may lie from where the curve puts
+            it, not known better (s): a power trace whose sensor response is not calibrated
+            (sensor/) may hold power from up to a sample period before its stamp. 0 for
+            counters and calibrated traces.
 
     Arrays are copied and made read-only. Instances compare by identity.
     """
@@ -91,6 +109,7 @@ class EnergyCurve:
     max_extrapolation_s: float | None = None
     scale: float = 1.0
     hidden_variation: float = HIDDEN_VARIATION
+    placement_s: float = 0.0  # how far from its stamp a reading's energy may belong, unknown (s)
     events: tuple = ()  # counters: (t_ns, kind) of each reset, glitch or gap (aipm_fast.counters)
 
     # Derived in __post_init__, all per knot or per segment (segment j = [knot j, knot j+1]).
@@ -261,16 +280,15 @@ class EnergyCurve:
     def is_estimate(self, a_ns, b_ns):
         """True where an interval's energy is an estimate rather than a measurement (bool array).
 
-        That is where the interval is shorter than two sample periods (the source cannot
-        resolve how energy spreads inside it), or where an edge lies outside the knots and
-        the energy is extrapolated (including where it is NaN).
+        That is where its uncertainty (:meth:`uncertainty`) exceeds ESTIMATE_FRACTION of the
+        energy, or where an edge lies outside the knots and the energy is extrapolated
+        (including where it is NaN): a rule on how sure the figure is, not on its duration.
         """
         a, b = _intervals(a_ns, b_ns)
         xa, xb = self._rel_ns(a), self._rel_ns(b)
-        length_s = (xb - xa) / _NS_PER_S
         end = self._x[-1]
         outside = (xa < 0) | (xa > end) | (xb < 0) | (xb > end)
-        return ~(length_s >= 2.0 * self.sample_period_s) | outside
+        return unsure(self.energy(a, b), self.uncertainty(a, b)) | outside
 
     def uncertainty(self, a_ns, b_ns):
         """Absolute uncertainty (J) of each interval's energy, vectorised.
@@ -338,7 +356,8 @@ class EnergyCurve:
         power = np.abs(self._seg_power_w[j])
         variation = self._seg_variation_w[j]
         delta = np.hypot(variation, self.hidden_variation * power)
-        return (0.5 * h_s + outside_s) * delta, power + variation
+        u = np.hypot((0.5 * h_s + outside_s) * delta, self.placement_s * variation)
+        return u, power + variation
 
 
 # -- building curves --------------------------------------------------------------------

@@ -18,6 +18,7 @@ from aipm_fast import counters, offline
 from aipm_fast._native import RECORD_DTYPE, Engine, now_ns
 from aipm_fast.config import EngineConfig
 from aipm_fast.offline import DomainEnergy
+from aipm_fast.sensor.store import responses_for
 from aipm_fast.sources import Channel, discover_all
 from aipm_fast.sources.base import COUNTER
 
@@ -75,6 +76,12 @@ class Recorder:
         self.discovery = discover_all(self.engine, self.config)
         self.channels: dict[int, Channel] = {c.id: c for c in self.discovery.channels}
         self.producers = {p.channel_id: p for p in self.discovery.producers}
+        # measured sensor responses (aipm-fast calibrate) by channel id: where a power trace's
+        # samples belong in time (policy.build_curve, attribution.py)
+        self.sensor_calibrations, notes = responses_for(
+            self.discovery.channels, self.discovery.domains, self.config.calibration_file
+        )
+        self.discovery.notes.extend(notes)
         self.lateness_channel = self.engine.add_lateness_channel() if lateness else None
         self._chunks: list[np.ndarray] = []
         self.curve_errors: dict[str, str] = {}

@@ -77,6 +77,12 @@ def no_host_hwmon(monkeypatch):
     monkeypatch.setenv("AIPM_HWMON_ROOT", "/nonexistent/hwmon")
 
 
+@pytest.fixture(autouse=True)
+def no_user_calibrations(monkeypatch, tmp_path):
+    """Tests see only the sensor calibrations they store: the user's own file stays out."""
+    monkeypatch.setenv("AIPM_CALIBRATION_FILE", str(tmp_path / "no-calibrations.json"))
+
+
 @pytest.fixture(scope="session")
 def build_fake_nvml(tmp_path_factory):
     """Factory: build_fake_nvml(omit_samples=False, omit_energy=False) -> path of the .so.

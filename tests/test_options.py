@@ -11,7 +11,7 @@ from aipm_fast import cli
 from aipm_fast.config import ENV, HARDWARE_OPTIONS, EngineConfig, HardwareOption, hardware_options_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-COMMANDS = ("devices", "probe", "record", "bench", "serve")
+COMMANDS = ("devices", "probe", "calibrate", "record", "bench", "serve")
 # Options whose text is not their value: (text on the command line, value in the EngineConfig).
 EXAMPLES = {"gpus": ("0,2", [0, 2])}
 

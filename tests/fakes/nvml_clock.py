@@ -67,7 +67,7 @@ def declare_clock_helpers(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 def write_segments(path: Path, schedule: Sequence[tuple[float, float]]) -> Path:
     """A segments file for FAKE_NVML_TRACE=segments:PATH from [(start_s, watts)]."""
-    path.write_text("".join(f"{start_s * 1000.0!r} {watts!r}\n" for start_s, watts in schedule))
+    path.write_text("".join(f"{float(start_s) * 1000.0!r} {float(watts)!r}\n" for start_s, watts in schedule))
     return path
 
 

@@ -1,0 +1,3 @@
+"""A GPU power sensor's response in time: what it is (`response`), how it is measured from a
+known load schedule (`fit`), where a measured one is kept (`store`), and the capture format that
+holds raw samples against known load edges (`capture`)."""

@@ -1,0 +1,310 @@
+"""Measure a sensor's response from samples taken against a known load schedule.
+
+The input known is the schedule (when each block of load ran, from CUDA events), not the power:
+the true power is modelled as a base level plus one level per kind of load while it runs, and
+the levels are fitted together with the response. What the GPU itself does at a load change
+(overshoot after a rise, a slower fall) is therefore folded into the response: the convention is
+that the energy a span gets is the energy drawn within it as the fitted model reconstructs it.
+
+Candidates (response.py): an averaging window after a delay, a single pole after a delay, and a
+free impulse response on 1 ms bins. Each is fitted on the runs marked for fitting and judged by
+its residuals on the others; the free response is kept only where it beats the best parametric
+one on held-out runs by more than `FREE_SHAPE_MARGIN`, since it has many more parameters.
+Intervals are delete-one-chunk jackknife estimates over the fitted data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aipm_fast.sensor.response import GRID_S, SensorResponse
+
+#: the free response must beat the best parametric one on held-out runs by this share of RMS
+FREE_SHAPE_MARGIN = 0.02
+#: candidate grids (s)
+DELAYS_S = np.arange(-0.010, 0.030 + 1e-9, 0.0005)
+WIDTHS_S = np.arange(0.001, 0.040 + 1e-9, 0.001)
+TAUS_S = np.array([0.5, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30]) * 1e-3
+FIR_BIN_S = 0.001
+FIR_LAGS_S = (-0.010, 0.080)
+FIR_SMOOTHING = (0.1, 1.0, 10.0)
+JACKKNIFE_CHUNKS = 8
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str
+    start_s: float
+    end_s: float
+
+
+@dataclass
+class Candidate:
+    response: SensorResponse
+    levels_w: dict[str, float]
+    fit_rms_w: float
+    heldout_rms_w: float
+
+
+@dataclass
+class Calibration:
+    """The outcome of a fit: every candidate, the one kept, and what the samples' timing says."""
+
+    chosen: SensorResponse
+    candidates: list[Candidate]
+    levels_w: dict[str, float]
+    n_samples: int
+    n_edges: int
+    stamp_gaps_ms: dict[str, float] = field(default_factory=dict)
+    why: str = ""
+
+    def report(self) -> str:
+        lines = [f"{'model':<8} {'fit RMS W':>10} {'held-out RMS W':>15}  response"]
+        for c in self.candidates:
+            mark = "*" if c.response is self.chosen else " "
+            lines.append(
+                f"{mark}{c.response.kind:<7} {c.fit_rms_w:>10.1f} {c.heldout_rms_w:>15.1f}  {c.response.describe()}"
+            )
+        lines.append(f"kept: {self.chosen.kind} ({self.why})")
+        lv = self.levels_w
+        lines.append(
+            "levels: " + ", ".join(f"{k} {v:.1f} W" for k, v in lv.items() if not k.startswith(("rise", "fall")))
+        )
+        g = self.stamp_gaps_ms
+        if g:
+            lines.append(
+                f"sample stamps: gap median {g['median']:.1f} ms, 5-95% {g['p5']:.1f}-{g['p95']:.1f} ms, "
+                f"max {g['max']:.1f} ms ({self.n_samples} samples, {self.n_edges} load edges)"
+            )
+        return "\n".join(lines)
+
+
+class _Inputs:
+    """The schedule on a fine grid: per kind, the share of each GRID_S cell under that load."""
+
+    def __init__(self, blocks: list[Block], t0: float, t1: float):
+        self.kinds = sorted({b.kind for b in blocks})
+        self.t0 = t0
+        n = int(np.ceil((t1 - t0) / GRID_S)) + 1
+        self.n = n
+        self.cells = {}
+        edges = t0 + np.arange(n + 1) * GRID_S
+        for k in self.kinds:
+            cum = np.zeros(n + 1)
+            for b in blocks:
+                if b.kind == k:
+                    cum += np.clip(edges - b.start_s, 0, b.end_s - b.start_s)
+            self.cells[k] = np.diff(cum) / GRID_S
+
+    def filtered(self, signal: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """y[n] = sum_i k_i signal[n - i]: the response at the end of cell n to lags i cells back."""
+        return np.convolve(signal, kernel)[: self.n]
+
+    def at(self, y: np.ndarray, lag0_s: float, stamps_s: np.ndarray) -> np.ndarray:
+        """A filtered signal read at the stamps, the whole response `lag0_s` later."""
+        x = (stamps_s - lag0_s - self.t0) / GRID_S - 1.0
+        return np.interp(x, np.arange(self.n), y, left=0.0, right=y[-1])
+
+    def seen(self, signal: np.ndarray, kernel: np.ndarray, lag0_s: float, stamps_s: np.ndarray) -> np.ndarray:
+        """What a sensor with this response reads at the stamps for a fine-grid signal."""
+        return self.at(self.filtered(signal, kernel), lag0_s, stamps_s)
+
+
+def _lstsq(features: list[np.ndarray], v: np.ndarray, mask: np.ndarray):
+    X = np.column_stack([np.ones(v.size), *features])
+    coef, *_ = np.linalg.lstsq(X[mask], v[mask], rcond=None)
+    return coef, v - X @ coef
+
+
+def _rms(r: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(r[mask] ** 2))) if mask.any() else float("nan")
+
+
+def _shape_kernel(kind: str, p: float) -> np.ndarray:
+    if kind == "window":
+        return np.ones(max(1, int(round(p / GRID_S))))
+    lag = (np.arange(max(1, int(np.ceil(10 * p / GRID_S)))) + 0.5) * GRID_S
+    return np.exp(-lag / p)
+
+
+def _parametric(kind, shapes, inp, t, v, fit, test, signals, only=None, jackknife=True):
+    """Grid search over (shape parameter, delay), best by fit RMS, for the true power modelled
+    as a linear combination of `signals` (fine-grid inputs). Returns the best (fit RMS, held-out
+    RMS, parameter, delay, coefficients) and a jackknife estimate of the 95% half-widths of
+    (parameter, delay), searched in the best one's neighbourhood. `only`: the shape indices to
+    try (default all)."""
+    best = None
+    filtered = {}
+    for i, p in enumerate(shapes):
+        if only is not None and i not in only:
+            continue
+        k = _shape_kernel(kind, p)
+        filtered[i] = ys = [inp.filtered(x, k / k.sum()) for x in signals]
+        for j, d in enumerate(DELAYS_S):
+            coef, r = _lstsq([inp.at(y, d, t) for y in ys], v, fit)
+            cand = (_rms(r, fit), _rms(r, test), float(p), float(d), coef, i, j)
+            if best is None or cand[0] < best[0]:
+                best = cand
+    assert best is not None
+    if not jackknife:
+        return best, None
+    bi, bj = best[5], best[6]
+    near = [
+        (i, j, [inp.at(y, DELAYS_S[j], t) for y in filtered[i]])
+        for i in range(max(0, bi - 4), min(len(shapes), bi + 5))
+        if i in filtered
+        for j in range(max(0, bj - 10), min(len(DELAYS_S), bj + 11))
+    ]
+
+    def estimate(mask):
+        i, j, _ = min(near, key=lambda n: _rms(_lstsq(n[2], v, mask)[1], mask))
+        return np.array([shapes[i], DELAYS_S[j]])
+
+    return best[:5], _jackknife(estimate, fit)
+
+
+def _jackknife(estimate: Callable[[np.ndarray], np.ndarray], fit: np.ndarray) -> np.ndarray:
+    """95% half-widths of estimate(mask) by deleting one of JACKKNIFE_CHUNKS time chunks of the
+    fitted samples at a time (at least one grid step: the search cannot resolve less)."""
+    chunks = np.array_split(np.flatnonzero(fit), JACKKNIFE_CHUNKS)
+    loo = []
+    for ch in chunks:
+        m = fit.copy()
+        m[ch] = False
+        loo.append(estimate(m))
+    loo_a = np.array(loo)
+    n = len(chunks)
+    return 1.96 * np.sqrt((n - 1) / n * np.sum((loo_a - loo_a.mean(axis=0)) ** 2, axis=0))
+
+
+def fit_response(
+    stamps_s,
+    watts,
+    blocks: list[Block],
+    heldout: np.ndarray | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Calibration:
+    """Fit every candidate to samples (stamps on the blocks' clock, s; watts) and keep one.
+
+    heldout: bool per sample, True for samples of runs not used for the fit (default: every
+    other 5 s chunk of the schedule)."""
+    say = progress or (lambda _msg: None)
+    t = np.asarray(stamps_s, dtype=float)
+    v = np.asarray(watts, dtype=float)
+    ok = np.isfinite(t) & np.isfinite(v)
+    t, v = t[ok], v[ok]
+    if not blocks:
+        raise ValueError("a sensor fit needs a schedule with at least one block of load")
+    first, last = min(b.start_s for b in blocks), max(b.end_s for b in blocks)
+    inside = (t > first - 0.2) & (t < last + 0.2)
+    if heldout is None:
+        test = inside & (np.floor((t - first) / 5.0).astype(int) % 2 == 1)
+    else:
+        test = inside & np.asarray(heldout, dtype=bool)[ok]
+    fit = inside & ~test
+    if fit.sum() < 50 or test.sum() < 20:
+        raise ValueError(
+            f"too few samples to fit a sensor response ({int(fit.sum())} to fit, {int(test.sum())} held out;"
+            " want at least 50 and 20): run the schedule longer"
+        )
+    inp = _Inputs(blocks, min(first, t.min()) - 0.1, max(last, t.max()) + 0.1)
+    kinds_only = [inp.cells[k] for k in inp.kinds]
+    say("fitting an averaging window after a delay")
+    (wf, wt, ww, wd, wcoef, *_), wci = _parametric("window", WIDTHS_S, inp, t, v, fit, test, kinds_only)
+    say("fitting a single pole after a delay")
+    (pf, pt, pp, pd, pcoef, *_), pci = _parametric("pole", TAUS_S, inp, t, v, fit, test, kinds_only)
+    say("estimating a free impulse response")
+    fir, fir_f, fir_t, fir_coef = _free_response(inp, t, v, fit, test, wcoef if wt <= pt else pcoef)
+    window = SensorResponse.window(
+        ww, wd, ci95={"delay_s": (wd - wci[1], wd + wci[1]), "width_s": (ww - wci[0], ww + wci[0])}, noise_w=wt
+    )
+    pole = SensorResponse.pole(
+        pp, pd, ci95={"delay_s": (pd - pci[1], pd + pci[1]), "tau_s": (pp - pci[0], pp + pci[0])}, noise_w=pt
+    )
+    fir = SensorResponse.from_kernel(
+        "fir", fir.kernel, fir.lag0_s, params={"centroid_s": fir.centroid_s}, noise_w=fir_t
+    )
+    cands = [
+        Candidate(window, _levels(inp, wcoef), wf, wt),
+        Candidate(pole, _levels(inp, pcoef), pf, pt),
+        Candidate(fir, _levels(inp, fir_coef), fir_f, fir_t),
+    ]
+    # where the response lies in time is known to the parametric fits' delay intervals
+    timing = float(np.mean([wci[1], pci[1]]) / 1.96)
+    for c in cands:
+        lv = [x for k, x in c.levels_w.items() if k != "base"]
+        step = max(abs(x - c.levels_w["base"]) for x in lv) if lv else float("nan")
+        edge = c.heldout_rms_w * c.response.width_s / step if step > 0 else 0.0
+        c.response = dataclasses.replace(c.response, timing_sigma_s=timing, edge_error_j_per_w=float(edge))
+    param = min(cands[:2], key=lambda c: c.heldout_rms_w)
+    if fir_t < param.heldout_rms_w * (1 - FREE_SHAPE_MARGIN):
+        chosen, why = (
+            cands[2],
+            f"the free response beats the {param.response.kind} on held-out runs by more than {FREE_SHAPE_MARGIN:.0%}",
+        )
+    else:
+        chosen, why = (
+            param,
+            "lowest held-out RMS of the parametric shapes; the free response does not beat it"
+            f" by {FREE_SHAPE_MARGIN:.0%}",
+        )
+    gaps = np.diff(np.sort(t[inside])) * 1e3
+    n_edges = 2 * len(blocks)
+    return Calibration(
+        chosen=chosen.response,
+        candidates=cands,
+        levels_w=chosen.levels_w,
+        n_samples=int(inside.sum()),
+        n_edges=n_edges,
+        stamp_gaps_ms={
+            "median": float(np.median(gaps)),
+            "p5": float(np.percentile(gaps, 5)),
+            "p95": float(np.percentile(gaps, 95)),
+            "max": float(gaps.max()),
+        },
+        why=why,
+    )
+
+
+def _levels(inp: _Inputs, coef: np.ndarray) -> dict[str, float]:
+    """Base and per-kind power (W) as the fit sees them."""
+    out = {"base": float(coef[0])}
+    for i, k in enumerate(inp.kinds):
+        out[k] = float(coef[0] + coef[1 + i])
+    return out
+
+
+def _free_response(inp, t, v, fit, test, coef):
+    """Impulse response on FIR_BIN_S bins from many edges: the schedule weighted by the levels of
+    the best parametric fit is the input, the bins' weights the unknowns, with a penalty on their
+    second difference (strength chosen on held-out runs)."""
+    signal = sum(coef[1 + i] * inp.cells[k] for i, k in enumerate(inp.kinds))
+    per_bin = int(round(FIR_BIN_S / GRID_S))
+    lo, hi = FIR_LAGS_S
+    n_bins = int(round((hi - lo) / FIR_BIN_S))
+    box = np.ones(per_bin) / per_bin
+    feats = [inp.seen(signal, box, lo + j * FIR_BIN_S, t) for j in range(n_bins)]
+    X = np.column_stack([np.ones(t.size), *feats])
+    D = np.zeros((n_bins - 2, n_bins + 1))
+    for j in range(n_bins - 2):
+        D[j, 1 + j : 4 + j] = (1.0, -2.0, 1.0)
+    best = None
+    scale = float(np.mean(X[fit] ** 2))
+    for lam in FIR_SMOOTHING:
+        A = X[fit].T @ X[fit] + lam * scale * fit.sum() * 1e-3 * (D.T @ D)
+        c = np.linalg.solve(A, X[fit].T @ v[fit])
+        r = v - X @ c
+        cand = (_rms(r, test), _rms(r, fit), c)
+        if best is None or cand[0] < best[0]:
+            best = cand
+    assert best is not None
+    heldout, fitted, c = best
+    kernel = np.repeat(c[1:], per_bin) / per_bin
+    gain = kernel.sum() * per_bin / per_bin
+    levels = np.concatenate(([c[0]], coef[1:] * gain))
+    resp = SensorResponse.from_kernel("fir", kernel, lo)
+    return resp, fitted, heldout, levels
