@@ -76,10 +76,16 @@ def attribute(
     ends_s,
     sample_period_s: float,
     timing_sigma_s: float | None = None,
+    context: tuple | None = None,
 ):
     """(energy J, 1-sigma uncertainty J) of each mark [start, end) (s, on the samples' clock),
     reconstructed from the samples through the response. NaN for a mark the samples do not
-    cover (no sample sees power past its end). Marks are solved in time groups of GROUP_S."""
+    cover (no sample sees power past its end). Marks are solved in time groups of GROUP_S.
+
+    context: (starts, ends) of other marks known around these (resolved before, or waiting):
+    their boundaries cut the pieces too, as they would were they solved together, but their
+    energies are not returned. Without it, marks just outside the batch are seen as unmarked
+    time, and the batch's first and last marks suffer for it."""
     a = np.asarray(starts_s, dtype=float)
     b = np.asarray(ends_s, dtype=float)
     e = np.full(a.size, np.nan)
@@ -91,19 +97,20 @@ def attribute(
     ok = np.isfinite(t) & np.isfinite(s)
     t, s = t[ok], s[ok]
     timing = response.timing_sigma_s if timing_sigma_s is None else timing_sigma_s
+    ctx = (np.empty(0), np.empty(0)) if context is None else tuple(np.asarray(x, dtype=float) for x in context)
     order = np.argsort(a, kind="stable")
     group_start = a[order[0]]
     members: list[int] = []
     for i in order:
         if members and (a[i] - group_start > GROUP_S):
-            _solve(response, t, s, a, b, np.array(members), sample_period_s, timing, e, u)
+            _solve(response, t, s, a, b, np.array(members), ctx, sample_period_s, timing, e, u)
             members, group_start = [], a[i]
         members.append(int(i))
-    _solve(response, t, s, a, b, np.array(members), sample_period_s, timing, e, u)
+    _solve(response, t, s, a, b, np.array(members), ctx, sample_period_s, timing, e, u)
     return e, u
 
 
-def _solve(response, t, s, a_all, b_all, idx, period, timing, e_out, u_out) -> None:
+def _solve(response, t, s, a_all, b_all, idx, ctx, period, timing, e_out, u_out) -> None:
     a, b = a_all[idx], b_all[idx]
     lag_lo, lag_hi = float(response.lags_s[0]), float(response.lags_s[-1])
     pad = (lag_hi - lag_lo) + 2 * period
@@ -112,7 +119,11 @@ def _solve(response, t, s, a_all, b_all, idx, period, timing, e_out, u_out) -> N
     if use.sum() < 3:
         return
     t, s = t[use], s[use]
-    pa, pb, seconds, owner = pieces(a, b, lo, hi, period)
+    near = (ctx[1] > lo) & (ctx[0] < hi)
+    pa, pb, seconds, owner = pieces(
+        np.concatenate([a, ctx[0][near]]), np.concatenate([b, ctx[1][near]]), lo, hi, period
+    )
+    seconds = seconds[: a.size]
     m = response.overlap(t, pa, pb)
     k = pa.size
     # ties between neighbouring pieces: strong inside a mark, weak across its boundary

@@ -186,9 +186,11 @@ def devices(as_json, **kwargs):
 
     rec = Recorder(engine_config(kwargs))
     found = rec.discovery
+    calibrations = _calibration_status(rec)
     if as_json:
         out.print_json(
             data={
+                "calibrations": calibrations,
                 "channels": [c.to_dict() for c in found.channels],
                 "domains": {d: m.to_dict() for d, m in found.domains.items()},
                 "devices": found.devices,
@@ -205,10 +207,39 @@ def devices(as_json, **kwargs):
         out.print(table)
         for domain, name in found.devices.items():
             out.print(f"{domain}: {name}")
+        for domain, status in calibrations.items():
+            out.print(f"{domain}: {status['says']}", markup=False)
         if not found.channels:
             console.print("[red]no power source can be read on this machine[/]")
         print_problems(found.problems, found.notes)
     rec.close()
+
+
+def _calibration_status(rec) -> dict[str, dict]:
+    """Per domain with an instant-power trace: whether a measured sensor response is in use."""
+    from aipm_fast.sensor import store
+    from aipm_fast.sources.base import INSTANT_POWER
+
+    status = {}
+    for ch in rec.channels.values():
+        if ch.label != store.CALIBRATED_CHANNEL or ch.reading != INSTANT_POWER:
+            continue
+        got = rec.sensor_calibrations.get(ch.id)
+        if got is None:
+            says = f"{ch.label}: sensor response not measured (samples placed at their stamps): run aipm-fast calibrate"
+            status[ch.domain] = {"calibrated": False, "says": says}
+            continue
+        resp, entry = got
+        says = (
+            f"{ch.label}: measured sensor response in use, {resp.describe()} (measured {entry.get('measured') or '?'})"
+        )
+        status[ch.domain] = {
+            "calibrated": True,
+            "says": says,
+            "response": resp.to_dict(),
+            "measured": entry.get("measured"),
+        }
+    return status
 
 
 @main.command()

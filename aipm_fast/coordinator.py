@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from aipm_fast import counters, policy
+from aipm_fast import attribution, counters, energy, policy
 from aipm_fast.marks import MarkBatch
 from aipm_fast.results import SessionResults, Window
 from aipm_fast.timing import Anchor
@@ -36,6 +36,10 @@ class Mark:
     anchor: Anchor | None
     start: Any
     end: Any
+
+
+#: resolved marks kept as context for reconstructing the next batch on a calibrated trace
+RECENT_SPANS = 512
 
 
 class Coordinator:
@@ -60,7 +64,18 @@ class Coordinator:
         self.drain_period_s = drain_period_s
         self.keep_ns = int(keep_s * 1e9)
         self.ranked = policy.ranked_channels(recorder.channels.values())
-        self.tracks = {c.id: ChannelTrack(c) for chs in self.ranked.values() for c in chs}
+        calibrations = getattr(recorder, "sensor_calibrations", {})
+        self.responses = {cid: resp for cid, (resp, _entry) in calibrations.items()}
+        self.tracks = {c.id: ChannelTrack(c, self.responses.get(c.id)) for chs in self.ranked.values() for c in chs}
+        # a mark on a calibrated trace waits until samples have seen past its end through the
+        # whole response (and two sample intervals more), so that it can be reconstructed
+        self._mark_margin_ns = max(
+            [
+                int((r.lags_s[-1] + 2 * (self.tracks[cid].channel.update_s or 0.02)) * 1e9)
+                for cid, r in self.responses.items()
+            ],
+            default=0,
+        )
         # power channel id -> the counter id that scales it
         self.anchors = {
             c.id: a.id for chs in self.ranked.values() for c in chs if (a := policy.anchor_for(c, chs)) is not None
@@ -73,6 +88,8 @@ class Coordinator:
         self._untimed: list[Mark] = []  # CUDA marks whose end event has not completed
         self._timed: list[tuple[Mark, int, int]] = []  # waiting for readings to pass their end
         self._open_edges: list[tuple[Window, str]] = []  # window edges waiting for readings
+        # the latest resolved marks' spans: context for reconstructing the next ones (attribution)
+        self._recent_spans: collections.deque[tuple[int, int]] = collections.deque(maxlen=RECENT_SPANS)
         self.lock = threading.RLock()
         self._stopping = False
         self.errors: list[str] = []
@@ -202,7 +219,7 @@ class Coordinator:
         self._open_edges = still
 
     def _integrate_marks(self, now: int, final: bool) -> None:
-        covered = [self._covered(x[2], now, final) for x in self._timed]
+        covered = [self._covered(x[2] + self._mark_margin_ns, now, final) for x in self._timed]
         ready = [x for x, ok in zip(self._timed, covered) if ok]
         if not ready:
             return
@@ -210,6 +227,8 @@ class Coordinator:
         a = np.array([x[1] for x in ready], dtype=np.int64)
         b = np.array([x[2] for x in ready], dtype=np.int64)
         energies = {d: self._mark_energies(d, a, b) for d in self.ranked}
+        if self.responses:  # the context of the next batch's reconstruction
+            self._recent_spans.extend(zip(a.tolist(), b.tolist()))
         self.results.add_marks(
             MarkBatch(
                 index=np.array([x[0].index for x in ready], dtype=np.int64),
@@ -240,6 +259,14 @@ class Coordinator:
             if curve is None:
                 continue
             ea, eb = a[todo], b[todo]
+            if track.response is not None:
+                got, unc = self._reconstructed(track, ea, eb)
+                ok = np.isfinite(got)
+                idx = np.flatnonzero(todo)[ok]
+                e[idx], u[idx] = got[ok], unc[ok]
+                est[idx] = energy.unsure(got[ok], unc[ok])
+                cid[idx] = c.id
+                continue
             got = track.cumulative(eb) - track.cumulative(ea)
             ok = np.isfinite(got)
             idx = np.flatnonzero(todo)[ok]
@@ -248,6 +275,30 @@ class Coordinator:
             est[idx] = curve.is_estimate(ea[ok], eb[ok])
             cid[idx] = c.id
         return e, u, est, cid
+
+    def _reconstructed(self, track: ChannelTrack, a: np.ndarray, b: np.ndarray):
+        """Marks' energy and uncertainty on a calibrated trace, reconstructed through its sensor
+        response from the readings the track holds (attribution.py), unscaled like the rest."""
+        assert track.response is not None
+        origin = int(a.min()) if a.size else 0
+
+        def seconds(t_ns) -> np.ndarray:  # relative to the batch: float64 keeps ns there
+            return (np.asarray(t_ns, dtype=np.int64) - origin) / 1e9
+
+        period = track.channel.update_s or 0.02
+        # marks around the batch: those resolved before it and those still waiting
+        known = [*self._recent_spans, *((x[1], x[2]) for x in self._timed)]
+        ca = np.array([x[0] for x in known], dtype=np.int64)
+        cb = np.array([x[1] for x in known], dtype=np.int64)
+        return attribution.attribute(
+            track.response,
+            seconds(track.t),
+            track.v,
+            seconds(a),
+            seconds(b),
+            period,
+            context=(seconds(ca), seconds(cb)),
+        )
 
     def _update_anchor_points(self) -> None:
         """Remember (time, trace J, counter J) at the first and the latest counter change that the

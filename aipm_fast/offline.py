@@ -31,8 +31,10 @@ class ChannelCurves:
     """Every energy-bearing channel's curve over a whole recording, built once, with the scale
     of each power trace by its domain's counter."""
 
-    def __init__(self, channels, series):
-        """`channels`: Channel objects; `series(channel_id)` -> (t_ns, values) in time order."""
+    def __init__(self, channels, series, responses=None):
+        """`channels`: Channel objects; `series(channel_id)` -> (t_ns, values) in time order;
+        `responses`: {channel id: SensorResponse} measured for power traces (sensor/)."""
+        responses = responses or {}
         self.ranked = policy.ranked_channels(channels)
         self.curves: dict[int, energy.EnergyCurve] = {}
         self.errors: dict[int, str] = {}
@@ -45,7 +47,7 @@ class ChannelCurves:
                     self.errors[ch.id] = f"{t.size} reading(s)"
                     continue
                 try:
-                    self.curves[ch.id] = policy.build_curve(ch, t, v)
+                    self.curves[ch.id] = policy.build_curve(ch, t, v, response=responses.get(ch.id))
                 except ValueError as exc:  # e.g. a counter that never advanced
                     self.errors[ch.id] = str(exc)
         self.scales = {

@@ -18,12 +18,14 @@ It decides:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from aipm_fast import energy
-from aipm_fast.sources.base import COUNTER, POWER_READINGS, Channel
+from aipm_fast.sensor.response import SensorResponse
+from aipm_fast.sources.base import COUNTER, INSTANT_POWER, POWER_READINGS, Channel
 
 # -- what an uncertainty means -------------------------------------------------------------------
 #: Every `uncertainty_j` the project reports is one standard deviation of the energy's error
@@ -100,13 +102,20 @@ def fallback_note(chosen: Channel, ranked: list[Channel], health: dict[int, str]
 
 # -- readings to curves -----------------------------------------------------------------------
 def build_curve(
-    channel: Channel, t_ns: np.ndarray, values: np.ndarray, first_is_new: bool | None = None
+    channel: Channel,
+    t_ns: np.ndarray,
+    values: np.ndarray,
+    first_is_new: bool | None = None,
+    response: SensorResponse | None = None,
 ) -> energy.EnergyCurve:
     """The cumulative energy curve of one channel's readings (ValueError if none can be built).
 
-    Counters are differenced with their wrap; power readings integrated as a trapezoid of the
-    samples at their stamps. A calibrated sensor model (placing each sample where in time its
-    energy belongs) replaces the power branch here, and only here."""
+    Counters are differenced with their wrap. Power readings are integrated as a trapezoid: with
+    the channel's measured sensor response (sensor/, `aipm-fast calibrate`), each sample is placed
+    where its energy was drawn on average (its stamp less the response's centroid); without one,
+    an instant-power sample stays at its stamp, the method says so, and the uncertainty allows
+    its energy to belong up to one update interval earlier. Marks on a calibrated trace are
+    reconstructed through the whole response (attribution.py)."""
     if channel.reading == COUNTER:
         return energy.counter_curve(
             t_ns,
@@ -116,7 +125,23 @@ def build_curve(
             max_power_w=channel.max_power_w or DEFAULT_MAX_POWER_W,
             update_s=channel.update_s or 0.001,
         )
-    return energy.power_curve(t_ns, values)
+    if response is not None:
+        shift = int(round(response.centroid_s * 1e9))  # as tracks.ChannelTrack.placement_ns
+        curve = energy.power_curve(np.asarray(t_ns, dtype=np.int64) - shift, values)
+        how = f"placed by the measured sensor response ({response.kind}, centroid {response.centroid_s * 1e3:.1f} ms)"
+        return dataclasses.replace(curve, method=f"{curve.method}, {how}")
+    curve = energy.power_curve(t_ns, values)
+    if channel.reading == INSTANT_POWER:
+        return dataclasses.replace(
+            curve,
+            method=f"{curve.method}, {UNCALIBRATED}",
+            placement_s=channel.update_s or curve.sample_period_s,
+        )
+    return curve
+
+
+#: the method's words for a power trace whose time response was not measured
+UNCALIBRATED = "samples at their stamps (sensor response not measured: aipm-fast calibrate)"
 
 
 # -- the counter scales the trace -------------------------------------------------------------

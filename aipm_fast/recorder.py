@@ -268,7 +268,8 @@ class Recorder:
         """Energy of every domain over [a, b] (default: the whole recording), by the energy policy."""
         a = (self.start_ns or 0) if a_ns is None else a_ns
         b = (self.stop_ns or now_ns()) if b_ns is None else b_ns
-        curves = offline.ChannelCurves(self.channels.values(), self.series)
+        responses = {cid: r for cid, (r, _entry) in self.sensor_calibrations.items()}
+        curves = offline.ChannelCurves(self.channels.values(), self.series, responses)
         self.curve_errors = {self.channels[cid].name: why for cid, why in curves.errors.items()}
         self.counter_events = {
             self.channels[cid].name: text

@@ -58,6 +58,7 @@ class ReplayRecorder:
         self.recording = recording
         self._health = dict(health or {})  # channel id -> status to replay (default: all live)
         self.channels = recording.channels
+        self.sensor_calibrations: dict = {}  # {channel id: (SensorResponse, entry)}, as a Recorder's
         self.discovery = Discovery(channels=list(recording.channels.values()), domains=dict(recording.domains))
         order = np.argsort(recording.records["t_ns"], kind="stable")
         self._records = recording.records[order]

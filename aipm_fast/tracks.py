@@ -10,12 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from aipm_fast import energy, policy
+from aipm_fast.sensor.response import SensorResponse
 from aipm_fast.sources.base import Channel
 
 
 class ChannelTrack:
-    def __init__(self, channel: Channel):
+    def __init__(self, channel: Channel, response: SensorResponse | None = None):
         self.channel = channel
+        self.response = response  # the channel's measured sensor response, if any
         self.channel_id = channel.id
         self.domain = channel.domain
         self.label = channel.label
@@ -38,14 +40,20 @@ class ChannelTrack:
             self._curve = None
 
     @property
+    def placement_ns(self) -> int:
+        """How much earlier than its stamp the curve places each reading (policy.build_curve)."""
+        return int(round(self.response.centroid_s * 1e9)) if self.response is not None else 0
+
+    @property
     def last_ns(self) -> int | None:
-        return int(self.t[-1]) if self.t.size else None
+        """The latest time the curve knows (a calibrated trace's latest sample, placed)."""
+        return int(self.t[-1]) - self.placement_ns if self.t.size else None
 
     def curve(self) -> energy.EnergyCurve | None:
         if self._curve is None and self.t.size >= 2 and self.t.size != self._failed_size:
             try:
                 self._curve = policy.build_curve(
-                    self.channel, self.t, self.v, first_is_new=True if self.trimmed else None
+                    self.channel, self.t, self.v, first_is_new=True if self.trimmed else None, response=self.response
                 )
                 self.problem = ""
                 self.events.update(self._curve.events)  # by time: a rebuild does not count twice
@@ -80,7 +88,9 @@ class ChannelTrack:
         k = int(np.searchsorted(self.t, knots[-1]))
         if k <= 0:
             return
-        self.base_j += float(c.at(np.array([self.t[k]]))[0])
+        # the curve places a calibrated trace's samples earlier than their stamps (build_curve):
+        # the first sample kept starts the next curve at its placed time
+        self.base_j += float(c.at(np.array([self.t[k] - self.placement_ns]))[0])
         self.t, self.v = self.t[k:], self.v[k:]
         self.trimmed = True
         self._curve = None
