@@ -66,6 +66,13 @@ class Measurement:
     def closed(self) -> bool:
         return self.window.end_ns is not None
 
+    def __getattr__(self, name: str) -> Any:
+        # anything else a Window has (its edges, n_marks, ...), so that code written for the
+        # Window that `with m.window()` used to give keeps working
+        if name == "window":  # not set yet (during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.window, name)
+
     # -- its figures -------------------------------------------------------------------------
     def table(self) -> pd.DataFrame:
         """One row per domain: the columns of Meter.windows(), `additive` among them."""

@@ -370,9 +370,9 @@ def hf():
 def hf_trainer(transformers, tmp_path, callbacks=(), epochs=2, n=32, **args):
     x, y = data(n)
     dataset = [{"x": x[i], "labels": y[i]} for i in range(n)]
+    args.setdefault("report_to", [])
     training = transformers.TrainingArguments(
         output_dir=str(tmp_path),
-        report_to=[],
         use_cpu=True,
         logging_steps=1,
         num_train_epochs=epochs,
@@ -456,6 +456,50 @@ def test_huggingface_logs_carry_the_steps_resolved_since_the_previous_log(hf, hw
     logs = {"loss": 1.0}
     cb.on_log(trainer.args, state, None, logs=logs)
     assert logs == {"loss": 1.0}
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "mlflow"])
+def test_huggingface_report_to_real_loggers_gets_every_step_once(hf, hw, tmp_path, monkeypatch, kind):
+    from aipm_fast.integrations.huggingface import AipmTrainerCallback
+
+    options, _ = hw
+    pytest.importorskip(kind)
+    if kind == "mlflow":
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the file store: see real_logger
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "aipm")
+    cb = AipmTrainerCallback(**options)
+    trainer = hf_trainer(hf, tmp_path / "out", report_to=[kind])
+    cb.attach(trainer)
+    trainer.train()
+
+    if kind == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        folders = {os.path.dirname(p) for p in map(str, tmp_path.rglob("events.out.tfevents.*"))}
+        got: dict[str, list[float]] = {}
+        for folder in folders:
+            acc = EventAccumulator(folder)
+            acc.Reload()
+            for key in acc.Tags()["scalars"]:
+                # the Trainer's TensorBoard integration files every training key under train/
+                got.setdefault(key.removeprefix("train/"), []).extend(e.value for e in acc.Scalars(key))
+        rel = 1e-5  # float32 in the events
+    else:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"file:{tmp_path / 'mlruns'}")
+        (run,) = client.search_runs([client.get_experiment_by_name("aipm").experiment_id])
+        got = {k: [h.value for h in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
+        rel = 1e-9
+    energy = {k: v for k, v in got.items() if k.startswith("energy/")}
+    assert_keys_every_logger_takes(energy)
+    truth = marked_steps(cb.meter)
+    steps = energy["energy/steps/total_j"]
+    assert len(set(steps)) == len(steps)  # no value repeated
+    assert sum(steps) == pytest.approx(sum(truth.values()), rel=rel)
+    assert sum(energy["energy/steps/count"]) == 16
+    assert len(energy["energy/epoch/total_j"]) == 2 and len(energy["energy/train/total_j"]) == 1
 
 
 def test_huggingface_epoch_energy_stays_out_of_the_eval_records(hf, hw, tmp_path):
