@@ -466,7 +466,10 @@ def test_huggingface_report_to_real_loggers_gets_every_step_once(hf, hw, tmp_pat
     pytest.importorskip(kind)
     if kind == "mlflow":
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the file store: see real_logger
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+        import mlflow
+
+        # the Trainer keeps a tracking URI set earlier in the process (by another test): set ours
+        mlflow.set_tracking_uri(f"file:{tmp_path / 'mlruns'}")
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "aipm")
     cb = AipmTrainerCallback(**options)
     trainer = hf_trainer(hf, tmp_path / "out", report_to=[kind])
