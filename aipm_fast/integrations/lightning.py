@@ -11,7 +11,7 @@ Each training batch is a step mark (`Meter.step()`), each training epoch a windo
 domains without overlap, see `aipm_fast.domains.additive_domains`):
 
     energy/step/total_j, energy/step/<domain>_j     each step, at that step
-    energy/epoch/total_j, energy/epoch/<domain>_j   each epoch, at its last step, in a record of its own
+    energy/epoch/total_j, energy/epoch/<domain>_j   each epoch, at its last batch's step, in a record of its own
     energy/epoch/j_per_sample                       where the batch size can be read from the batches
     energy/train/total_j, energy/train/<domain>_j   the whole of training, at its end
 
@@ -66,6 +66,11 @@ def logger_step(trainer) -> int:
     """The step under which Lightning's loggers file the current batch's metrics (its count of
     batches that stepped: the global step without a second optimizer)."""
     return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+
+
+def last_step(callback: StepMarks, trainer) -> int:
+    """Where Lightning files an epoch's own metrics: the step of its last batch."""
+    return callback._step_key if callback._steps and callback._step_key is not None else logger_step(trainer)
 
 
 class AipmCallback(Callback, StepMarks):
@@ -131,7 +136,7 @@ class AipmCallback(Callback, StepMarks):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.meter is None or not self.meter.running:
             return
-        at = logger_step(trainer)
+        at = last_step(self, trainer)
         epochs, train = self._end_train(at)  # training is over: waiting holds nothing up
         self._log_ready(trainer, final=True)
         for closed in epochs:
@@ -166,7 +171,7 @@ class AipmCallback(Callback, StepMarks):
         if self._epoch is None:
             return
         # a batch that ended the epoch early never reached on_train_batch_end: closed here
-        self._end_epoch(trainer.current_epoch, self._samples if self._samples_known else None, logger_step(trainer))
+        self._end_epoch(trainer.current_epoch, self._samples if self._samples_known else None, last_step(self, trainer))
         self._log_ready(trainer)
         if self._distributed:  # every rank takes part; rank 0 gets the job's figures
             for closed, job in self._gather_epochs(keep_last=True):
