@@ -24,6 +24,7 @@ import pandas as pd
 
 from aipm_fast.config import EngineConfig
 from aipm_fast.coordinator import Coordinator, Mark
+from aipm_fast.measurement import Measurement
 from aipm_fast.recorder import Recorder
 from aipm_fast.results import BASELINE, SessionResults, Window
 from aipm_fast.timing import HostTimer, cuda_timer
@@ -43,6 +44,30 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_gpus(gpus) -> list[int] | None:
+    """The `gpus` argument as a list of NVML indices (None: every GPU), or a TypeError or
+    ValueError that says what was given and what is expected."""
+    if gpus is None:
+        return None
+    if isinstance(gpus, (str, bytes)) or not hasattr(gpus, "__iter__"):
+        raise TypeError(
+            f"Meter: gpus must be a list of GPU indices such as [0] or [0, 1] (None: every GPU), "
+            f"got {type(gpus).__name__} {gpus!r}"
+        )
+    out = list(gpus)
+    for g in out:
+        if isinstance(g, bool) or not isinstance(g, int):
+            raise TypeError(f"Meter: gpus must hold GPU indices (int), got {type(g).__name__} {g!r} in {gpus!r}")
+        if g < 0:
+            raise ValueError(f"Meter: a GPU index is 0 or more, got {g} in {gpus!r}")
+    return out
+
+
+def _window_of(w) -> Window:
+    """The Window behind what the user holds (a Measurement, or a Window itself)."""
+    return w.window if isinstance(w, Measurement) else w
 
 
 class Meter:
@@ -69,7 +94,12 @@ class Meter:
         timer=None,
         **engine_options,
     ):
+        if "gpus" in engine_options:
+            engine_options["gpus"] = check_gpus(engine_options["gpus"])
+        elif config is not None:
+            check_gpus(config.gpus)
         self.recorder = Recorder(config, keep_history=False, **engine_options)
+        self._warn_unmetered_gpus()
         if timer is None:
             timer = cuda_timer() if cuda is not False else None
             if timer is None and cuda:
@@ -84,9 +114,33 @@ class Meter:
         self._thread: threading.Thread | None = None
         self._task: asyncio.Task | None = None
         self._started = False
+        self._stopped = False  # a Meter measures one session: never restarted
+        self._explicit: list[Window] = []  # windows open from start_window, for end_window(name)
         self._pid = os.getpid()
         self._forked_from: int | None = None  # the parent's pid, in a forked child
         _METERS.add(self)
+
+    def _warn_unmetered_gpus(self) -> None:
+        """One warning per GPU asked for by index that NVML cannot give (no such GPU, no NVML)."""
+        gpus = self.recorder.config.gpus
+        if not gpus:
+            return
+        import warnings
+
+        problems = [p for p in self.recorder.discovery.problems if p.source == "nvml"]
+        for gpu in gpus:
+            why = [p for p in problems if p.target in (f"GPU {gpu}", self.recorder.config.nvml_lib)]
+            if why:
+                warnings.warn(f"aipm-fast: GPU {gpu} (gpus={gpus}) cannot be metered: {why[0]}", stacklevel=3)
+
+    def _check_running(self, what: str) -> None:
+        """Marks and windows belong to a running Meter: outside one they would measure nothing."""
+        if not self._started:
+            when = "after stop()" if self._stopped else "before start()"
+            raise RuntimeError(
+                f"{what} {when}: marks and windows need a running Meter (inside `with Meter() as m:`, "
+                "or between m.start() and m.stop())"
+            )
 
     def _check_process(self) -> None:
         if self._forked_from is not None:
@@ -129,6 +183,10 @@ class Meter:
         self._check_process()
         if self._started:
             raise RuntimeError("this Meter is already running")
+        if self._stopped:
+            raise RuntimeError(
+                "this Meter has stopped and cannot be restarted (its engine is closed): create a new Meter"
+            )
         self._started = True
         if not self.recorder.channels:
             import warnings
@@ -154,6 +212,7 @@ class Meter:
     def _finish(self) -> None:
         self.recorder.stop()
         self._started = False
+        self._stopped = True
         self.coordinator.process(final=True)
         self.coordinator.close()
         # free the engine now (thread, fds, NVML handle) rather than whenever the GC runs;
@@ -193,19 +252,40 @@ class Meter:
 
     # -- marks ---------------------------------------------------------------------------
     def window(self, name: str = "window") -> _WindowMark:
-        """Context manager (and decorator) measuring a named window; windows may nest."""
+        """Context manager (and decorator) measuring a named window; windows may nest.
+        `with m.window("eval") as w:` gives the window's Measurement (its figures once it ends)."""
         return _WindowMark(self, name)
 
-    def start_window(self, name: str = "window") -> Window:
+    def start_window(self, name: str = "window") -> Measurement:
         """Opens a window explicitly, for spans that no `with` block fits; close it with
         `end_window`, from any thread. Such windows may overlap in any order. An inference
         belongs to the innermost `with` window of its thread (the `window` column of
         inferences()); an explicit window counts every inference that lies within its span."""
-        return self._open(name, explicit=True)
+        self._check_running("start_window")
+        w = self._open(name, explicit=True)
+        with self.coordinator.lock:
+            self._explicit.append(w)
+        return Measurement(self, w)
 
-    def end_window(self, w: Window) -> None:
-        """Closes a window opened by `start_window`."""
-        self._close(w)
+    def end_window(self, w: Measurement | Window | str) -> Measurement:
+        """Closes a window opened by `start_window` (what it returned, or its name: the most
+        recently opened window of that name still open) and returns its Measurement."""
+        if isinstance(w, str):
+            with self.coordinator.lock:
+                named = [x for x in self._explicit if x.name == w]
+            if not named:
+                open_names = sorted({x.name for x in self._explicit})
+                raise ValueError(
+                    f"end_window({w!r}): no window of that name is open"
+                    + (f" (open: {', '.join(map(repr, open_names))})" if open_names else "")
+                )
+            w = named[-1]
+        window = _window_of(w)
+        self._close(window)
+        with self.coordinator.lock:
+            if window in self._explicit:
+                self._explicit.remove(window)
+        return w if isinstance(w, Measurement) else Measurement(self, window)
 
     def inference(self) -> _InferenceMark:
         """Marks one inference: CUDA-event timed on GPU, host-timed on CPU."""
@@ -222,6 +302,7 @@ class Meter:
     def _open(self, name: str, explicit: bool = False) -> Window:
         if self._forked_from is not None:  # inert in a forked child: a window of nothing
             return Window(-1, name, 0, explicit=explicit)
+        self._check_running(f"window {name!r}")
         w = Window(next(self._windows), name, self.timer.window_edge(), explicit=explicit)
         self.coordinator.open_window(w)
         if not explicit:  # explicit windows take no marks of a thread: see start_window
@@ -234,6 +315,7 @@ class Meter:
             return
         if w.end_ns is not None:
             raise ValueError(f"window {w.name!r} is already closed")
+        self._check_running(f"closing window {w.name!r}")
         w.end_ns = self.timer.window_edge()
         stack = self._stack()
         if w in stack:
@@ -262,11 +344,12 @@ class Meter:
         self.flush(w)
         return self.baseline_w
 
-    def flush(self, window: Window | None = None, timeout_s: float = 10.0) -> None:
+    def flush(self, window: Measurement | Window | None = None, timeout_s: float = 10.0) -> None:
         """Wait until every mark so far (or one window) is integrated."""
         import time
 
         self._check_process()
+        window = None if window is None else _window_of(window)
         deadline = time.monotonic() + timeout_s
         while True:
             self.coordinator.process(final=not self._started)
@@ -301,9 +384,10 @@ class Meter:
             self.flush()
         return self.results.windows()
 
-    def window_energy(self, window: Window) -> dict[str, float]:
+    def window_energy(self, window: Measurement | Window) -> dict[str, float]:
         """{domain: J} of one closed window, as windows() gives it; waits for this window's end
         only, not for marks that other threads may keep adding."""
+        window = _window_of(window)
         self.flush(window)
         return self.results.window_energy(window)
 
@@ -318,6 +402,16 @@ class Meter:
         """
         return self.results.marks_since(since)
 
+    def totals(self) -> pd.DataFrame:
+        """One row per window: energy summed over the domains that add up without overlap (a
+        package's core is not added to its package again), 1-sigma uncertainty in quadrature,
+        duration, n_inferences, and `domains`, those added (aipm_fast.results.window_totals).
+        Kept apart from windows(): a total row inside the per-domain table would be summed again."""
+        self._check_process()
+        if self._started:
+            self.flush()
+        return self.results.totals()
+
     def summary(self) -> pd.DataFrame:
         """Per (window, domain): energy, joules per inference (total and dynamic), throughput,
         and the uncertainty of joules per inference."""
@@ -329,9 +423,10 @@ class Meter:
         w["throughput_per_s"] = n / w["duration_s"]
         return w
 
-    def side_mean(self, quantity: str, window: Window) -> list[float]:
+    def side_mean(self, quantity: str, window: Measurement | Window) -> list[float]:
         """Time-weighted mean over a window of every side channel of `quantity` ("utilization",
         "memory"), one per channel (NaN where none covers it)."""
+        window = _window_of(window)
         if window.end_ns is None:
             raise ValueError(f"window {window.name!r} is still open")
         return self.coordinator.side_mean(quantity, window.start_ns, window.end_ns)
@@ -373,11 +468,12 @@ class _WindowMark:
     __slots__ = ("meter", "name", "w")
 
     def __init__(self, meter: Meter, name: str):
-        self.meter, self.name, self.w = meter, name, None
+        self.meter, self.name = meter, name
+        self.w: Window | None = None
 
-    def __enter__(self):
-        self.w = self.meter._open(self.name)
-        return self.w
+    def __enter__(self) -> Measurement:
+        w = self.w = self.meter._open(self.name)
+        return Measurement(self.meter, w)
 
     def __exit__(self, *exc):
         self.meter._close(self.w)
@@ -401,8 +497,11 @@ class _InferenceMark:
         self.meter = meter
 
     def __enter__(self):
-        if self.meter._forked_from is None:
-            self.start = self.meter.timer.begin()
+        m = self.meter
+        if m._forked_from is None:
+            if not m._started:
+                m._check_running("a mark (inference or step)")
+            self.start = m.timer.begin()
         return self
 
     def __exit__(self, *exc):

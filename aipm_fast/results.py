@@ -54,6 +54,8 @@ MARK_COLUMNS = [
     "index",
     "window",
     "domain",
+    "part",
+    "additive",
     "start_ns",
     "end_ns",
     "latency_s",
@@ -65,6 +67,52 @@ MARK_COLUMNS = [
     "scale",
     "status",
 ]
+
+#: Meter.totals(): one row per window, the sum over its additive domains only
+TOTAL_COLUMNS = [
+    "window",
+    "window_id",
+    "start_ns",
+    "end_ns",
+    "duration_s",
+    "energy_j",
+    "dynamic_energy_j",
+    "uncertainty_j",
+    "n_inferences",
+    "domains",
+    "status",
+]
+
+
+def window_totals(table: pd.DataFrame) -> pd.DataFrame:
+    """TOTAL_COLUMNS from a table of WINDOW_COLUMNS: per window, energies summed over the domains
+    that add up without overlap (the `additive` column: a package's core is not added to its
+    package again). NaN where an additive domain is unknown, or where none was measured: a
+    partial sum would read as the whole. The uncertainty adds the domains' in quadrature (their
+    sampling errors are independent); `domains` names what was added."""
+    rows = []
+    for wid, group in table.groupby("window_id", sort=True):
+        add = group[group["additive"].astype(bool)]
+        first = group.iloc[0]
+        energy = add["energy_j"].sum(skipna=False) if len(add) else np.nan
+        dynamic = add["dynamic_energy_j"].sum(skipna=False) if len(add) else np.nan
+        u = float(np.sqrt((add["uncertainty_j"] ** 2).sum(skipna=False))) if len(add) else np.nan
+        rows.append(
+            {
+                "window": first["window"],
+                "window_id": wid,
+                "start_ns": first["start_ns"],
+                "end_ns": first["end_ns"],
+                "duration_s": first["duration_s"],
+                "energy_j": float(energy),
+                "dynamic_energy_j": float(dynamic),
+                "uncertainty_j": u,
+                "n_inferences": first["n_inferences"],
+                "domains": ",".join(add["domain"]),
+                "status": first["status"],
+            }
+        )
+    return pd.DataFrame(rows, columns=TOTAL_COLUMNS)
 
 
 @dataclass
@@ -218,6 +266,14 @@ class SessionResults:
             ws = [w for w in self.windows_list if w.name != BASELINE and w.end_ns is not None]
         return self._window_frame(ws)
 
+    def totals(self) -> pd.DataFrame:
+        """One row per window (the baseline left out): TOTAL_COLUMNS, see window_totals."""
+        return window_totals(self.windows())
+
+    def window_frame(self, w: Window) -> pd.DataFrame:
+        """The rows of one closed window (any window, the baseline too), as windows() has them."""
+        return self._window_frame([w])
+
     def _window_frame(self, ws: list[Window]) -> pd.DataFrame:
         rows = []
         base = self.baseline_power()
@@ -295,6 +351,9 @@ class SessionResults:
         rows["scale"] = k
         rows["dynamic_energy_j"] = rows["energy_j"] - rows["domain"].map(base).astype(float) * rows["latency_s"]
         rows["estimate"] = rows["estimate"].astype(bool)
+        # what a domain means comes from its source, not from the file
+        rows["part"] = [self.meaning[d].part if d in self.meaning else "other" for d in rows["domain"]]
+        rows["additive"] = [bool(d in self.meaning and self.meaning[d].additive) for d in rows["domain"]]
         rows["status"] = self.status
         return rows[MARK_COLUMNS]
 
@@ -318,6 +377,8 @@ class SessionResults:
                             "index": b.index[keep],
                             "window": b.window[keep],
                             "domain": domain,
+                            "part": self.meaning[domain].part,
+                            "additive": self.meaning[domain].additive,
                             "start_ns": b.start_ns[keep],
                             "end_ns": b.end_ns[keep],
                             "latency_s": latency,
@@ -469,14 +530,14 @@ class StreamedFiles:
         with open(self.paths["marks"], "rb") as f:
             f.seek(self._ours_from["marks"])
             data = f.read() + b"".join(bytes(memoryview(c[0])[c[2] :]) for c in self._pending["marks"])
-        numbers = [c for c in MARK_COLUMNS if c not in ("window", "domain", "channel", "status")]
+        numbers = [c for c in MARK_COLUMNS if c not in ("window", "domain", "part", "additive", "channel", "status")]
         rows = pd.read_csv(
             io.BytesIO(data),
             header=None,
             names=MARK_COLUMNS,
             keep_default_na=False,
             na_values={c: ["nan"] for c in numbers},
-            dtype={"window": str, "domain": str, "channel": str, "status": str},
+            dtype={"window": str, "domain": str, "part": str, "additive": str, "channel": str, "status": str},
         )
         for c in ("window", "domain", "channel"):
             rows[c] = _unescape(rows[c])

@@ -75,9 +75,13 @@ RANK_SCRIPT = (
     trainer = pl.Trainer(max_epochs=EPOCHS, accelerator="cpu", devices=2, strategy="ddp", logger=logger,
                          callbacks=[cb], enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False, log_every_n_steps=1, num_sanity_val_steps=0)
-    trainer.fit(Tiny(), DataLoader(TensorDataset(x, y), batch_size=BATCH))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Tiny(), DataLoader(TensorDataset(x, y), batch_size=BATCH))
+    warnings.filterwarnings("ignore")
     assert torch.distributed.is_initialized()
-    result["lightning"] = {**tables(cb), "logged": logger.rows}
+    result["lightning"] = {**tables(cb), "logged": logger.rows,
+                           "sync_dist_warnings": [str(w.message) for w in caught if "sync_dist" in str(w.message)]}
 
     # -- Hugging Face: the Trainer joins the same process group ------------------------------
     import transformers
@@ -168,19 +172,29 @@ def test_rank_zero_gets_the_job_totals(two_ranks, framework):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_rank_zero_logs_the_job_keys_next_to_its_own(two_ranks, framework):
+def test_rank_zero_logs_the_job_keys_in_records_of_their_own(two_ranks, framework):
     r0, r1 = (two_ranks[r][framework] for r in (0, 1))
-    epochs = [row for row in r0["logged"] if "energy/job/epoch_j" in row]
+    own = [row for row in r0["logged"] if "energy/epoch/total_j" in row]
+    assert [row["energy/epoch/total_j"] for row in own] == pytest.approx([e["energy_j"] for e in r0["epochs"]])
+    epochs = [row for row in r0["logged"] if "energy/job_epoch/total_j" in row]
     assert len(epochs) == EPOCHS
     for n, row in enumerate(epochs):
         e0, e1 = r0["epochs"][n]["energy_j"], r1["epochs"][n]["energy_j"]
-        assert row["energy/epoch_j"] == pytest.approx(e0, rel=1e-6)  # this process's, as before
-        assert row["energy/job/epoch_j"] == pytest.approx(e0 + e1, rel=1e-6)
-        assert row["energy/job/epoch_j_per_sample"] == pytest.approx((e0 + e1) / (2 * STEPS * BATCH), rel=1e-6)
-        assert row["energy/job/epoch_j_per_step"] == pytest.approx((e0 + e1) / STEPS, rel=1e-6)
-        assert row["energy/rank0/epoch_j"] == pytest.approx(e0, rel=1e-6)
-        assert row["energy/rank1/epoch_j"] == pytest.approx(e1, rel=1e-6)
-    train = [row for row in r0["logged"] if "energy/job/train_j" in row]
+        assert "energy/epoch/total_j" not in row
+        assert row["energy/job_epoch/total_j"] == pytest.approx(e0 + e1, rel=1e-6)
+        assert row["energy/job_epoch/j_per_sample"] == pytest.approx((e0 + e1) / (2 * STEPS * BATCH), rel=1e-6)
+        assert row["energy/job_epoch/j_per_step"] == pytest.approx((e0 + e1) / STEPS, rel=1e-6)
+        assert row["energy/job_epoch/rank0_j"] == pytest.approx(e0, rel=1e-6)
+        assert row["energy/job_epoch/rank1_j"] == pytest.approx(e1, rel=1e-6)
+    train = [row for row in r0["logged"] if "energy/job_train/total_j" in row]
     assert len(train) == 1
-    assert train[0]["energy/job/train_j"] == pytest.approx(r0["train"]["energy_j"] + r1["train"]["energy_j"], rel=1e-6)
-    assert train[0]["energy/rank1/train_j"] == pytest.approx(r1["train"]["energy_j"], rel=1e-6)
+    assert train[0]["energy/job_train/total_j"] == pytest.approx(
+        r0["train"]["energy_j"] + r1["train"]["energy_j"], rel=1e-6
+    )
+    assert train[0]["energy/job_train/rank1_j"] == pytest.approx(r1["train"]["energy_j"], rel=1e-6)
+    assert not any(k.startswith("energy/") for row in r1["logged"] for k in row)  # rank 1 logs nothing
+
+
+def test_lightning_under_ddp_gives_no_per_key_sync_dist_warning(two_ranks):
+    for rank in (0, 1):
+        assert two_ranks[rank]["lightning"]["sync_dist_warnings"] == []

@@ -150,20 +150,53 @@ def test_serve_meters_the_whole_machine(hw):
     assert not thread.is_alive()
 
 
-def test_power_is_not_served_as_live_after_the_meter_stops_or_the_gpu_is_lost(hw, monkeypatch):
+def scrape_all(port: int) -> list:
+    """[(sample name, labels, value)] of one scrape, every series (several per domain)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def pick(samples: list, name: str, domain: str) -> list[float]:
+    return [v for n, lb, v in samples if n == name and lb["domain"] == domain]
+
+
+def test_a_lost_gpu_keeps_its_series_with_nan_power_health_says_why_and_a_stopped_meter_is_not_live(
+    hw, monkeypatch, caplog
+):
     options, _ = hw
     monkeypatch.setenv("FAKE_NVML_LOSE_GPU_AFTER_S", "1.0")
     m = Meter(**options, cuda=False).start()
     exporter = PrometheusExporter(m, port=0).start()
     try:
         time.sleep(0.6)
-        live = scrape(exporter.port)
-        assert live[("aipm_power_watts", "nvml:0")][0] == pytest.approx(100.0, rel=0.05)
-        time.sleep(3.5)  # the GPU is lost at 1 s: its readings stop
-        lost = scrape(exporter.port)
-        assert np.isnan(lost[("aipm_power_watts", "nvml:0")][0])
-        assert lost[("aipm_energy_joules_total", "nvml:0")][0] >= live[("aipm_energy_joules_total", "nvml:0")][0]
-        assert np.isfinite(lost[("aipm_power_watts", "rapl:package-0")][0])  # the rest goes on
+        live = scrape_all(exporter.port)
+        assert pick(live, "aipm_power_watts", "nvml:0")[0] == pytest.approx(100.0, rel=0.05)
+        states = {(lb["channel"], lb["state"]): v for n, lb, v in live if n == "aipm_channel_state"}
+        gpu_channels = sorted({c for c, _ in states if c.startswith("nvml")})
+        assert gpu_channels and all(states[(c, "live")] == 1 for c in gpu_channels)
+        assert all(
+            sum(states[(c, s)] for s in ("live", "stale", "stuck", "failing", "dead", "idle")) == 1 for c, _ in states
+        )
+        ages = {lb["channel"]: v for n, lb, v in live if n == "aipm_channel_last_read_age_seconds"}
+        assert all(0 <= ages[c] < 0.7 for c in gpu_channels)  # every one read since the start
+
+        time.sleep(3.0)  # the GPU is lost at 1 s: its reads fail from then on
+        with caplog.at_level("WARNING", logger="aipm_fast.prometheus"):
+            lost = scrape_all(exporter.port)
+        energy = pick(lost, "aipm_energy_joules_total", "nvml:0")
+        assert len(energy) == 1 and energy[0] >= pick(live, "aipm_energy_joules_total", "nvml:0")[0]  # held
+        power = pick(lost, "aipm_power_watts", "nvml:0")
+        assert len(power) == 1 and np.isnan(power[0])
+        assert np.isfinite(pick(lost, "aipm_power_watts", "rapl:package-0")[0])  # the rest goes on
+        now = {lb["channel"]: lb["state"] for n, lb, v in lost if n == "aipm_channel_state" and v == 1}
+        assert all(now[c] in ("failing", "dead") for c in gpu_channels), now
+        assert all(now[c] == "live" for c in now if c.startswith("rapl")), now
+        ages = {lb["channel"]: v for n, lb, v in lost if n == "aipm_channel_last_read_age_seconds"}
+        assert all(ages[c] > 2.0 for c in gpu_channels), ages  # none read since the loss at 1 s
+        logged = [r.getMessage() for r in caplog.records if r.name == "aipm_fast.prometheus"]
+        assert any("nvml" in text and "NaN" in text for text in logged), logged
+
         m.stop()
         stopped = scrape(exporter.port)
         health = [(c["name"], c["status"]) for c in m.report()["recording"]["channels"]]
@@ -172,3 +205,42 @@ def test_power_is_not_served_as_live_after_the_meter_stops_or_the_gpu_is_lost(hw
     finally:
         exporter.stop()
         m.stop()
+
+
+def test_a_stalled_counter_is_served_as_stuck_with_its_energy_held(hw):
+    options, writer = hw
+    m = Meter(**options, cuda=False, stuck_after_s=1.0).start()
+    exporter = PrometheusExporter(m, port=0).start()
+    try:
+        time.sleep(0.5)
+        writer.freeze("intel-rapl:0")  # the package's counter stops advancing
+        before = scrape_all(exporter.port)
+        time.sleep(2.0)
+        after = scrape_all(exporter.port)
+    finally:
+        writer.resume("intel-rapl:0")
+        exporter.stop()
+        m.stop()
+
+    held = pick(after, "aipm_energy_joules_total", "rapl:package-0")
+    assert len(held) == 1 and held[0] >= pick(before, "aipm_energy_joules_total", "rapl:package-0")[0]
+    assert np.isnan(pick(after, "aipm_power_watts", "rapl:package-0")[0])
+    state = [
+        lb["state"] for n, lb, v in after if n == "aipm_channel_state" and v == 1 and lb["domain"] == "rapl:package-0"
+    ]
+    assert state == ["stuck"]
+    assert np.isfinite(pick(after, "aipm_power_watts", "nvml:0")[0])  # the others go on
+
+
+def test_a_busy_port_is_a_clean_error_naming_address_and_port(hw):
+    import errno
+    import socket
+
+    options, _ = hw
+    with socket.socket() as busy, Meter(**options, cuda=False) as m:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=rf"cannot listen on 127.0.0.1:{port}: .*choose another port") as caught:
+            PrometheusExporter(m, port=port).start()
+    assert caught.value.errno == errno.EADDRINUSE

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
-from aipm_fast.domains import additive_domains
 from aipm_fast.integrations.distributed import _dist, _gather, gather_windows, job_summary, rank_meter
-
-
-def total_j(energies: dict[str, float], domains) -> float:
-    """Sum of the domains that add up without overlap (NaN if any of them is unknown);
-    `domains` is the Meter's domain -> meaning mapping."""
-    parts = additive_domains(domains, energies)
-    return float(sum(energies[d] for d in parts)) if parts else math.nan
+from aipm_fast.integrations.keys import total_j
 
 
 def window_energy(meter, window) -> tuple[dict[str, float], float]:
-    """({domain: J}, duration in s) of a closed window, as Meter.windows() gives it. Waits for
-    this window's end only, not for marks that other threads may keep adding."""
-    return meter.window_energy(window), (window.end_ns - window.start_ns) / 1e9
-
-
-def energy_keys(prefix: str, energies: dict[str, float], domains) -> dict[str, float]:
-    """{prefix: total, prefix/<domain>: J}, leaving out what is not a finite number."""
-    keys = {prefix: total_j(energies, domains), **{f"{prefix}/{d}": e for d, e in energies.items()}}
-    return {k: float(v) for k, v in keys.items() if math.isfinite(v)}
+    """({domain: J}, duration in s) of a closed window whose end is resolved, as Meter.windows()
+    gives it, without waiting (see StepMarks._ready_epochs for who waits)."""
+    return meter.results.window_energy(window), (window.end_ns - window.start_ns) / 1e9
 
 
 # -- distributed runs -------------------------------------------------------------------------------
@@ -136,21 +125,6 @@ def gather_job(
     return summary
 
 
-def job_keys(kind: str, summary: dict) -> dict[str, float]:
-    """Rank 0's job keys for a gathered window ("epoch" or "train"): energy/job/<kind>_j (over
-    every rank and node), energy/job/<kind>_j_per_step, energy/job/<kind>_j_per_sample, and
-    energy/rank<r>/<kind>_j per rank; what is not a finite number is left out."""
-    total = summary["total"]
-    keys = {
-        f"energy/job/{kind}_j": total["energy_j"],
-        f"energy/job/{kind}_j_per_step": total["joules_per_step"],
-        f"energy/job/{kind}_j_per_sample": total["joules_per_sample"],
-    }
-    for rank, energy in zip(summary["per_rank"]["rank"], summary["per_rank"]["energy_j"]):
-        keys[f"energy/rank{int(rank)}/{kind}_j"] = energy
-    return {k: float(v) for k, v in keys.items() if v is not None and math.isfinite(v)}
-
-
 def energy_record(epoch, steps: int, samples: int | None, duration: float, energies: dict[str, float], domains) -> dict:
     """One row of a callback's `epochs` (or its `train`): steps, samples, J, J per sample."""
     total = total_j(energies, domains)
@@ -171,10 +145,33 @@ def training_counts(epochs: list[dict]) -> tuple[int, int | None]:
     return sum(e["steps"] for e in epochs), (sum(known) if known and None not in known else None)
 
 
+@dataclass
+class ClosedWindow:
+    """An epoch (or the training run) whose window has closed: logged once its end resolves."""
+
+    mark: Any  # the Meter's window context, already exited
+    window: Any  # its Window
+    epoch: int | None
+    steps: int
+    samples: int | None
+    at: int  # the logger's step at the window's end: where its keys are logged
+    energies: dict[str, float] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)  # energy_record, once resolved
+
+
 class StepMarks:
     """What both callbacks share: the Meter they own or were given, the windows open for
-    training and the current epoch, one open step mark at a time, and the latest of this
-    callback's steps whose energy is known (user marks on the same Meter are not ours).
+    training and the current epoch, one open step mark at a time, and the bookkeeping that
+    hands each step's and each epoch's energy over once, when it is known, without making the
+    training loop wait for it (user marks on the same Meter are not ours).
+
+    Steps are grouped by a key, the logger's step (several batches share one under gradient
+    accumulation): a group is complete once all its marks are integrated and a later step has
+    begun (or training ended). Epochs are closed without waiting; `_ready_epochs` gives those
+    whose readings have passed their end. Under torch.distributed, epoch N-1 is gathered at the
+    end of epoch N (a collective that every rank reaches at the same point, by which time its
+    readings are in) and the rest at the end of training.
+
     A mixin: the callback calls `_setup` from its __init__ and `_begin_run` when training starts."""
 
     def _setup(self, meter, group, meter_options: dict) -> None:
@@ -186,20 +183,30 @@ class StepMarks:
         self._options = meter_options
         self.epochs: list[dict] = []
         self.train: dict | None = None
-        self.last_step: dict[str, float] | None = None  # {domain: J} of the latest resolved step
+        self.last_step: dict[str, float] | None = None  # {domain: J} of the latest complete step
         self.job_epochs: list[dict] = []  # rank 0 of a distributed run: the job's epochs
         self.job_train: dict | None = None
         self._distributed = False
         self._clear()
 
     def _clear(self) -> None:
-        self._clear_steps()
-        self._epoch = None  # (window mark, Window, ...) of the open epoch
-        self._train = None  # (window mark, Window) of the open training window
+        self._step: Any = None  # the open step mark
+        self._step_key: Any = None  # its group's key
+        self._index_key: dict[int, Any] = {}  # mark index -> group key, for our marks not integrated yet
+        self._groups: dict[Any, list] = {}  # key -> [marks not integrated, {domain: J} so far, marks]
+        self._position = 0
+        self._epoch: Any = None  # (window mark, Window) of the open epoch
+        self._train: Any = None  # (window mark, Window) of the open training window
         self._steps = 0
+        self._unresolved: list[ClosedWindow] = []  # closed epochs not logged yet, in order
+        self._ungathered: list[ClosedWindow] = []  # distributed: closed epochs not gathered yet
 
     def _begin_run(self, local_rank: int | None) -> None:
-        """Afresh: results emptied, the Meter started if owned (checked running if given)."""
+        """Afresh: results emptied, the Meter started if owned (checked running if given). An
+        owned Meter left running by a run that raised without telling us is stopped first, so
+        that a retry never meters with two."""
+        if self._owns and self.meter is not None and self.meter.running:
+            self._close_all()
         self._clear()
         self.epochs, self.train, self.last_step = [], None, None
         self.job_epochs, self.job_train = [], None
@@ -224,42 +231,124 @@ class StepMarks:
         if self._owns and self.meter is not None:
             self.meter.stop()
 
-    def _end_window(self, attr: str):
-        """Close the window held in `attr` ("_epoch" or "_train"): (what was held, its
-        {domain: J}, its duration in s)."""
-        opened = getattr(self, attr)
-        setattr(self, attr, None)
-        opened[0].__exit__(None, None, None)
-        energies, duration = window_energy(self.meter, opened[1])
-        return opened, energies, duration
+    def _open(self, name: str):
+        mark = self.meter.window(name)
+        return mark, mark.__enter__().window
 
-    def _begin_step(self) -> None:
+    # -- steps -------------------------------------------------------------------------------
+    def _begin_step(self, key) -> None:
         self._close_step()  # a step that never reached its end hook
         self._steps += 1
         step = self.meter.step()
         step.__enter__()
-        self._step = step
-
-    def _clear_steps(self) -> None:
-        self._step = None  # the open step mark
-        self._mine: set[int] = set()  # indices of this callback's steps not integrated yet
-        self._last_index = -1
-        self._position = 0
-
-    def _open(self, name: str):
-        mark = self.meter.window(name)
-        return mark, mark.__enter__()
+        self._step, self._step_key = step, key
 
     def _close_step(self) -> None:
         step, self._step = self._step, None
         if step is not None:
             step.__exit__(None, None, None)
-            self._mine.add(step.index)
+            self._index_key[step.index] = self._step_key
+            group = self._groups.setdefault(self._step_key, [0, {}, 0])
+            group[0] += 1
+            group[2] += 1
 
-    def _poll(self) -> None:
+    def _complete_steps(self, final: bool = False) -> list[tuple[Any, dict[str, float], int]]:
+        """[(key, {domain: J}, marks)] of the step groups completed since the last call, in the
+        order they began; `final`: training is over, no step is still to come. Never waits."""
         marks, self._position = self.meter.resolved_marks(self._position)
         for index, energies in marks:
-            if index in self._mine:
-                self._mine.discard(index)
-                if index > self._last_index:
-                    self._last_index, self.last_step = index, energies
+            key = self._index_key.pop(index, None)
+            if key is None:
+                continue  # a user's own mark on the same Meter
+            group = self._groups[key]
+            group[0] -= 1
+            for d, e in energies.items():
+                group[1][d] = group[1].get(d, 0.0) + e  # NaN stays NaN: never a partial sum
+        done = []
+        for key, (waiting, energies, n) in list(self._groups.items()):
+            if waiting:
+                break  # keep the order: a later step is handed over after an earlier one
+            if key == self._step_key and not final:
+                break  # more batches may still join this step
+            done.append((key, energies, n))
+            del self._groups[key]
+        if done:
+            self.last_step = done[-1][1]
+        return done
+
+    # -- epochs --------------------------------------------------------------------------------
+    def _end_epoch(self, epoch: int, samples: int | None, at: int) -> None:
+        """Close the epoch's window without waiting for its readings."""
+        self._close_step()
+        opened, self._epoch = self._epoch, None
+        opened[0].__exit__(None, None, None)
+        closed = ClosedWindow(opened[0], opened[1], epoch, self._steps, samples, at)
+        self._unresolved.append(closed)
+        if self._distributed:
+            self._ungathered.append(closed)
+
+    def _resolve(self, closed: ClosedWindow, wait: bool) -> bool:
+        """Fill in a closed window's energies once its end is resolved (`wait`: flush for it)."""
+        if closed.record:
+            return True
+        if not closed.window.end_resolved:
+            if not wait:
+                return False
+            self.meter.flush(closed.window)
+        energies, duration = window_energy(self.meter, closed.window)
+        closed.energies = energies
+        closed.record = energy_record(
+            closed.epoch, closed.steps, closed.samples, duration, energies, self.meter.domains
+        )
+        return True
+
+    def _ready_epochs(self, wait: bool = False) -> list[ClosedWindow]:
+        """The closed epochs whose energies are now known, in order, each handed over once and
+        added to `epochs`; `wait`: wait for all of them (training is over)."""
+        ready = []
+        while self._unresolved and self._resolve(self._unresolved[0], wait):
+            closed = self._unresolved.pop(0)
+            self.epochs.append(closed.record)
+            ready.append(closed)
+        return ready
+
+    def _gather_epochs(self, keep_last: bool) -> list[tuple[ClosedWindow, dict]]:
+        """Distributed: gather the closed epochs (all but the latest if `keep_last`) on rank 0,
+        waiting for their readings: [(epoch, job summary)] on rank 0, [] elsewhere."""
+        todo = self._ungathered[:-1] if keep_last else self._ungathered
+        self._ungathered = self._ungathered[len(todo) :]
+        out = []
+        for closed in todo:
+            self._resolve(closed, wait=True)
+            job = gather_job(
+                closed.window, closed.energies, closed.steps, closed.samples, self.group, domains=self.meter.domains
+            )
+            if job is not None:
+                self.job_epochs.append({"epoch": closed.epoch, **job})
+                out.append((closed, job))
+        return out
+
+    def _end_train(self, at: int) -> tuple[list[ClosedWindow], ClosedWindow | None]:
+        """Training is over: close the step and the training window and wait for them and for
+        the epochs not handed over yet (the loop no longer runs, so nothing is held up):
+        (those epochs, the training run or None where no run was open). Its record is `train`."""
+        self._close_step()
+        opened, self._train = self._train, None
+        if opened is not None:
+            opened[0].__exit__(None, None, None)
+        self.meter.flush()  # every mark of ours, and the windows' edges
+        epochs = self._ready_epochs(wait=True)
+        if opened is None:
+            return epochs, None
+        steps, samples = training_counts(self.epochs)
+        closed = ClosedWindow(opened[0], opened[1], None, steps, samples, at)
+        self._resolve(closed, wait=True)
+        self.train = closed.record
+        return epochs, closed
+
+    def _gather_train(self, closed: ClosedWindow) -> dict | None:
+        """Distributed: the training run gathered on rank 0 (None elsewhere)."""
+        self.job_train = gather_job(
+            closed.window, closed.energies, closed.steps, closed.samples, self.group, domains=self.meter.domains
+        )
+        return self.job_train

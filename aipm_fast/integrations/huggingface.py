@@ -3,41 +3,48 @@
     from aipm_fast.integrations.huggingface import AipmTrainerCallback
 
     callback = AipmTrainerCallback()                 # owns a Meter for the training run
-    trainer = Trainer(model, args, train_dataset=data, callbacks=[callback])
+    trainer = Trainer(model, args, train_dataset=data)
+    callback.attach(trainer)                         # ahead of the report_to integrations
     trainer.train()
     callback.epochs                                  # one dict per epoch
 
 Each optimizer step (`on_step_begin` to `on_step_end`, all its gradient-accumulation
-micro-batches) is a step mark, each epoch a window `epoch_<n>`, the run a window `train`. At
-every log the callback adds, in joules (totals add the domains without overlap, see
-`aipm_fast.domains.additive_domains`):
+micro-batches) is a step mark, each epoch a window `epoch_<n>`, the run a window `train`. Keys,
+in joules (the scheme is `aipm_fast.integrations.keys`; totals add the domains without overlap,
+see `aipm_fast.domains.additive_domains`):
 
-    energy/step_j, energy/step_j/<domain>     the latest step whose energy is known
-    energy/epoch_j, energy/epoch_j/<domain>   the last epoch ended since the previous log
-    energy/epoch_j_per_sample                 its energy per training sample
-    energy/train_j, energy/train_j/<domain>   in the Trainer's final log (the one with train_runtime)
+    energy/steps/total_j, energy/steps/<domain>_j   added to a training log: the steps whose
+    energy/steps/count                              energy became known since the previous one
+    energy/epoch/total_j, energy/epoch/<domain>_j   a record of its own once the epoch's
+    energy/epoch/j_per_sample                       readings are in (never merged into eval_*)
+    energy/train/total_j, energy/train/<domain>_j   a record of its own after the final log
+
+The Trainer logs at the current step only, and a step's energy is known only once the power
+readings pass its end (typically 0.1-1 s later): so each training log carries the energy of the
+steps resolved since the previous log, with their count, and no value is ever repeated; summed
+over the logs they give the energy of every step. Nothing waits for readings while training
+runs: an epoch's record follows at a later step.
 
 These are the figures of the process that logs them. When the run is distributed (a
 torch.distributed process group is up, as under torchrun or accelerate launch), every rank
-meters its own devices and the callback gathers the ranks' figures on rank 0 at the end of
-each epoch and of training, which adds (main process only):
+meters its own devices, and the main process adds the job's figures in records of their own
+(each epoch gathered at the end of the next one, the last at the end of training):
 
-    energy/job/epoch_j                        the epoch's energy summed over every rank and node
-    energy/job/epoch_j_per_step               over the job's steps (the most steps of any rank)
-    energy/job/epoch_j_per_sample             over the samples of all ranks
-    energy/rank<r>/epoch_j                    each rank's share
-    energy/job/train_j, energy/job/train_j_per_step, energy/job/train_j_per_sample,
-    energy/rank<r>/train_j                    the same for the whole run, in the final log
+    energy/job_epoch/total_j                  the epoch's energy summed over every rank and node
+    energy/job_epoch/j_per_step               over the job's steps (the most steps of any rank)
+    energy/job_epoch/j_per_sample             over the samples of all ranks
+    energy/job_epoch/rank<r>_j                each rank's share
+    energy/job_train/...                      the same for the whole run
 
 The gathering uses torch.distributed collectives: under NCCL they go through the current CUDA
 device, which the Trainer (accelerate) sets for each rank (pass `group=` a gloo group where it
 is not set).
 
-The Trainer copies a log into `trainer.state.log_history` and then hands it to the callbacks
-in order; the callback adds its keys to both. The integrations chosen with `report_to`
-(TensorBoard, W&B, MLflow, ...) come before the callbacks given to `Trainer(callbacks=...)`,
-so to have them receive the energy keys too, add the callback with `callback.attach(trainer)`,
-which puts it ahead of them.
+The integrations chosen with `report_to` (TensorBoard, W&B, MLflow, ...) come before the
+callbacks given to `Trainer(callbacks=...)`. `callback.attach(trainer)` puts the callback ahead
+of them, so that they receive the energy keys, and lets it write its own records through
+`trainer.log`; a callback given in `callbacks=` only adds its records to
+`trainer.state.log_history`.
 """
 
 from __future__ import annotations
@@ -55,7 +62,10 @@ except ModuleNotFoundError as exc:
         name=exc.name,
     ) from None
 
-from aipm_fast.integrations.common import StepMarks, energy_keys, energy_record, gather_job, job_keys, training_counts
+import functools
+
+from aipm_fast.integrations.common import ClosedWindow, StepMarks
+from aipm_fast.integrations.keys import energy_keys, epoch_keys, job_keys, steps_keys
 
 
 class AipmTrainerCallback(TrainerCallback, StepMarks):
@@ -64,22 +74,17 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
     meter: a running Meter to use; the callback neither starts nor stops it. Without one, the
         callback makes a Meter from `meter_options` (the Meter's keyword arguments: out_dir,
         cuda, gpus, powercap_root, ...), starts it at `on_train_begin` and stops it at
-        `on_train_end`. The Trainer has no hook for a run that raises: call `callback.close()`
-        (in a `finally`) where that matters; the Meter's threads never keep the process alive.
-        The Meter stays at `callback.meter` for inferences(), windows().
+        `on_train_end`. The Trainer has no hook for a run that raises: after `attach(trainer)`
+        the callback stops its Meter when `trainer.train()` raises; otherwise a later
+        `train()` stops the one left running before it starts afresh, and `callback.close()`
+        stops it at once. The Meter stays at `callback.meter` for inferences(), windows().
     group: the torch.distributed process group to gather over in a distributed run (default:
         the whole world). Under NCCL without a current CUDA device, a gloo group
         (`torch.distributed.new_group(backend="gloo")`).
 
-    `energy/step_j` is the energy of the most recent step whose energy is known, not of the
-    step just logged: a step is integrated only once the power readings pass its end,
-    typically 0.1-1 s later, so it lags the loop by a few steps (and the first logs of a run
-    have none). Epoch figures are exact: at the end of an epoch the callback waits for its
-    readings (a fraction of a second, once per epoch) and adds them to the next log.
-
-    Only the main process (`state.is_world_process_zero`) adds keys to the logs; every
-    process measures and keeps its own tables: `callback.epochs`, one dict per epoch (epoch,
-    steps, samples, duration_s, energy_j, energy_j_per_sample, energy_j/<domain>), and
+    Only the main process (`state.is_world_process_zero`) adds keys and records to the logs;
+    every process measures and keeps its own tables: `callback.epochs`, one dict per epoch
+    (epoch, steps, samples, duration_s, energy_j, energy_j_per_sample, energy_j/<domain>), and
     `callback.train` the same for the whole run. Samples are those this process trained on,
     counted from the batch size (the last batch of an epoch may be short: the count is capped
     at the process's share of the training set).
@@ -87,28 +92,74 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
     Distributed runs: a Meter the callback owns meters this rank's GPU only, and the host (RAPL)
     on local rank 0 only (`aipm_fast.integrations.distributed.rank_engine_options`, under the
     explicit meter options), so that each joule counts once; a Meter passed in is used as it
-    is. Every rank gathers at each epoch end and at the end of training (collectives: all ranks
-    take part). On rank 0, `callback.job_epochs` holds one `job_summary` dict per epoch
-    ({"per_rank", "per_node", "total", "table"}, plus "epoch") and `callback.job_train` the
-    one of the whole run; both stay empty (None) on the other ranks.
+    is. Every rank gathers (collectives: all ranks take part). On rank 0, `callback.job_epochs`
+    holds one `job_summary` dict per epoch ({"per_rank", "per_node", "total", "table"}, plus
+    "epoch") and `callback.job_train` the one of the whole run; both stay empty (None) on the
+    other ranks.
     """
 
     def __init__(self, meter=None, *, group=None, **meter_options):
+        self._trainer = None  # set by attach: our own records then go through trainer.log
         self._setup(meter, group, meter_options)
 
     def _clear(self) -> None:
-        super()._clear()  # here _epoch holds (window mark, Window, epoch number)
-        self._unlogged: dict[str, float] = {}  # epoch keys waiting for the next log
+        super()._clear()
+        self._unlogged_steps: list = [{}, 0]  # [{domain: J}, count] of steps not in a log yet
+        self._emitting = False  # our own record is passing through on_log
+        self._finished = False  # the final log was seen: the records below follow it
+        self._final_records: list[dict] = []  # made at the final log, emitted at on_train_end
+        self._epoch_number = 0
 
     def attach(self, trainer):
         """Add this callback to `trainer` ahead of the `report_to` integrations, so that they
-        receive the energy keys too (callbacks given to `Trainer(callbacks=...)` follow them)."""
+        receive the energy keys too (callbacks given to `Trainer(callbacks=...)` follow them),
+        write its records through `trainer.log`, and stop an owned Meter when `train()` raises."""
         callbacks = trainer.callback_handler.callbacks
         if self in callbacks:
             callbacks.remove(self)
         flow = [i for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)]
         callbacks.insert(flow[0] + 1 if flow else 0, self)
+        if self._trainer is not trainer:
+            self._trainer = trainer
+            train = trainer.train
+
+            @functools.wraps(train)
+            def guarded_train(*args, **kwargs):
+                try:
+                    return train(*args, **kwargs)
+                except BaseException:
+                    self.close()
+                    raise
+
+            trainer.train = guarded_train
         return self
+
+    def _emit(self, state, keys: dict[str, float]) -> None:
+        """A record of our own (an epoch, the run, the job's figures), main process only."""
+        if not keys or not state.is_world_process_zero:
+            return
+        if self._trainer is None:
+            state.log_history.append({**keys, "epoch": state.epoch, "step": state.global_step})
+            return
+        self._emitting = True
+        try:
+            self._trainer.log(dict(keys))
+        finally:
+            self._emitting = False
+
+    def _emit_epoch(self, state, closed: ClosedWindow) -> None:
+        self._emit(state, epoch_keys(closed.energies, closed.record["energy_j_per_sample"], self.meter.domains))
+
+    def _collect_steps(self, final: bool = False) -> None:
+        for _, energies, _ in self._complete_steps(final):
+            total = self._unlogged_steps[0]
+            for d, e in energies.items():
+                total[d] = total.get(d, 0.0) + e
+            self._unlogged_steps[1] += 1
+
+    def _emit_ready(self, state) -> None:
+        for closed in self._ready_epochs():
+            self._emit_epoch(state, closed)
 
     # -- life cycle ----------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -116,53 +167,53 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
         self._train = self._open("train")
 
     def on_train_end(self, args, state, control, **kwargs):
-        self._close_train()
+        if self.meter is not None and self.meter.running and not self._finished:
+            self._finish(state)
+        for keys in self._final_records:
+            self._emit(state, keys)
+        self._final_records = []
         self.close()
 
     def close(self) -> None:
         """Close what is still open and stop the Meter if the callback owns it (idempotent)."""
         self._close_all()
 
-    def _close_train(self) -> None:
-        self._close_step()
-        if self._train is None:
-            return
-        (_, w), energies, duration = self._end_window("_train")
-        steps, samples = training_counts(self.epochs)
-        self.train = energy_record(None, steps, samples, duration, energies, self.meter.domains)
-        self._unlogged.update(energy_keys("energy/train_j", energies, self.meter.domains))
+    def _finish(self, state) -> None:
+        """Training is over (its final log): wait for what is left and keep the records that
+        follow the final log: the epochs not handed over yet, the job's, and the run's."""
+        epochs, train = self._end_train(state.global_step)
+        self._collect_steps(final=True)
+        records = []
+        for closed in epochs:
+            records.append(epoch_keys(closed.energies, closed.record["energy_j_per_sample"], self.meter.domains))
         if self._distributed:
-            self.job_train = gather_job(w, energies, steps, samples, self.group, domains=self.meter.domains)
-            if self.job_train is not None:
-                self._unlogged.update(job_keys("train", self.job_train))
+            records += [job_keys("epoch", job) for _, job in self._gather_epochs(keep_last=False)]
+        if train is not None:
+            records.append(energy_keys("train", train.energies, self.meter.domains))
+            if self._distributed:
+                job = self._gather_train(train)
+                if job is not None:
+                    records.append(job_keys("train", job))
+        self._finished = True
+        self._final_records = [r for r in records if r]
 
     # -- epochs --------------------------------------------------------------------------
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.meter is None:
             return
         self._close_step()
-        n = math.floor((state.epoch or 0) + 1e-6)
-        mark, w = self._open(f"epoch_{n}")
-        self._epoch = (mark, w, n)
+        self._epoch_number = n = math.floor((state.epoch or 0) + 1e-6)
+        self._epoch = self._open(f"epoch_{n}")
         self._steps = 0
 
     def on_epoch_end(self, args, state, control, train_dataloader=None, **kwargs):
-        self._close_step()
         if self._epoch is None:
             return
-        (_, w, n), energies, duration = self._end_window("_epoch")
-        samples = self._samples(args, train_dataloader)
-        record = energy_record(n, self._steps, samples, duration, energies, self.meter.domains)
-        self.epochs.append(record)
-        per_sample = record["energy_j_per_sample"]
-        self._unlogged.update(energy_keys("energy/epoch_j", energies, self.meter.domains))
-        if per_sample is not None and math.isfinite(per_sample):
-            self._unlogged["energy/epoch_j_per_sample"] = per_sample
+        self._end_epoch(self._epoch_number, self._samples(args, train_dataloader), state.global_step)
+        self._emit_ready(state)
         if self._distributed:  # every rank takes part; rank 0 gets the job's figures
-            job = gather_job(w, energies, self._steps, samples, self.group, domains=self.meter.domains)
-            if job is not None:
-                self.job_epochs.append({"epoch": n, **job})
-                self._unlogged.update(job_keys("epoch", job))
+            for _, job in self._gather_epochs(keep_last=True):
+                self._emit(state, job_keys("epoch", job))
 
     def _samples(self, args, train_dataloader) -> int | None:
         """Samples this process trained on in the epoch: steps x batch x accumulation, capped at
@@ -178,32 +229,42 @@ class AipmTrainerCallback(TrainerCallback, StepMarks):
     def on_step_begin(self, args, state, control, **kwargs):
         if self.meter is None:
             return
-        self._begin_step()
+        self._begin_step(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._close_step()
+        if self.meter is not None and self.meter.running:
+            self._emit_ready(state)
 
     # -- logs ----------------------------------------------------------------------------
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.meter is None or logs is None:
+        if self._emitting or self.meter is None or logs is None or not self.meter.running:
             return
+        if _evaluation_only(logs):
+            return  # the steps' energy goes to a training log, not to eval_* figures
         if "train_runtime" in logs:  # the Trainer's final summary: training is over
-            self._close_train()
-        self._poll()
+            self._finish(state)
+        else:
+            self._collect_steps()
         if not state.is_world_process_zero:
-            self._unlogged.clear()
+            self._unlogged_steps = [{}, 0]
             return
-        added = dict(self._unlogged)
-        self._unlogged.clear()
-        if self.last_step is not None:
-            added.update(energy_keys("energy/step_j", self.last_step, self.meter.domains))
-        if not added:
+        energies, count = self._unlogged_steps
+        if not count:
             return
+        self._unlogged_steps = [{}, 0]
+        added = steps_keys(energies, count, self.meter.domains)
         # the Trainer stored a copy of these logs in log_history just before this call
         history = state.log_history
         if history and history[-1].get("step") == state.global_step and all(k in history[-1] for k in logs):
             history[-1].update(added)
         logs.update(added)
+
+
+def _evaluation_only(logs: dict) -> bool:
+    """Whether a log holds evaluation (or test, prediction) figures only."""
+    own = [k for k in logs if k not in ("epoch", "step")]
+    return bool(own) and all(k.split("_")[0] in ("eval", "test", "predict") for k in own)
 
 
 def _local_rank(args) -> int | None:

@@ -14,6 +14,16 @@ Metrics, each labelled domain, host, rank, device, additive (plus any constant `
   aipm_energy_joules_total   energy since the meter started (a counter)
   aipm_step_energy_joules    energy of the last step (or inference) that was integrated
   aipm_steps_total           steps integrated so far (labels host, rank)
+and per channel (labels channel, domain, host, rank):
+  aipm_channel_state                      1 for the channel's state, 0 for the others (label
+                                          state: live, stale, stuck, failing, dead, idle)
+  aipm_channel_last_update_age_seconds    since its reading last changed (NaN: never read)
+  aipm_channel_last_read_age_seconds      since its last successful read (NaN: never read)
+
+When a source stalls or is lost, its series stay: the energy counter holds its last value, the
+power gauge reads NaN (never the last power as if live; a sum over it reads NaN rather than
+silently less) and aipm_channel_state says why; the change is logged once (logger
+"aipm_fast.prometheus").
 
 Some domains lie inside others (RAPL core inside its package; the sources say which): sum only
 series with additive="true", e.g. `sum by (host) (aipm_power_watts{additive="true"})`.
@@ -24,6 +34,8 @@ default one, and several meters can serve on several ports.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
 import threading
@@ -36,6 +48,30 @@ from aipm_fast import policy
 from aipm_fast.tracks import ChannelTrack, answering_track, latest
 
 KEEP_NS = 10_000_000_000  # readings a recorder's view keeps: enough for any power window
+#: the states of aipm_fast.recorder.classify, one series each in aipm_channel_state
+STATES = ("live", "stale", "stuck", "failing", "dead", "idle")
+log = logging.getLogger("aipm_fast.prometheus")
+
+
+def channel_health(recorder, health: dict[int, str], now_ns: int) -> list[tuple[Any, str, float, float]]:
+    """[(channel, state, seconds since its reading last changed, since its last successful
+    read)] for every channel of a recorder, from the health it was last classified with."""
+    out = []
+    for cid, ch in recorder.channels.items():
+        try:
+            stats = recorder.channel_stats(cid)
+        except Exception:  # a closed engine without kept statistics: unknown, not 0
+            stats = {}
+        changed, read = (stats.get(k) for k in ("last_change_ns", "last_read_ns"))
+        out.append(
+            (
+                ch,
+                health.get(cid, "idle"),
+                (now_ns - changed) / 1e9 if changed else float("nan"),
+                (now_ns - read) / 1e9 if read else float("nan"),
+            )
+        )
+    return out
 
 
 class _MeterView:
@@ -46,6 +82,13 @@ class _MeterView:
         self.coordinator = meter.coordinator
         self.results = meter.results
         self.domains = meter.domains
+        self.recorder = meter.recorder
+
+    def channels(self) -> list[tuple[Any, str, float, float]]:
+        """Each channel's health as the coordinator classified it at its latest drain."""
+        with self.coordinator.lock:
+            health = dict(self.coordinator.health)
+        return channel_health(self.recorder, health, self.coordinator.clock())
 
     def live(self, window_ns: int) -> dict[str, tuple[float, float]]:
         return self.coordinator.live(window_ns)
@@ -89,6 +132,9 @@ class _RecorderView:
     def steps(self):
         return 0, {}
 
+    def channels(self) -> list[tuple[Any, str, float, float]]:
+        return channel_health(self.recorder, self.recorder.health(), time.monotonic_ns())
+
     def close(self) -> None:
         remove = getattr(self.recorder, "remove_sink", None)
         if remove is not None:
@@ -101,6 +147,7 @@ class _EnergyCollector:
     def __init__(self, exporter: PrometheusExporter):
         self.exporter = exporter
         self._reported: dict[str, float] = {}  # last energy per domain: a counter never goes down
+        self._states: dict[str, str] = {}  # channel -> state at the previous scrape, to log changes
 
     def describe(self):
         return []  # no collect() at registration: the meter may not have read anything yet
@@ -115,6 +162,7 @@ class _EnergyCollector:
         step = GaugeMetricFamily("aipm_step_energy_joules", "Energy of the last integrated step (J)", labels=names)
         steps = CounterMetricFamily("aipm_steps", "Steps integrated so far", labels=["host", "rank", *ex.extra_labels])
         view = ex.view
+        health = self._channel_families(view, ex)
         n_steps, last_step = view.steps()
         for domain, (total_j, power_w) in view.live(ex.power_window_ns).items():
             meaning = view.domains.get(domain)
@@ -130,13 +178,48 @@ class _EnergyCollector:
             if np.isfinite(total_j):
                 # the counter-derived scale settles after a few seconds; a small step down
                 # would read as a counter reset to Prometheus, so hold the highest value
-                reported = max(total_j, self._reported.get(domain, 0.0))
-                self._reported[domain] = reported
-                energy.add_metric(values, reported)
+                self._reported[domain] = max(total_j, self._reported.get(domain, 0.0))
+            if domain in self._reported:  # a source lost keeps its last total: no series vanishes
+                energy.add_metric(values, self._reported[domain])
             if np.isfinite(last_step.get(domain, np.nan)):
                 step.add_metric(values, last_step[domain])
         steps.add_metric([ex.host, ex.rank, *ex.extra_labels.values()], n_steps)
-        return [power, energy, step, steps]
+        return [power, energy, step, steps, *health]
+
+    def _channel_families(self, view, ex):
+        from prometheus_client.core import GaugeMetricFamily
+
+        names = ["channel", "domain", "host", "rank", *ex.extra_labels]
+        state = GaugeMetricFamily(
+            "aipm_channel_state", "1 for the channel's state (label state), 0 for the others", labels=[*names, "state"]
+        )
+        age = GaugeMetricFamily(
+            "aipm_channel_last_update_age_seconds", "Seconds since the channel's reading last changed", labels=names
+        )
+        read_age = GaugeMetricFamily(
+            "aipm_channel_last_read_age_seconds", "Seconds since the channel's last successful read", labels=names
+        )
+        for ch, now, age_s, read_s in view.channels():
+            values = [ch.name, ch.domain, ex.host, ex.rank, *ex.extra_labels.values()]
+            for s in STATES:
+                state.add_metric([*values, s], 1.0 if s == now else 0.0)
+            age.add_metric(values, age_s)
+            read_age.add_metric(values, read_s)
+            before = self._states.get(ch.name)
+            if before is not None and before != now:
+                if now == "live":
+                    log.warning("aipm-fast: channel %s (%s) is live again", ch.name, ch.domain)
+                else:
+                    log.warning(
+                        "aipm-fast: channel %s (%s) is %s (was %s): its power is served as NaN, "
+                        "its energy holds its last value",
+                        ch.name,
+                        ch.domain,
+                        now,
+                        before,
+                    )
+            self._states[ch.name] = now
+        return [state, age, read_age]
 
 
 class PrometheusExporter:
@@ -173,7 +256,17 @@ class PrometheusExporter:
     def start(self) -> PrometheusExporter:
         from prometheus_client import start_http_server
 
-        started = start_http_server(self.port, addr=self.addr, registry=self.registry)
+        try:
+            started = start_http_server(self.port, addr=self.addr, registry=self.registry)
+        except OSError as exc:
+            fix = {
+                errno.EADDRINUSE: "another process (another exporter?) holds it: choose another port (0: any free one)",
+                errno.EACCES: "ports below 1024 need privileges: choose a port above 1023",
+                errno.EADDRNOTAVAIL: "that address is not one of this machine's",
+            }.get(exc.errno or 0, "check the address and port")
+            raise OSError(
+                exc.errno, f"Prometheus exporter cannot listen on {self.addr}:{self.port}: {exc.strerror}; {fix}"
+            ) from None
         if started is not None:  # prometheus_client >= 0.17 returns (server, thread)
             self._server, self._thread = started
             self.port = self._server.server_port
