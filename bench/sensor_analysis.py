@@ -141,6 +141,22 @@ def analyse(folder: Path) -> dict:
         excess[run] = {"per_cycle_j": (e - steady_j) / cycles, "cycles": cycles, "share": (e - steady_j) / e}
     res["edge_excess"] = excess
 
+    new = attribution.attribute(resp, t, v, *op_spans(mixed), SAMPLE_PERIOD_S)
+    res.update(mixed_tables(mixed, t, v, c, scale, steady, new[0] * scale, new[1] * scale))
+    res["short_windows"] = short_windows(mixed, t, v, scale, steady, resp)
+    return res
+
+
+def op_spans(mixed: cap.Capture):
+    a, b = run_of(mixed, "mixed")
+    ops = [x for x in mixed.blocks if x.start_s >= a and x.end_s <= b]
+    return np.array([x.start_s for x in ops]), np.array([x.end_s for x in ops])
+
+
+def mixed_tables(mixed, t, v, c, scale, steady, new_e, new_u) -> dict:
+    """Per class of op (kind, duration, far from or near a load change): the old placement (the
+    samples at their stamps, scaled) and the new energies given, against the truths."""
+    res: dict = {}
     # mixed ops
     a, b = run_of(mixed, "mixed")
     ops = [x for x in mixed.blocks if x.start_s >= a and x.end_s <= b]
@@ -163,8 +179,6 @@ def analyse(folder: Path) -> dict:
     truth_far = np.where(np.isfinite(local), local, np.array([steady[k] for k in kind])) * dur
     res["far_truth_from_own_run"] = int(np.sum(far & np.isfinite(local)))
     old = trapezoid(t, v, st, en) * scale
-    new_e, new_u = attribution.attribute(resp, t, v, st, en, SAMPLE_PERIOD_S)
-    new_e, new_u = new_e * scale, new_u * scale
     rows = []
     for k in ("hot", "copy", "cool"):
         for d in (0.015, 0.04, 0.1):
@@ -213,7 +227,29 @@ def analyse(folder: Path) -> dict:
         "counter_excess_j": float(e_seq - truth[inside].sum()),
         "n_changes": int(len(change) - 2),
     }
-    res["short_windows"] = short_windows(mixed, t, v, scale, steady, resp)
+    return res
+
+
+def analyse_meter(capture_path: str, inferences_path: str) -> dict:
+    """The Meter's own per-op energies (bench/gpu_meter_mixed.py) against the same truths."""
+    import pandas as pd
+
+    mixed = cap.load(capture_path)
+    inf = pd.read_csv(inferences_path)
+    t, v, c = mixed.samples[:, 0], mixed.samples[:, 1], mixed.counter
+    ce, ca, cb = counter_between(c, t[0], t[-1])
+    scale = ce / trapezoid(t, v, ca, cb)
+    steady = {}
+    for k in ("hot", "copy", "cool"):
+        blk = steady_block(mixed, k)
+        steady[k] = counter_power(c, blk.start_s + 0.3, blk.end_s - 0.05)
+    steady["idle"] = counter_power(c, *run_of(mixed, "steady idle"))
+    n_steady = 3  # the steady runs are the first three marks
+    e = inf["energy_j"].to_numpy()[n_steady:]
+    u = inf["uncertainty_j"].to_numpy()[n_steady:]
+    res = {"steady_power_w": steady, "counter_over_trace": scale, "marks": int(len(inf))}
+    res["meter_estimate_flags"] = float(inf["estimate"].astype(bool).to_numpy()[n_steady:].mean())
+    res.update(mixed_tables(mixed, t, v, c, scale, steady, e, u))
     return res
 
 
@@ -243,8 +279,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("folder")
     ap.add_argument("--json")
+    ap.add_argument("--meter", help="PREFIX of bench/gpu_meter_mixed.py's outputs: analyse the Meter's own figures")
     args = ap.parse_args(argv)
-    res = analyse(Path(args.folder))
+    if args.meter:
+        res = analyse_meter(f"{args.meter}.capture.json", f"{args.meter}.inferences.csv")
+    else:
+        res = analyse(Path(args.folder))
     text = json.dumps(res, indent=1, default=str)
     if args.json:
         Path(args.json).write_text(text)

@@ -119,7 +119,7 @@ def h200_fit(name):
 
 def test_two_h200_calibrations_agree_within_their_intervals():
     a, b = h200_fit("cal1_capture.json"), h200_fit("cal2_capture.json")
-    for kind in ("window", "pole"):
+    for kind in ("window", "pole", "fir"):
         ra = next(c.response for c in a.candidates if c.response.kind == kind)
         rb = next(c.response for c in b.candidates if c.response.kind == kind)
         for p, (lo, hi) in ra.ci95.items():

@@ -225,9 +225,7 @@ def fit_response(
     pole = SensorResponse.pole(
         pp, pd, ci95={"delay_s": (pd - pci[1], pd + pci[1]), "tau_s": (pp - pci[0], pp + pci[0])}, noise_w=pt
     )
-    fir = SensorResponse.from_kernel(
-        "fir", fir.kernel, fir.lag0_s, params={"centroid_s": fir.centroid_s}, noise_w=fir_t
-    )
+    fir = dataclasses.replace(fir, noise_w=fir_t)
     cands = [
         Candidate(window, _levels(inp, wcoef), wf, wt),
         Candidate(pole, _levels(inp, pcoef), pf, pt),
@@ -292,19 +290,31 @@ def _free_response(inp, t, v, fit, test, coef):
     D = np.zeros((n_bins - 2, n_bins + 1))
     for j in range(n_bins - 2):
         D[j, 1 + j : 4 + j] = (1.0, -2.0, 1.0)
-    best = None
     scale = float(np.mean(X[fit] ** 2))
+
+    def solve(mask, lam):
+        A = X[mask].T @ X[mask] + lam * scale * mask.sum() * 1e-3 * (D.T @ D)
+        return np.linalg.solve(A, X[mask].T @ v[mask])
+
+    best = None
     for lam in FIR_SMOOTHING:
-        A = X[fit].T @ X[fit] + lam * scale * fit.sum() * 1e-3 * (D.T @ D)
-        c = np.linalg.solve(A, X[fit].T @ v[fit])
+        c = solve(fit, lam)
         r = v - X @ c
-        cand = (_rms(r, test), _rms(r, fit), c)
+        cand = (_rms(r, test), _rms(r, fit), c, lam)
         if best is None or cand[0] < best[0]:
             best = cand
     assert best is not None
-    heldout, fitted, c = best
+    heldout, fitted, c, lam = best
     kernel = np.repeat(c[1:], per_bin) / per_bin
     gain = kernel.sum() * per_bin / per_bin
     levels = np.concatenate(([c[0]], coef[1:] * gain))
     resp = SensorResponse.from_kernel("fir", kernel, lo)
+
+    def centroid(mask):
+        k = np.repeat(solve(mask, lam)[1:], per_bin)
+        return np.array([SensorResponse.from_kernel("fir", k, lo).centroid_s])
+
+    half = float(_jackknife(centroid, fit)[0])
+    c0 = resp.centroid_s
+    resp = dataclasses.replace(resp, params={"centroid_s": c0}, ci95={"centroid_s": (c0 - half, c0 + half)})
     return resp, fitted, heldout, levels

@@ -133,10 +133,15 @@ class SensorResponse:
             lo, hi = self.ci95.get(k, (float("nan"), float("nan")))
             ci = f" [{lo * 1e3:.1f}, {hi * 1e3:.1f}]" if np.isfinite(lo) else ""
             parts.append(f"{k[:-2]} {v * 1e3:.1f} ms{ci}")
+        shape = ", ".join(parts) if self.kind != "fir" else "1 ms bins"
         return (
-            f"{self.kind}: {', '.join(parts)}; centroid {self.centroid_s * 1e3:.1f} ms, "
+            f"{self.kind}: {shape}; centroid {self.centroid_s * 1e3:.1f} ms{self._ci_text('centroid_s')}, "
             f"95% of the response within {self.width_s * 1e3:.1f} ms; noise {self.noise_w:.1f} W"
         )
+
+    def _ci_text(self, key: str) -> str:
+        lo, hi = self.ci95.get(key, (float("nan"), float("nan")))
+        return f" [{lo * 1e3:.1f}, {hi * 1e3:.1f}]" if np.isfinite(lo) else ""
 
     # -- storage ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
