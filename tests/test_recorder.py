@@ -1,5 +1,6 @@
 """The engine end to end on fake hardware: energies against the fakes' truth, and faults."""
 
+import os
 import time
 
 import numpy as np
@@ -243,7 +244,12 @@ def test_a_counter_reset_is_bridged_not_read_as_a_wrap(tmp_path):
     first = writer.energy_j("intel-rapl:0", rec.start_ns, writer.stop_ns)
     paused_from = writer.stop_ns
     width = tree.zones["intel-rapl:0"].width
-    tree.zones["intel-rapl:0"].energy_path.write_bytes(b"%0*d\n" % (width, 12_000_000))  # 12 J
+    # in place, as the writer does: a truncating write could be read half done (a glitch)
+    fd = os.open(tree.zones["intel-rapl:0"].energy_path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"%0*d\n" % (width, 12_000_000), 0)  # 12 J
+    finally:
+        os.close(fd)
     writer.start()
     time.sleep(0.6)
     rec.close()
