@@ -42,8 +42,10 @@ RIDGE = 1e-6
 #: tell their power from their neighbours', and a 1 ms inference loop would otherwise make
 #: thousands of pieces a second; they get the reconstructed power over their span
 MIN_CUT_SHARE = 0.25
-#: marks are solved in groups spanning at most this long (s), each with its context around it
-GROUP_S = 2.0
+#: marks are solved in groups spanning at most this long (s), each with its context around it:
+#: the work grows with the cube of a group's pieces, and half a second holds the coordinator's
+#: lock for a few milliseconds at most
+GROUP_S = 0.5
 
 
 def pieces(starts_s, ends_s, lo_s: float, hi_s: float, step_s: float):
@@ -97,7 +99,9 @@ def attribute(
     ok = np.isfinite(t) & np.isfinite(s)
     t, s = t[ok], s[ok]
     timing = response.timing_sigma_s if timing_sigma_s is None else timing_sigma_s
-    ctx = (np.empty(0), np.empty(0)) if context is None else tuple(np.asarray(x, dtype=float) for x in context)
+    ctx_a, ctx_b = (np.empty(0), np.empty(0)) if context is None else (np.asarray(x, dtype=float) for x in context)
+    # each group sees the other groups' marks as context too
+    ctx = (np.concatenate([ctx_a, a]), np.concatenate([ctx_b, b]))
     order = np.argsort(a, kind="stable")
     group_start = a[order[0]]
     members: list[int] = []
