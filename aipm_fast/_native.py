@@ -73,7 +73,7 @@ def _ns(seconds: float) -> int:
 
 
 class Engine:
-    """One sampler thread, its channels and its ring buffer."""
+    """The sampler's two threads (fast channels, library calls), its channels and its rings."""
 
     def __init__(self, ring_capacity_log2: int = 18):
         self._e = lib.aipm_engine_new(ring_capacity_log2)
@@ -143,6 +143,18 @@ class Engine:
         self._slot()
         return self._check(lib.aipm_add_nvml_channel(self._e, gpu, NVML_KINDS[kind], _ns(period_s)))
 
+    def set_backoff(self, channel: int, quiet_s: float | None, max_interval_s: float = 1.0) -> None:
+        """Read `channel` less often once its reading has been unchanged (or failing) for quiet_s:
+        its interval doubles at each quiet read up to max_interval_s, and its first change brings
+        its period back. None: never (the default)."""
+        if (quiet_s is not None and not quiet_s > 0) or not max_interval_s > 0:
+            raise ValueError(
+                f"backoff of channel {channel}: quiet span {quiet_s!r} s and longest interval "
+                f"{max_interval_s!r} s must be positive"
+            )
+        quiet = 0 if quiet_s is None else _ns(quiet_s)
+        self._check(lib.aipm_set_backoff(self._e, channel, quiet, _ns(max_interval_s)))
+
     def record_unchanged(self, on: bool = True) -> None:
         """Record every reading, not only changes (sampling studies at full rate)."""
         lib.aipm_set_record_unchanged(self._e, 1 if on else 0)
@@ -192,6 +204,7 @@ class Engine:
             "last_error": s.last_error,
             "last_error_kind": s.last_error_kind,
             "last_value": s.last_value,
+            "interval_ns": s.interval_ns,
         }
 
     def sampler_stats(self) -> dict:
@@ -207,6 +220,9 @@ class Engine:
             "cpu_ns": s.cpu_ns,
             "ring_capacity": s.ring_capacity,
             "n_channels": s.n_channels,
+            "library_wakeups": s.library_wakeups,
+            "library_lateness_max_ns": s.library_lateness_max_ns,
+            "library_cpu_ns": s.library_cpu_ns,
         }
 
     def close(self) -> None:

@@ -117,24 +117,47 @@ HARDWARE_OPTIONS: tuple[HardwareOption, ...] = (
 
 ENV = {o.name: o.env for o in HARDWARE_OPTIONS if o.env}
 
+# How often each kind of channel is read by default. An energy counter loses no energy when read
+# less often, only time resolution; a power reading must be read at its update rate or its changes
+# are missed. Each period is the longest that keeps what accuracy needs, at a cost (CPU of one
+# read on an H200, bench/RESULTS.md) that stays under 1% of a core with one GPU and 2% with eight
+# (bench/bench_engine.py measures both). `periods_s` overrides any of them.
 DEFAULT_PERIODS_S = {
-    # RAPL counters update about every 1 ms: read them at that rate.
-    "rapl": 0.001,
+    # RAPL counters update about every 1 ms, but a counter read every 10 ms holds the same
+    # energy: 10 ms resolves twice as finely as a GPU's 20 ms power samples, and costs a tenth
+    # of 1 kHz (three sysfs reads a wake-up: 1.9% of a core at 1 kHz on a VM). Read at 0.001
+    # for studies of millisecond host work.
+    "rapl": 0.01,
     # hwmon power files are refreshed by their drivers every few ms to 1 s; a sysfs read costs
     # tens of µs: 20 ms sees each change of the fast ones and costs little for the slow ones.
     "hwmon": 0.02,
     # A wall meter's stream sets its own pace; this is only the interval it is expected at.
     "wall": 1.0,
-    # The driver buffers ~120 power samples (2.4 s on an H200): drain it a few times a second.
-    "nvml.power_samples": 0.25,
-    # Field 186 updates about every 100 ms and costs ~7 µs: 20 ms catches each update early.
+    # The driver buffers ~120 power samples (2.4 s on an H200) and every read returns all the new
+    # ones, stamped by the driver: once a second loses none, and a read costs ~0.6 ms (0.06% of a
+    # core per GPU; at 4 a second eight GPUs would cost 1.9%). Results wait up to this long.
+    "nvml.power_samples": 1.0,
+    # Field 186 updates about every 100 ms and costs ~2 µs: 20 ms catches each update early.
     "nvml.power_instant": 0.02,
-    # The mJ counter costs ~4 ms of CPU per call on an H200: once a second, as the anchor.
-    "nvml.energy": 1.0,
+    # The mJ counter costs ~4 ms of CPU per call on an H200. It is the anchor that scales the
+    # samples over spans of 5 s and more, so a read every 5 s gives that scale its span without
+    # losing energy (0.08% of a core per GPU; once a second, eight GPUs would cost 3.2%).
+    "nvml.energy": 5.0,
+    # a benchmark run's mean GPU utilisation needs a few readings per run; a read costs ~2 µs
     "nvml.utilization": 0.1,
-    "nvml.memory_used": 0.1,
+    # memory in use changes with allocations, reported as a level; a read costs ~17 µs
+    "nvml.memory_used": 1.0,
     "nvml.power_average": 0.1,
 }
+
+
+#: A channel whose reading has not changed for this long (what `recorder.classify` calls stale
+#: or stuck) is read less often, its interval doubling up to BACKOFF_MAX_S, until it moves again.
+BACKOFF_QUIET_S = 3.0
+#: The longest interval a quiet channel is read at: it is still seen once a second (its health
+#: reported, its first move caught within a second); counters that could wrap in less are capped
+#: shorter (recorder.backoff_interval_s).
+BACKOFF_MAX_S = 1.0
 
 
 # The hardware fields, one per row of the table, ahead of the engine's own settings. Typed Any
@@ -151,7 +174,8 @@ class EngineConfig(_HardwareFields):
 
     nvml_channels: tuple[str, ...] = ("power_samples", "power_instant", "energy", "utilization", "memory_used")
     periods_s: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PERIODS_S))
-    ring_capacity_log2: int = 18  # 262,144 records: about a minute at default rates
+    ring_capacity_log2: int = 18  # 262,144 records per sampler thread: about a minute at default rates
+    backoff_quiet_s: float | None = BACKOFF_QUIET_S  # None: read every channel at its period, always
 
     @classmethod
     def from_env(cls, environ=None, **overrides) -> EngineConfig:

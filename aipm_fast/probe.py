@@ -31,7 +31,8 @@ def probe_config(config: EngineConfig) -> EngineConfig:
     periods = dict(config.periods_s)
     periods.update(PROBE_PERIODS_S)
     channels = tuple(dict.fromkeys((*config.nvml_channels, "power_average")))
-    return dataclasses.replace(config, periods_s=periods, nvml_channels=channels)
+    # a probe studies each source at its own rate: a quiet one is not read less often
+    return dataclasses.replace(config, periods_s=periods, nvml_channels=channels, backoff_quiet_s=None)
 
 
 def update_intervals(t_ns: np.ndarray, flags: np.ndarray) -> np.ndarray:

@@ -16,8 +16,10 @@ import pandas as pd
 
 from aipm_fast import counters, offline
 from aipm_fast._native import RECORD_DTYPE, Engine, now_ns
-from aipm_fast.config import EngineConfig
+from aipm_fast.config import BACKOFF_MAX_S, EngineConfig
 from aipm_fast.offline import DomainEnergy
+from aipm_fast.policy import DEFAULT_MAX_POWER_W
+from aipm_fast.producers import FIRST_ID
 from aipm_fast.sensor.store import responses_for
 from aipm_fast.sources import Channel, discover_all
 from aipm_fast.sources.base import COUNTER
@@ -83,6 +85,10 @@ class Recorder:
         )
         self.discovery.notes.extend(notes)
         self.lateness_channel = self.engine.add_lateness_channel() if lateness else None
+        if self.config.backoff_quiet_s is not None:
+            for ch in self.channels.values():
+                if ch.id < FIRST_ID:  # a C channel; producers read at their own pace
+                    self.engine.set_backoff(ch.id, self.config.backoff_quiet_s, backoff_interval_s(ch))
         self._chunks: list[np.ndarray] = []
         self.curve_errors: dict[str, str] = {}
         self.counter_events: dict[str, str] = {}  # channel name -> its counter's events, from energy()
@@ -296,6 +302,17 @@ class Recorder:
             "problems": [asdict(p) for p in self.discovery.problems],
             "notes": self.discovery.notes,
         }
+
+
+def backoff_interval_s(ch: Channel) -> float:
+    """The longest interval a quiet channel is read at (config.BACKOFF_MAX_S), never below its
+    period, and for a counter that wraps short enough that no whole wrap can pass between two
+    reads at its largest plausible power (half its range): reading less often then costs
+    only time resolution, never energy."""
+    longest = BACKOFF_MAX_S
+    if ch.reading == COUNTER and ch.wrap is not None:
+        longest = min(longest, ch.wrap / (2 * (ch.max_power_w or DEFAULT_MAX_POWER_W)))
+    return max(ch.period_s, longest)
 
 
 def classify(ch: Channel, s: dict, start_ns: int | None, end_ns: int, stuck_after_s: float = STUCK_AFTER_S) -> str:

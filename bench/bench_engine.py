@@ -2,15 +2,21 @@
 
     python bench/bench_engine.py            # prints one line per target, and JSON at the end
 
-Targets (issue: native sampling engine):
-  sampler CPU at default periods, fake RAPL (1 kHz) + fake NVML   <= 1% of one core
-  records into the ring, sustained, no loss                       >= 100,000 records/s
-  drain into numpy                                                >= 10 million records/s
-  loop jitter p99 at 1 kHz, idle machine                          < 200 µs
+Targets (issues: native sampling engine; cost near zero):
+  sampler CPU at default periods, fake RAPL + fake NVML of 1 GPU   <= 1% of one core
+  the same with 8 GPUs                                             <= 2% of one core
+  (the fake's NVML calls spin the CPU for what an H200's cost: H200_CALL_US)
+  fast-thread lateness p99 with a 1 kHz channel while NVML is read < 200 µs
+  records into the ring, sustained, no loss                        >= 100,000 records/s
+  drain into numpy                                                 >= 10 million records/s
+  loop jitter p99 at 1 kHz, idle machine                           < 200 µs
+
+    python bench/bench_engine.py --only cpu    # just the sampler's CPU and lateness
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -49,29 +55,77 @@ def fake_nvml(tmp: str) -> str:
     return lib
 
 
-def sampler_cpu(tmp: str, seconds: float = 10.0) -> dict:
-    tree = build_powercap_tree(os.path.join(tmp, "pc"))
+#: CPU time of one NVML call on an H200 (bench/RESULTS.md, `aipm-fast probe`), in µs
+H200_CALL_US = {
+    "nvmlDeviceGetTotalEnergyConsumption": 4000,
+    "nvmlDeviceGetSamples": 600,
+    "nvmlDeviceGetFieldValues": 2,
+    "nvmlDeviceGetUtilizationRates": 2,
+    "nvmlDeviceGetMemoryInfo": 17,
+}
+
+
+def h200_costs(gpus: int) -> dict[str, str]:
+    """The fake NVML's environment: `gpus` GPUs whose calls spin for what an H200's cost."""
+    return {
+        "FAKE_NVML_GPUS": str(gpus),
+        "FAKE_NVML_CALL_US": ",".join(f"{fn}:{us}" for fn, us in H200_CALL_US.items()),
+        "FAKE_NVML_CALL_SPIN": "1",
+    }
+
+
+def sampler_cpu(tmp: str, seconds: float = 10.0, gpus: int = 1, periods_s: dict | None = None) -> dict:
+    """The sampler's CPU and its fast thread's lateness at default periods (or `periods_s`), fake
+    RAPL (3 powercap zones) and a fake NVML of `gpus` GPUs at H200 call costs."""
+    tree = build_powercap_tree(tempfile.mkdtemp(dir=tmp))
     writer = PowercapWriter(tree, None).start()
+    saved = {k: os.environ.get(k) for k in h200_costs(gpus)}
+    os.environ.update(h200_costs(gpus))
     try:
         rec = Recorder(
-            powercap_root=str(tree.root), nvml_lib=fake_nvml(tmp), msr_root="/x", perf_root="/x", lateness=True
+            powercap_root=str(tree.root),
+            nvml_lib=fake_nvml(tmp),
+            msr_root="/x",
+            perf_root="/x",
+            lateness=True,
+            periods_s=periods_s,
         )
         rec.start()
-        end = time.monotonic() + seconds
+        # CPU between two points of the steady state: the first pass and the final readings at
+        # stop are a full round of every channel each, which a short run would overweigh
+        time.sleep(1.0)
+        rec.drain()
+        before = rec.engine.sampler_stats()
+        reads_before = {cid: rec.engine.channel_stats(cid)["read_ns_total"] for cid in rec.channels}
+        t0 = time.monotonic()
+        end = t0 + seconds
         while time.monotonic() < end:
             time.sleep(0.25)
             rec.drain()
+        after = rec.engine.sampler_stats()
+        seconds = time.monotonic() - t0
+        reads = {cid: rec.engine.channel_stats(cid)["read_ns_total"] - reads_before[cid] for cid in rec.channels}
         rec.stop()
         stats = rec.engine.sampler_stats()
         lat = rec.records()[rec.records()["channel"] == rec.lateness_channel]["value"] / 1e3
         channels = len(rec.channels)
+        per_channel = {c.name: 100 * reads[cid] / (seconds * 1e9) for cid, c in rec.channels.items()}
         rec.close()
     finally:
         writer.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return {
-        "cpu_percent_of_core": 100 * stats["cpu_ns"] / (seconds * 1e9),
+        "gpus": gpus,
+        "cpu_percent_of_core": 100 * (after["cpu_ns"] - before["cpu_ns"]) / (seconds * 1e9),
+        "library_thread_cpu_percent": 100 * (after["library_cpu_ns"] - before["library_cpu_ns"]) / (seconds * 1e9),
+        "read_cpu_percent_by_channel": {k: round(v, 4) for k, v in per_channel.items() if v >= 0.001},
         "channels": channels,
-        "wakeups_per_s": stats["wakeups"] / seconds,
+        "wakeups_per_s": (after["wakeups"] - before["wakeups"]) / seconds,
+        "library_wakeups_per_s": (after["library_wakeups"] - before["library_wakeups"]) / seconds,
         "missed_deadlines": stats["missed_deadlines"],
         "lateness_p50_us": float(np.percentile(lat, 50)),
         "lateness_p99_us": float(np.percentile(lat, 99)),
@@ -152,29 +206,54 @@ def drain_rate(tmp: str) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["cpu"], help="only the sampler's CPU and lateness (1 and 8 GPUs)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each CPU measurement")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {
+        results: dict = {
             "machine": (
                 f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}"
             ),
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "sampler_cpu_default_periods": sampler_cpu(tmp),
-            "jitter_1khz": jitter_1khz(tmp),
-            "sustained_records": sustained_rate(tmp),
-            "drain": drain_rate(tmp),
+            "nvml_call_us": H200_CALL_US,
         }
-    s, j, r, d = (results[k] for k in ("sampler_cpu_default_periods", "jitter_1khz", "sustained_records", "drain"))
+        for gpus in (1, 8):
+            results[f"sampler_cpu_default_periods_{gpus}gpu"] = sampler_cpu(tmp, args.seconds, gpus)
+        # RAPL at 1 kHz (the option for high-frequency studies) beside eight GPUs' NVML calls
+        results["rapl_1khz_8gpu"] = sampler_cpu(tmp, args.seconds, 8, {"rapl": 0.001})
+        if args.only != "cpu":
+            results["jitter_1khz"] = jitter_1khz(tmp)
+            results["sustained_records"] = sustained_rate(tmp)
+            results["drain"] = drain_rate(tmp)
+    for gpus, target in ((1, 1.0), (8, 2.0)):
+        s = results[f"sampler_cpu_default_periods_{gpus}gpu"]
+        print(
+            f"sampler CPU at default periods, {gpus} GPU(s) ({s['channels']} channels): "
+            f"{s['cpu_percent_of_core']:.2f}% of a core (library thread {s['library_thread_cpu_percent']:.2f}%; "
+            f"target <= {target:g}%); fast-thread lateness p99 {s['lateness_p99_us']:.0f} µs"
+        )
+    k = results["rapl_1khz_8gpu"]
     print(
-        f"sampler CPU at default periods ({s['channels']} channels): "
-        f"{s['cpu_percent_of_core']:.2f}% of a core (target <= 1%)"
+        f"RAPL at 1 kHz beside 8 GPUs' NVML calls: fast-thread lateness p50 {k['lateness_p50_us']:.0f} µs, "
+        f"p99 {k['lateness_p99_us']:.0f} µs (target < 200 µs), max {k['lateness_max_us']:.0f} µs; "
+        f"sampler CPU {k['cpu_percent_of_core']:.2f}%"
     )
-    print(f"sustained: {r['records_per_s']:,.0f} records/s, {r['overflows']} lost (target >= 100,000/s, none lost)")
-    print(f"drain: {d['records_per_s'] / 1e6:,.1f} million records/s over {d['records']:,} records (target >= 10 M/s)")
-    print(
-        f"jitter at 1 kHz: p50 {j['p50_us']:.1f} µs, p99 {j['p99_us']:.1f} µs, max {j['max_us']:.0f} µs "
-        "(target p99 < 200 µs)"
-    )
+    if args.only != "cpu":
+        j, r, d = (results[k] for k in ("jitter_1khz", "sustained_records", "drain"))
+        print(f"sustained: {r['records_per_s']:,.0f} records/s, {r['overflows']} lost (target >= 100,000/s, none lost)")
+        print(
+            f"drain: {d['records_per_s'] / 1e6:,.1f} million records/s over {d['records']:,} records (target >= 10 M/s)"
+        )
+        print(
+            f"jitter at 1 kHz: p50 {j['p50_us']:.1f} µs, p99 {j['p99_us']:.1f} µs, max {j['max_us']:.0f} µs "
+            "(target p99 < 200 µs)"
+        )
     print(json.dumps(results, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

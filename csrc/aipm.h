@@ -67,18 +67,25 @@ typedef struct {
     int32_t last_error;       /* errno or NVML code of the last failure, 0 if none */
     int32_t last_error_kind;  /* AIPM_E* of the last failure */
     double last_value;
+    int64_t interval_ns;      /* the current read interval: the period, or longer while backed off */
 } aipm_channel_stats;
 
+/* The sampler is two threads, each with its own ring: the fast thread reads files, MSRs and
+ * perf counters (microseconds a read) on their deadlines; the library thread makes the library
+ * calls that can take milliseconds (NVML), so that they never delay a fast deadline. */
 typedef struct {
-    uint64_t wakeups;            /* sampler loop iterations */
-    uint64_t missed_deadlines;   /* channel periods skipped because the loop was late */
-    uint64_t overflows;          /* records dropped because the ring was full */
-    uint64_t records_written;    /* records that made it into the ring */
-    int64_t lateness_max_ns;     /* worst wake-up lateness against the absolute deadline */
-    int64_t lateness_sum_ns;
-    int64_t cpu_ns;              /* CPU time used by the sampler thread */
-    uint32_t ring_capacity;
+    uint64_t wakeups;            /* fast thread's loop iterations */
+    uint64_t missed_deadlines;   /* channel periods skipped because a loop was late (both threads) */
+    uint64_t overflows;          /* records dropped because a ring was full (both rings) */
+    uint64_t records_written;    /* records that made it into the rings */
+    int64_t lateness_max_ns;     /* fast thread's worst wake-up lateness against its deadline */
+    int64_t lateness_sum_ns;     /* over the fast thread's wake-ups */
+    int64_t cpu_ns;              /* CPU time used by both sampler threads */
+    uint32_t ring_capacity;      /* of each ring */
     uint32_t n_channels;
+    uint64_t library_wakeups;    /* library thread's loop iterations */
+    int64_t library_lateness_max_ns;
+    int64_t library_cpu_ns;      /* the library thread's part of cpu_ns */
 } aipm_sampler_stats;
 
 typedef struct aipm_engine aipm_engine;
@@ -106,6 +113,12 @@ int aipm_nvml_open(aipm_engine *e, const char *library_path);
 int aipm_nvml_device_name(aipm_engine *e, uint32_t gpu, char *buf, uint32_t len);
 int aipm_add_nvml_channel(aipm_engine *e, uint32_t gpu, int kind, int64_t period_ns);
 const char *aipm_nvml_error_string(aipm_engine *e, int32_t code);
+
+/* Read a quiet channel less often: once its reading has not changed for quiet_ns (and while
+ * its reads fail), each read doubles its interval, up to max_interval_ns; the first change
+ * brings it back to its period. Reads go on (the channel is still seen and reported), only
+ * fewer. quiet_ns 0 turns it off (the default). Not while running. */
+int aipm_set_backoff(aipm_engine *e, uint32_t channel, int64_t quiet_ns, int64_t max_interval_ns);
 
 /* Record every reading, changed or not (for studies of the sources at full rate); off by default. */
 void aipm_set_record_unchanged(aipm_engine *e, int on);

@@ -1,8 +1,12 @@
-/* engine.c: the channel table, the sampler thread and the API that Python calls.
+/* engine.c: the channel table, the sampler threads and the API that Python calls.
  *
- * One pthread reads every channel on its own period against absolute CLOCK_MONOTONIC
+ * Two pthreads read the channels, each on its own period against absolute CLOCK_MONOTONIC
  * deadlines (clock_nanosleep TIMER_ABSTIME), so that periods do not drift with the cost of
- * reads. A reading equal to the previous one is not recorded, except once per heartbeat, so
+ * reads: the fast thread reads files, MSRs and perf counters (microseconds each), the library
+ * thread the library calls that take up to milliseconds (NVML's energy counter ~4 ms, its
+ * sample buffer ~0.6 ms on an H200), so that these never make a 1 kHz deadline late. Each
+ * thread pushes into its own single-producer ring; a drain empties both. A channel whose
+ * reading stops changing can be read less often until it moves again (aipm_set_backoff). A reading equal to the previous one is not recorded, except once per heartbeat, so
  * a quiet channel costs almost nothing in the ring and is still seen to be alive. What a
  * channel is (a file, a register, an NVML call) is its source's business: the engine only
  * calls the channel's operations (channel_ops in internal.h). */
@@ -12,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -47,15 +53,20 @@ int32_t aipm_last_errno(aipm_engine *e) { return e->error_errno; }
 
 void engine_emit(aipm_engine *e, uint32_t channel, int64_t t_ns, double value, uint32_t flags) {
     aipm_record rec = {t_ns, value, channel, flags};
-    ring_push(&e->ring, &rec);
+    ring_push(&e->lanes[e->channels[channel].lane].ring, &rec);
 }
 
 aipm_engine *aipm_engine_new(uint32_t ring_capacity_log2) {
     aipm_engine *e = calloc(1, sizeof *e);
     if (!e) return NULL;
-    if (ring_init(&e->ring, ring_capacity_log2) != AIPM_OK) {
-        free(e);
-        return NULL;
+    for (int k = 0; k < SAMPLER_THREADS; k++) {
+        e->lanes[k].engine = e;
+        e->lanes[k].index = k;
+        if (ring_init(&e->lanes[k].ring, ring_capacity_log2) != AIPM_OK) {
+            for (int j = 0; j < k; j++) ring_free(&e->lanes[j].ring);
+            free(e);
+            return NULL;
+        }
     }
     pthread_mutex_init(&e->stats_lock, NULL);
     e->lateness_channel = -1;
@@ -69,7 +80,7 @@ void aipm_engine_free(aipm_engine *e) {
     for (uint32_t i = 0; i < e->n_channels; i++)
         if (e->channels[i].ops->release) e->channels[i].ops->release(&e->channels[i]);
     nvml_close(e);
-    ring_free(&e->ring);
+    for (int k = 0; k < SAMPLER_THREADS; k++) ring_free(&e->lanes[k].ring);
     pthread_mutex_destroy(&e->stats_lock);
     free(e);
 }
@@ -92,10 +103,25 @@ aipm_channel *engine_new_channel(aipm_engine *e, const channel_ops *ops, int64_t
     c->ops = ops;
     c->fd = -1;
     c->period_ns = period_ns;
+    c->interval_ns = period_ns;
+    c->lane = ops->library ? SAMPLER_LIBRARY : SAMPLER_FAST;
+    c->stats.interval_ns = period_ns;
     return c;
 }
 
 int engine_commit_channel(aipm_engine *e) { return (int)e->n_channels++; }
+
+int aipm_set_backoff(aipm_engine *e, uint32_t channel, int64_t quiet_ns, int64_t max_interval_ns) {
+    if (atomic_load(&e->running)) return engine_fail(e, AIPM_ESTATE, 0, "backoff cannot be set while the sampler runs");
+    if (channel >= e->n_channels) return engine_fail(e, AIPM_EARG, 0, "no channel %u", channel);
+    if (quiet_ns < 0 || (quiet_ns > 0 && max_interval_ns <= 0))
+        return engine_fail(e, AIPM_EARG, 0, "backoff: quiet %lld ns and longest interval %lld ns must be positive",
+                           (long long)quiet_ns, (long long)max_interval_ns);
+    aipm_channel *c = &e->channels[channel];
+    c->backoff_quiet_ns = quiet_ns;
+    c->backoff_max_ns = max_interval_ns;
+    return AIPM_OK;
+}
 
 /* Written by the loop itself, once per wake-up: never polled. */
 static const channel_ops lateness_ops = {.read = NULL};
@@ -107,9 +133,10 @@ int aipm_add_lateness_channel(aipm_engine *e) {
     return engine_commit_channel(e);
 }
 
-/* One poll of one channel, at time now. */
-static void poll_channel(aipm_engine *e, uint32_t id, aipm_channel *c, int64_t now,
-                         uint32_t extra_flags) {
+/* One poll of one channel, at time now. Returns 1 when the reading moved (a new value, or new
+ * buffered samples), 0 when it did not or the read failed. */
+static int poll_channel(aipm_engine *e, uint32_t id, aipm_channel *c, int64_t now,
+                        uint32_t extra_flags) {
     const channel_ops *ops = c->ops;
     int32_t err = 0;
     double value = 0;
@@ -152,28 +179,52 @@ static void poll_channel(aipm_engine *e, uint32_t id, aipm_channel *c, int64_t n
 
     if (rc < 0 || ops->buffered) {
         if (changed) c->last_emit_ns = now;
-        return;
+        return changed > 0;
     }
     if (changed || heartbeat || atomic_load_explicit(&e->record_unchanged, memory_order_relaxed)) {
         /* the reading's time is the middle of the read call */
         engine_emit(e, id, t0 + (t1 - t0) / 2, value, (changed ? 0 : AIPM_FLAG_REPEAT) | extra_flags);
         c->last_emit_ns = now;
     }
+    return changed > 0;
 }
 
-/* Reads every channel that is due at now; returns the periods skipped because the loop fell
- * behind by whole periods (counted, not caught up). */
-static uint64_t poll_due(aipm_engine *e, int64_t now) {
+/* The interval to the next read: the period while the reading moves; once it has been quiet
+ * (unchanged or failing) for backoff_quiet_ns, twice the last interval up to backoff_max_ns.
+ * A counter loses no energy when read less often, only time resolution, and the first change
+ * brings the period back. */
+static void next_interval(aipm_engine *e, aipm_channel *c, int moved, int64_t now) {
+    int64_t interval = c->period_ns;
+    if (moved) {
+        c->quiet_since_ns = now;
+    } else if (c->backoff_quiet_ns > 0 && now - c->quiet_since_ns >= c->backoff_quiet_ns) {
+        interval = c->interval_ns < c->backoff_max_ns / 2 ? c->interval_ns * 2 : c->backoff_max_ns;
+        if (interval < c->period_ns) interval = c->period_ns;
+    }
+    if (interval != c->interval_ns) {
+        c->interval_ns = interval;
+        pthread_mutex_lock(&e->stats_lock);
+        c->stats.interval_ns = interval;
+        pthread_mutex_unlock(&e->stats_lock);
+    }
+}
+
+static int polled_by(const aipm_channel *c, int lane) { return c->ops->read && c->lane == lane; }
+
+/* Reads every channel of this lane that is due at now; returns the periods skipped because the
+ * loop fell behind by whole intervals (counted, not caught up). */
+static uint64_t poll_due(aipm_engine *e, int lane, int64_t now) {
     uint64_t missed = 0;
     for (uint32_t i = 0; i < e->n_channels; i++) {
         aipm_channel *c = &e->channels[i];
-        if (!c->ops->read || c->next_due_ns > now) continue;
-        poll_channel(e, i, c, now, 0);
-        c->next_due_ns += c->period_ns;
+        if (!polled_by(c, lane) || c->next_due_ns > now) continue;
+        int moved = poll_channel(e, i, c, now, 0);
+        next_interval(e, c, moved, now);
+        c->next_due_ns += c->interval_ns;
         if (c->next_due_ns <= now) {
-            int64_t behind = (now - c->next_due_ns) / c->period_ns + 1;
+            int64_t behind = (now - c->next_due_ns) / c->interval_ns + 1;
             missed += (uint64_t)behind;
-            c->next_due_ns += behind * c->period_ns;
+            c->next_due_ns += behind * c->interval_ns;
         }
     }
     return missed;
@@ -186,57 +237,92 @@ static void sleep_until(int64_t t_ns) {
 }
 
 static void *sampler_main(void *arg) {
-    aipm_engine *e = arg;
+    sampler_lane *L = arg;
+    aipm_engine *e = L->engine;
+    const int lane = L->index;
     /* the default 50 µs timer slack would be most of our wake-up jitter at 1 kHz */
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    prctl(PR_SET_NAME, lane == SAMPLER_FAST ? "aipm-sampler" : "aipm-library", 0, 0, 0);
+    /* the library thread yields the CPU to the fast one: where cores are few, a 4 ms library call
+     * must not hold the core the next 1 kHz deadline wakes on (nice is per thread on Linux) */
+    if (lane == SAMPLER_LIBRARY) {
+        id_t tid = (id_t)syscall(SYS_gettid);
+        setpriority(PRIO_PROCESS, tid, getpriority(PRIO_PROCESS, tid) + AIPM_LIBRARY_NICE);
+    }
     int64_t start = clock_ns(CLOCK_MONOTONIC);
     for (uint32_t i = 0; i < e->n_channels; i++) {
-        e->channels[i].next_due_ns = start;
-        e->channels[i].last_emit_ns = start - AIPM_HEARTBEAT_NS; /* first reading is recorded */
+        aipm_channel *c = &e->channels[i];
+        if (c->lane != lane) continue;
+        c->next_due_ns = start;
+        c->last_emit_ns = start - AIPM_HEARTBEAT_NS; /* first reading is recorded */
+        c->quiet_since_ns = start;
+        c->interval_ns = c->period_ns;
     }
-    uint64_t wakeups = 0; /* the sampler's own copy of counts.wakeups */
+    const int lateness_here = e->lateness_channel >= 0 && e->channels[e->lateness_channel].lane == lane;
+    uint64_t wakeups = 0; /* the thread's own copy of counts.wakeups */
     while (atomic_load_explicit(&e->running, memory_order_acquire)) {
         int64_t deadline = INT64_MAX;
         for (uint32_t i = 0; i < e->n_channels; i++)
-            if (e->channels[i].ops->read && e->channels[i].next_due_ns < deadline)
+            if (polled_by(&e->channels[i], lane) && e->channels[i].next_due_ns < deadline)
                 deadline = e->channels[i].next_due_ns;
         int64_t now = clock_ns(CLOCK_MONOTONIC);
         if (deadline == INT64_MAX || deadline - now > AIPM_MAX_SLEEP_NS) {
             /* nothing due soon: nap and look at the stop flag again */
             if (deadline == INT64_MAX) /* nothing to read at all: the first pass is trivially done */
-                atomic_store_explicit(&e->first_pass_done, 1, memory_order_release);
+                atomic_store_explicit(&L->first_pass_done, 1, memory_order_release);
             sleep_until(now + AIPM_MAX_SLEEP_NS);
             continue;
         }
         sleep_until(deadline);
         now = clock_ns(CLOCK_MONOTONIC);
         int64_t late = now - deadline;
-        if (e->lateness_channel >= 0) engine_emit(e, (uint32_t)e->lateness_channel, deadline, (double)late, 0);
-        uint64_t missed = poll_due(e, now);
+        if (lateness_here) engine_emit(e, (uint32_t)e->lateness_channel, deadline, (double)late, 0);
+        uint64_t missed = poll_due(e, lane, now);
         wakeups++;
         int64_t cpu = (wakeups & 63) == 0 ? clock_ns(CLOCK_THREAD_CPUTIME_ID) : -1; /* a syscall: not every wake-up */
         pthread_mutex_lock(&e->stats_lock);
-        e->counts.wakeups = wakeups;
-        e->counts.missed += missed;
-        e->counts.lateness_sum_ns += late;
-        if (late > e->counts.lateness_max_ns) e->counts.lateness_max_ns = late;
-        if (cpu >= 0) e->counts.cpu_ns = cpu;
+        L->counts.wakeups = wakeups;
+        L->counts.missed += missed;
+        L->counts.lateness_sum_ns += late;
+        if (late > L->counts.lateness_max_ns) L->counts.lateness_max_ns = late;
+        if (cpu >= 0) L->counts.cpu_ns = cpu;
         pthread_mutex_unlock(&e->stats_lock);
-        atomic_store_explicit(&e->first_pass_done, 1, memory_order_release);
+        atomic_store_explicit(&L->first_pass_done, 1, memory_order_release);
     }
     /* a last reading of every channel, so the recording covers up to the stop */
     int64_t now = clock_ns(CLOCK_MONOTONIC);
     for (uint32_t i = 0; i < e->n_channels; i++) {
         aipm_channel *c = &e->channels[i];
-        if (!c->ops->read || !(c->ops->buffered || c->have_value)) continue;
+        if (!polled_by(c, lane) || !(c->ops->buffered || c->have_value)) continue;
         c->last_emit_ns = now - AIPM_HEARTBEAT_NS; /* force a record */
         poll_channel(e, i, c, now, AIPM_FLAG_FINAL);
     }
     int64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     pthread_mutex_lock(&e->stats_lock);
-    e->counts.cpu_ns = cpu;
+    L->counts.cpu_ns = cpu;
     pthread_mutex_unlock(&e->stats_lock);
     return NULL;
+}
+
+/* Whether lane k has any channel to read (else its thread is not started). */
+static int lane_used(aipm_engine *e, int k) {
+    for (uint32_t i = 0; i < e->n_channels; i++)
+        if (polled_by(&e->channels[i], k)) return 1;
+    return 0;
+}
+
+static void join_lanes(aipm_engine *e) {
+    for (int k = 0; k < SAMPLER_THREADS; k++) {
+        if (e->lanes[k].started) pthread_join(e->lanes[k].thread, NULL);
+        e->lanes[k].started = 0;
+    }
+}
+
+static int first_pass_done(aipm_engine *e) {
+    for (int k = 0; k < SAMPLER_THREADS; k++)
+        if (e->lanes[k].started && !atomic_load_explicit(&e->lanes[k].first_pass_done, memory_order_acquire))
+            return 0;
+    return 1;
 }
 
 void aipm_set_first_pass_limit(aipm_engine *e, int64_t limit_ns) {
@@ -247,11 +333,17 @@ int aipm_start(aipm_engine *e) {
     if (atomic_load(&e->running)) return engine_fail(e, AIPM_ESTATE, 0, "the sampler is already running");
     for (uint32_t i = 0; i < e->n_channels; i++) e->channels[i].have_value = 0;
     atomic_store(&e->running, 1);
-    atomic_store(&e->first_pass_done, 0);
-    int rc = pthread_create(&e->thread, NULL, sampler_main, e);
-    if (rc != 0) {
-        atomic_store(&e->running, 0);
-        return engine_fail(e, AIPM_ESTATE, rc, "pthread_create: %s", strerror(rc));
+    for (int k = 0; k < SAMPLER_THREADS; k++) {
+        sampler_lane *L = &e->lanes[k];
+        atomic_store(&L->first_pass_done, 0);
+        if (!lane_used(e, k)) continue;
+        int rc = pthread_create(&L->thread, NULL, sampler_main, L);
+        if (rc != 0) {
+            atomic_store(&e->running, 0);
+            join_lanes(e);
+            return engine_fail(e, AIPM_ESTATE, rc, "pthread_create: %s", strerror(rc));
+        }
+        L->started = 1;
     }
     /* Return once every channel holds a first reading, so that whatever the caller measures
      * from now on lies inside the recording (thread start-up can take milliseconds). A first
@@ -259,7 +351,7 @@ int aipm_start(aipm_engine *e) {
      * recording whose beginning is missing. */
     int64_t give_up = clock_ns(CLOCK_MONOTONIC) + e->first_pass_limit_ns;
     struct timespec nap = {0, 50000};
-    while (!atomic_load_explicit(&e->first_pass_done, memory_order_acquire)) {
+    while (!first_pass_done(e)) {
         if (clock_ns(CLOCK_MONOTONIC) >= give_up) {
             aipm_stop(e);
             return engine_fail(e, AIPM_ETIMEOUT, 0,
@@ -275,7 +367,7 @@ int aipm_start(aipm_engine *e) {
 int aipm_stop(aipm_engine *e) {
     if (!atomic_load(&e->running)) return AIPM_ESTATE;
     atomic_store_explicit(&e->running, 0, memory_order_release);
-    pthread_join(e->thread, NULL);
+    join_lanes(e);
     return AIPM_OK;
 }
 
@@ -285,9 +377,18 @@ void aipm_set_record_unchanged(aipm_engine *e, int on) {
 
 int aipm_running(aipm_engine *e) { return atomic_load(&e->running); }
 
-size_t aipm_drain(aipm_engine *e, aipm_record *out, size_t max) { return ring_drain(&e->ring, out, max); }
+/* The library thread's ring first: it holds few records, so the fast ring cannot starve it. */
+size_t aipm_drain(aipm_engine *e, aipm_record *out, size_t max) {
+    size_t n = 0;
+    for (int k = SAMPLER_THREADS - 1; k >= 0 && n < max; k--) n += ring_drain(&e->lanes[k].ring, out + n, max - n);
+    return n;
+}
 
-size_t aipm_pending(aipm_engine *e) { return ring_pending(&e->ring); }
+size_t aipm_pending(aipm_engine *e) {
+    size_t n = 0;
+    for (int k = 0; k < SAMPLER_THREADS; k++) n += ring_pending(&e->lanes[k].ring);
+    return n;
+}
 
 int aipm_channel_stats_get(aipm_engine *e, uint32_t channel, aipm_channel_stats *out) {
     if (channel >= e->n_channels) return AIPM_EARG;
@@ -299,15 +400,21 @@ int aipm_channel_stats_get(aipm_engine *e, uint32_t channel, aipm_channel_stats 
 
 void aipm_sampler_stats_get(aipm_engine *e, aipm_sampler_stats *out) {
     memset(out, 0, sizeof *out);
+    const sampler_counts *fast = &e->lanes[SAMPLER_FAST].counts, *library = &e->lanes[SAMPLER_LIBRARY].counts;
     pthread_mutex_lock(&e->stats_lock);
-    out->wakeups = e->counts.wakeups;
-    out->missed_deadlines = e->counts.missed;
-    out->lateness_max_ns = e->counts.lateness_max_ns;
-    out->lateness_sum_ns = e->counts.lateness_sum_ns;
-    out->cpu_ns = e->counts.cpu_ns;
+    out->wakeups = fast->wakeups;
+    out->missed_deadlines = fast->missed + library->missed;
+    out->lateness_max_ns = fast->lateness_max_ns;
+    out->lateness_sum_ns = fast->lateness_sum_ns;
+    out->cpu_ns = fast->cpu_ns + library->cpu_ns;
+    out->library_wakeups = library->wakeups;
+    out->library_lateness_max_ns = library->lateness_max_ns;
+    out->library_cpu_ns = library->cpu_ns;
     pthread_mutex_unlock(&e->stats_lock);
-    out->overflows = atomic_load(&e->ring.overflows);
-    out->records_written = atomic_load(&e->ring.written);
-    out->ring_capacity = (uint32_t)(e->ring.mask + 1);
+    for (int k = 0; k < SAMPLER_THREADS; k++) {
+        out->overflows += atomic_load(&e->lanes[k].ring.overflows);
+        out->records_written += atomic_load(&e->lanes[k].ring.written);
+    }
+    out->ring_capacity = (uint32_t)(e->lanes[SAMPLER_FAST].ring.mask + 1);
     out->n_channels = e->n_channels;
 }

@@ -42,6 +42,9 @@ typedef struct {
     int32_t (*gone)(const aipm_channel *c);
     void (*release)(aipm_channel *c); /* optional: gives back what the setup opened */
     int buffered;
+    /* 1: a library call that may take milliseconds (NVML): read on the library thread, never
+     * on the fast one, whose 1 kHz deadlines it would delay */
+    int library;
 } channel_ops;
 
 struct aipm_channel {
@@ -50,6 +53,11 @@ struct aipm_channel {
     uint64_t reg;               /* msr register */
     double scale;
     int64_t period_ns;
+    int64_t interval_ns;        /* the current read interval: period_ns, or longer when backed off */
+    int64_t backoff_quiet_ns;   /* 0: never backed off (aipm_set_backoff) */
+    int64_t backoff_max_ns;
+    int64_t quiet_since_ns;     /* time of the last change (or of the start) */
+    int lane;                   /* the sampler thread that reads it (SAMPLER_FAST, SAMPLER_LIBRARY) */
     int64_t next_due_ns;
     int64_t last_emit_ns;
     uint32_t gpu;
@@ -61,28 +69,40 @@ struct aipm_channel {
 
 #define AIPM_HEARTBEAT_NS 1000000000LL   /* an unchanged value is re-emitted this often */
 #define AIPM_MAX_SLEEP_NS 20000000LL     /* the loop checks for stop at least this often */
+#define AIPM_LIBRARY_NICE 10             /* the library thread's niceness above the process's */
 #define AIPM_FIRST_PASS_LIMIT_NS 2000000000LL /* default wait in aipm_start for every first reading */
 
-/* What the sampler counts about itself; written by it under stats_lock, copied under it. */
+/* What a sampler thread counts about itself; written by it under stats_lock, copied under it. */
 typedef struct {
     uint64_t wakeups, missed;
     int64_t lateness_max_ns, lateness_sum_ns, cpu_ns;
 } sampler_counts;
 
+enum { SAMPLER_FAST = 0, SAMPLER_LIBRARY = 1, SAMPLER_THREADS = 2 };
+
+/* One sampler thread: the channels whose lane is its index, its own ring (one producer each,
+ * so the rings stay lock-free), its counts. A thread with no channel is not started. */
+typedef struct {
+    aipm_engine *engine;
+    int index;
+    aipm_ring ring;
+    pthread_t thread;
+    int started;
+    _Atomic int first_pass_done; /* each of its channels has been read once since start */
+    sampler_counts counts;       /* under the engine's stats_lock */
+} sampler_lane;
+
 struct nvml_lib;
 
 struct aipm_engine {
-    aipm_ring ring;
+    sampler_lane lanes[SAMPLER_THREADS];
     aipm_channel channels[AIPM_MAX_CHANNELS];
     uint32_t n_channels;        /* changed only while the sampler is stopped */
     int lateness_channel;       /* -1 if none */
     _Atomic int record_unchanged; /* emit every reading, not only changes; may flip while running */
     int64_t first_pass_limit_ns;
-    pthread_t thread;
     _Atomic int running;
-    _Atomic int first_pass_done; /* every channel has been read once since start */
-    pthread_mutex_t stats_lock;  /* guards every channel's stats and `counts` */
-    sampler_counts counts;
+    pthread_mutex_t stats_lock;  /* guards every channel's stats and every lane's `counts` */
     struct nvml_lib *nvml;
     int32_t error_errno;         /* errno or NVML code of the last setup failure, 0 if none */
     char error[512];
@@ -97,6 +117,7 @@ int engine_fail(aipm_engine *e, int rc, int32_t err, const char *fmt, ...)
  * added now. The source opens and checks it, then commits it or gives it back. */
 aipm_channel *engine_new_channel(aipm_engine *e, const channel_ops *ops, int64_t period_ns);
 int engine_commit_channel(aipm_engine *e); /* returns the new channel's id */
+/* Pushes a record into the ring of the thread that reads `channel` (call it from that thread). */
 void engine_emit(aipm_engine *e, uint32_t channel, int64_t t_ns, double value, uint32_t flags);
 int64_t clock_ns(clockid_t clk);
 int64_t realtime_to_monotonic_offset_ns(void);

@@ -229,19 +229,20 @@ static int setup_power_samples(aipm_engine *e, aipm_channel *c, int32_t *err) {
 
 /* Indexed by AIPM_NVML_*: the function each kind needs (named when it is missing), its setup
  * (NULL: one trial read, kept as the first value, since the energy counter costs milliseconds
- * a call) and its operations. */
+ * a call) and its operations. Every kind is read on the library thread: even a cheap NVML call
+ * can wait behind the driver's lock while another one (the energy counter, ~4 ms) holds it. */
 static const struct {
     const char *symbol;
     int (*setup)(aipm_engine *e, aipm_channel *c, int32_t *err);
     channel_ops ops;
 } nvml_kinds[] = {
     [AIPM_NVML_POWER_SAMPLES] = {"nvmlDeviceGetSamples", setup_power_samples,
-                                 {.read = read_power_samples, .buffered = 1}},
-    [AIPM_NVML_POWER_INSTANT] = {"nvmlDeviceGetFieldValues", NULL, {.read = read_power_instant}},
-    [AIPM_NVML_ENERGY] = {"nvmlDeviceGetTotalEnergyConsumption", NULL, {.read = read_energy}},
-    [AIPM_NVML_UTILIZATION] = {"nvmlDeviceGetUtilizationRates", NULL, {.read = read_utilization}},
-    [AIPM_NVML_MEMORY_USED] = {"nvmlDeviceGetMemoryInfo", NULL, {.read = read_memory_used}},
-    [AIPM_NVML_POWER_AVERAGE] = {"nvmlDeviceGetPowerUsage", NULL, {.read = read_power_average}},
+                                 {.read = read_power_samples, .buffered = 1, .library = 1}},
+    [AIPM_NVML_POWER_INSTANT] = {"nvmlDeviceGetFieldValues", NULL, {.read = read_power_instant, .library = 1}},
+    [AIPM_NVML_ENERGY] = {"nvmlDeviceGetTotalEnergyConsumption", NULL, {.read = read_energy, .library = 1}},
+    [AIPM_NVML_UTILIZATION] = {"nvmlDeviceGetUtilizationRates", NULL, {.read = read_utilization, .library = 1}},
+    [AIPM_NVML_MEMORY_USED] = {"nvmlDeviceGetMemoryInfo", NULL, {.read = read_memory_used, .library = 1}},
+    [AIPM_NVML_POWER_AVERAGE] = {"nvmlDeviceGetPowerUsage", NULL, {.read = read_power_average, .library = 1}},
 };
 
 int aipm_add_nvml_channel(aipm_engine *e, uint32_t gpu, int kind, int64_t period_ns) {

@@ -41,6 +41,9 @@
  *   FAKE_NVML_INIT_FAIL=1            nvmlInit_v2 fails with NVML_ERROR_UNKNOWN
  *   FAKE_NVML_CALL_US=fn:us[,fn:us]  the named NVML functions take that long a call (a sleep),
  *                                    e.g. nvmlDeviceGetTotalEnergyConsumption:4000 as on an H200
+ *   FAKE_NVML_CALL_SPIN=1            those costs are CPU time spent spinning (the caller's thread
+ *                                    CPU clock), as the real library's are, rather than sleeps:
+ *                                    what a benchmark of the sampler's CPU needs
  *   FAKE_NVML_SENSOR=key=v[,key=v]   the power sensor's response (default: none, the samples hold
  *                                    the trace at their stamps); see "Sensor response" below
  *   FAKE_NVML_FAULT=name[,name]      a broken driver, for the sampler's defences; each name once:
@@ -289,6 +292,7 @@ struct fake_config {
     unsigned int util_gpu, util_mem;
     double lose_after_s;    /* < 0: never */
     long long call_us[FN_COUNT]; /* how long each function takes */
+    int call_spin;          /* 1: call_us is CPU time spun, 0: a sleep */
     struct sensor sensor;
     unsigned int faults;    /* FAKE_NVML_FAULT: bit i set for fault_names[i] */
 };
@@ -320,7 +324,11 @@ static long long clock_ns(clockid_t clk) {
 static void count_call(int fn) {
     atomic_fetch_add_explicit(&fn_calls[fn], 1, memory_order_relaxed);
     long long us = is_initialized() ? cfg.call_us[fn] : 0;
-    if (us > 0) {
+    if (us > 0 && cfg.call_spin) {
+        long long until = clock_ns(CLOCK_THREAD_CPUTIME_ID) + us * 1000;
+        while (clock_ns(CLOCK_THREAD_CPUTIME_ID) < until) {
+        }
+    } else if (us > 0) {
         struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
         nanosleep(&ts, NULL);
     }
@@ -933,6 +941,8 @@ static int read_config(struct fake_config *c) {
                         " functions)\n", s);
         return -1;
     }
+    s = getenv("FAKE_NVML_CALL_SPIN");
+    c->call_spin = s && *s && strcmp(s, "0") != 0;
     s = getenv("FAKE_NVML_SENSOR");
     if (s && *s) {
         c->sensor.on = 1;
@@ -968,6 +978,7 @@ static int same_config(const struct fake_config *a, const struct fake_config *b)
            same_params(&a->load.p, &b->load.p, load_keys, N_LOAD_KEYS) && a->sample_us == b->sample_us &&
            a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
            a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0 &&
+           a->call_spin == b->call_spin &&
            same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults;
 }
 
