@@ -157,16 +157,19 @@ class Coordinator:
                 )
 
     def _time_marks(self) -> None:
+        """Resolve CUDA marks in the order they were recorded, up to the first the GPU has not
+        reached: a stream runs its events in order, so the later ones are not done either (marks
+        of other streams wait one drain at most), and each drain costs what it resolves."""
         while self.marks:
             self._untimed.append(self.marks.popleft())
-        still = []
+        done = 0
         for m in self._untimed:
             times = self.timer.resolve(m.anchor, m.start, m.end)
             if times is None:
-                still.append(m)
-            else:
-                self._timed.append((m, times[0], times[1]))
-        self._untimed = still
+                break
+            self._timed.append((m, times[0], times[1]))
+            done += 1
+        del self._untimed[:done]
 
     def primary(self, domain: str) -> ChannelTrack | None:
         """The track that answers for a domain now (tracks.answering_track)."""
@@ -219,13 +222,18 @@ class Coordinator:
         self._open_edges = still
 
     def _integrate_marks(self, now: int, final: bool) -> None:
-        covered = [self._covered(x[2] + self._mark_margin_ns, now, final) for x in self._timed]
-        ready = [x for x, ok in zip(self._timed, covered) if ok]
-        if not ready:
+        if not self._timed:
             return
+        ends = np.fromiter((x[2] for x in self._timed), dtype=np.int64, count=len(self._timed))
+        # _covered (of each end plus the sensor's margin) for every mark at once: one threshold
+        threshold = max(self._horizon_ns, now - MAX_WAIT_NS - 1)
+        covered = np.ones(ends.size, bool) if final else ends + self._mark_margin_ns <= threshold
+        if not covered.any():
+            return
+        ready = [x for x, ok in zip(self._timed, covered) if ok]
         self._timed = [x for x, ok in zip(self._timed, covered) if not ok]
         a = np.array([x[1] for x in ready], dtype=np.int64)
-        b = np.array([x[2] for x in ready], dtype=np.int64)
+        b = ends[covered]
         energies = {d: self._mark_energies(d, a, b) for d in self.ranked}
         if self.responses:  # the context of the next batch's reconstruction
             self._recent_spans.extend(zip(a.tolist(), b.tolist()))

@@ -8,10 +8,17 @@ anchor: after a synchronisation, an event recorded on an idle stream runs at onc
 host time around it maps GPU time onto CLOCK_MONOTONIC:
 
     host_ns(event) = anchor_host_ns + anchor.elapsed_time(event) * 1e6
+
+A mark must cost little host CPU (a 1 ms inference has no room for 17 µs of it). The events are
+therefore recorded straight through the CUDA runtime that torch has loaded (`RuntimeEvents`:
+one ctypes call on a raw event handle and torch's raw current stream, no Python object per
+event) where it can be found, else through torch.cuda.Event. `FakeGpu` is an event factory for
+developing and testing all of this on the CPU.
 """
 
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +53,14 @@ class HostTimer:
 
 class EventTimer:
     """CUDA-event timing. `event_factory()` makes an event with record/query/elapsed_time
-    (torch.cuda.Event(enable_timing=True)); `synchronize()` waits for the device. Both are
-    parameters so that the mapping can be tested with a fake clock where no GPU exists."""
+    (torch.cuda.Event(enable_timing=True), RuntimeEvents.event, FakeGpu.event); `synchronize()`
+    waits for the device. Both are parameters so that the mapping can be tested with a fake
+    clock where no GPU exists. `kind` says which events it records."""
 
-    def __init__(self, event_factory, synchronize):
+    def __init__(self, event_factory, synchronize, kind: str = "events"):
         self._new_event = event_factory
         self._synchronize = synchronize
+        self.kind = kind
         self._pool: list = []
         self.anchor: Anchor | None = None
         self.reanchor()
@@ -91,12 +100,158 @@ class EventTimer:
         return a, b
 
 
-def cuda_timer():
-    """An EventTimer on torch's current CUDA device, or None when CUDA is not in use."""
+class RuntimeEvents:
+    """CUDA events through the CUDA runtime library that torch has loaded, called with ctypes on
+    raw handles: a record is one foreign call on torch's raw current stream, without the Python
+    Stream object that torch.cuda.Event.record builds on each call. Same interface as a
+    torch.cuda.Event factory (`event()`), so EventTimer takes either."""
+
+    def __init__(self, cudart: ctypes.CDLL, raw_stream, device: int):
+        self._rt = cudart
+        self._raw_stream = raw_stream  # device index -> the current stream's cudaStream_t
+        self._device = device
+        vp, pvp, f = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_float)
+        for name, args in (
+            ("cudaEventCreate", [pvp]),
+            ("cudaEventRecord", [vp, vp]),
+            ("cudaEventQuery", [vp]),
+            ("cudaEventSynchronize", [vp]),
+            ("cudaEventElapsedTime", [f, vp, vp]),
+            ("cudaEventDestroy", [vp]),
+        ):
+            fn = getattr(cudart, name)
+            fn.argtypes, fn.restype = args, ctypes.c_int
+        self._record_fn = cudart.cudaEventRecord
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            raise RuntimeError(f"{what}: CUDA runtime error {rc}")
+
+    def event(self) -> RuntimeEvent:
+        handle = ctypes.c_void_p()
+        self._check(self._rt.cudaEventCreate(ctypes.byref(handle)), "cudaEventCreate")
+        return RuntimeEvent(self, handle.value)
+
+
+class RuntimeEvent:
+    """One CUDA event by its raw handle (created with timing enabled)."""
+
+    __slots__ = ("_events", "handle")
+
+    def __init__(self, events: RuntimeEvents, handle):
+        self._events = events
+        self.handle = handle
+
+    def record(self) -> None:
+        ev = self._events
+        rc = ev._record_fn(self.handle, ev._raw_stream(ev._device))
+        if rc:
+            ev._check(rc, "cudaEventRecord")
+
+    def __del__(self):
+        try:
+            self._events._rt.cudaEventDestroy(self.handle)
+        except Exception:  # at interpreter exit the runtime may be gone: nothing to give back
+            pass
+
+    def query(self) -> bool:
+        rc = self._events._rt.cudaEventQuery(self.handle)
+        if rc == 600:  # cudaErrorNotReady
+            return False
+        self._events._check(rc, "cudaEventQuery")
+        return True
+
+    def synchronize(self) -> None:
+        self._events._check(self._events._rt.cudaEventSynchronize(self.handle), "cudaEventSynchronize")
+
+    def elapsed_time(self, other: RuntimeEvent) -> float:
+        ms = ctypes.c_float()
+        self._events._check(
+            self._events._rt.cudaEventElapsedTime(ctypes.byref(ms), self.handle, other.handle), "cudaEventElapsedTime"
+        )
+        return float(ms.value)
+
+
+def loaded_cudart(maps_path: str = "/proc/self/maps") -> str | None:
+    """The path of the CUDA runtime library this process has mapped (torch's own), or None: the
+    events must be made by the same runtime instance as torch's streams."""
+    try:
+        with open(maps_path) as f:
+            for line in f:
+                path = line.rsplit(None, 1)[-1] if "/" in line else ""
+                if "/libcudart.so" in path:
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+class FakeGpu:
+    """An event factory for developing on the CPU: a GPU whose queue runs behind the host.
+    `launch(seconds)` queues that much work; an event completes once the GPU has reached it,
+    and elapsed_time is the difference of GPU times, as with CUDA events."""
+
+    def __init__(self):
+        self.queue_ns = 0  # the time the GPU will reach the end of the work queued so far
+
+    def launch(self, seconds: float) -> None:
+        self.queue_ns = max(self.queue_ns, now_ns()) + int(seconds * 1e9)
+
+    def synchronize(self) -> None:
+        while now_ns() < self.queue_ns:
+            time.sleep(0.0005)
+
+    def event(self) -> FakeEvent:
+        return FakeEvent(self)
+
+    def timer(self) -> EventTimer:
+        return EventTimer(self.event, self.synchronize, kind="fake")
+
+
+class FakeEvent:
+    __slots__ = ("gpu", "t")
+
+    def __init__(self, gpu: FakeGpu):
+        self.gpu = gpu
+        self.t = 0
+
+    def record(self) -> None:
+        self.t = max(self.gpu.queue_ns, now_ns())
+
+    def query(self) -> bool:
+        return now_ns() >= self.t
+
+    def synchronize(self) -> None:
+        while not self.query():
+            time.sleep(0.0005)
+
+    def elapsed_time(self, other: FakeEvent) -> float:
+        return (other.t - self.t) / 1e6
+
+
+def cuda_timer(prefer_runtime: bool = True):
+    """An EventTimer on torch's current CUDA device, or None when CUDA is not in use. Its events
+    go through the CUDA runtime directly (kind "cudart") where torch's runtime library and raw
+    streams can be reached and a first anchor works, else through torch.cuda.Event (kind
+    "torch", with `fallback_reason` saying why)."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    return EventTimer(lambda: torch.cuda.Event(enable_timing=True), torch.cuda.synchronize)
+    why = "not asked for"
+    if prefer_runtime:
+        try:
+            path = loaded_cudart()
+            raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+            if path is None or raw_stream is None:
+                raise RuntimeError("torch's CUDA runtime library or raw streams are not reachable")
+            torch.cuda.init()
+            events = RuntimeEvents(ctypes.CDLL(path), raw_stream, torch.cuda.current_device())
+            return EventTimer(events.event, torch.cuda.synchronize, kind="cudart")
+        except Exception as exc:  # any failure: torch's events, which always work
+            why = str(exc)
+    timer = EventTimer(lambda: torch.cuda.Event(enable_timing=True), torch.cuda.synchronize, kind="torch")
+    timer.fallback_reason = why
+    return timer

@@ -12,7 +12,7 @@ import pytest
 
 from aipm_fast import Meter
 from aipm_fast.energy import ESTIMATE_FRACTION
-from aipm_fast.timing import EventTimer
+from aipm_fast.timing import FakeGpu
 
 OFF = {"msr_root": "/nonexistent", "perf_root": "/nonexistent"}
 
@@ -239,49 +239,9 @@ def test_async_code_can_await_the_meter(hw):
     assert row["energy_j"] == pytest.approx(writer.energy_j("intel-rapl:0", row["start_ns"], row["end_ns"]), rel=0.01)
 
 
-class FakeGpu:
-    """A GPU clock that runs `lag_ns` behind the host: events complete only once their GPU time
-    has passed, and elapsed_time is the difference of GPU times, as with CUDA events."""
-
-    def __init__(self, lag_ns):
-        self.lag_ns = lag_ns
-        self.queue_ns = 0  # the time the GPU will reach the end of the work queued so far
-
-    def now(self):
-        return time.monotonic_ns()
-
-    def launch(self, seconds):
-        self.queue_ns = max(self.queue_ns, self.now()) + int(seconds * 1e9)
-
-    def synchronize(self):
-        while self.now() < self.queue_ns:
-            time.sleep(0.0005)
-
-    def event(self):
-        gpu = self
-
-        class Event:
-            t = None
-
-            def record(self):
-                self.t = max(gpu.queue_ns, gpu.now())
-
-            def query(self):
-                return gpu.now() >= self.t
-
-            def synchronize(self):
-                while not self.query():
-                    time.sleep(0.0005)
-
-            def elapsed_time(self, other):
-                return (other.t - self.t) / 1e6
-
-        return Event()
-
-
 def test_cuda_event_times_map_onto_the_host_clock():
-    gpu = FakeGpu(lag_ns=0)
-    timer = EventTimer(gpu.event, gpu.synchronize)
+    gpu = FakeGpu()
+    timer = gpu.timer()
     anchor = timer.anchor
     starts, ends = [], []
     for _ in range(5):
@@ -302,8 +262,8 @@ def test_cuda_event_times_map_onto_the_host_clock():
 
 def test_meter_with_fake_cuda_events(hw):
     options, writer = hw
-    gpu = FakeGpu(0)
-    timer = EventTimer(gpu.event, gpu.synchronize)
+    gpu = FakeGpu()
+    timer = gpu.timer()
     with Meter(**options, timer=timer) as m:
         with m.window("gpu"):
             for _ in range(20):
