@@ -61,6 +61,7 @@ class EventTimer:
         self._new_event = event_factory
         self._synchronize = synchronize
         self.kind = kind
+        self.fallback_reason = ""  # why a faster kind of event was not used, where one was tried
         self._pool: list = []
         self.anchor: Anchor | None = None
         self.reanchor()
