@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from aipm_fast.config import HARDWARE_OPTIONS, EngineConfig, HardwareOption
+from aipm_fast.config import HARDWARE_OPTIONS, PERIODS_ENV, EngineConfig, HardwareOption, parse_periods
 
 
 def _console(stderr: bool) -> Console:
@@ -48,6 +48,20 @@ class _Parsed(click.ParamType):
             return None
         try:
             return self.option.parse(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _Periods(click.ParamType):
+    """--periods KEY=S[,KEY=S]: a bad key or value names the option."""
+
+    name = "key=seconds"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_periods(value) or None
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -149,7 +163,15 @@ def engine_options(func):
                 help=f"{o.help} [{o.shown_default or o.default}]",
             )
         func = option(func)
-    return func
+    return click.option(
+        "--periods",
+        "periods",
+        envvar=PERIODS_ENV,
+        show_envvar=True,
+        type=_Periods(),
+        help="sampling periods replacing the defaults, e.g. rapl=0.001 (RAPL at 1 kHz, for studies of "
+        "millisecond work), nvml.energy=1",
+    )(func)
 
 
 def engine_config(kwargs: dict) -> EngineConfig:
@@ -159,7 +181,7 @@ def engine_config(kwargs: dict) -> EngineConfig:
     for o in HARDWARE_OPTIONS:
         given = kwargs.pop(o.name)
         values[o.name] = given if o.switch is None else (o.switch if given else None)
-    return EngineConfig.from_env(**values)
+    return EngineConfig.from_env(periods_s=kwargs.pop("periods", None), **values)
 
 
 def print_problems(problems, notes=()) -> None:

@@ -151,6 +151,28 @@ DEFAULT_PERIODS_S = {
 }
 
 
+#: environment variable of periods that replace defaults: "rapl=0.001,nvml.energy=1"
+PERIODS_ENV = "AIPM_PERIODS"
+
+
+def parse_periods(text: str) -> dict[str, float]:
+    """'rapl=0.001,nvml.energy=1' -> {'rapl': 0.001, 'nvml.energy': 1.0}: periods in seconds of
+    the keys of DEFAULT_PERIODS_S (ValueError naming a bad key or value)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in DEFAULT_PERIODS_S:
+            raise ValueError(f"{item!r}: want KEY=SECONDS with KEY one of {', '.join(DEFAULT_PERIODS_S)}")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not 0 < seconds < 3600:
+            raise ValueError(f"{item!r}: the period must be a number of seconds in (0, 3600)")
+        out[key] = seconds
+    return out
+
+
 #: A channel whose reading has not changed for this long (what `recorder.classify` calls stale
 #: or stuck) is read less often, its interval doubling up to BACKOFF_MAX_S, until it moves again.
 BACKOFF_QUIET_S = 3.0
@@ -190,6 +212,11 @@ class EngineConfig(_HardwareFields):
                     raise ValueError(f"{o.env}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         periods = dict(DEFAULT_PERIODS_S)
+        if environ.get(PERIODS_ENV):
+            try:
+                periods.update(parse_periods(environ[PERIODS_ENV]))
+            except ValueError as exc:
+                raise ValueError(f"{PERIODS_ENV}: {exc}") from None
         periods.update(values.pop("periods_s", {}) or {})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

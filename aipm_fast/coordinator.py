@@ -144,6 +144,15 @@ class Coordinator:
         """Whether marks or window edges are still waiting to be integrated."""
         return bool(self.marks or self._untimed or self._timed or self._open_edges)
 
+    def window_done(self, w: Window) -> bool:
+        """Whether a closed window's end edge and every mark of its name are integrated (a caller
+        can go on measuring meanwhile and ask again, rather than wait in flush)."""
+        if not w.end_resolved:
+            return False
+        with self.lock:
+            waiting = [*self.marks, *self._untimed, *(x[0] for x in self._timed)]
+        return not any(m.window == w.name for m in waiting)
+
     # -- steps ---------------------------------------------------------------------------
     def _ingest(self, records: np.ndarray) -> None:
         with self.lock:

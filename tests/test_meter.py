@@ -31,7 +31,10 @@ def realtime_ns(monotonic_ns):
 def hw(fake_powercap, fake_nvml_lib, monkeypatch):
     monkeypatch.setenv("FAKE_NVML_TRACE", "triangle:100,200,400")
     root, writer = fake_powercap()
-    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), **OFF}, writer
+    # RAPL at 1 kHz (default 100 Hz) and the sample buffer 4 times a second (default once): these
+    # tests hold marks of a few ms to their truth and expect results soon after a window
+    periods = {"rapl": 0.001, "nvml.power_samples": 0.25}
+    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), "periods_s": periods, **OFF}, writer
 
 
 def test_window_energy_within_1_percent_of_the_truth(hw, fake_nvml_ctypes):

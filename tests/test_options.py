@@ -132,3 +132,24 @@ def test_readme_table_is_the_tables_rendering():
         "README.md's Hardware paths table is out of date: replace it with the output of\n"
         'python -c "from aipm_fast.config import hardware_options_markdown as m; print(m())"'
     )
+
+
+def test_periods_come_from_the_environment_and_explicit_ones_win():
+    from aipm_fast.config import DEFAULT_PERIODS_S
+
+    config = EngineConfig.from_env({"AIPM_PERIODS": "rapl=0.001, nvml.energy=1"})
+    assert config.periods_s["rapl"] == 0.001 and config.periods_s["nvml.energy"] == 1.0
+    assert config.periods_s["hwmon"] == DEFAULT_PERIODS_S["hwmon"]
+    explicit = EngineConfig.from_env({"AIPM_PERIODS": "rapl=0.001"}, periods_s={"rapl": 0.05})
+    assert explicit.periods_s["rapl"] == 0.05
+
+
+@pytest.mark.parametrize("text", ["rapl", "gpu=1", "rapl=0", "rapl=-1", "rapl=nan", "rapl=x"])
+def test_a_bad_period_is_refused_naming_it(text):
+    with pytest.raises(ValueError, match=r"AIPM_PERIODS: .*" + text.split("=")[0]):
+        EngineConfig.from_env({"AIPM_PERIODS": text})
+
+
+def test_the_periods_option_names_a_bad_value():
+    result = CliRunner().invoke(cli.main, ["devices", "--periods", "rapl=fast"])
+    assert result.exit_code == 2 and "--periods" in result.output and "rapl=fast" in result.output

@@ -77,7 +77,11 @@ def recording(tmp_path_factory, build_fake_nvml):
         powercap = PowercapWriter(build_powercap_tree(folder / "powercap"), None)
         powercap.start()
         rec = Recorder(
-            powercap_root=str(folder / "powercap"), nvml_lib=str(build_fake_nvml()), msr_root="/x", perf_root="/x"
+            powercap_root=str(folder / "powercap"),
+            nvml_lib=str(build_fake_nvml()),
+            msr_root="/x",
+            perf_root="/x",
+            periods_s={"nvml.energy": 1.0},  # the counter's changes span the 5 s a scale needs
         )
         writer = rec.sample_writer(str(folder / "samples.parquet"))
         rec.add_sink(writer)

@@ -22,7 +22,9 @@ def hw(fake_powercap, fake_nvml_lib, monkeypatch):
     monkeypatch.setenv("FAKE_NVML_GPUS", "1")
     monkeypatch.delenv("RANK", raising=False)
     root, writer = fake_powercap()
-    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), **OFF}, writer
+    # the sample buffer read 4 times a second (default: once), so that live power is there early
+    periods = {"nvml.power_samples": 0.25}
+    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), "periods_s": periods, **OFF}, writer
 
 
 def scrape(port: int) -> dict:

@@ -61,6 +61,7 @@ def wait_for(path, timeout=20.0):
 
 def test_sigkill_leaves_readable_parts_and_a_provisional_summary(env, tmp_path):
     out = tmp_path / "rec"
+    env = {**env, "AIPM_PERIODS": "rapl=0.001"}  # RAPL at 1 kHz: parts of more than a thousand rows
     proc = start(env, "--duration", "60", "--out", str(out))
     try:
         wait_for(out / "summary.json")  # the first provisional summary: about 2 s in
@@ -250,7 +251,7 @@ def tiny_disk(tmp_path):
 
 def test_record_on_a_full_disk_measures_on_and_says_what_was_lost(env, tmp_path, tiny_disk):
     out = tiny_disk / "rec"
-    result = run(env, "--duration", "4", "--out", str(out))
+    result = run(env, "--duration", "4", "--out", str(out), "--periods", "rapl=0.001")  # fills 64 KiB
     assert result.returncode == 1
     assert "could not be written" in result.stderr
     # the final summary: on stdout when the full disk refused it, else in its file

@@ -112,7 +112,7 @@ def test_stuck_counter_is_reported_not_integrated_as_zero(fake_powercap):
 
 def test_zone_with_garbage_mid_run_is_counted_and_others_go_on(fake_powercap):
     root, writer = fake_powercap()
-    rec = Recorder(powercap_root=str(root), nvml_lib=NO_NVML)
+    rec = Recorder(powercap_root=str(root), nvml_lib=NO_NVML, periods_s={"rapl": 0.001})
     rec.start()
     time.sleep(0.3)
     writer.freeze("intel-rapl:0:0")
@@ -147,7 +147,8 @@ def test_zone_that_disappears_is_reported(fake_powercap):
 def test_gpu_lost_mid_run_is_explained_and_the_rest_goes_on(fake_nvml_lib, fake_powercap, monkeypatch):
     monkeypatch.setenv("FAKE_NVML_LOSE_GPU_AFTER_S", "0.8")
     root, writer = fake_powercap()
-    rec = record(1.6, powercap_root=str(root), nvml_lib=str(fake_nvml_lib))
+    # the sample buffer read 4 times a second, so that the 0.8 s before the loss hold readings
+    rec = record(1.6, powercap_root=str(root), nvml_lib=str(fake_nvml_lib), periods_s={"nvml.power_samples": 0.25})
     gpu = {s.name: s for s in rec.status() if s.domain == "nvml:0"}
     assert gpu["nvml:0.power_instant"].status == "failing"
     assert "lost" in gpu["nvml:0.power_instant"].last_error.lower()

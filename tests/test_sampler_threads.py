@@ -138,7 +138,7 @@ def test_the_recorder_backs_off_a_stuck_counter_and_still_reports_it(fake_powerc
         stuck_after_s=0.3,
     )
     rec.start()
-    time.sleep(1.5)
+    time.sleep(2.5)  # quiet from 0.3 s, then doubling from 10 ms: at 1 s after about 1.3 s more
     rec.stop()
     assert rec.channels
     health = rec.health()
@@ -147,7 +147,7 @@ def test_the_recorder_backs_off_a_stuck_counter_and_still_reports_it(fake_powerc
         longest = backoff_interval_s(ch)
         assert longest > 5 * ch.period_s
         assert s["interval_ns"] == pytest.approx(longest * 1e9), ch.name
-        assert s["reads"] < 0.3 / ch.period_s + 1.2 / longest + 20, ch.name  # not 1,500 reads at 1 kHz
+        assert s["reads"] < 0.3 / ch.period_s + 12 + 2.5 / longest, ch.name  # not one every period
         assert health[cid] == "stuck", ch.name  # still read, still reported
     rec.close()
 

@@ -119,6 +119,7 @@ class Benchmark:
                 warnings.simplefilter("ignore")
                 self.meter.start()
         m = self.meter
+        self._unresolved: list[_PendingRun] = []
         try:
             self.parts = bench_parts(m.domains, m.results.domains)
             self.missing_reason = self._missing_reason()
@@ -137,7 +138,9 @@ class Benchmark:
                 inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
                 self._warmup(model, inputs)
                 self._runs_of_size(model, inputs, size)
+            self._finish_runs(wait=True)
         finally:
+            self._close_writers()
             if own_meter:
                 m.stop()
         summary = summarize(load_runs(opts.out))
@@ -165,11 +168,11 @@ class Benchmark:
 
     def _runs_of_size(self, model, inputs, size: int) -> None:
         opts = self.opts
-        jpi = []
+        jpi: list[float] = []  # of this size's runs resolved so far (they resolve while the next runs)
         k = 0
         while True:
-            run = self._one_run(model, inputs, size, k)
-            jpi.append(_headline(run))
+            self._one_run(model, inputs, size, k)
+            jpi += [_headline(r) for r in self._finish_runs(wait=False) if r.size == size]
             k += 1
             if self.progress:
                 self.progress(size, k)
@@ -200,7 +203,10 @@ class Benchmark:
 
             torch.cuda.synchronize()
 
-    def _one_run(self, model, inputs, size: int, k: int) -> RunFile:
+    def _one_run(self, model, inputs, size: int, k: int) -> None:
+        """Runs one window of marked passes and leaves it to resolve while the next one runs: a
+        run's energy is known only once the readings pass its end (up to the sample buffer's
+        read period), and waiting for that after every run would idle the GPU meanwhile."""
         import torch
 
         opts, m = self.opts, self.meter
@@ -214,22 +220,36 @@ class Benchmark:
             torch.cuda.reset_peak_memory_stats()
         name = f"input_{size}/run_{k}"
         passes = 0
-        try:
-            with m.window(name) as w:
-                end = time.monotonic() + (opts.duration_s or 0)
-                while (passes < opts.iters) if opts.iters else (time.monotonic() < end):
-                    with m.inference():
-                        models.forward(model, inputs)
-                    passes += 1
+        with m.window(name) as w:
+            end = time.monotonic() + (opts.duration_s or 0)
+            while (passes < opts.iters) if opts.iters else (time.monotonic() < end):
+                with m.inference():
+                    models.forward(model, inputs)
+                passes += 1
+        mem = torch.cuda.max_memory_allocated() / 1e9 if opts.device.startswith("cuda") else None
+        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer))
+
+    def _finish_runs(self, wait: bool) -> list[RunFile]:
+        """Writes the runs whose energies are resolved, oldest first; with wait, all of them."""
+        done: list[RunFile] = []
+        m = self.meter
+        if wait and self._unresolved:
             m.flush()
-        finally:
-            if writer is not None:
-                m.recorder.remove_sink(writer)
-                writer.close()
-        return self._write_run(run_dir, size, k, w, passes)
+        while self._unresolved:
+            run = self._unresolved[0]
+            if not (wait or m.coordinator.window_done(run.window)):
+                break
+            self._unresolved.pop(0)
+            run.close_writer(m.recorder)
+            done.append(self._write_run(run.run_dir, run.size, run.k, run.window, run.passes, run.gpu_memory_gb))
+        return done
+
+    def _close_writers(self) -> None:
+        for run in self._unresolved:
+            run.close_writer(self.meter.recorder)
 
     # -- results -----------------------------------------------------------------------------
-    def _write_run(self, run_dir: str, size: int, k: int, w, passes: int) -> RunFile:
+    def _write_run(self, run_dir: str, size: int, k: int, w, passes: int, gpu_memory_gb: float | None) -> RunFile:
         opts, m = self.opts, self.meter
         name = f"input_{size}/run_{k}"
         windows = m.windows()
@@ -272,7 +292,7 @@ class Benchmark:
         else:
             energy["total"] = None
             table["total_j"] = np.nan
-        util, mem = self._gpu_side(w)
+        util = self._gpu_utilization(w)
         run = RunFile(
             model=opts.model,
             size=size,
@@ -284,7 +304,7 @@ class Benchmark:
             latency_median_s=float(table["latency_s"].median()) if len(table) else duration / max(passes, 1),
             throughput_per_s=samples / duration if duration > 0 else 0.0,
             gpu_utilization_pct=util,
-            gpu_memory_gb=mem,
+            gpu_memory_gb=gpu_memory_gb,
             energy={part: energy[part] for part in ENERGY_PARTS},
             energy_missing_reason=None if measured else (self.missing_reason or "no power reading covered this run"),
         )
@@ -294,15 +314,12 @@ class Benchmark:
         run.write(run_dir)  # last: its presence marks a complete run
         return run
 
-    def _gpu_side(self, w) -> tuple[float | None, float | None]:
+    def _gpu_utilization(self, w) -> float | None:
         if not self.opts.device.startswith("cuda"):
-            return None, None
-        import torch
-
+            return None
         util = self.meter.side_mean("utilization", w)
         util = [u for u in util if np.isfinite(u)]
-        mem = torch.cuda.max_memory_allocated() / 1e9
-        return (float(np.mean(util)) if util else None), mem
+        return float(np.mean(util)) if util else None
 
     def _missing_reason(self) -> str:
         missing = [p for p, domains in self.parts.items() if not domains]
@@ -341,6 +358,25 @@ class Benchmark:
             "inference": "one input sample (a batch holds batch_size)",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+@dataclass
+class _PendingRun:
+    """A run measured but not yet resolved: what its run files need once it is."""
+
+    run_dir: str
+    size: int
+    k: int
+    window: object
+    passes: int
+    gpu_memory_gb: float | None  # the run's peak, read as it ended (the next run resets it)
+    writer: object = None  # the samples.parquet sink of a size's first run, kept until resolved
+
+    def close_writer(self, recorder) -> None:
+        if self.writer is not None:
+            recorder.remove_sink(self.writer)
+            self.writer.close()  # type: ignore[attr-defined]
+            self.writer = None
 
 
 def model_gpu(device: str, environ=os.environ, current: int | None = None) -> tuple[int | None, str]:
