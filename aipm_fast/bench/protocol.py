@@ -252,9 +252,11 @@ class Benchmark:
     def _write_run(self, run_dir: str, size: int, k: int, w, passes: int, gpu_memory_gb: float | None) -> RunFile:
         opts, m = self.opts, self.meter
         name = f"input_{size}/run_{k}"
-        windows = m.windows()
+        # from the result object: the run is resolved (window_done), and the Meter's own
+        # accessors would wait for every mark so far, the next run's included
+        windows = m.results.windows()
         win = windows[windows["window_id"] == w.id].set_index("domain")
-        inf = m.inferences(window=name)
+        inf = m.results.inferences(name)
         samples = passes * opts.batch_size
         duration = (w.end_ns - w.start_ns) / 1e9
         per_pass = (

@@ -1,0 +1,452 @@
+"""The cost of metering, on a GPU (or, with --cpu, on the fakes, to test this script).
+
+    python3 bench/gpu_cost_checks.py --out DIR [--only sampler loops bench peers]
+
+sampler  the sampler's CPU at default periods on this machine's real sources
+loops    per-inference marks on launch-bound loops of ~1 ms inferences (a CUDA graph replayed,
+         ResNet-18 at batch 1): blocks with and without marks interleaved, the Meter running in
+         both; slowdown = median of the pairs' ratios (target <= 1%)
+bench    `aipm-fast bench` back to back: each run resolved while the next one runs (now) against
+         a wait after every run at the former periods (before); per-run overhead = the run loop's
+         wall time beyond its measuring time (target < 0.05 s), and J/inference of both
+peers    one inference loop under no meter, aipm-fast (a mark per inference in one window; one
+         window), Zeus (a window per inference; one window) and CodeCarbon, interleaved; each
+         tool's GPU energy against NVML's counter read independently around the same block
+         (peers are optional installs of this benchmark only: `pip install zeus codecarbon`)
+
+Each part writes DIR/<part>.json as soon as it is done, so a run cut short keeps what it had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from aipm_fast import Meter  # noqa: E402
+from aipm_fast.bench.protocol import Benchmark, BenchOptions  # noqa: E402
+from aipm_fast.config import EngineConfig  # noqa: E402
+from aipm_fast.recorder import Recorder  # noqa: E402
+
+#: the periods before the cost issue: what the "before" runs of the bench part use
+FORMER_PERIODS_S = {"rapl": 0.001, "nvml.power_samples": 0.25, "nvml.energy": 1.0, "nvml.memory_used": 0.1}
+
+
+class Counter:
+    """NVML's mJ energy counter of one GPU through ctypes, outside aipm-fast: the reference."""
+
+    def __init__(self, library: str, gpu: int = 0):
+        self.lib = ctypes.CDLL(library)
+        if self.lib.nvmlInit_v2() != 0:
+            raise RuntimeError(f"nvmlInit_v2 failed in {library}")
+        self.dev = ctypes.c_void_p()
+        if self.lib.nvmlDeviceGetHandleByIndex_v2(gpu, ctypes.byref(self.dev)) != 0:
+            raise RuntimeError(f"no GPU {gpu} in {library}")
+
+    def joules(self) -> float:
+        mj = ctypes.c_ulonglong()
+        if self.lib.nvmlDeviceGetTotalEnergyConsumption(self.dev, ctypes.byref(mj)) != 0:
+            return float("nan")
+        return mj.value / 1000.0
+
+
+@dataclasses.dataclass
+class Env:
+    """Where the checks run: the device, how to wait for it, the NVML library, scale of the runs."""
+
+    device: str
+    nvml_lib: str
+    quick: bool  # --cpu: short runs that test the script, not figures
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    def meter(self, **kw) -> Meter:
+        return Meter(gpus=[0], nvml_lib=self.nvml_lib, cuda=self.device == "cuda", **kw)
+
+
+# -- sampler ---------------------------------------------------------------------------------
+
+
+def sampler(env: Env) -> dict:
+    seconds = 3.0 if env.quick else 10.0
+    rec = Recorder(gpus=[0], nvml_lib=env.nvml_lib, keep_history=False)
+    rec.start()
+    time.sleep(1.0)  # past the first pass: the steady state
+    before = rec.engine.sampler_stats()
+    reads0 = {cid: rec.engine.channel_stats(cid)["read_ns_total"] for cid in rec.channels}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    after = rec.engine.sampler_stats()
+    elapsed = time.monotonic() - t0
+    reads = {rec.channels[cid].name: rec.engine.channel_stats(cid)["read_ns_total"] - r for cid, r in reads0.items()}
+    periods = {c.name: c.period_s for c in rec.channels.values()}
+    health = {rec.channels[cid].name: s for cid, s in rec.health().items()}
+    rec.stop()
+    rec.close()
+    return {
+        "seconds": elapsed,
+        "cpu_percent_of_core": 100 * (after["cpu_ns"] - before["cpu_ns"]) / (elapsed * 1e9),
+        "library_thread_cpu_percent": 100 * (after["library_cpu_ns"] - before["library_cpu_ns"]) / (elapsed * 1e9),
+        "read_cpu_percent": {k: 100 * v / (elapsed * 1e9) for k, v in reads.items()},
+        "periods_s": periods,
+        "health": health,
+        "fast_lateness_max_us": after["lateness_max_ns"] / 1e3,
+        "missed_deadlines": after["missed_deadlines"] - before["missed_deadlines"],
+    }
+
+
+# -- launch-bound loops ----------------------------------------------------------------------
+
+
+def one_ms_steps(env: Env) -> dict:
+    """name -> a step of about 1 ms: a CUDA graph replayed, and ResNet-18 at batch 1."""
+    import torch
+    import torchvision
+
+    steps = {}
+    if env.device == "cuda":
+        a = torch.randn(2048, 2048, device="cuda")
+        b = torch.randn(2048, 2048, device="cuda")
+        n = 1
+        while True:  # as many products as fill about 1 ms
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(n):
+                    a @ b
+            g.replay()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(20):
+                g.replay()
+            torch.cuda.synchronize()
+            ms = (time.perf_counter() - t) / 20 * 1e3
+            if ms >= 0.9 or n >= 512:
+                break
+            n = max(n + 1, int(n * 1.0 / max(ms, 1e-3)))
+        steps[f"cuda_graph_{n}_products"] = g.replay
+    else:  # a millisecond of host work stands in for the graph
+        steps["busy_1ms"] = lambda: _busy(0.001)
+    model = torchvision.models.resnet18(weights=None).eval().to(env.device)
+    x = torch.randn(1, 3, 224 if env.device == "cuda" else 32, 224 if env.device == "cuda" else 32, device=env.device)
+
+    def resnet18():
+        with torch.inference_mode():
+            model(x)
+
+    steps["resnet18_batch1"] = resnet18
+    return steps
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def interleaved(env: Env, modes: dict, pairs: int, block_s: float) -> dict:
+    """Blocks of each mode in rotating order, `pairs` rounds; per mode the median over rounds of
+    its time per step over the plain block's ('none'). A mode runs a block and returns (steps,
+    seconds of its loop, the device's queue drained at the end)."""
+    times: dict[str, list[float]] = {k: [] for k in modes}
+    names = list(modes)
+    for r in range(pairs):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            steps, seconds = modes[name](block_s)
+            times[name].append(seconds / steps)
+    ratios = {k: [v / n for v, n in zip(times[k], times["none"])] for k in names if k != "none"}
+    return {
+        "pairs": pairs,
+        "step_ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+        "slowdown_pct_median_of_pairs": {k: 100 * (float(np.median(v)) - 1) for k, v in ratios.items()},
+        "slowdown_pct_pairs": {k: [round(100 * (x - 1), 3) for x in v] for k, v in ratios.items()},
+    }
+
+
+def loops(env: Env) -> dict:
+    out = {}
+    pairs, iters = (4, 50) if env.quick else (20, 200)
+    with env.meter() as m:
+        out["timer"] = getattr(m.timer, "kind", type(m.timer).__name__)
+        for name, step in one_ms_steps(env).items():
+            for _ in range(20):
+                step()
+            env.sync()
+
+            def plain(_s, step=step):
+                env.sync()
+                t = time.perf_counter()
+                for _ in range(iters):
+                    step()
+                env.sync()
+                return iters, time.perf_counter() - t
+
+            def marked(_s, step=step):
+                with m.window("marked"):
+                    env.sync()
+                    t = time.perf_counter()
+                    for _ in range(iters):
+                        with m.inference():
+                            step()
+                    env.sync()
+                    return iters, time.perf_counter() - t
+
+            t = time.perf_counter()
+            plain(0)
+            env.sync()
+            out[f"{name}_ms_per_step"] = (time.perf_counter() - t) / iters * 1e3
+            out[name] = interleaved(env, {"none": plain, "marks": marked}, pairs, 0)
+    return out
+
+
+# -- bench back to back ----------------------------------------------------------------------
+
+
+class WaitingBenchmark(Benchmark):
+    """The protocol as it was: every run waits for its energy before the next one starts."""
+
+    def _one_run(self, model, inputs, size, k):
+        super()._one_run(model, inputs, size, k)
+        self._finish_runs(wait=True)
+
+
+def bench(env: Env) -> dict:
+    import pandas as pd
+
+    runs, duration = (3, 0.3) if env.quick else (8, 0.5)
+    out = {}
+    for label, cls, periods, backoff in (
+        ("before", WaitingBenchmark, FORMER_PERIODS_S, None),
+        ("now", Benchmark, {}, EngineConfig().backoff_quiet_s),
+        ("before_again", WaitingBenchmark, FORMER_PERIODS_S, None),
+        ("now_again", Benchmark, {}, EngineConfig().backoff_quiet_s),
+    ):
+        config = dataclasses.replace(
+            EngineConfig.from_env(gpus=[0], nvml_lib=env.nvml_lib, periods_s=periods), backoff_quiet_s=backoff
+        )
+        folder = tempfile.mkdtemp(prefix=f"bench-{label}-")
+        opts = BenchOptions(
+            model="alexnet",
+            sizes=[224],
+            batch_size=1,
+            runs=runs,
+            duration_s=duration,
+            warmup_s=0.5,
+            baseline_s=1.0,
+            device=env.device,
+            out=folder,
+            engine={"config": config},
+        )
+        b = cls(opts, log=lambda *a: None)
+        spans: list[float] = []
+        original = b._runs_of_size
+
+        def timed_runs(model, inputs, size, original=original, b=b, spans=spans):
+            t = time.perf_counter()
+            original(model, inputs, size)
+            spans.append(time.perf_counter() - t)
+            b._finish_runs(wait=True)  # the last runs' energies: once per sweep, timed apart
+            spans.append(time.perf_counter() - t - spans[0])
+
+        b._runs_of_size = timed_runs  # type: ignore[method-assign]
+        b.run()
+        summary = pd.read_csv(os.path.join(folder, "summary.csv"))
+        row = summary.iloc[0].to_dict()
+        out[label] = {
+            "runs": runs,
+            "run_s": duration,
+            "runs_wall_s": spans[0],
+            "overhead_per_run_s": (spans[0] - runs * duration) / runs,
+            "final_wait_s": spans[1],
+            "summary": {k: (float(v) if isinstance(v, (int, float, np.floating)) else str(v)) for k, v in row.items()},
+        }
+    return out
+
+
+# -- peers -----------------------------------------------------------------------------------
+
+
+def peers(env: Env) -> dict:
+    import torch
+    import torchvision
+
+    out: dict = {"installed": {}}
+    model = torchvision.models.resnet18(weights=None).eval().to(env.device)
+    size = 224 if env.device == "cuda" else 32
+    x = torch.randn(8, 3, size, size, device=env.device)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    for _ in range(20):
+        step()
+    env.sync()
+    counter = Counter(env.nvml_lib)
+    energies: dict[str, list[tuple[float, float]]] = {}  # mode -> (tool J, counter J) per block
+    block_s = 0.3 if env.quick else 1.0
+
+    timing: list[tuple[int, float]] = []  # (steps, seconds) of the last loop
+
+    def loop(block_s, each=None):
+        env.sync()
+        t = time.perf_counter()
+        end = t + block_s
+        steps = 0
+        while time.perf_counter() < end:
+            if each is None:
+                step()
+            else:
+                with each():
+                    step()
+            steps += 1
+        env.sync()
+        timing[:] = [(steps, time.perf_counter() - t)]
+
+    def against_counter(name, run):
+        """Runs a block between two reads of the independent counter; run returns the tool's J.
+        The slowdown is of the loop itself (its steps per second); the tool's start and stop
+        around it are in its energy span, not in the loop's time."""
+
+        def mode(block_s):
+            env.sync()
+            c0 = counter.joules()
+            got = run(block_s)
+            env.sync()
+            energies.setdefault(name, []).append((got, counter.joules() - c0))
+            return timing[0]
+
+        return mode
+
+    def plain(block_s):
+        loop(block_s)
+        return timing[0]
+
+    modes = {"none": plain}
+    meter = env.meter()
+    meter.start()
+    windows: dict[str, list] = {"aipm_marks": [], "aipm_window": []}
+
+    def aipm(marks: bool):
+        key = "aipm_marks" if marks else "aipm_window"
+
+        def run(block_s):
+            with meter.window(key) as w:
+                loop(block_s, meter.inference if marks else None)
+            windows[key].append(w)
+            return float("nan")  # read once resolved, below
+
+        return against_counter(key, run)
+
+    modes["aipm_marks"] = aipm(True)
+    modes["aipm_window"] = aipm(False)
+    try:
+        from zeus.monitor import ZeusMonitor
+
+        zeus = ZeusMonitor(gpu_indices=[0])
+        out["installed"]["zeus"] = __import__("zeus").__version__
+
+        def zeus_each():
+            @contextlib.contextmanager
+            def window():
+                zeus.begin_window("inference")
+                yield
+                per.append(zeus.end_window("inference").gpu_energy[0])
+
+            return window()
+
+        per: list[float] = []
+
+        def zeus_per_inference(block_s):
+            per.clear()
+            loop(block_s, zeus_each)
+            return float(sum(per))
+
+        def zeus_window(block_s):
+            zeus.begin_window("block")
+            loop(block_s)
+            return float(zeus.end_window("block").gpu_energy[0])
+
+        modes["zeus_per_inference"] = against_counter("zeus_per_inference", zeus_per_inference)
+        modes["zeus_window"] = against_counter("zeus_window", zeus_window)
+    except Exception as exc:  # not installed, or no GPU for it
+        out["installed"]["zeus"] = f"not used: {exc!r}"
+    try:
+        from codecarbon import OfflineEmissionsTracker
+
+        out["installed"]["codecarbon"] = __import__("codecarbon").__version__
+
+        def codecarbon(block_s):
+            tracker = OfflineEmissionsTracker(
+                country_iso_code="USA", gpu_ids=[0], measure_power_secs=1, save_to_file=False, log_level="error"
+            )
+            tracker.start()
+            loop(block_s)
+            tracker.stop()
+            return float(tracker.final_emissions_data.gpu_energy) * 3.6e6  # kWh -> J
+
+        modes["codecarbon"] = against_counter("codecarbon", codecarbon)
+    except Exception as exc:
+        out["installed"]["codecarbon"] = f"not used: {exc!r}"
+    out["slowdown"] = interleaved(env, modes, 4 if env.quick else 6, block_s)
+    meter.stop()
+    for key, ws in windows.items():  # aipm-fast's energies, now resolved
+        table = meter.windows()
+        gpu = table[table["domain"] == "nvml:0"].set_index("window_id")["energy_j"]
+        energies[key] = [(float(gpu.get(w.id, np.nan)), c) for w, (_, c) in zip(ws, energies.get(key, []))]
+    out["energy_vs_counter_pct"] = {
+        k: [round(100 * (t / c - 1), 3) if c > 0 else None for t, c in v] for k, v in energies.items()
+    }
+    out["energy_vs_counter_pct_median"] = {
+        k: float(np.nanmedian([100 * (t / c - 1) for t, c in v if c > 0])) if v else None for k, v in energies.items()
+    }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--only", nargs="+", choices=["sampler", "loops", "bench", "peers"])
+    ap.add_argument("--cpu", action="store_true", help="test this script on the CPU with the fakes (AIPM_NVML_LIB)")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    env = Env(
+        device="cpu" if args.cpu else "cuda",
+        nvml_lib=os.environ.get("AIPM_NVML_LIB", "libnvidia-ml.so.1"),
+        quick=args.cpu,
+    )
+    for name, fn in (("sampler", sampler), ("loops", loops), ("bench", bench), ("peers", peers)):
+        if args.only and name not in args.only:
+            continue
+        t = time.perf_counter()
+        try:
+            result = fn(env)
+        except Exception as exc:  # one part failing must not cost the others their figures
+            import traceback
+
+            result = {"error": repr(exc), "traceback": traceback.format_exc()}
+        result["part_wall_s"] = time.perf_counter() - t
+        print(name, json.dumps(result, indent=1, default=str), flush=True)
+        with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+            json.dump(result, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    main()
