@@ -235,8 +235,6 @@ def bench(env: Env) -> dict:
     for label, cls, periods, backoff in (
         ("before", WaitingBenchmark, FORMER_PERIODS_S, None),
         ("now", Benchmark, {}, EngineConfig().backoff_quiet_s),
-        ("before_again", WaitingBenchmark, FORMER_PERIODS_S, None),
-        ("now_again", Benchmark, {}, EngineConfig().backoff_quiet_s),
     ):
         config = dataclasses.replace(
             EngineConfig.from_env(gpus=[0], nvml_lib=env.nvml_lib, periods_s=periods), backoff_quiet_s=backoff
