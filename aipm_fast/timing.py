@@ -105,10 +105,16 @@ class RuntimeEvents:
     """CUDA events through the CUDA runtime library that torch has loaded, called with ctypes on
     raw handles: a record is one foreign call on torch's raw current stream, without the Python
     Stream object that torch.cuda.Event.record builds on each call. Same interface as a
-    torch.cuda.Event factory (`event()`), so EventTimer takes either."""
+    torch.cuda.Event factory (`event()`), so EventTimer takes either.
 
-    def __init__(self, cudart: ctypes.CDLL, raw_stream, device: int):
+    The calls that return at once (create, record, query, elapsed time) keep the GIL (ctypes'
+    PyDLL): letting it go and taking it back costs more than the call whenever another thread (the
+    coordinator) wants it; only cudaEventSynchronize, which waits for the GPU, lets it go."""
+
+    def __init__(self, library_path: str, raw_stream, device: int):
+        cudart = ctypes.PyDLL(library_path)
         self._rt = cudart
+        self._waiting = ctypes.CDLL(library_path)  # the same library: dlopen maps a file once
         self._raw_stream = raw_stream  # device index -> the current stream's cudaStream_t
         self._device = device
         vp, pvp, f = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_float)
@@ -120,7 +126,7 @@ class RuntimeEvents:
             ("cudaEventElapsedTime", [f, vp, vp]),
             ("cudaEventDestroy", [vp]),
         ):
-            fn = getattr(cudart, name)
+            fn = getattr(self._waiting if name == "cudaEventSynchronize" else cudart, name)
             fn.argtypes, fn.restype = args, ctypes.c_int
         self._record_fn = cudart.cudaEventRecord
 
@@ -163,7 +169,7 @@ class RuntimeEvent:
         return True
 
     def synchronize(self) -> None:
-        self._events._check(self._events._rt.cudaEventSynchronize(self.handle), "cudaEventSynchronize")
+        self._events._check(self._events._waiting.cudaEventSynchronize(self.handle), "cudaEventSynchronize")
 
     def elapsed_time(self, other: RuntimeEvent) -> float:
         ms = ctypes.c_float()
@@ -249,7 +255,7 @@ def cuda_timer(prefer_runtime: bool = True):
             if path is None or raw_stream is None:
                 raise RuntimeError("torch's CUDA runtime library or raw streams are not reachable")
             torch.cuda.init()
-            events = RuntimeEvents(ctypes.CDLL(path), raw_stream, torch.cuda.current_device())
+            events = RuntimeEvents(path, raw_stream, torch.cuda.current_device())
             return EventTimer(events.event, torch.cuda.synchronize, kind="cudart")
         except Exception as exc:  # any failure: torch's events, which always work
             why = str(exc)

@@ -17,7 +17,6 @@ sampler reads a fake powercap tree and a fake NVML meanwhile, at default periods
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -44,7 +43,7 @@ def fake_cudart_timer(tmp: str) -> EventTimer:
     lib_path = os.path.join(tmp, "libcudart.so.13")
     src = os.path.join(HERE, "..", "tests", "fakes", "fake_cudart.c")
     subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", src, "-o", lib_path], check=True)
-    events = RuntimeEvents(ctypes.CDLL(lib_path), lambda device: 0, 0)
+    events = RuntimeEvents(lib_path, lambda device: 0, 0)
     return EventTimer(events.event, lambda: None, kind="cudart-fake")
 
 

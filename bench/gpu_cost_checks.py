@@ -122,6 +122,13 @@ def one_ms_steps(env: Env) -> dict:
     if env.device == "cuda":
         a = torch.randn(2048, 2048, device="cuda")
         b = torch.randn(2048, 2048, device="cuda")
+        side = torch.cuda.Stream()  # cuBLAS makes its handle on a first product, never in a capture
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                a @ b
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
         n = 1
         while True:  # as many products as fill about 1 ms
             g = torch.cuda.CUDAGraph()

@@ -22,6 +22,7 @@ def fake_cudart(tmp_path_factory):
     subprocess.run([gcc, "-std=c11", "-shared", "-fPIC", "-O2", str(FAKE_CUDART_SRC), "-o", str(out)], check=True)
     lib = ctypes.CDLL(str(out))
     lib.fake_cudart_records.restype = ctypes.c_ulong
+    lib.path = str(out)
     return lib
 
 
@@ -30,7 +31,7 @@ def runtime_timer(lib, streams):
         streams.append(device)
         return 1234
 
-    events = RuntimeEvents(lib, raw_stream, device=3)
+    events = RuntimeEvents(lib.path, raw_stream, device=3)
     return EventTimer(events.event, lambda: None, kind="cudart")
 
 
@@ -64,7 +65,7 @@ def test_runtime_events_are_reused_once_resolved(fake_cudart, monkeypatch):
 
 
 def test_a_runtime_error_is_raised_naming_the_call(fake_cudart):
-    events = RuntimeEvents(fake_cudart, lambda d: 0, device=0)
+    events = RuntimeEvents(fake_cudart.path, lambda d: 0, device=0)
     a, b = events.event(), events.event()  # never recorded
     with pytest.raises(RuntimeError, match="cudaEventElapsedTime: CUDA runtime error 400"):
         a.elapsed_time(b)
