@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -255,3 +256,45 @@ def test_bench_engine_options_choose_the_models_gpu_unless_gpus_are_given(tmp_pa
     unknown = Benchmark(options(tmp_path, device="cuda:0", engine={"config": EngineConfig()}), log=logs.append)
     assert unknown._engine_options()["config"].gpus is None
     assert "metering every GPU" in logs[0] and "by UUID" in logs[0] and "--gpus" in logs[0]
+
+
+def test_runs_follow_each_other_without_waiting_for_their_readings(tmp_path, fake_engine, monkeypatch):
+    """A run's window is left to resolve while the next one measures: nothing waits for readings
+    between runs (Meter.flush), only once at the end, and every run's files are still written."""
+    from aipm_fast.meter import Meter
+
+    engine, _ = fake_engine
+    opts = options(tmp_path, runs=4, duration_s=0.2, baseline_s=0.2, engine=engine)
+    bench = Benchmark(opts, log=lambda m: None)
+    waits: list[str] = []
+    flush = Meter.flush
+
+    def counted_flush(self, window=None, timeout_s=10.0):
+        waits.append("run" if window is None and bench._unresolved else "other")
+        return flush(self, window, timeout_s)
+
+    monkeypatch.setattr(Meter, "flush", counted_flush)
+    bench.run()
+    assert waits.count("run") == 1  # the last runs' energies, once, at the end
+    for k in range(4):
+        run = json.loads((tmp_path / "out" / "input_32" / f"run_{k}" / "run.json").read_text())
+        assert run["energy"]["gpu"]["energy_j"] > 0 and run["n_inferences"] > 0
+
+
+def test_a_window_is_done_once_its_end_and_its_marks_are_integrated(fake_engine):
+    from aipm_fast.meter import Meter
+
+    engine, _ = fake_engine
+    with Meter(**engine, cuda=False) as m:
+        with m.window("w") as w:
+            for _ in range(5):
+                with m.inference():
+                    pass
+        assert not m.coordinator.window_done(w)  # no reading has passed its end yet
+        m.flush(w)
+        assert w.end_resolved
+        deadline = time.monotonic() + 5
+        while not m.coordinator.window_done(w) and time.monotonic() < deadline:
+            m.coordinator.process()
+        assert m.coordinator.window_done(w)
+        assert len(m.results.inferences("w")) == 5 * len(m.domains)
