@@ -250,9 +250,14 @@ def main() -> None:
             f"jitter at 1 kHz: p50 {j['p50_us']:.1f} µs, p99 {j['p99_us']:.1f} µs, max {j['max_us']:.0f} µs "
             "(target p99 < 200 µs)"
         )
+    report_json(results, args.out)
+
+
+def report_json(results: dict, out: str | None) -> None:
+    """Prints a benchmark's figures as JSON, and writes them to `out` too where given."""
     print(json.dumps(results, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             json.dump(results, f, indent=2)
 
 

@@ -17,7 +17,6 @@ sampler reads a fake powercap tree and a fake NVML meanwhile, at default periods
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -35,7 +34,7 @@ sys.path.insert(0, HERE)
 from aipm_fast import Meter  # noqa: E402
 from aipm_fast.timing import EventTimer, FakeGpu, HostTimer, RuntimeEvents, cuda_timer  # noqa: E402
 
-from bench_engine import fake_nvml  # noqa: E402
+from bench_engine import fake_nvml, report_json  # noqa: E402
 from fakes.powercap import build_powercap_tree  # noqa: E402
 
 
@@ -173,10 +172,7 @@ def main() -> None:
         f"{d['work_per_drain_ms_max']:.2f}; target < 10%); a 0.5 ms sleeper woke late by p99 "
         f"{d['probe_late_us_p99']:.0f} µs, max {d['probe_late_us_max']:.0f} µs (GIL hold target <= 2 ms)"
     )
-    print(json.dumps(results, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+    report_json(results, args.out)
 
 
 if __name__ == "__main__":
