@@ -22,8 +22,9 @@ def hw(fake_powercap, fake_nvml_lib, monkeypatch):
     monkeypatch.setenv("FAKE_NVML_GPUS", "1")
     monkeypatch.delenv("RANK", raising=False)
     root, writer = fake_powercap()
-    # the sample buffer read 4 times a second (default: once), so that live power is there early
-    periods = {"nvml.power_samples": 0.25}
+    # the sample buffer read 4 times a second and the counter once (defaults: once, every 5 s), so
+    # that live power is there early and every GPU channel has been read again when one is lost
+    periods = {"nvml.power_samples": 0.25, "nvml.energy": 1.0}
     return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), "periods_s": periods, **OFF}, writer
 
 
