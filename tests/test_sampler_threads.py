@@ -56,12 +56,18 @@ def test_a_drain_returns_the_records_of_both_threads(tmp_path, fake_nvml_lib):
     assert recs.size == e.sampler_stats()["records_written"]
 
 
-def test_a_quiet_channel_is_read_less_often_and_its_period_comes_back_when_it_moves(tmp_path):
+def started_counter(tmp_path, quiet_s, longest_s):
+    """A running engine with one text counter read every 2 ms, backed off as given."""
     path = counter_file(tmp_path)
     e = Engine(14)
     cid = e.add_text_counter(path, 1e-6, 0.002)
-    e.set_backoff(cid, 0.3, 0.1)
+    e.set_backoff(cid, quiet_s, longest_s)
     e.start()
+    return e, cid, path
+
+
+def test_a_quiet_channel_is_read_less_often_and_its_period_comes_back_when_it_moves(tmp_path):
+    e, cid, path = started_counter(tmp_path, 0.3, 0.1)
     time.sleep(1.0)
     quiet = e.channel_stats(cid)
     assert quiet["interval_ns"] == pytest.approx(0.1e9)
@@ -81,11 +87,7 @@ def test_a_quiet_channel_is_read_less_often_and_its_period_comes_back_when_it_mo
 
 
 def test_a_failing_channel_is_backed_off_too(tmp_path):
-    path = counter_file(tmp_path)
-    e = Engine(14)
-    cid = e.add_text_counter(path, 1e-6, 0.002)
-    e.set_backoff(cid, 0.1, 0.2)
-    e.start()
+    e, cid, path = started_counter(tmp_path, 0.1, 0.2)
     with open(path, "w") as f:
         f.write("garbage\n")
     time.sleep(0.8)
