@@ -387,6 +387,120 @@ def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, a
     out.print(f"stored in {saved}" if saved else "not stored (--no-save)", markup=False)
 
 
+@main.command()
+@click.option("--model", required=True, help="architecture to profile (see aipm-fast bench --list-models)")
+@click.option("--size", type=click.IntRange(min=1), help="input size [the model's native size]")
+@click.option("--batch-size", type=click.IntRange(min=1), help="inputs per inference [the model's default]")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
+@click.option("--depth", default=1, show_default=True, type=click.IntRange(min=1), help="module depth of the parts")
+@click.option(
+    "--precision",
+    default=0.03,
+    show_default=True,
+    type=Finite(min=0, min_open=True),
+    help="stop when the curve's 1-sigma band (RMS) is within this share of the mean power",
+)
+@click.option("--max-seconds", default=120.0, show_default=True, type=Finite(min=0, min_open=True), help="time limit")
+@click.option("--bin-ms", default=1.0, show_default=True, type=Finite(min=0, min_open=True), help="phase bin (ms)")
+@click.option(
+    "--gaps",
+    default="random",
+    show_default=True,
+    type=click.Choice(["random", "drift"]),
+    help="spread phases by short random idle gaps, or by the sample grid's drift (back to back)",
+)
+@click.option("--gpu", default=0, show_default=True, type=click.IntRange(min=0), help="GPU index")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="output folder [aipm-profile/<model>]")
+@click.option("--no-plot", is_flag=True, help="skip profile.png")
+@click.option("--seed", type=int, default=None, help="seed of the idle gaps")
+@engine_options
+def profile(
+    model, size, batch_size, dtype, depth, precision, max_seconds, bin_ms, gaps, gpu, out_dir, no_plot, seed, **kwargs
+):
+    """The power inside one inference at millisecond resolution, and the energy of its modules:
+    many inferences folded onto one timeline through the calibrated sensor response.
+
+    aipm-fast profile --model resnet50 --batch-size 32 --depth 1
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise click.ClickException("profile runs the model with torch: pip install 'aipm-fast[torch]'")
+    from rich.progress import Progress
+
+    from aipm_fast.bench import models
+    from aipm_fast.profile import NoCalibration
+    from aipm_fast.profile import output as profile_output
+    from aipm_fast.profile import profile as run_profile
+    from aipm_fast.sensor.drive import NoGpu, require_cuda
+
+    try:
+        spec = models.get_spec(model)
+        size = models.validate_size(model, size if size is not None else spec.native_size)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model/--size") from None
+    try:
+        torch = require_cuda(gpu, "profile")
+    except NoGpu as exc:
+        raise click.ClickException(str(exc)) from exc
+    config = engine_config(kwargs)
+    device = f"cuda:{gpu}"
+    batch = batch_size or spec.default_batch_size
+    try:
+        net = models.build_model(model, device=device, dtype=getattr(torch, dtype), size=size)
+        inputs = models.make_inputs(model, size, batch, device=device, dtype=getattr(torch, dtype))
+    except models.BenchModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    out_dir = out_dir or os.path.join("aipm-profile", model)
+    with Progress(console=console, transient=not console.is_terminal) as bar:
+        task = bar.add_task(f"profiling {model}", total=1.0)
+
+        def progress(share, text):
+            bar.update(task, completed=share, description=f"{model}: {text}")
+
+        try:
+            result = run_profile(
+                lambda: models.forward(net, inputs),
+                model=net,
+                depth=depth,
+                gpu=gpu,
+                config=config,
+                precision=precision,
+                max_s=max_seconds,
+                bin_s=bin_ms / 1e3,
+                gaps=gaps,
+                seed=seed,
+                progress=progress,
+            )
+        except (NoGpu, NoCalibration, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    result.info["title"] = f"{model} size {size} batch {batch} {dtype}"
+    written = profile_output.write(result, out_dir, plot=not no_plot)
+    f = result.folded
+    table = Table(title=f"{model}: energy per part of one inference ({f.energy_j:.4g} J, {f.duration_s * 1e3:.2f} ms)")
+    for col in ("part", "start ms", "end ms", "energy J", "1 sigma J", "share"):
+        table.add_column(col)
+    for r in result.table:
+        table.add_row(
+            r["name"],
+            f"{r['start_ms']:.2f}" if r["name"] != "other" else "-",
+            f"{r['end_ms']:.2f}" if r["name"] != "other" else "-",
+            f"{r['energy_j']:.4g}",
+            f"{r['sigma_j']:.2g}",
+            f"{r['share']:.1%}",
+        )
+    out.print(table)
+    out.print(
+        f"time resolution {f.resolution_s * 1e3:.1f} ms (bins of {f.bin_s * 1e3:g} ms); {result.stopped}; "
+        f"{result.wall_s:.0f} s of running",
+        markup=False,
+    )
+    out.print(result.method, markup=False)
+    if not no_plot and not profile_output.can_plot():
+        console.print("[dim]profile.png skipped: matplotlib is not installed (pip install 'aipm-fast[plot]')[/]")
+    console.print(f"results in {out_dir}/ ({', '.join(os.path.basename(w) for w in written)})")
+
+
 def _problem(d):
     from aipm_fast.sources import Problem
 

@@ -35,15 +35,16 @@ class NoGpu(RuntimeError):
     """Calibration needs torch with a CUDA device."""
 
 
-def require_cuda(device: int):
+def require_cuda(device: int, what: str = "calibrate"):
+    """torch, where it sees CUDA GPU `device`; NoGpu saying what `what` needs otherwise."""
     try:
         import torch
     except ImportError as exc:
         raise NoGpu(
-            "calibrate drives the GPU with torch: install it (pip install torch) on a machine with a GPU"
+            f"{what} drives the GPU with torch: install it (pip install torch) on a machine with a GPU"
         ) from exc
     if not torch.cuda.is_available():
-        raise NoGpu("calibrate needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() is False)")
+        raise NoGpu(f"{what} needs a CUDA GPU, and torch sees none here (torch.cuda.is_available() is False)")
     if device >= torch.cuda.device_count():
         raise NoGpu(f"--gpu {device}: torch sees {torch.cuda.device_count()} GPU(s)")
     return torch
@@ -61,6 +62,25 @@ class Timeline:
         self.torch.cuda.synchronize()
         at = self.anchor.elapsed_time
         return [Block(k, self.anchor_s + at(e0) / 1e3, self.anchor_s + at(e1) / 1e3) for k, e0, e1 in events]
+
+    def seconds(self, event) -> float:
+        """An event's time (s after t0), once the device has run it."""
+        return self.anchor_s + self.anchor.elapsed_time(event) / 1e3
+
+
+def anchor_timeline(torch, stream, t0_ns: int, settle_s: float = 0.0) -> Timeline:
+    """Wait for the device to be idle (then `settle_s` more), record an anchor event on `stream`
+    and take the host time around it: CUDA events recorded later map to s after t0_ns."""
+    torch.cuda.synchronize()
+    if settle_s > 0:
+        time.sleep(settle_s)
+    with torch.cuda.stream(stream):
+        anchor = torch.cuda.Event(enable_timing=True)
+        h0 = time.monotonic_ns()
+        anchor.record()
+        anchor.synchronize()
+        h1 = time.monotonic_ns()
+    return Timeline(torch, anchor, ((h0 + h1) / 2 - t0_ns) / 1e9)
 
 
 class Loads:
@@ -123,16 +143,7 @@ class Loads:
     def timeline(self, t0_ns: int) -> Timeline:
         """Wait for the device to be idle (0.5 s: the sensor settles, earlier work ends), then
         anchor CUDA events to the sampler's clock."""
-        torch = self.torch
-        torch.cuda.synchronize()
-        time.sleep(0.5)
-        with torch.cuda.stream(self.stream):
-            anchor = torch.cuda.Event(enable_timing=True)
-            h0 = time.monotonic_ns()
-            anchor.record()
-            anchor.synchronize()
-            h1 = time.monotonic_ns()
-        return Timeline(torch, anchor, ((h0 + h1) / 2 - t0_ns) / 1e9)
+        return anchor_timeline(self.torch, self.stream, t0_ns, settle_s=0.5)
 
     def block(self, kind: str, seconds: float):
         """Enqueue `seconds` of a load; returns its (start, end) events."""

@@ -1,0 +1,321 @@
+"""Run an inference many times on the GPU for a profile, and fold what the sensor saw (folding.py).
+
+Each repetition is bracketed by CUDA events on the current stream, and so are its parts: the
+modules of a model to a chosen depth (forward pre- and post-hooks) and ranges the callable names
+itself (`Parts.range`). Phases against the driver's sample grid are spread either by short idle
+gaps (`gaps="random"`: after each repetition the host waits for its end, then sleeps a time drawn
+uniformly over one sample period above GAP_MIN_S, so repetitions start at every phase of the
+grid) or by the grid's own drift (`gaps="drift"`: back to back, the host waiting only every
+DRIFT_SYNC_S; phases spread only where the inference's duration is not a simple fraction of the
+sample period). What idle gaps change in the GPU's state (clocks, the power it falls to) is in
+the curve of the gap after the inference, and measured against back-to-back runs by
+bench/gpu_profile_checks.py.
+
+Every CHECK_S the events are mapped to the sampler's clock (an anchor event per batch, as
+sensor/drive.py does), the samples so far are folded, and the run stops once the curve's band is
+within the precision asked for (Folded.relative_band) or the time limit is reached. The trace's
+gain is the energy counter's, as everywhere (policy.counter_scale over the whole run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from aipm_fast.profile.folding import BIN_S, Folded, Span, fold, median_spans
+from aipm_fast.sensor.response import SensorResponse
+
+#: the shortest idle gap after a repetition (s), and the spread added over one sample period
+GAP_MIN_S = 0.002
+SAMPLE_PERIOD_S = 0.020
+#: in drift mode, the host waits for the device this often (s) to keep the queue short
+DRIFT_SYNC_S = 0.2
+#: how often the samples are folded to judge the precision (s)
+CHECK_S = 4.0
+#: the fewest repetitions a profile stops at
+MIN_REPS = 200
+GAP_MODES = ("random", "drift")
+
+
+class NoCalibration(RuntimeError):
+    """The GPU's sensor response has not been measured (aipm-fast calibrate)."""
+
+
+def modules_at_depth(model, depth: int) -> list[tuple[str, Any]]:
+    """The named submodules `depth` levels below the model (1: its children); a branch that ends
+    sooner contributes its leaf."""
+    if depth < 1:
+        raise ValueError(f"profile: module depth must be 1 or more, got {depth}")
+    found = []
+
+    def walk(prefix: str, module, level: int) -> None:
+        children = list(module.named_children())
+        if level == depth or not children:
+            if prefix:
+                found.append((prefix, module))
+            return
+        for name, child in children:
+            walk(f"{prefix}.{name}" if prefix else name, child, level + 1)
+
+    walk("", model, 0)
+    return found
+
+
+class Parts:
+    """CUDA events around the parts of one repetition: modules (hooks) and named ranges."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.current: list[tuple[str, object, object]] = []
+        self._open: dict[int, list] = {}
+        self._handles: list = []
+
+    def _event(self):
+        e = self.torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
+    @contextmanager
+    def range(self, name: str):
+        """Mark a named part of the inference: `with parts.range("attention"): ...`."""
+        e0 = self._event()
+        try:
+            yield
+        finally:
+            self.current.append((name, e0, self._event()))
+
+    def hook(self, model, depth: int) -> list[str]:
+        """Forward hooks on the model's modules at `depth`; returns their names."""
+        names = []
+        for name, module in modules_at_depth(model, depth):
+            names.append(name)
+            self._handles.append(module.register_forward_pre_hook(self._pre(id(module))))
+            self._handles.append(module.register_forward_hook(self._post(id(module), name)))
+        return names
+
+    def _pre(self, key: int):
+        def pre(module, args):
+            self._open.setdefault(key, []).append(self._event())
+
+        return pre
+
+    def _post(self, key: int, name: str):
+        def post(module, args, output):
+            self.current.append((name, self._open[key].pop(), self._event()))
+
+        return post
+
+    def take(self) -> list[tuple[str, object, object]]:
+        got, self.current = self.current, []
+        return got
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+@dataclass
+class Profile:
+    """A finished profile: the curve, the parts' spans, and how it was obtained."""
+
+    folded: Folded
+    spans: list[Span]
+    table: list[dict]
+    wall_s: float
+    stopped: str  # why it stopped
+    gaps: str
+    method: str
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Collected:
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    parts: list[list[tuple[str, float, float]]] = field(default_factory=list)
+
+
+def _gpu_channels(rec, device: int):
+    domain = f"nvml:{device}"
+    chans = {c.label: c for c in rec.channels.values() if c.domain == domain}
+    if "power_samples" not in chans:
+        from aipm_fast.sensor.drive import NoGpu
+
+        raise NoGpu(f"no NVML power samples for GPU {device} (nvmlDeviceGetSamples): a driver too old to profile")
+    return chans
+
+
+def find_response(rec, chans) -> SensorResponse:
+    """The stored response of the GPU's sampled power, or NoCalibration saying what to run."""
+    cal = rec.sensor_calibrations.get(chans["power_samples"].id)
+    if cal is None:
+        dev = rec.discovery.domains[chans["power_samples"].domain].device
+        raise NoCalibration(
+            f"no sensor calibration for {dev} with this driver: run `aipm-fast calibrate` first "
+            "(about a minute of load), or pass --calibration-file"
+        )
+    return cal[0]
+
+
+def profile(
+    fn: Callable[[], object],
+    *,
+    model=None,
+    depth: int = 1,
+    parts: Parts | None = None,
+    response: SensorResponse | None = None,
+    gpu: int = 0,
+    config=None,
+    precision: float = 0.03,
+    max_s: float = 120.0,
+    min_reps: int = MIN_REPS,
+    gaps: str = "random",
+    bin_s: float = BIN_S,
+    warmup: int = 5,
+    seed: int | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> Profile:
+    """Profile `fn` (one inference, enqueued on the current CUDA stream) on GPU `gpu`.
+
+    model/depth: forward hooks on the model's modules at that depth; parts: a Parts the callable
+    marks named ranges with (made here when None). response: the sensor response (by default the
+    one `aipm-fast calibrate` stored for this GPU and driver). Stops when Folded.relative_band <=
+    precision (after min_reps) or after max_s of running; progress(share, text) after each check."""
+    from aipm_fast.config import EngineConfig
+    from aipm_fast.recorder import Recorder
+    from aipm_fast.sensor.drive import anchor_timeline, require_cuda
+
+    if gaps not in GAP_MODES:
+        raise ValueError(f"profile: gaps must be one of {', '.join(GAP_MODES)}, got {gaps!r}")
+    if not precision > 0:
+        raise ValueError(f"profile: precision must be positive, got {precision!r}")
+    torch = require_cuda(gpu, "profile")
+    torch.cuda.set_device(gpu)
+    config = config or EngineConfig.from_env()
+    periods = {"nvml.energy": 0.025, "nvml.power_samples": 0.25}
+    config = dataclasses.replace(config, gpus=[gpu], periods_s={**config.periods_s, **periods})
+    parts = parts or Parts(torch)
+    if model is not None:
+        parts.hook(model, depth)
+    rng = np.random.default_rng(seed)
+    stream = torch.cuda.current_stream()
+    try:
+        for _ in range(warmup):
+            fn()
+        parts.take()
+        torch.cuda.synchronize()
+        with Recorder(config, keep_history=True) as rec:
+            chans = _gpu_channels(rec, gpu)
+            response = response or find_response(rec, chans)
+            t0 = time.monotonic_ns()
+            begun = time.monotonic()
+            got = _Collected()
+            folded, stopped = None, ""
+            while True:
+                _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline)
+                rec.drain()
+                elapsed = time.monotonic() - begun
+                folded = _fold_so_far(rec, chans, response, got, t0, bin_s)
+                band = folded.relative_band if folded else float("inf")
+                if progress:
+                    share = max(elapsed / max_s, min(1.0, precision / band))
+                    progress(min(share, 1.0), f"{len(got.starts)} inferences, band {band:.1%} of mean power")
+                if folded and band <= precision and len(got.starts) >= min_reps:
+                    stopped = f"curve known to {band:.1%} of its mean power (asked {precision:.1%})"
+                    break
+                if elapsed >= max_s:
+                    stopped = f"time limit {max_s:g} s reached with the band at {band:.1%} (asked {precision:.1%})"
+                    break
+            time.sleep(max(0.3, float(response.lags_s[-1]) + 0.1))  # the last samples see the last inference
+            rec.drain()
+            wall = time.monotonic() - begun
+            scale = _counter_scale(rec, chans, response, got, t0)
+            t, w = _samples(rec, chans, t0)
+            folded = fold(response, t, w, got.starts, got.ends, bin_s=bin_s, scale=scale.factor)
+    finally:
+        parts.remove()
+    spans = median_spans(got.parts)
+    method = (
+        f"{folded.n_reps} inferences folded ({gaps} gaps), {folded.n_samples} samples deconvolved through the "
+        f"{response.kind} response ({response.describe()}), smoothing {folded.smoothing:.2g} by GCV; {scale.how}"
+    )
+    return Profile(
+        folded=folded,
+        spans=spans,
+        table=folded.span_table(spans),
+        wall_s=wall,
+        stopped=stopped,
+        gaps=gaps,
+        method=method,
+        info={"gpu": rec.discovery.domains[f"nvml:{gpu}"].device, "scale": scale.factor, "scale_how": scale.how},
+    )
+
+
+def _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline) -> None:
+    """CHECK_S of repetitions, their events mapped to s after t0 once the device has run them."""
+    timeline = anchor_timeline(torch, stream, t0)
+    events = []
+    end_at = time.monotonic() + CHECK_S
+    last_sync = time.monotonic()
+    while time.monotonic() < end_at:
+        e0 = torch.cuda.Event(enable_timing=True)
+        e1 = torch.cuda.Event(enable_timing=True)
+        e0.record()
+        fn()
+        e1.record()
+        events.append((e0, e1, parts.take()))
+        if gaps == "random":
+            e1.synchronize()
+            time.sleep(GAP_MIN_S + rng.uniform(0.0, SAMPLE_PERIOD_S))
+        elif time.monotonic() - last_sync > DRIFT_SYNC_S:
+            e1.synchronize()
+            last_sync = time.monotonic()
+    torch.cuda.synchronize()
+    at = timeline.seconds
+    for e0, e1, ps in events:
+        a = at(e0)
+        got.starts.append(a)
+        got.ends.append(at(e1))
+        got.parts.append([(name, at(p0) - a, at(p1) - a) for name, p0, p1 in ps])
+
+
+def _samples(rec, chans, t0) -> tuple[np.ndarray, np.ndarray]:
+    t, w = rec.series(chans["power_samples"].id)
+    return (t - t0) / 1e9, w
+
+
+def _fold_so_far(rec, chans, response, got, t0, bin_s) -> Folded | None:
+    t, w = _samples(rec, chans, t0)
+    try:
+        return fold(response, t, w, got.starts, got.ends, bin_s=bin_s)
+    except ValueError:
+        return None  # too few samples yet
+
+
+def _counter_scale(rec, chans, response, got, t0):
+    """The energy counter over the trace (samples placed at stamp - centroid) between the
+    counter's anchor times within the run (policy.counter_scale)."""
+    from aipm_fast import policy
+
+    if "energy" not in chans:
+        return policy.Scale.none("no energy counter: trace unscaled")
+    ct, cv = rec.series(chans["energy"].id)
+    lo = t0 + int(got.starts[0] * 1e9)
+    hi = t0 + int(got.ends[-1] * 1e9)
+    anchors = policy.anchor_times(ct, cv, lo, hi)
+    if anchors is None:
+        return policy.Scale.none("energy counter did not move within the run: trace unscaled")
+    a, b = anchors
+    counter_j = float(np.interp(b, ct, cv) - np.interp(a, ct, cv))
+    t, w = _samples(rec, chans, t0)
+    placed = t - response.centroid_s
+    grid = np.linspace((a - t0) / 1e9, (b - t0) / 1e9, 20001)
+    trace_j = float(np.trapezoid(np.interp(grid, placed, w), grid))
+    return policy.counter_scale(trace_j, counter_j, (b - a) / 1e9, "NVML energy counter")

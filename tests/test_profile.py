@@ -1,0 +1,232 @@
+"""`aipm-fast profile`: the power inside one inference, folded over many repetitions and
+deconvolved through the calibrated sensor response, on the fake NVML's virtual clock (a known
+periodic power shape, its exact truth), and its outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from aipm_fast.profile import folding as fl
+from aipm_fast.sensor.response import SensorResponse
+from tests.fakes.nvml_clock import NvmlClock
+from tests.test_sensor import fit_fake
+
+IDLE_W = 110.0
+#: one inference: (seconds, watts) phases of a known shape, 13 ms in all
+SHAPE = ((0.002, 450.0), (0.005, 680.0), (0.003, 250.0), (0.003, 520.0))
+SENSOR = "lag_ms=4,window_ms=16,jitter_ms=5"
+
+
+def periodic_schedule(rng, seconds, t0=0.5, gap_s=(0.004, 0.024)):
+    """The shape repeated with idle gaps drawn uniformly (phases spread over the sample grid):
+    [(start, watts)] for the fake, and each repetition's [start, end)."""
+    schedule, starts, ends, t = [(0.0, IDLE_W)], [], [], t0
+    while t < t0 + seconds:
+        starts.append(t)
+        for dur, watts in SHAPE:
+            schedule.append((t, watts))
+            t += dur
+        ends.append(t)
+        schedule.append((t, IDLE_W))
+        t += rng.uniform(*gap_s)
+    return schedule, np.array(starts), np.array(ends), t + 0.5
+
+
+def truth_at(phase_s):
+    edges = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    i = np.clip(np.searchsorted(edges, phase_s, side="right") - 1, 0, len(SHAPE) - 1)
+    return np.array([SHAPE[k][1] for k in np.atleast_1d(i)])
+
+
+@pytest.fixture(scope="module")
+def folded(fake_nvml_lib):
+    response = fit_fake(fake_nvml_lib, SENSOR).chosen
+    schedule, starts, ends, end = periodic_schedule(np.random.default_rng(7), 60.0)
+    with NvmlClock(fake_nvml_lib, schedule=schedule, sensor=SENSOR) as clock:
+        t, w = clock.samples(0.2, end)
+        truth_j = clock.energy_j(starts[0], ends[0])
+    return fl.fold(response, t, w, starts, ends), truth_j, response
+
+
+def test_the_folded_deconvolved_curve_matches_the_known_shape(folded):
+    f, _, _ = folded
+    phase = f.phase_s
+    edges = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    away = np.min(np.abs(phase[:, None] - edges[None, :]), axis=1) >= 0.0009
+    inside = f.in_inference & away
+    truth = truth_at(phase)
+    err = f.power_w - truth
+    assert inside.sum() == 5
+    # within 5% of the true power in the middle of each phase, and the band covers the truth
+    assert np.all(np.abs(err[inside]) < 0.05 * truth[inside]), np.c_[phase, truth, f.power_w, f.sigma_w][inside]
+    assert np.mean(np.abs(err[inside]) <= 3 * f.sigma_w[inside] + 2.0) >= 0.9
+    # the curve steps: the 680 W phase and the 250 W phase are told apart at ms resolution
+    assert f.resolution_s < 0.003
+    assert f.n_reps > 1000 and f.n_samples > 2000
+
+
+def test_energy_per_inference_and_per_phase_match_the_truth(folded):
+    f, truth_j, _ = folded
+    assert f.energy_j == pytest.approx(truth_j, rel=0.01)
+    assert abs(f.energy_j - truth_j) < 3 * f.energy_sigma_j + 0.002 * truth_j
+    edges = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    spans = [fl.Span(f"phase {k}", edges[k], edges[k + 1]) for k in range(len(SHAPE))]
+    rows = f.span_table(spans)
+    for k, (dur, watts) in enumerate(SHAPE):
+        assert rows[k]["energy_j"] == pytest.approx(dur * watts, rel=0.05), rows[k]
+    assert rows[-1]["name"] == "other" and abs(rows[-1]["energy_j"]) < 0.02 * truth_j
+    assert sum(r["energy_j"] for r in rows) == pytest.approx(f.energy_j, rel=1e-9)
+
+
+def test_the_gap_after_an_inference_is_reconstructed_at_idle(folded):
+    f, _, _ = folded
+    assert f.gap_power_w[2:-1] == pytest.approx(IDLE_W, rel=0.1)
+
+
+def test_more_repetitions_narrow_the_band(fake_nvml_lib, folded):
+    f, _, response = folded
+    schedule, starts, ends, end = periodic_schedule(np.random.default_rng(8), 15.0)
+    with NvmlClock(fake_nvml_lib, schedule=schedule, sensor=SENSOR) as clock:
+        t, w = clock.samples(0.2, end)
+    short = fl.fold(response, t, w, starts, ends)
+    assert short.relative_band > f.relative_band
+
+
+def test_folding_refuses_what_it_cannot_solve():
+    r = SensorResponse.window(0.016, 0.004)
+    with pytest.raises(ValueError, match="two or more repetitions"):
+        fl.fold(r, np.arange(0, 1, 0.02), np.ones(50), [0.1], [0.2])
+    with pytest.raises(ValueError, match="none overlapping"):
+        fl.fold(r, np.arange(0, 1, 0.02), np.ones(50), [0.1, 0.15], [0.2, 0.3])
+    with pytest.raises(ValueError, match="too few"):
+        fl.fold(r, np.arange(0, 1, 0.02), np.ones(50), [0.1, 0.2], [0.15, 0.25])
+    with pytest.raises(ValueError, match="phase bin must be positive"):
+        fl.fold(r, np.arange(0, 1, 0.02), np.ones(50), [0.1, 0.2], [0.15, 0.25], bin_s=0.0)
+
+
+def test_spans_are_medians_over_repetitions_and_repeated_calls_are_numbered():
+    reps = [
+        [("a", 0.0, 0.002), ("b", 0.002, 0.005), ("a", 0.005, 0.006)],
+        [("a", 0.0, 0.0022), ("b", 0.0022, 0.0052), ("a", 0.0052, 0.0062)],
+        [("a", 0.0, 0.0024), ("b", 0.0024, 0.0054), ("a", 0.0054, 0.0064)],
+    ]
+    spans = fl.median_spans(reps)
+    assert [s.name for s in spans] == ["a", "b", "a (2)"]
+    assert spans[1].start_s == pytest.approx(0.0022)
+
+
+# -- outputs ---------------------------------------------------------------------------------
+def a_profile(f):
+    from aipm_fast.profile.run import Profile
+
+    edges = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    spans = [fl.Span(f"phase {k}", edges[k], edges[k + 1]) for k in (1, 3)]
+    return Profile(f, spans, f.span_table(spans), 12.0, "curve known", "random", "folded", {"gpu": "fake"})
+
+
+def test_the_outputs_hold_the_curve_the_parts_and_a_plot(folded, tmp_path):
+    from aipm_fast.profile import output
+
+    f, _, _ = folded
+    written = output.write(a_profile(f), str(tmp_path / "out"))
+    names = sorted(p.rsplit("/", 1)[-1] for p in written)
+    assert names == ["curve.csv", "parts.csv", "profile.json", "profile.png"]
+    with open(tmp_path / "out" / "curve.csv") as fh:
+        curve = list(csv.DictReader(fh))
+    assert len(curve) == f.power_w.size
+    assert float(curve[3]["power_w"]) == pytest.approx(f.power_w[3], abs=1e-3)
+    with open(tmp_path / "out" / "parts.csv") as fh:
+        parts = list(csv.DictReader(fh))
+    assert [p["name"] for p in parts] == ["phase 1", "phase 3", "other"]
+    assert parts[-1]["start_ms"] == ""  # "other" has no single span
+    assert sum(float(p["energy_j"]) for p in parts) == pytest.approx(f.energy_j, rel=1e-4)
+    summary = json.loads((tmp_path / "out" / "profile.json").read_text())
+    assert summary["energy_per_inference_j"] == pytest.approx(f.energy_j)
+    assert summary["resolution_ms"] == pytest.approx(f.resolution_s * 1e3)
+    assert (tmp_path / "out" / "profile.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- the GPU side's CPU logic ------------------------------------------------------------------
+class FakeEvent:
+    """A CUDA event on a counter: records the order in which it was recorded."""
+
+    clock = 0
+
+    def record(self):
+        FakeEvent.clock += 1
+        self.at = FakeEvent.clock
+
+
+class FakeTorch:
+    class cuda:  # noqa: N801 (stands in for torch.cuda)
+        @staticmethod
+        def Event(enable_timing=True):  # noqa: N802
+            return FakeEvent()
+
+
+def test_modules_at_depth_and_their_hooks_bracket_each_call():
+    import torch
+
+    from aipm_fast.profile.run import Parts, modules_at_depth
+
+    net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()), torch.nn.Linear(4, 2))
+    assert [n for n, _ in modules_at_depth(net, 1)] == ["0", "1"]
+    assert [n for n, _ in modules_at_depth(net, 2)] == ["0.0", "0.1", "1"]  # a leaf stops its branch
+    with pytest.raises(ValueError, match="depth must be 1 or more"):
+        modules_at_depth(net, 0)
+    parts = Parts(FakeTorch)
+    assert parts.hook(net, 1) == ["0", "1"]
+    with parts.range("whole"):
+        net(torch.zeros(1, 4))
+    got = parts.take()
+    assert [n for n, _, _ in got] == ["0", "1", "whole"]
+    (_, a0, a1), (_, b0, b1), (_, w0, w1) = got
+    assert w0.at < a0.at < a1.at < b0.at < b1.at < w1.at
+    parts.remove()
+    net(torch.zeros(1, 4))
+    assert parts.take() == []
+
+
+def test_a_gpu_without_a_calibration_is_refused_naming_the_fix():
+    from types import SimpleNamespace
+
+    from aipm_fast.profile.run import NoCalibration, find_response
+
+    chan = SimpleNamespace(id=3, domain="nvml:0", label="power_samples")
+    rec = SimpleNamespace(
+        sensor_calibrations={}, discovery=SimpleNamespace(domains={"nvml:0": SimpleNamespace(device="NVIDIA H200")})
+    )
+    with pytest.raises(NoCalibration, match="NVIDIA H200.*aipm-fast calibrate"):
+        find_response(rec, {"power_samples": chan})
+    r = SensorResponse.window(0.016, 0.004)
+    rec.sensor_calibrations[3] = (r, {})
+    assert find_response(rec, {"power_samples": chan}) is r
+
+
+def test_the_profile_command_refuses_clearly_without_a_gpu():
+    import torch
+    from click.testing import CliRunner
+
+    from aipm_fast import cli
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = CliRunner().invoke(cli.main, ["profile", "--model", "resnet50"])
+    assert res.exit_code == 1 and "needs a CUDA GPU" in res.output
+    res = CliRunner().invoke(cli.main, ["profile", "--model", "nope"])
+    assert res.exit_code == 2 and "unknown model 'nope'" in res.output
+    res = CliRunner().invoke(cli.main, ["profile", "--model", "vit_b_16", "--size", "100"])
+    assert res.exit_code == 2 and "size 100" in res.output
+
+
+def test_the_api_refuses_bad_options_before_touching_a_gpu():
+    from aipm_fast.profile import profile
+
+    with pytest.raises(ValueError, match="gaps must be one of random, drift"):
+        profile(lambda: None, gaps="sometimes")
+    with pytest.raises(ValueError, match="precision must be positive"):
+        profile(lambda: None, precision=0.0)
