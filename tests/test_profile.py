@@ -230,3 +230,178 @@ def test_the_api_refuses_bad_options_before_touching_a_gpu():
         profile(lambda: None, gaps="sometimes")
     with pytest.raises(ValueError, match="precision must be positive"):
         profile(lambda: None, precision=0.0)
+
+
+# -- the H200 validation's judging (bench/gpu_profile_checks.py), on CPU ---------------------------
+def test_the_validation_measures_an_edge_as_its_10_90_width():
+    from bench.gpu_profile_checks import edge_width_s
+
+    t = np.arange(0.0, 0.030, 0.0001)
+    p = np.interp(t, [0.0, 0.009, 0.011, 0.030], [700.0, 700.0, 400.0, 400.0])  # a 2 ms ramp at 10 ms
+    assert edge_width_s(t, p, 0.010, 0.008, 0.015) == pytest.approx(0.0016, abs=1e-4)
+    assert np.isnan(edge_width_s(t, np.full(t.size, 300.0), 0.010, 0.008, 0.015))  # no step: no width
+    assert np.isnan(edge_width_s(t, p, 0.0005, 0.008, 0.015))  # nothing before the edge
+
+
+def test_the_validation_finds_the_folded_curves_edge_sharp(folded):
+    from bench.gpu_profile_checks import edge_width_s
+
+    f, _, _ = folded
+    width = edge_width_s(f.phase_s, f.power_w, 0.007, 0.003, 0.0015)  # 680 W -> 250 W
+    assert 0.0 < width < 0.002
+
+
+def test_the_validation_compares_parts_with_their_difference_runs():
+    from bench.gpu_profile_checks import agreement, part_energy
+
+    table = [
+        {"name": "layer2", "energy_j": 1.0, "sigma_j": 0.03},
+        {"name": "layer2 (2)", "energy_j": 0.5, "sigma_j": 0.04},
+        {"name": "other", "energy_j": 0.2, "sigma_j": 0.01},
+    ]
+    assert part_energy(table, "layer2") == pytest.approx((1.5, 0.05))
+    with pytest.raises(KeyError, match="no part 'layer3'.*layer2, layer2 \\(2\\), other"):
+        part_energy(table, "layer3")
+    ok = agreement(1.5, 0.05, 1.45)
+    assert ok["within_5pct"] and ok["relative"] == pytest.approx(0.05 / 1.45)
+    assert not agreement(1.5, 0.05, 1.40)["within_5pct"]
+
+
+def test_a_doubled_module_runs_twice_per_call_until_undone():
+    import torch
+
+    from bench.gpu_profile_checks import doubled
+
+    class Counting(torch.nn.Module):
+        runs = 0
+
+        def forward(self, x):
+            Counting.runs += 1
+            return x * 2
+
+    m = Counting()
+    undo = doubled(m)
+    assert torch.equal(m(torch.ones(2)), torch.full((2,), 2.0))
+    assert Counting.runs == 2
+    undo()
+    m(torch.ones(2))
+    assert Counting.runs == 3
+
+
+def test_a_profile_stops_at_the_precision_asked_or_at_its_time_limit():
+    from aipm_fast.profile.run import stop_reason
+
+    assert stop_reason(0.05, 500, 10.0, 0.03, 200, 120.0) == ""
+    assert "known to 2.0%" in stop_reason(0.02, 500, 10.0, 0.03, 200, 120.0)
+    assert stop_reason(0.02, 100, 10.0, 0.03, 200, 120.0) == ""  # too few repetitions yet
+    assert "time limit 120 s" in stop_reason(float("inf"), 100, 121.0, 0.03, 200, 120.0)
+
+
+def test_a_batch_maps_each_repetition_and_its_parts_to_the_samplers_clock(monkeypatch):
+    """The GPU loop's bookkeeping with a stand-in for torch.cuda whose events read a virtual
+    device clock that the inference advances."""
+    from types import SimpleNamespace
+
+    from aipm_fast.profile import run
+
+    device = {"now": 10.0}
+
+    class Event:
+        def __init__(self, enable_timing=True):
+            self.at = float("nan")
+
+        def record(self):
+            self.at = device["now"]
+
+        def synchronize(self):
+            pass
+
+    fake = SimpleNamespace(cuda=SimpleNamespace(Event=Event, synchronize=lambda: None))
+    parts = run.Parts(fake)
+
+    def inference():
+        with parts.range("first"):
+            device["now"] += 0.002
+        device["now"] += 0.001
+        with parts.range("second"):
+            device["now"] += 0.003
+
+    def timeline(torch, stream, t0):
+        return SimpleNamespace(seconds=lambda e: e.at - 10.0 + 1.0)  # device time 10 s is 1 s after t0
+
+    monkeypatch.setattr(run, "CHECK_S", 0.05)
+    got = run._Collected()
+    run._batch(fake, None, inference, parts, np.random.default_rng(0), "drift", 0, got, timeline)
+    n = len(got.starts)
+    assert n >= 2 and len(got.ends) == len(got.parts) == n
+    assert got.starts[0] == pytest.approx(1.0)
+    assert np.allclose(np.array(got.ends) - np.array(got.starts), 0.006)
+    for rep in got.parts:
+        assert [(name, round(a, 6), round(b, 6)) for name, a, b in rep] == [
+            ("first", 0.0, 0.002),
+            ("second", 0.003, 0.006),
+        ]
+
+
+def test_the_whole_gpu_loop_runs_on_the_fake_nvml_with_a_stand_in_for_cuda(fake_nvml_lib, monkeypatch):
+    """profile() end to end: the Recorder on the fake NVML (constant 250 W), a stand-in for
+    torch.cuda whose events read the host clock, an 'inference' that waits 6 ms; the curve is
+    flat at the fake's power."""
+    import time
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from aipm_fast.config import EngineConfig
+    from aipm_fast.profile import run
+    from aipm_fast.sensor import drive
+
+    class Event:
+        def __init__(self, enable_timing=True):
+            self.ns = 0
+
+        def record(self):
+            self.ns = time.monotonic_ns()
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, other):
+            return (other.ns - self.ns) / 1e6
+
+    cuda = SimpleNamespace(
+        Event=Event,
+        synchronize=lambda: None,
+        set_device=lambda d: None,
+        current_stream=lambda: None,
+        stream=lambda s: nullcontext(),
+    )
+    monkeypatch.setattr(drive, "require_cuda", lambda gpu, what: SimpleNamespace(cuda=cuda))
+    monkeypatch.setenv("FAKE_NVML_TRACE", "const:250")
+    monkeypatch.setattr(run, "CHECK_S", 0.5)
+    off = "/nonexistent"
+    config = EngineConfig.from_env(nvml_lib=str(fake_nvml_lib), powercap_root=off, msr_root=off, perf_root=off)
+    parts = run.Parts(SimpleNamespace(cuda=cuda))
+
+    def inference():
+        with parts.range("wait"):
+            time.sleep(0.006)
+
+    seen = []
+    result = run.profile(
+        inference,
+        parts=parts,
+        response=SensorResponse.window(0.016, 0.004),
+        config=config,
+        precision=1e-9,  # never reached: the time limit stops it
+        max_s=2.0,
+        min_reps=10,
+        progress=lambda share, text: seen.append((share, text)),
+    )
+    f = result.folded
+    assert "time limit 2 s" in result.stopped and seen and 0 < seen[-1][0] <= 1.0
+    assert f.n_reps > 50
+    assert f.power_w[f.in_inference] == pytest.approx(250.0, rel=0.03)
+    assert f.energy_j == pytest.approx(250.0 * f.duration_s, rel=0.03)
+    assert [r["name"] for r in result.table] == ["wait", "other"]
+    # a run this short is not scaled by the counter, and says so
+    assert "NVML energy counter span" in result.method and "< 5 s: trace unscaled" in result.method

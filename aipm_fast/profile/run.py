@@ -227,11 +227,8 @@ def profile(
                 if progress:
                     share = max(elapsed / max_s, min(1.0, precision / band))
                     progress(min(share, 1.0), f"{len(got.starts)} inferences, band {band:.1%} of mean power")
-                if folded and band <= precision and len(got.starts) >= min_reps:
-                    stopped = f"curve known to {band:.1%} of its mean power (asked {precision:.1%})"
-                    break
-                if elapsed >= max_s:
-                    stopped = f"time limit {max_s:g} s reached with the band at {band:.1%} (asked {precision:.1%})"
+                stopped = stop_reason(band, len(got.starts), elapsed, precision, min_reps, max_s)
+                if stopped:
                     break
             time.sleep(max(0.3, float(response.lags_s[-1]) + 0.1))  # the last samples see the last inference
             rec.drain()
@@ -256,6 +253,16 @@ def profile(
         method=method,
         info={"gpu": rec.discovery.domains[f"nvml:{gpu}"].device, "scale": scale.factor, "scale_how": scale.how},
     )
+
+
+def stop_reason(band: float, reps: int, elapsed_s: float, precision: float, min_reps: int, max_s: float) -> str:
+    """Why the profile stops now ('' to go on): the curve's band (Folded.relative_band) within the
+    precision after at least min_reps repetitions, or the time limit."""
+    if band <= precision and reps >= min_reps:
+        return f"curve known to {band:.1%} of its mean power (asked {precision:.1%})"
+    if elapsed_s >= max_s:
+        return f"time limit {max_s:g} s reached with the band at {band:.1%} (asked {precision:.1%})"
+    return ""
 
 
 def _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline) -> None:
