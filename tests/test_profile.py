@@ -329,9 +329,8 @@ def test_a_batch_maps_each_repetition_and_its_parts_to_the_samplers_clock(monkey
     def timeline(torch, stream, t0):
         return SimpleNamespace(seconds=lambda e: e.at - 10.0 + 1.0)  # device time 10 s is 1 s after t0
 
-    monkeypatch.setattr(run, "CHECK_S", 0.05)
     got = run._Collected()
-    run._batch(fake, None, inference, parts, np.random.default_rng(0), "drift", 0, got, timeline)
+    run._batch(fake, None, inference, parts, np.random.default_rng(0), "drift", 0, got, timeline, 0.05)
     n = len(got.starts)
     assert n >= 2 and len(got.ends) == len(got.parts) == n
     assert got.starts[0] == pytest.approx(1.0)

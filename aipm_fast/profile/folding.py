@@ -70,7 +70,7 @@ class Folded:
     gap_sigma_w: np.ndarray
     energy_j: float  # mean energy of one inference
     energy_sigma_j: float
-    duration_s: float  # median inference duration
+    duration_s: float  # mean inference duration
     resolution_s: float  # median effective width of the phase bins' averaging kernels
     smoothing: float  # the penalty weight GCV chose (relative)
     residual_rms_w: float
@@ -264,7 +264,7 @@ def fold(
         gap_sigma_w=np.sqrt(np.maximum(np.diag(cov)[n_phase:] * scale**2, 0.0) + bias[n_phase:] ** 2),
         energy_j=float(w @ p_phase),
         energy_sigma_j=float(np.sqrt(max(float(w @ cov_phase @ w), 0.0) + float(w @ bias_phase) ** 2)),
-        duration_s=float(np.median(b - a)),
+        duration_s=float(np.mean(b - a)),  # the energy is the mean inference's: so is its duration
         resolution_s=float(np.median(widths)) if widths.size else float("nan"),
         smoothing=lam,
         residual_rms_w=float(np.sqrt(np.mean(resid**2))),

@@ -11,7 +11,8 @@ sample period). What idle gaps change in the GPU's state (clocks, the power it f
 the curve of the gap after the inference, and measured against back-to-back runs by
 bench/gpu_profile_checks.py.
 
-Every CHECK_S the events are mapped to the sampler's clock (an anchor event per batch, as
+Every CHECK_S (or three times the last fold's duration, so that the GPU idles at most a quarter
+of the time while samples are folded) the events are mapped to the sampler's clock (an anchor event per batch, as
 sensor/drive.py does), the samples so far are folded, and the run stops once the curve's band is
 within the precision asked for (Folded.relative_band) or the time limit is reached. The trace's
 gain is the energy counter's, as everywhere (policy.counter_scale over the whole run).
@@ -36,7 +37,7 @@ GAP_MIN_S = 0.002
 SAMPLE_PERIOD_S = 0.020
 #: in drift mode, the host waits for the device this often (s) to keep the queue short
 DRIFT_SYNC_S = 0.2
-#: how often the samples are folded to judge the precision (s)
+#: how often the samples are folded to judge the precision (s; longer where folding is slow)
 CHECK_S = 4.0
 #: the fewest repetitions a profile stops at
 MIN_REPS = 200
@@ -217,12 +218,15 @@ def profile(
             t0 = time.monotonic_ns()
             begun = time.monotonic()
             got = _Collected()
-            folded, stopped = None, ""
+            folded, stopped, batch_s = None, "", CHECK_S
             while True:
-                _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline)
+                _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline, batch_s)
                 rec.drain()
                 elapsed = time.monotonic() - begun
+                folding_began = time.monotonic()
                 folded = _fold_so_far(rec, chans, response, got, t0, bin_s)
+                # the GPU idles while the samples are folded: fold at most a quarter of the time
+                batch_s = max(CHECK_S, 3.0 * (time.monotonic() - folding_began))
                 band = folded.relative_band if folded else float("inf")
                 if progress:
                     share = max(elapsed / max_s, min(1.0, precision / band))
@@ -265,11 +269,11 @@ def stop_reason(band: float, reps: int, elapsed_s: float, precision: float, min_
     return ""
 
 
-def _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline) -> None:
-    """CHECK_S of repetitions, their events mapped to s after t0 once the device has run them."""
+def _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline, seconds: float) -> None:
+    """`seconds` of repetitions, their events mapped to s after t0 once the device has run them."""
     timeline = anchor_timeline(torch, stream, t0)
     events = []
-    end_at = time.monotonic() + CHECK_S
+    end_at = time.monotonic() + seconds
     last_sync = time.monotonic()
     while time.monotonic() < end_at:
         e0 = torch.cuda.Event(enable_timing=True)
