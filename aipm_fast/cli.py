@@ -439,11 +439,11 @@ def profile(
         size = models.validate_size(model, size if size is not None else spec.native_size)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model/--size") from None
+    config = engine_config(kwargs)
     try:
         torch = require_cuda(gpu, "profile")
     except NoGpu as exc:
         raise click.ClickException(str(exc)) from exc
-    config = engine_config(kwargs)
     device = f"cuda:{gpu}"
     batch = batch_size or spec.default_batch_size
     try:
