@@ -11,6 +11,8 @@ import json
 import math
 import os
 
+import numpy as np
+
 from aipm_fast.profile.folding import Folded, Span
 from aipm_fast.profile.run import Profile
 from aipm_fast.storage import write_atomic
@@ -108,16 +110,16 @@ def png(f: Folded, spans: list[Span], title: str = "") -> bytes:
     fig = Figure(figsize=(10, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    inside = f.in_inference
-    t = f.phase_s[inside] * 1e3
+    inside = f.in_inference  # from the start: coverage falls with the phase
     p, u = f.power_w[inside], f.sigma_w[inside]
+    edges_ms = np.arange(p.size + 1) * f.bin_s * 1e3
     top = float((p + u).max()) if p.size else 1.0
     for i, s in enumerate(spans):
         ax.axvspan(s.start_s * 1e3, s.end_s * 1e3, color=("C1" if i % 2 else "C2"), alpha=0.15, lw=0)
         if (s.end_s - s.start_s) > 0.04 * f.duration_s:
             ax.text((s.start_s + s.end_s) * 500, top * 1.02, s.name, rotation=90, fontsize=7, ha="center", va="bottom")
-    ax.fill_between(t, p - u, p + u, color="C0", alpha=0.3, lw=0, label="1 sigma")
-    ax.step(t, p, where="mid", color="C0", lw=1.2, label="power")
+    ax.stairs(p + u, edges_ms, baseline=p - u, fill=True, color="C0", alpha=0.3, lw=0, label="1 sigma")
+    ax.stairs(p, edges_ms, baseline=None, color="C0", lw=1.2, label="power")
     ax.set_xlim(0, f.duration_s * 1e3)
     ax.set_ylim(0, top * 1.35)
     ax.set_xlabel("time within the inference (ms)")
