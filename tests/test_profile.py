@@ -404,3 +404,27 @@ def test_the_whole_gpu_loop_runs_on_the_fake_nvml_with_a_stand_in_for_cuda(fake_
     assert [r["name"] for r in result.table] == ["wait", "other"]
     # a run this short is not scaled by the counter, and says so
     assert "NVML energy counter span" in result.method and "< 5 s: trace unscaled" in result.method
+
+
+def test_the_h200s_free_response_with_its_negative_lags_folds_as_well():
+    """Samples made through the stored H200 calibration's free response (it starts 10 ms before
+    the stamp) from the known shape with idle gaps: the phases' energies come back."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "h200" / "sensor" / "calibrations.json"
+    entry = next(iter(json.loads(path.read_text())["responses"].values()))
+    response = SensorResponse.from_dict(entry["response"])
+    assert response.lag0_s < 0
+    rng = np.random.default_rng(3)
+    _, starts, ends, end = periodic_schedule(rng, 40.0)
+    offsets = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    a = (starts[:, None] + offsets[None, :-1]).ravel()
+    b = (starts[:, None] + offsets[None, 1:]).ravel()
+    watts = np.tile([w for _, w in SHAPE], starts.size)
+    stamps = np.arange(0.6, end - 0.2, 0.02) + rng.uniform(-0.002, 0.002, size=np.arange(0.6, end - 0.2, 0.02).size)
+    samples = response.predict(stamps, a, b, watts, base_w=IDLE_W) + rng.normal(0.0, 3.0, stamps.size)
+    f = fl.fold(response, stamps, samples, starts, ends)
+    rows = f.span_table([fl.Span(f"phase {k}", offsets[k], offsets[k + 1]) for k in range(len(SHAPE))])
+    for k, (dur, w) in enumerate(SHAPE):
+        assert rows[k]["energy_j"] == pytest.approx(dur * w, rel=0.05), rows[k]
+    assert f.energy_j == pytest.approx(sum(d * w for d, w in SHAPE), rel=0.01)
