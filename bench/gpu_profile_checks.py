@@ -118,7 +118,10 @@ class CounterRuns:
         """Wait for the counter's next change; its value (J)."""
         read = self.nvml.nvmlDeviceGetTotalEnergyConsumption
         v0 = read(self.h)
+        give_up = time.monotonic() + 2.0
         while (v := read(self.h)) == v0:
+            if time.monotonic() > give_up:
+                raise RuntimeError("the NVML energy counter did not change in 2 s: no difference runs possible")
             time.sleep(0.0005)
         return v / 1000.0
 
