@@ -428,3 +428,19 @@ def test_the_h200s_free_response_with_its_negative_lags_folds_as_well():
     for k, (dur, w) in enumerate(SHAPE):
         assert rows[k]["energy_j"] == pytest.approx(dur * w, rel=0.05), rows[k]
     assert f.energy_j == pytest.approx(sum(d * w for d, w in SHAPE), rel=0.01)
+
+
+def test_a_stalled_repetition_does_not_stretch_the_curve_and_its_time_still_counts(fake_nvml_lib, folded):
+    """One repetition in a thousand held ten times as long (a host stall): the bins stay those of
+    the usual inference, the stall's time goes into the last bin, bin * coverage is the mean
+    duration."""
+    _, _, response = folded
+    schedule, starts, ends, end = periodic_schedule(np.random.default_rng(9), 20.0)
+    ends = ends.copy()
+    ends[100] = starts[100] + 0.9 * (starts[101] - starts[100])  # the inference held into its gap
+    with NvmlClock(fake_nvml_lib, schedule=schedule, sensor=SENSOR) as clock:
+        t, w = clock.samples(0.2, end)
+    f = fl.fold(response, t, w, starts, ends)
+    assert f.power_w.size == 13
+    assert f.coverage.sum() * f.bin_s == pytest.approx(np.mean(ends - starts), rel=1e-9)
+    assert f.duration_s == pytest.approx(np.mean(ends - starts), rel=1e-9)

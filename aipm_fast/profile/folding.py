@@ -46,6 +46,8 @@ SMOOTHING = tuple(float(x) for x in np.logspace(-4, 1, 16))
 RIDGE = 1e-7
 #: a bin is part of the inference's curve where at least this share of repetitions reach it
 MIN_COVERAGE = 0.5
+#: the phase bins cover the durations up to this quantile
+LONG_QUANTILE = 0.99
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,10 @@ class Folded:
 
 
 def phase_bins(starts_s, ends_s, bin_s: float) -> tuple[int, int]:
-    """(phase bins, gap bins) for repetitions [start, end)."""
-    longest = float(np.max(np.asarray(ends_s) - np.asarray(starts_s)))
+    """(phase bins, gap bins) for repetitions [start, end). The phase bins reach the
+    LONG_QUANTILE of the durations: the rest of a rarer, longer repetition (a stall of the host
+    or the device) is folded into the last bin rather than making bins few samples can see."""
+    longest = float(np.quantile(np.asarray(ends_s) - np.asarray(starts_s), LONG_QUANTILE))
     n_phase = max(1, int(np.ceil(longest / bin_s - 1e-9)))
     gaps = np.asarray(starts_s)[1:] - np.asarray(ends_s)[:-1]
     longest_gap = float(gaps.max()) if gaps.size else 0.0
@@ -277,10 +281,14 @@ def fold(
 
 
 def coverage(starts_s, ends_s, bin_s: float, n_phase: int) -> np.ndarray:
-    """Per phase bin, the mean share of it that lies within a repetition's own duration."""
+    """Per phase bin, the mean share of it that lies within a repetition's own duration; the
+    last bin also counts what repetitions longer than all the bins fold into it (design), so
+    that bin_s * coverage sums to the mean duration."""
     dur = np.asarray(ends_s) - np.asarray(starts_s)
     lo = np.arange(n_phase) * bin_s
-    return np.clip((dur[:, None] - lo[None, :]) / bin_s, 0.0, 1.0).mean(axis=0)
+    cover = np.clip((dur[:, None] - lo[None, :]) / bin_s, 0.0, 1.0).mean(axis=0)
+    cover[-1] += float(np.mean(np.clip(dur - n_phase * bin_s, 0.0, None))) / bin_s
+    return cover
 
 
 def median_spans(per_rep: list[list[tuple[str, float, float]]]) -> list[Span]:
