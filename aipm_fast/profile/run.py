@@ -234,7 +234,8 @@ def profile(
                 stopped = stop_reason(band, len(got.starts), elapsed, precision, min_reps, max_s)
                 if stopped:
                     break
-            time.sleep(max(0.3, float(response.lags_s[-1]) + 0.1))  # the last samples see the last inference
+            # the samples that see the last inference: past its response, and read from the driver
+            time.sleep(config.period("nvml.power_samples") + max(float(response.lags_s[-1]), 0.0) + 0.1)
             rec.drain()
             wall = time.monotonic() - begun
             scale = _counter_scale(rec, chans, response, got, t0)
