@@ -86,3 +86,26 @@ def test_gpm_metrics_refuse_samples_of_two_gpus(engine):
     finally:
         first.close()
         second.close()
+
+
+def test_a_runs_gpu_use_without_gpm_says_why(engine):
+    from aipm_fast.bench.gpu_use import GpuUseProbe
+
+    e = engine(FAKE_NVML_PROCESSES="self:512:40")
+    probe = GpuUseProbe(e, [0], on_gpu=True)
+    probe.start()
+    use = probe.finish()
+    assert use.gpm == dict.fromkeys(use.gpm) and "GPM is not supported on GPU 0" in use.gpm_missing_reason
+    assert use.process_sm_pct == 40 and use.process_gpu_memory_bytes == 512 * 2**20
+
+
+def test_a_process_nvml_does_not_list_is_not_measured_rather_than_zero(engine):
+    from aipm_fast.bench.gpu_use import GpuUseProbe
+
+    e = engine(FAKE_NVML_PROCESSES="4242:512:40")  # as in a container: NVML gives the host's pids
+    probe = GpuUseProbe(e, [0], on_gpu=True)
+    probe.start()
+    use = probe.finish()
+    assert use.process_sm_pct is None and use.process_gpu_memory_bytes is None
+    assert "not among NVML's compute processes on GPU 0 (pids: 4242)" in use.process_missing_reason
+    assert use.attributable_share is None

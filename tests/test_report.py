@@ -53,6 +53,19 @@ def run_json_path(out, size, run):
 # -- load_runs ---------------------------------------------------------------------------
 
 
+def test_a_run_file_written_before_the_process_and_gpm_fields_reads_them_as_not_measured(tmp_path):
+    data = run_json(32, 1, default_values(32, 1))
+    added = [k for k in data if k.startswith(("process_", "gpm_"))]
+    assert len(added) == 8
+    for key in added:
+        del data[key]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    run = RunFile.read(path)
+    assert all(getattr(run, key) is None for key in added)
+    assert run.energy["gpu"] is not None
+
+
 def test_load_runs_has_one_row_per_run_with_flattened_energies(bench):
     runs = load_runs(bench)
     assert len(runs) == len(SIZES) * 3

@@ -1054,7 +1054,6 @@ static int same_config(const struct fake_config *a, const struct fake_config *b)
            a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
            a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0 &&
            a->call_spin == b->call_spin &&
-           same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults;
            same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults &&
            a->n_processes == b->n_processes &&
            memcmp(a->processes, b->processes, sizeof a->processes) == 0 && a->gpm_on == b->gpm_on &&
