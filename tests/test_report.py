@@ -336,7 +336,12 @@ def test_format_table_drops_columns_not_measured(bench, tmp_path):
         "latency ms",
         "throughput/s",
         "GPU util %",
-        "GPU mem GB",
+        "proc SM %",
+        "proc GPU mem GB",
+        "torch peak GB",  # torch's peak allocated tensors, not what the process holds
+        "SM active %",
+        "tensor %",
+        "DRAM BW %",
         "J spread %",
     ):
         assert h in headers
@@ -470,17 +475,36 @@ def test_read_samples_falls_back_to_the_parts_of_a_killed_run(tmp_path):
     assert len(samples) == 10 and set(samples["channel"].astype(str)) == {"rapl:package-0.energy"}
 
 
-def test_the_console_table_is_whole_in_a_log(bench):
-    # piped, as in CI or `| tee`: no column may be cut to fit 80 characters
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    result = subprocess.run(
-        [sys.executable, "-m", "aipm_fast.cli", "report", str(bench)],
+def report_cli(folder, *args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "report", str(folder), *args],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     )
+
+
+def test_the_console_table_is_whole_in_a_log(bench):
+    # piped, as in CI or `| tee`: no column may be cut to fit 80 characters
+    result = report_cli(bench, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
     assert result.returncode == 0, result.stderr
-    table = result.stderr[result.stderr.index("┏") : result.stderr.index("┘") + 1]
+    table = result.stdout[result.stdout.index("┏") : result.stdout.index("┘") + 1]  # tables: stdout
     assert "…" not in table and max(len(line) for line in table.splitlines()) > 80
     assert "total J/inf" in table and "0.0132" in table  # the headline column and its figure, whole
+
+
+def test_a_table_narrower_than_its_figures_folds_them_never_cuts(bench):
+    result = report_cli(bench, env={**os.environ, "COLUMNS": "60"})  # a narrow terminal, or a CI's COLUMNS
+    assert result.returncode == 0, result.stderr
+    assert "┏" in result.stdout and "…" not in result.stdout
+
+
+def test_report_json_is_the_summary_alone_on_stdout(bench):
+    result = report_cli(bench, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["size"] for r in rows] == list(SIZES)
+    assert rows[0]["total_joules_per_inference"] == pytest.approx(
+        summarize(load_runs(bench)).loc[0, "total_joules_per_inference"]
+    )
