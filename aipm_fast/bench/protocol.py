@@ -11,7 +11,7 @@ Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts)
     meta.json                              model, options, versions, devices
     input_<size>/run_<k>/run.json          the run's figures (a RunFile, bench/runfile.py)
     input_<size>/run_<k>/inferences.csv    one row per forward pass
-    input_<size>/run_<k>/power_metrics.json, latency.csv    AIPowerMeter's layout
+    input_<size>/run_<k>/power_metrics.json, latency.csv, metadata.json    AIPowerMeter's (aipowermeter.py)
     input_<size>/run_0/samples.parquet     raw readings of the first run of each size
     summary.csv, plots/*.png               medians over runs, from aipm_fast.bench.report
 """

@@ -64,7 +64,10 @@ def seed_table(folders: dict[str, str]) -> pd.DataFrame:
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise ReportError(path, f"not a readable summary ({exc})") from None
         meta = _meta(folder)
-        missing = "; ".join(f"{what}: {why}" for what, why in missing_reasons(summary).items())
+        reasons = missing_reasons(summary)
+        if "energy" not in reasons and _all_nan(summary, "cpu_joules_per_inference"):
+            reasons["host (CPU) energy"] = "no host power source was readable: J/inference is the GPU's alone"
+        missing = "; ".join(f"{what}: {why}" for what, why in reasons.items())
         for _, s in summary.iterrows():
             row = {"model": model, "dtype": meta.get("options", {}).get("dtype", "")}
             for col, name in SEED_COLUMNS.items():
@@ -74,6 +77,10 @@ def seed_table(folders: dict[str, str]) -> pd.DataFrame:
             row["not measured"] = missing
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _all_nan(summary: pd.DataFrame, col: str) -> bool:
+    return col not in summary or bool(summary[col].isna().all())
 
 
 def _meta(folder: str) -> dict:
