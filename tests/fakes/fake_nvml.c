@@ -1047,6 +1047,17 @@ static int same_sensor(const struct sensor *a, const struct sensor *b) {
     return a->on == b->on && same_params(&a->p, &b->p, sensor_keys, N_SENSOR_KEYS);
 }
 
+/* Field by field: a struct's padding is not copied by assignment, so memcmp could call equal
+ * settings different, and an init would then restart the origin under the other holders. */
+static int same_processes(const struct fake_config *a, const struct fake_config *b) {
+    if (a->n_processes != b->n_processes) return 0;
+    for (unsigned int i = 0; i < a->n_processes; i++) {
+        const struct fake_process *p = &a->processes[i], *q = &b->processes[i];
+        if (p->pid != q->pid || p->mem_bytes != q->mem_bytes || p->sm_pct != q->sm_pct) return 0;
+    }
+    return 1;
+}
+
 static int same_config(const struct fake_config *a, const struct fake_config *b) {
     return a->n_gpus == b->n_gpus && a->kind == b->kind && a->lo == b->lo && a->hi == b->hi &&
            a->period_us == b->period_us && same_segments(&a->seg, &b->seg) &&
@@ -1055,9 +1066,7 @@ static int same_config(const struct fake_config *a, const struct fake_config *b)
            a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0 &&
            a->call_spin == b->call_spin &&
            same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults &&
-           a->n_processes == b->n_processes &&
-           memcmp(a->processes, b->processes, sizeof a->processes) == 0 && a->gpm_on == b->gpm_on &&
-           memcmp(a->gpm, b->gpm, sizeof a->gpm) == 0;
+           same_processes(a, b) && a->gpm_on == b->gpm_on && memcmp(a->gpm, b->gpm, sizeof a->gpm) == 0;
 }
 
 /* ---- common checks of the device functions ---- */
