@@ -49,6 +49,23 @@ ERROR_NAMES = {
 }
 
 
+QUERY_MAX_PROCESSES = 256  # processes one per-process query returns at most
+QUERY_MAX_UTIL_SAMPLES = 4096
+UINT64_MAX = 2**64 - 1
+
+
+class GpmSample:
+    """One GPM sample buffer of the C core (aipm_gpm_sample), taken on one GPU."""
+
+    def __init__(self, engine: Engine, handle, gpu: int):
+        self.engine, self.handle, self.gpu = engine, handle, gpu
+
+    def close(self) -> None:
+        if self.handle is not None and self.engine._e is not None:
+            lib.aipm_gpm_sample_free(self.engine._e, self.handle)
+        self.handle = None
+
+
 #: the start of the message of a channel refused for want of a slot (discovery gathers them)
 NO_SLOT = "no channel slot left"
 
@@ -154,6 +171,48 @@ class Engine:
             )
         quiet = 0 if quiet_s is None else _ns(quiet_s)
         self._check(lib.aipm_set_backoff(self._e, channel, quiet, _ns(max_interval_s)))
+
+    # -- on-demand NVML queries, from the caller's thread (never the sampler's) -----------
+    def nvml_process_memory(self, gpu: int) -> dict[int, int | None]:
+        """GPU memory (bytes) each compute process holds on NVML GPU `gpu`, by pid; None where
+        NVML cannot tell. Raises NativeError (AIPM_ESYMBOL: the driver lacks the call)."""
+        out = ffi.new("aipm_process_memory[]", QUERY_MAX_PROCESSES)
+        n = self._check(lib.aipm_nvml_process_memory(self._e, gpu, out, QUERY_MAX_PROCESSES))
+        held = {int(out[i].pid): int(out[i].used_bytes) for i in range(n)}
+        return {pid: (None if used == UINT64_MAX else used) for pid, used in held.items()}
+
+    def nvml_process_utilization(self, gpu: int, since_us: int) -> list[tuple[int, int, int, int]]:
+        """The driver's per-process samples on GPU `gpu` stamped after since_us (µs since the
+        epoch): (pid, t_us, sm %, memory %) each; empty when no process ran a kernel."""
+        out = ffi.new("aipm_process_util[]", QUERY_MAX_UTIL_SAMPLES)
+        n = self._check(lib.aipm_nvml_process_util(self._e, gpu, since_us, out, QUERY_MAX_UTIL_SAMPLES))
+        return [(int(out[i].pid), int(out[i].t_us), int(out[i].sm_pct), int(out[i].mem_pct)) for i in range(n)]
+
+    def gpm_supported(self, gpu: int) -> bool:
+        """Whether NVML GPU `gpu` gives GPM metrics (Hopper and newer, with a driver that has them)."""
+        return self._check(lib.aipm_gpm_supported(self._e, gpu)) == 1
+
+    def gpm_sample(self, gpu: int) -> GpmSample:
+        """A GPM sample of GPU `gpu` taken now; free it with GpmSample.close() before the engine."""
+        out = ffi.new("aipm_gpm_sample **")
+        self._check(lib.aipm_gpm_sample_new(self._e, out))
+        handle = out[0]
+        sample = GpmSample(self, handle, gpu)
+        try:
+            self._check(lib.aipm_gpm_sample_take(self._e, gpu, handle))
+        except NativeError:
+            sample.close()
+            raise
+        return sample
+
+    def gpm_metrics(self, first: GpmSample, second: GpmSample, ids: list[int]) -> dict[int, float]:
+        """GPM metric id -> its average between two samples of one GPU; NaN for a metric the
+        GPU does not give."""
+        n = len(ids)
+        values = ffi.new("double[]", max(n, 1))
+        codes = ffi.new("int32_t[]", max(n, 1))
+        self._check(lib.aipm_gpm_metrics(self._e, first.handle, second.handle, ids, n, values, codes))
+        return {ids[i]: float(values[i]) for i in range(n)}
 
     def record_unchanged(self, on: bool = True) -> None:
         """Record every reading, not only changes (sampling studies at full rate)."""

@@ -14,6 +14,7 @@ import time
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from aipm_fast.config import HARDWARE_OPTIONS, PERIODS_ENV, EngineConfig, HardwareOption, parse_periods
@@ -29,8 +30,16 @@ def _console(stderr: bool) -> Console:
 
 
 LOG_WIDTH = 1000
-console = _console(stderr=True)  # tables and messages; stdout stays clean for --json
-out = _console(stderr=False)
+console = _console(stderr=True)  # messages and progress
+out = _console(stderr=False)  # tables (or their --json), the one stream a script reads
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout, every figure whole: a column too narrow for its cells (a terminal, or
+    COLUMNS set small) folds them onto more lines, never cuts them to `…`."""
+    for column in table.columns:
+        column.overflow = "fold"
+    out.print(table)
 
 
 class _Parsed(click.ParamType):
@@ -226,7 +235,7 @@ def devices(as_json, **kwargs):
             table.add_column(col)
         for c in found.channels:
             table.add_row(c.domain, c.label, c.source, c.unit, f"{c.period_s * 1e3:g} ms", c.detail)
-        out.print(table)
+        print_table(table)
         for domain, name in found.devices.items():
             out.print(f"{domain}: {name}")
         for domain, status in calibrations.items():
@@ -297,7 +306,7 @@ def probe(seconds, as_json, **kwargs):
             str(r["updates"]),
             "-" if r["read_cost_us"] is None else f"{r['read_cost_us']:.3g} µs",
         )
-    out.print(table)
+    print_table(table)
     s = result["sampler"]
     out.print(
         f"sampler: {s['wakeups']} wake-ups, lateness p50 {s['lateness_p50_us'] or 0:.1f} µs, "
@@ -710,7 +719,7 @@ def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_
         writer.close()
         written = write_summary("final")
     final = summary("final")
-    _print_domains(final)
+    _print_domains(final, on_stdout=written)  # else stdout carries the summary itself, as JSON
     lost = writer.stats()
     if not lost["finalised"]:
         console.print(f"[red]samples kept as parts in {writer.parts_dir} ({lost['last_error']})[/]")
@@ -724,7 +733,7 @@ def _record(rec, out_dir, duration, drain_every, grace, command, waited, caller_
     return exit_code
 
 
-def _print_domains(summary: dict) -> None:
+def _print_domains(summary: dict, on_stdout: bool) -> None:
     table = Table(title=f"energy over {summary['duration_s']:.2f} s")
     for col in ("domain", "energy (J)", "mean power (W)", "method"):
         table.add_column(col)
@@ -735,11 +744,18 @@ def _print_domains(summary: dict) -> None:
             "-" if d["mean_power_w"] is None else f"{d['mean_power_w']:.2f}",
             d["method"],
         )
-    console.print(table)
+    if on_stdout:
+        print_table(table)
+    else:
+        console.print(table)
 
 
 @main.command()
-@click.option("--model", help="architecture to measure (see --list-models)")
+@click.option(
+    "--model",
+    help="architecture to measure (see --list-models); a comma list measures each at its native size "
+    "and writes one combined table (seed_table.csv, seed_table.md)",
+)
 @click.option("--list-models", is_flag=True, help="list the models and exit")
 @click.option(
     "--batch-size", type=click.IntRange(min=1), help="inputs per forward pass [the model's published default]"
@@ -769,9 +785,14 @@ def _print_domains(summary: dict) -> None:
     help="adaptive: stop repeating once the median J/inference is known to this relative precision (0.02 = 2%)",
 )
 @click.option(
-    "--out", "out_dir", default=None, type=click.Path(file_okay=False), help="output folder [aipm-bench/<model>]"
+    "--out",
+    "out_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="output folder [aipm-bench/<model>; several models: aipm-bench, one folder each]",
 )
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
+@click.option("--json", "as_json", is_flag=True, help="print the table as JSON on stdout")
 @engine_options
 def bench(
     model,
@@ -789,21 +810,26 @@ def bench(
     precision,
     out_dir,
     no_plots,
+    as_json,
     **kwargs,
 ):
     """Joules per inference of a model at several input sizes, repeated runs, medians.
 
     aipm-fast bench --model vit_b_16 --sizes 224,384 --runs 10
-    """
-    from rich.progress import Progress
 
+    aipm-fast bench --model yolov5s,resnet50,vit_b_16,bert   (the seed's table)
+    """
     from aipm_fast.bench import models
 
     if list_models:
+        listed = models.list_models()
+        if as_json:
+            out.print_json(data=[r._asdict() for r in listed])
+            return
         table = Table(title="models")
         for col in ("model", "input", "native size", "batch size", "needs", "available"):
             table.add_column(col)
-        for r in models.list_models():
+        for r in listed:
             table.add_row(
                 r.name,
                 r.input_kind,
@@ -812,47 +838,95 @@ def bench(
                 r.requires or "-",
                 "yes" if r.available else "no",
             )
-        out.print(table)
+        print_table(table)
         return
     if not model:
         raise click.UsageError("give --model (see --list-models)")
+    names = [m.strip() for m in model.split(",") if m.strip()]
+    if not names or len(set(names)) != len(names):
+        raise click.BadParameter(f"{model!r}: give models once each, comma separated", param_hint="--model")
+    if len(names) > 1 and sizes:
+        raise click.BadParameter(
+            "several models run at their native sizes; give one --model to choose sizes", param_hint="--sizes"
+        )
+    specs = {}
+    for name in names:
+        try:
+            spec = models.get_spec(name)
+            specs[name] = (spec, models.parse_sizes(sizes, spec))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model/--sizes") from None
     import torch
 
-    from aipm_fast.bench import report
-    from aipm_fast.bench.protocol import BenchError, Benchmark, BenchOptions
-
-    try:
-        spec = models.get_spec(model)
-        size_list = models.parse_sizes(sizes, spec)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model/--sizes") from None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    _check_sizes_fit(size_list, spec, batch_size or spec.default_batch_size, dtype, device)
+    for spec, size_list in specs.values():
+        _check_sizes_fit(size_list, spec, batch_size or spec.default_batch_size, dtype, device)
     config = engine_config(kwargs)
-    opts = BenchOptions(
-        model=model,
-        sizes=size_list,
-        batch_size=batch_size or spec.default_batch_size,
-        runs=runs,
-        duration_s=None if iters else (duration or 5.0),
-        iters=iters,
-        warmup_s=warmup,
-        baseline_s=baseline,
-        device=device,
-        dtype=dtype,
-        out=out_dir or os.path.join("aipm-bench", model),
-        weights=weights,
-        precision=precision,
-        engine={"config": config},
-    )
+    root = out_dir or "aipm-bench"
+    folders = {}
+    for name, (spec, size_list) in specs.items():
+        opts = BenchOptionsFor(
+            model=name,
+            sizes=size_list,
+            batch_size=batch_size or spec.default_batch_size,
+            runs=runs,
+            duration_s=None if iters else (duration or 5.0),
+            iters=iters,
+            warmup_s=warmup,
+            baseline_s=baseline,
+            device=device,
+            dtype=dtype,
+            out=os.path.join(root, name) if len(names) > 1 or not out_dir else out_dir,
+            weights=weights,
+            precision=precision,
+            engine={"config": config},
+        )
+        summary = _bench_one(opts, no_plots, quiet_table=as_json or len(names) > 1)
+        folders[name] = opts.out
+        if as_json and len(names) == 1:
+            out.print_json(json.dumps(_records(summary)))
+    if len(names) > 1:
+        from aipm_fast.bench import seed_table
+
+        table = seed_table.seed_table(folders)
+        csv_path, md_path = seed_table.write_seed_table(root, table)
+        if as_json:
+            out.print_json(json.dumps(_records(table)))
+        else:
+            print_table(seed_table.format_seed_table(table, title=f"{', '.join(names)} ({root})"))
+        console.print(f"combined table: {csv_path}, {md_path}")
+
+
+def BenchOptionsFor(**kw):
+    """The protocol's options (imported late: torch is loaded only for a benchmark)."""
+    from aipm_fast.bench.protocol import BenchOptions
+
+    return BenchOptions(**kw)
+
+
+def _records(frame) -> list[dict]:
+    """A table's rows for JSON: NaN (not measured) as null."""
+    return [
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        for row in frame.to_dict(orient="records")
+    ]
+
+
+def _bench_one(opts, no_plots: bool, quiet_table: bool):
+    """One model's benchmark: runs, summary.csv, plots; its table on stdout unless quiet_table."""
+    import torch
+
+    from aipm_fast.bench import models, report
+    from aipm_fast.bench.protocol import BenchError, Benchmark
+
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"{model}", total=len(size_list) * runs)
+        task = progress.add_task(f"{opts.model}", total=len(opts.sizes) * opts.runs)
         done = {}
 
         def tick(size, k):
             done[size] = k
-            progress.update(task, completed=sum(done.values()), description=f"{model} size {size} run {k}")
+            progress.update(task, completed=sum(done.values()), description=f"{opts.model} size {size} run {k}")
 
         try:
             summary = Benchmark(opts, progress=tick, log=lambda msg: console.print(msg)).run()
@@ -860,14 +934,16 @@ def bench(
             raise click.ClickException(str(exc)) from None
         except torch.OutOfMemoryError:
             raise click.ClickException(
-                f"{device} ran out of memory; lower --batch-size or --sizes (largest {max(size_list)})"
+                f"{opts.device} ran out of memory; lower --batch-size or --sizes (largest {max(opts.sizes)})"
             ) from None
-    console.print(report.format_table(summary, title=f"{model}: medians over runs ({opts.out})"))
+    if not quiet_table:
+        print_table(report.format_table(summary, title=f"{opts.model}: medians over runs ({opts.out})"))
     if not no_plots:
         result = report.build_report(opts.out)
         if result["skipped"]:
             console.print(f"[dim]plots skipped: {', '.join(result['skipped'])} (see `aipm-fast report`)[/]")
     console.print(f"results in {opts.out}/ (summary.csv, per-run folders, plots/)")
+    return summary
 
 
 @main.command()
@@ -911,17 +987,34 @@ def serve(port, addr, duration, **kwargs):
 
 @main.command("report")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
-def report_command(folder):
-    """Rebuild summary.csv and the plots of a finished (or partial) bench folder."""
-    from aipm_fast.bench import report
+@click.option("--json", "as_json", is_flag=True, help="print the table as JSON on stdout")
+def report_command(folder, as_json):
+    """Rebuild summary.csv and the plots of a finished (or partial) bench folder; for a folder of
+    several models' folders (`bench --model a,b`), the combined seed_table.csv and .md."""
+    from aipm_fast.bench import report, seed_table
 
+    if not any(name.startswith("input_") for name in os.listdir(folder)) and seed_table.model_folders(folder):
+        try:
+            table = seed_table.seed_table(seed_table.model_folders(folder))
+        except report.ReportError as exc:
+            raise click.ClickException(str(exc)) from None
+        paths = seed_table.write_seed_table(folder, table)
+        if as_json:
+            out.print_json(json.dumps(_records(table)))
+        else:
+            print_table(seed_table.format_seed_table(table, title=folder))
+        console.print(f"combined table: {', '.join(paths)}")
+        return
     try:
         result = report.build_report(folder)
         runs = report.load_runs(folder)
         summary = report.summarize(runs)
     except report.ReportError as exc:
         raise click.ClickException(str(exc)) from None
-    console.print(report.format_table(summary, title=folder))
+    if as_json:
+        out.print_json(json.dumps(_records(summary)))
+    else:
+        print_table(report.format_table(summary, title=folder))
     for path in result["plots"]:
         console.print(f"plot: {path}")
     for name, why in result["skipped"].items():

@@ -405,6 +405,12 @@ class Coordinator:
         with self.lock:
             return [s.mean(a_ns, b_ns) for s in self.side.values() if s.quantity == quantity]
 
+    def side_means_by_domain(self, quantity: str, a_ns: int, b_ns: int) -> dict[str, float]:
+        """side_mean per domain: {domain: time-weighted mean over [a, b]} (the last channel of a
+        domain measuring `quantity` where it has several)."""
+        with self.lock:
+            return {s.domain: s.mean(a_ns, b_ns) for s in self.side.values() if s.quantity == quantity}
+
     def close(self) -> None:
         pass
 

@@ -136,6 +136,35 @@ size_t aipm_pending(aipm_engine *e);
 int aipm_channel_stats_get(aipm_engine *e, uint32_t channel, aipm_channel_stats *out);
 void aipm_sampler_stats_get(aipm_engine *e, aipm_sampler_stats *out);
 
+/* On-demand NVML queries (src_nvml.c), made from the caller's thread (a benchmark, at a run's
+ * edges), never by the sampler. Each returns a count (>= 0) or an AIPM_E* code, with the
+ * failing call in aipm_last_error. */
+typedef struct {
+    uint32_t pid;
+    uint64_t used_bytes;      /* UINT64_MAX where NVML cannot tell (NVML_VALUE_NOT_AVAILABLE) */
+} aipm_process_memory;
+typedef struct {
+    uint32_t pid;
+    uint64_t t_us;            /* the sample's stamp, µs since the epoch */
+    uint32_t sm_pct;          /* % of the driver's sample period a kernel of this process ran */
+    uint32_t mem_pct;
+} aipm_process_util;
+/* nvmlDeviceGetComputeRunningProcesses: what each compute process holds on the GPU. */
+int aipm_nvml_process_memory(aipm_engine *e, uint32_t gpu, aipm_process_memory *out, uint32_t max);
+/* nvmlDeviceGetProcessUtilization: the driver's per-process samples stamped after since_us. */
+int aipm_nvml_process_util(aipm_engine *e, uint32_t gpu, uint64_t since_us, aipm_process_util *out,
+                           uint32_t max);
+/* GPM (Hopper and newer): metrics are averages between two samples of one GPU. */
+typedef struct aipm_gpm_sample aipm_gpm_sample;
+int aipm_gpm_supported(aipm_engine *e, uint32_t gpu);   /* 1 supported, 0 not, or AIPM_E* */
+int aipm_gpm_sample_new(aipm_engine *e, aipm_gpm_sample **out);  /* a buffer, in *out */
+int aipm_gpm_sample_take(aipm_engine *e, uint32_t gpu, aipm_gpm_sample *s);
+/* values[i] of metric ids[i] between first and second (taken later, same GPU); codes[i] is
+ * NVML's return for that metric (values[i] NaN unless 0). Returns n or AIPM_E*. */
+int aipm_gpm_metrics(aipm_engine *e, const aipm_gpm_sample *first, const aipm_gpm_sample *second,
+                     const uint32_t *ids, uint32_t n, double *values, int32_t *codes);
+void aipm_gpm_sample_free(aipm_engine *e, aipm_gpm_sample *s);
+
 /* AIPM_CDEF_END */
 
 #endif

@@ -45,4 +45,46 @@ typedef struct {
     unsigned long long used;
 } nvmlMemory_t;
 
+/* On-demand queries (not sampler channels): per-process memory and utilisation, and GPM. */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory; /* bytes; NVML_VALUE_NOT_AVAILABLE where unknown */
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+    unsigned long long usedGpuCcProtectedMemory;
+} nvmlProcessInfo_v3_t; /* nvmlDeviceGetComputeRunningProcesses_v3; _v2's is its first 24 bytes */
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp; /* µs since the epoch */
+    unsigned int smUtil;          /* % of the sample period a kernel of this process ran */
+    unsigned int memUtil;
+    unsigned int encUtil;
+    unsigned int decUtil;
+} nvmlProcessUtilizationSample_t;
+typedef struct nvmlGpmSample_st *nvmlGpmSample_t;
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    struct {
+        char *shortName;
+        char *longName;
+        char *unit;
+    } metricInfo;
+} nvmlGpmMetric_t;
+#define NVML_GPM_METRICS_GET_VERSION 1
+#define NVML_GPM_SUPPORT_VERSION 1
+#define AIPM_GPM_METRICS_CAPACITY 16 /* metrics asked in one call; NVML reads numMetrics of them */
+typedef struct {
+    unsigned int version;
+    unsigned int numMetrics;
+    nvmlGpmSample_t sample1;
+    nvmlGpmSample_t sample2;
+    nvmlGpmMetric_t metrics[AIPM_GPM_METRICS_CAPACITY];
+} nvmlGpmMetricsGet_t;
+typedef struct {
+    unsigned int version;
+    unsigned int isSupportedDevice;
+} nvmlGpmSupport_t;
+
 #endif

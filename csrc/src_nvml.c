@@ -8,6 +8,8 @@
  * buffer it describes, a string may be NULL or unterminated, a value type may be unknown. A
  * driver bug then costs a reading (counted as an error), never a read out of bounds. */
 #include <dlfcn.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -264,4 +266,185 @@ int aipm_add_nvml_channel(aipm_engine *e, uint32_t gpu, int kind, int64_t period
     if (rc != AIPM_OK)
         return engine_fail(e, rc, err, "GPU %u: %s (NVML error %d)", gpu, error_text(n, err), err);
     return engine_commit_channel(e);
+}
+
+/* ---- on-demand queries ----
+ * Made from the caller's thread, never by the sampler: per-process memory and utilisation,
+ * and GPM samples, which a benchmark takes at each run's edges. NVML is thread-safe, and these
+ * only read the engine's library handle. Their functions are looked up at each call (a few
+ * hundred ns, beside calls of tens of µs or more), so that the sampler's table stays as it is. */
+
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_VALUE_NOT_AVAILABLE 0xFFFFFFFFFFFFFFFFULL
+#define QUERY_MAX_PROCESSES 256
+#define QUERY_MAX_UTIL_SAMPLES 4096
+
+struct aipm_gpm_sample {
+    nvmlGpmSample_t handle;
+    uint32_t gpu;
+    int taken; /* holds a sample of GPU `gpu` */
+};
+
+/* The device of a query, or an AIPM_E* code with the reason kept. */
+static int query_device(aipm_engine *e, uint32_t gpu, nvmlDevice_t *out) {
+    if (!e->nvml) return engine_fail(e, AIPM_ESTATE, 0, "NVML is not open");
+    if (gpu >= e->nvml->count || !e->nvml->devices[gpu])
+        return engine_fail(e, AIPM_EARG, 0, "GPU %u: no such device (NVML sees %u)", gpu, e->nvml->count);
+    *out = e->nvml->devices[gpu];
+    return AIPM_OK;
+}
+
+static void *query_fn(aipm_engine *e, const char *name) { return e && e->nvml ? dlsym(e->nvml->handle, name) : NULL; }
+
+static int query_failed(aipm_engine *e, const char *call, uint32_t gpu, nvmlReturn_t rc) {
+    return engine_fail(e, AIPM_ENVML, rc, "%s on GPU %u: %s (NVML error %d)", call, gpu, error_text(e->nvml, rc), rc);
+}
+
+int aipm_nvml_process_memory(aipm_engine *e, uint32_t gpu, aipm_process_memory *out, uint32_t max) {
+    nvmlDevice_t d = NULL;
+    int rc0 = query_device(e, gpu, &d);
+    if (rc0 != AIPM_OK) return rc0;
+    /* _v3 and _v2 differ only past the fields read here: the stride tells them apart */
+    const char *call = "nvmlDeviceGetComputeRunningProcesses_v3";
+    size_t stride = sizeof(nvmlProcessInfo_v3_t);
+    void *fn = query_fn(e, call);
+    if (!fn) {
+        call = "nvmlDeviceGetComputeRunningProcesses_v2";
+        stride = offsetof(nvmlProcessInfo_v3_t, usedGpuCcProtectedMemory);
+        fn = query_fn(e, call);
+    }
+    if (!fn) return engine_fail(e, AIPM_ESYMBOL, 0, "nvmlDeviceGetComputeRunningProcesses_v3/_v2 not found");
+    nvmlReturn_t (*get)(nvmlDevice_t, unsigned int *, void *) = (nvmlReturn_t(*)(nvmlDevice_t, unsigned int *, void *))fn;
+    unsigned char *buf = calloc(QUERY_MAX_PROCESSES, sizeof(nvmlProcessInfo_v3_t));
+    if (!buf) return AIPM_ENOMEM;
+    unsigned int count = QUERY_MAX_PROCESSES;
+    nvmlReturn_t rc = get(d, &count, buf);
+    if (rc != NVML_SUCCESS) {
+        free(buf);
+        return query_failed(e, call, gpu, rc);
+    }
+    if (count > QUERY_MAX_PROCESSES) count = QUERY_MAX_PROCESSES; /* never past the buffer */
+    if (count > max) count = max;
+    for (unsigned int i = 0; i < count; i++) {
+        nvmlProcessInfo_v3_t p;
+        memcpy(&p, buf + i * stride, stride);
+        out[i].pid = p.pid;
+        out[i].used_bytes = p.usedGpuMemory == NVML_VALUE_NOT_AVAILABLE ? UINT64_MAX : p.usedGpuMemory;
+    }
+    free(buf);
+    return (int)count;
+}
+
+int aipm_nvml_process_util(aipm_engine *e, uint32_t gpu, uint64_t since_us, aipm_process_util *out,
+                           uint32_t max) {
+    nvmlDevice_t d = NULL;
+    int rc0 = query_device(e, gpu, &d);
+    if (rc0 != AIPM_OK) return rc0;
+    const char *call = "nvmlDeviceGetProcessUtilization";
+    nvmlReturn_t (*get)(nvmlDevice_t, nvmlProcessUtilizationSample_t *, unsigned int *, unsigned long long);
+    *(void **)&get = query_fn(e, call);
+    if (!get) return engine_fail(e, AIPM_ESYMBOL, 0, "%s not found in the NVML library", call);
+    nvmlProcessUtilizationSample_t *buf = calloc(QUERY_MAX_UTIL_SAMPLES, sizeof *buf);
+    if (!buf) return AIPM_ENOMEM;
+    unsigned int count = QUERY_MAX_UTIL_SAMPLES;
+    nvmlReturn_t rc = get(d, buf, &count, since_us);
+    if (rc == NVML_ERROR_NOT_FOUND) { /* no sample since since_us: no process ran a kernel */
+        free(buf);
+        return 0;
+    }
+    if (rc != NVML_SUCCESS) {
+        free(buf);
+        return query_failed(e, call, gpu, rc);
+    }
+    if (count > QUERY_MAX_UTIL_SAMPLES) count = QUERY_MAX_UTIL_SAMPLES;
+    if (count > max) count = max;
+    for (unsigned int i = 0; i < count; i++) {
+        out[i].pid = buf[i].pid;
+        out[i].t_us = buf[i].timeStamp;
+        out[i].sm_pct = buf[i].smUtil;
+        out[i].mem_pct = buf[i].memUtil;
+    }
+    free(buf);
+    return (int)count;
+}
+
+int aipm_gpm_supported(aipm_engine *e, uint32_t gpu) {
+    nvmlDevice_t d = NULL;
+    int rc0 = query_device(e, gpu, &d);
+    if (rc0 != AIPM_OK) return rc0;
+    nvmlReturn_t (*query)(nvmlDevice_t, nvmlGpmSupport_t *);
+    *(void **)&query = query_fn(e, "nvmlGpmQueryDeviceSupport");
+    if (!query) return 0; /* a driver older than GPM */
+    nvmlGpmSupport_t support = {.version = NVML_GPM_SUPPORT_VERSION};
+    nvmlReturn_t rc = query(d, &support);
+    if (rc != NVML_SUCCESS) return query_failed(e, "nvmlGpmQueryDeviceSupport", gpu, rc);
+    return support.isSupportedDevice ? 1 : 0;
+}
+
+int aipm_gpm_sample_new(aipm_engine *e, aipm_gpm_sample **out) {
+    *out = NULL;
+    nvmlReturn_t (*alloc)(nvmlGpmSample_t *);
+    *(void **)&alloc = query_fn(e, "nvmlGpmSampleAlloc");
+    if (!alloc) return engine_fail(e, AIPM_ESYMBOL, 0, "nvmlGpmSampleAlloc not found in the NVML library");
+    aipm_gpm_sample *s = calloc(1, sizeof *s);
+    if (!s) return engine_fail(e, AIPM_ENOMEM, 0, "no memory for a GPM sample");
+    nvmlReturn_t rc = alloc(&s->handle);
+    if (rc != NVML_SUCCESS || !s->handle) {
+        free(s);
+        return engine_fail(e, AIPM_ENVML, rc, "nvmlGpmSampleAlloc: %s (NVML error %d)", error_text(e->nvml, rc), rc);
+    }
+    *out = s;
+    return AIPM_OK;
+}
+
+int aipm_gpm_sample_take(aipm_engine *e, uint32_t gpu, aipm_gpm_sample *s) {
+    nvmlDevice_t d = NULL;
+    int rc0 = query_device(e, gpu, &d);
+    if (rc0 != AIPM_OK) return rc0;
+    if (!s) return engine_fail(e, AIPM_EARG, 0, "no GPM sample buffer");
+    nvmlReturn_t (*take)(nvmlDevice_t, nvmlGpmSample_t);
+    *(void **)&take = query_fn(e, "nvmlGpmSampleGet");
+    if (!take) return engine_fail(e, AIPM_ESYMBOL, 0, "nvmlGpmSampleGet not found in the NVML library");
+    s->taken = 0;
+    nvmlReturn_t rc = take(d, s->handle);
+    if (rc != NVML_SUCCESS) return query_failed(e, "nvmlGpmSampleGet", gpu, rc);
+    s->gpu = gpu;
+    s->taken = 1;
+    return AIPM_OK;
+}
+
+int aipm_gpm_metrics(aipm_engine *e, const aipm_gpm_sample *first, const aipm_gpm_sample *second,
+                     const uint32_t *ids, uint32_t n, double *values, int32_t *codes) {
+    if (!e->nvml) return engine_fail(e, AIPM_ESTATE, 0, "NVML is not open");
+    if (!first || !second || !first->taken || !second->taken)
+        return engine_fail(e, AIPM_EARG, 0, "GPM metrics need two samples taken");
+    if (first->gpu != second->gpu)
+        return engine_fail(e, AIPM_EARG, 0, "GPM samples of GPUs %u and %u", first->gpu, second->gpu);
+    if (n > AIPM_GPM_METRICS_CAPACITY)
+        return engine_fail(e, AIPM_EARG, 0, "%u GPM metrics asked, at most %d a call", n, AIPM_GPM_METRICS_CAPACITY);
+    nvmlReturn_t (*get)(nvmlGpmMetricsGet_t *);
+    *(void **)&get = query_fn(e, "nvmlGpmMetricsGet");
+    if (!get) return engine_fail(e, AIPM_ESYMBOL, 0, "nvmlGpmMetricsGet not found in the NVML library");
+    nvmlGpmMetricsGet_t m;
+    memset(&m, 0, sizeof m);
+    m.version = NVML_GPM_METRICS_GET_VERSION;
+    m.numMetrics = n;
+    m.sample1 = first->handle;
+    m.sample2 = second->handle;
+    for (uint32_t i = 0; i < n; i++) m.metrics[i].metricId = ids[i];
+    nvmlReturn_t rc = get(&m);
+    if (rc != NVML_SUCCESS) return query_failed(e, "nvmlGpmMetricsGet", first->gpu, rc);
+    for (uint32_t i = 0; i < n; i++) {
+        codes[i] = m.metrics[i].nvmlReturn;
+        values[i] = m.metrics[i].nvmlReturn == NVML_SUCCESS ? m.metrics[i].value : (double)NAN;
+    }
+    return (int)n;
+}
+
+void aipm_gpm_sample_free(aipm_engine *e, aipm_gpm_sample *s) {
+    if (!s) return;
+    nvmlReturn_t (*release)(nvmlGpmSample_t);
+    *(void **)&release = query_fn(e, "nvmlGpmSampleFree");
+    if (release && s->handle) release(s->handle);
+    free(s);
 }

@@ -24,6 +24,7 @@ IDLE_GPU_W = 60.0
 IDLE_CPU_W = 20.0
 RAPL_WRAP_J = 1000.0  # the synthetic RAPL counter wraps at this many joules
 NO_ENERGY_REASON = "no GPU (CUDA unavailable); RAPL not readable: permission denied"
+NO_GPU_REASON = "no NVML GPU metered"
 
 FLAG_REPEAT = 1
 FLAG_FINAL = 2
@@ -38,6 +39,11 @@ def default_values(size, run) -> dict:
         "cpu_jpi": 0.002 * scale + 0.0002 * run,
         "gpu_util": 50.0 + size / 10 + run,
         "gpu_mem": 0.5 + size / 1000,
+        "process_sm": 40.0 + size / 10 + run,
+        "process_mem": 1.5 + size / 1000,
+        "gpm_sm": 30.0 + run,
+        "gpm_tensor": 10.0 + run,
+        "gpm_dram": 20.0 + run,
     }
 
 
@@ -75,6 +81,14 @@ def run_json(size, run, v: dict, *, n_inferences=20, batch_size=1, model="tinyne
         "gpu_memory_gb": v["gpu_mem"] if energy else None,
         "energy": {"gpu": gpu, "cpu": cpu, "total": total},
         "energy_missing_reason": None if energy else NO_ENERGY_REASON,
+        "process_sm_pct": v["process_sm"] if energy else None,
+        "process_gpu_memory_gb": v["process_mem"] if energy else None,
+        "process_missing_reason": None if energy else NO_GPU_REASON,
+        "gpm_sm_active_pct": v["gpm_sm"] if energy else None,
+        "gpm_sm_occupancy_pct": v["gpm_sm"] / 2 if energy else None,
+        "gpm_tensor_active_pct": v["gpm_tensor"] if energy else None,
+        "gpm_dram_bw_pct": v["gpm_dram"] if energy else None,
+        "gpm_missing_reason": None if energy else NO_GPU_REASON,
     }
 
 

@@ -53,6 +53,19 @@ def run_json_path(out, size, run):
 # -- load_runs ---------------------------------------------------------------------------
 
 
+def test_a_run_file_written_before_the_process_and_gpm_fields_reads_them_as_not_measured(tmp_path):
+    data = run_json(32, 1, default_values(32, 1))
+    added = [k for k in data if k.startswith(("process_", "gpm_"))]
+    assert len(added) == 8
+    for key in added:
+        del data[key]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(data))
+    run = RunFile.read(path)
+    assert all(getattr(run, key) is None for key in added)
+    assert run.energy["gpu"] is not None
+
+
 def test_load_runs_has_one_row_per_run_with_flattened_energies(bench):
     runs = load_runs(bench)
     assert len(runs) == len(SIZES) * 3
@@ -323,7 +336,12 @@ def test_format_table_drops_columns_not_measured(bench, tmp_path):
         "latency ms",
         "throughput/s",
         "GPU util %",
-        "GPU mem GB",
+        "proc SM %",
+        "proc GPU mem GB",
+        "torch peak GB",  # torch's peak allocated tensors, not what the process holds
+        "SM active %",
+        "tensor %",
+        "DRAM BW %",
         "J spread %",
     ):
         assert h in headers
@@ -457,17 +475,36 @@ def test_read_samples_falls_back_to_the_parts_of_a_killed_run(tmp_path):
     assert len(samples) == 10 and set(samples["channel"].astype(str)) == {"rapl:package-0.energy"}
 
 
-def test_the_console_table_is_whole_in_a_log(bench):
-    # piped, as in CI or `| tee`: no column may be cut to fit 80 characters
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    result = subprocess.run(
-        [sys.executable, "-m", "aipm_fast.cli", "report", str(bench)],
+def report_cli(folder, *args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "aipm_fast.cli", "report", str(folder), *args],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     )
+
+
+def test_the_console_table_is_whole_in_a_log(bench):
+    # piped, as in CI or `| tee`: no column may be cut to fit 80 characters
+    result = report_cli(bench, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
     assert result.returncode == 0, result.stderr
-    table = result.stderr[result.stderr.index("┏") : result.stderr.index("┘") + 1]
+    table = result.stdout[result.stdout.index("┏") : result.stdout.index("┘") + 1]  # tables: stdout
     assert "…" not in table and max(len(line) for line in table.splitlines()) > 80
     assert "total J/inf" in table and "0.0132" in table  # the headline column and its figure, whole
+
+
+def test_a_table_narrower_than_its_figures_folds_them_never_cuts(bench):
+    result = report_cli(bench, env={**os.environ, "COLUMNS": "60"})  # a narrow terminal, or a CI's COLUMNS
+    assert result.returncode == 0, result.stderr
+    assert "┏" in result.stdout and "…" not in result.stdout
+
+
+def test_report_json_is_the_summary_alone_on_stdout(bench):
+    result = report_cli(bench, "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["size"] for r in rows] == list(SIZES)
+    assert rows[0]["total_joules_per_inference"] == pytest.approx(
+        summarize(load_runs(bench)).loc[0, "total_joules_per_inference"]
+    )

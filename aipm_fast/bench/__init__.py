@@ -6,5 +6,7 @@
 - ``runfile``: run.json, defined once, written by the protocol and validated by the report;
 - ``folder``: a benchmark folder's layout read back (runs, per-pass tables, raw samples);
 - ``summary``, ``table``, ``traces``, ``plots``: medians per size, the console table, power
-  against time, the PNGs; ``report`` puts them together for ``aipm-fast report``.
+  against time, the PNGs; ``report`` puts them together for ``aipm-fast report``;
+- ``aipowermeter``: a run's files in AIPowerMeter's format; ``gpu_use``: the run's per-process
+  SM and memory and GPM, read at its edges; ``seed_table``: several models in one table.
 """

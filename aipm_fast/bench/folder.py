@@ -20,7 +20,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from aipm_fast.bench.runfile import MEASURED_COLUMNS, ReportError, RunFile
+from aipm_fast.bench.runfile import MEASURED_COLUMNS, REASON_COLUMNS, ReportError, RunFile
 
 __all__ = ["INFERENCE_COLUMNS", "SAMPLE_COLUMNS", "load_runs", "read_inferences", "read_samples", "run_folder"]
 
@@ -72,10 +72,11 @@ def load_runs(out_dir) -> pd.DataFrame:
     """One row per run of a benchmark folder, sorted by size and run.
 
     Columns: size, run, batch_size, n_inferences, duration_s, latency_median_s,
-    throughput_per_s, gpu_utilization_pct, gpu_memory_gb, the flattened energies
+    throughput_per_s, gpu_utilization_pct, gpu_memory_gb, process_sm_pct, process_gpu_memory_gb,
+    the gpm_* activities, the flattened energies
     ``<part>_<key>`` (part gpu/cpu/total, key energy_j/dynamic_energy_j/joules_per_inference/
-    dynamic_joules_per_inference; NaN where not measured), and model, device,
-    energy_missing_reason and path (the run folder).
+    dynamic_joules_per_inference; NaN where not measured), and model, device, the reasons of
+    what is missing (REASON_COLUMNS) and path (the run folder).
 
     A run folder without run.json (a run interrupted before its end) is left out: its path is
     listed in ``runs.attrs["missing"]`` and logged, and the complete runs are reported.
@@ -122,7 +123,7 @@ def load_runs(out_dir) -> pd.DataFrame:
         if col not in ("n_inferences",):
             runs[col] = runs[col].astype(np.float64)
     front = ["size", "run", "batch_size"] + list(MEASURED_COLUMNS)
-    rest = ["model", "device", "energy_missing_reason", "path"]
+    rest = ["model", "device", *REASON_COLUMNS, "path"]
     runs = runs[front + rest].sort_values(["size", "run"], kind="stable").reset_index(drop=True)
     runs.attrs["missing"] = missing
     return runs

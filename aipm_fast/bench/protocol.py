@@ -11,7 +11,7 @@ Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts)
     meta.json                              model, options, versions, devices
     input_<size>/run_<k>/run.json          the run's figures (a RunFile, bench/runfile.py)
     input_<size>/run_<k>/inferences.csv    one row per forward pass
-    input_<size>/run_<k>/power_metrics.json, latency.csv    AIPowerMeter's layout
+    input_<size>/run_<k>/power_metrics.json, latency.csv, metadata.json    AIPowerMeter's (aipowermeter.py)
     input_<size>/run_0/samples.parquet     raw readings of the first run of each size
     summary.csv, plots/*.png               medians over runs, from aipm_fast.bench.report
 """
@@ -29,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from aipm_fast.bench import models
+from aipm_fast.bench.aipowermeter import write_run_files
 from aipm_fast.bench.folder import INFERENCE_COLUMNS, load_runs, run_folder
+from aipm_fast.bench.gpu_use import GpuUse, GpuUseProbe, nvml_gpus
 from aipm_fast.bench.runfile import ENERGY_PARTS, PartEnergy, RunFile
 from aipm_fast.bench.summary import summarize, write_summary
 from aipm_fast.domains import bench_parts
@@ -122,6 +124,12 @@ class Benchmark:
         self._unresolved: list[_PendingRun] = []
         try:
             self.parts = bench_parts(m.domains, m.results.domains)
+            self.gpu_index = nvml_gpus(m.recorder, self.metered_gpus)
+            self.gpu_use = GpuUseProbe(
+                m.recorder.engine if self.gpu_index else None,
+                list(self.gpu_index.values()),
+                on_gpu=opts.device.startswith("cuda"),
+            )
             self.missing_reason = self._missing_reason()
             if self.missing_reason:
                 self.log(f"energy not measured: {self.missing_reason}")
@@ -220,14 +228,16 @@ class Benchmark:
             torch.cuda.reset_peak_memory_stats()
         name = f"input_{size}/run_{k}"
         passes = 0
+        self.gpu_use.start()  # GPM and per-process samples at the run's edges, outside its window
         with m.window(name) as w:
             end = time.monotonic() + (opts.duration_s or 0)
             while (passes < opts.iters) if opts.iters else (time.monotonic() < end):
                 with m.inference():
                     models.forward(model, inputs)
                 passes += 1
+        use = self.gpu_use.finish()
         mem = torch.cuda.max_memory_allocated() / 1e9 if opts.device.startswith("cuda") else None
-        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer))
+        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer, use))
 
     def _finish_runs(self, wait: bool) -> list[RunFile]:
         """Writes the runs whose energies are resolved, oldest first; with wait, all of them."""
@@ -241,7 +251,11 @@ class Benchmark:
                 break
             self._unresolved.pop(0)
             run.close_writer(m.recorder)
-            done.append(self._write_run(run.run_dir, run.size, run.k, run.window, run.passes, run.gpu_memory_gb))
+            done.append(
+                self._write_run(
+                    run.run_dir, run.size, run.k, run.window, run.passes, run.gpu_memory_gb, run.gpu_use or GpuUse()
+                )
+            )
         return done
 
     def _close_writers(self) -> None:
@@ -249,7 +263,9 @@ class Benchmark:
             run.close_writer(self.meter.recorder)
 
     # -- results -----------------------------------------------------------------------------
-    def _write_run(self, run_dir: str, size: int, k: int, w, passes: int, gpu_memory_gb: float | None) -> RunFile:
+    def _write_run(
+        self, run_dir: str, size: int, k: int, w, passes: int, gpu_memory_gb: float | None, use: GpuUse
+    ) -> RunFile:
         opts, m = self.opts, self.meter
         name = f"input_{size}/run_{k}"
         # from the result object: the run is resolved (window_done), and the Meter's own
@@ -309,12 +325,47 @@ class Benchmark:
             gpu_memory_gb=gpu_memory_gb,
             energy={part: energy[part] for part in ENERGY_PARTS},
             energy_missing_reason=None if measured else (self.missing_reason or "no power reading covered this run"),
+            process_sm_pct=use.process_sm_pct,
+            process_gpu_memory_gb=None if use.process_gpu_memory_bytes is None else use.process_gpu_memory_bytes / 1e9,
+            process_missing_reason=use.process_missing_reason,
+            **use.gpm,
+            gpm_missing_reason=use.gpm_missing_reason,
         )
         table[list(INFERENCE_COLUMNS)].to_csv(os.path.join(run_dir, "inferences.csv"), index=False)
-        table[["latency_s"]].to_csv(os.path.join(run_dir, "latency.csv"), index=False)
-        write_json(os.path.join(run_dir, "power_metrics.json"), _aipowermeter_metrics(run))
+        self._write_aipowermeter(run_dir, name, w, win, inf, use, table["latency_s"].to_numpy())
         run.write(run_dir)  # last: its presence marks a complete run
         return run
+
+    def _write_aipowermeter(self, run_dir: str, name: str, w, win, inf, use: GpuUse, latencies) -> None:
+        """AIPowerMeter's files of the run (aipowermeter.py), from each measured domain's passes."""
+        parts = {}
+        for part in ("gpu", "cpu"):
+            domains = self.parts.get(part, [])
+            parts[part] = {
+                d: (inf[inf["domain"] == d][["start_ns", "end_ns", "energy_j"]], float(win.loc[d, "energy_j"]))
+                for d in domains
+                if d in win.index
+            }
+        by_gpu = {d: (self.gpu_index.get(d, d)) for d in self.parts.get("gpu", [])}
+        means = {}
+        for quantity in ("memory", "utilization"):
+            values = {
+                by_gpu[d]: v
+                for d, v in self.meter.coordinator.side_means_by_domain(quantity, w.start_ns, w.end_ns).items()
+                if d in by_gpu and np.isfinite(v)
+            }
+            means[quantity] = values
+        write_run_files(
+            run_dir,
+            start_ns=w.start_ns,
+            end_ns=w.end_ns,
+            latencies_s=latencies,
+            parts=parts,
+            gpu_index=by_gpu,
+            device_means=means,
+            gpu_use=use,
+            description=f"aipm-fast bench {self.opts.model} {name}",
+        )
 
     def _gpu_utilization(self, w) -> float | None:
         if not self.opts.device.startswith("cuda"):
@@ -373,6 +424,7 @@ class _PendingRun:
     passes: int
     gpu_memory_gb: float | None  # the run's peak, read as it ended (the next run resets it)
     writer: object = None  # the samples.parquet sink of a size's first run, kept until resolved
+    gpu_use: GpuUse | None = None  # the run's per-process and GPM figures, read at its edges
 
     def close_writer(self, recorder) -> None:
         if self.writer is not None:
@@ -431,25 +483,3 @@ def _headline(run: RunFile) -> float:
         if run.energy[part] is not None:
             return run.energy[part].joules_per_inference
     return run.latency_median_s  # no energy: adapt on latency instead
-
-
-def _aipowermeter_metrics(run: RunFile) -> dict:
-    """The run's figures under AIPowerMeter's power_metrics.json names (energies in J)."""
-
-    def energy_j(part):
-        return None if run.energy[part] is None else run.energy[part].energy_j
-
-    def dynamic_j(part):
-        return None if run.energy[part] is None else run.energy[part].dynamic_energy_j
-
-    return {
-        "nvidia_draw_absolute": energy_j("gpu"),
-        "nvidia_estimated_attributable_power_draw": dynamic_j("gpu"),
-        "intel_power": energy_j("cpu"),
-        "total_power_draw": energy_j("total"),
-        "nvidia_average_gpu_utilization": run.gpu_utilization_pct,
-        "nvidia_max_memory_gb": run.gpu_memory_gb,
-        "duration_s": run.duration_s,
-        "n_inferences": run.n_inferences,
-        "unit": "J",
-    }

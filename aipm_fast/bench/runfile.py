@@ -18,7 +18,16 @@ from dataclasses import asdict, dataclass, field, fields
 
 from aipm_fast.storage import write_json
 
-__all__ = ["ENERGY_COLUMNS", "ENERGY_KEYS", "ENERGY_PARTS", "MEASURED_COLUMNS", "PartEnergy", "ReportError", "RunFile"]
+__all__ = [
+    "ENERGY_COLUMNS",
+    "ENERGY_KEYS",
+    "ENERGY_PARTS",
+    "MEASURED_COLUMNS",
+    "REASON_COLUMNS",
+    "PartEnergy",
+    "ReportError",
+    "RunFile",
+]
 
 NUMBER = "number"
 INTEGER = "integer"
@@ -35,7 +44,12 @@ class ReportError(Exception):
 
 def _declare(kind, *, nullable: bool = False, minimum=None):
     """A field of a run file: its JSON kind, whether null is allowed, its lower bound."""
-    return field(metadata={"kind": kind, "nullable": nullable, "minimum": minimum})
+    return field(metadata={"kind": kind, "nullable": nullable, "minimum": minimum, "optional": False})
+
+
+def _added(kind):
+    """A field added after the first run files: null when a file lacks it (not measured then)."""
+    return field(default=None, metadata={"kind": kind, "nullable": True, "minimum": None, "optional": True})
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,18 @@ class RunFile:
     latency_median_s: float = _declare(NUMBER, minimum=0.0)
     throughput_per_s: float = _declare(NUMBER, minimum=0.0)
     gpu_utilization_pct: float | None = _declare(NUMBER, nullable=True)
-    gpu_memory_gb: float | None = _declare(NUMBER, nullable=True)
+    gpu_memory_gb: float | None = _declare(NUMBER, nullable=True)  # torch's peak allocated tensors
     energy: dict = _declare(dict)  # part (ENERGY_PARTS) -> PartEnergy, or None when not measured
     energy_missing_reason: str | None = _declare(str, nullable=True)
+    # the GPU use of this process as AIPowerMeter measured it (per process, through NVML), and GPM
+    process_sm_pct: float | None = _added(NUMBER)  # nvmlDeviceGetProcessUtilization, mean over the run
+    process_gpu_memory_gb: float | None = _added(NUMBER)  # what the process holds (framework cache too)
+    process_missing_reason: str | None = _added(str)
+    gpm_sm_active_pct: float | None = _added(NUMBER)
+    gpm_sm_occupancy_pct: float | None = _added(NUMBER)
+    gpm_tensor_active_pct: float | None = _added(NUMBER)
+    gpm_dram_bw_pct: float | None = _added(NUMBER)
+    gpm_missing_reason: str | None = _added(str)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -141,7 +164,16 @@ MEASURED_COLUMNS = (
     "throughput_per_s",
     "gpu_utilization_pct",
     "gpu_memory_gb",
+    "process_sm_pct",
+    "process_gpu_memory_gb",
+    "gpm_sm_active_pct",
+    "gpm_sm_occupancy_pct",
+    "gpm_tensor_active_pct",
+    "gpm_dram_bw_pct",
 ) + ENERGY_COLUMNS
+
+#: Text columns of a run's row: why a figure is missing.
+REASON_COLUMNS = ("energy_missing_reason", "process_missing_reason", "gpm_missing_reason")
 
 
 def _nan_if_none(value):
@@ -150,12 +182,15 @@ def _nan_if_none(value):
 
 def _check_fields(path: str, cls, data: dict, prefix: str) -> dict:
     """Every declared field of cls in data, checked, in declaration order."""
-    values = {}
+    values: dict = {}
     for f in fields(cls):
         where = f"key '{prefix}{f.name}'" if prefix else f"key {f.name!r}"
-        if f.name not in data:
-            raise ReportError(path, f"missing {where}")
         meta = f.metadata
+        if f.name not in data:
+            if meta["optional"]:
+                values[f.name] = None
+                continue
+            raise ReportError(path, f"missing {where}")
         value = _check_value(path, where, data[f.name], meta["kind"], meta["nullable"])
         low = meta["minimum"]
         if low is not None and value < low:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from aipm_fast.bench.folder import load_runs
-from aipm_fast.bench.runfile import MEASURED_COLUMNS
+from aipm_fast.bench.runfile import MEASURED_COLUMNS, REASON_COLUMNS
 
 __all__ = ["SPREAD_COLUMNS", "summarize", "write_summary"]
 
@@ -23,7 +23,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     (same names as in load_runs; NaN where no run measured it), and for each of
     total_joules_per_inference, gpu_joules_per_inference and latency_median_s its run-to-run
     spread: ``<col>_iqr_pct`` (interquartile range / median x 100, linear quantiles),
-    ``<col>_min`` and ``<col>_max``.
+    ``<col>_min`` and ``<col>_max``; and, where runs hold them, why a figure is missing
+    (REASON_COLUMNS: the first run's reason).
     """
     missing = [c for c in ("size", "batch_size", *MEASURED_COLUMNS) if c not in runs.columns]
     if missing:
@@ -35,7 +36,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         batches = group["batch_size"].unique()
         if batches.size != 1:
             raise ValueError(f"size {size}: runs with different batch sizes {sorted(batches.tolist())}")
-        row = {"size": size, "batch_size": int(batches[0]), "runs": int(len(group))}
+        row: dict = {"size": size, "batch_size": int(batches[0]), "runs": int(len(group))}
         for col in MEASURED_COLUMNS:
             row[col] = float(group[col].astype(np.float64).median())  # NaN when all are NaN
         for col in SPREAD_COLUMNS:
@@ -48,6 +49,10 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_iqr_pct"] = iqr / abs(median) * 100.0 if median != 0 else float("nan")
             row[f"{col}_min"] = float(values.min())
             row[f"{col}_max"] = float(values.max())
+        for col in REASON_COLUMNS:
+            if col in group:
+                reasons = group[col].dropna()
+                row[col] = str(reasons.iloc[0]) if len(reasons) else None
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -7,7 +7,25 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["fmt", "fmt_exact", "format_table"]
+__all__ = ["fmt", "fmt_exact", "format_table", "missing_reasons"]
+
+#: what each reason column of a summary explains
+_REASONS = {
+    "energy_missing_reason": "energy",
+    "process_missing_reason": "per-process SM and memory",
+    "gpm_missing_reason": "GPM (SM active, tensor, DRAM BW)",
+}
+
+
+def missing_reasons(summary: pd.DataFrame) -> dict[str, str]:
+    """{what: why} for every figure of a summary that some size lacks, with the reason given."""
+    found = {}
+    for col, what in _REASONS.items():
+        if col in summary:
+            reasons = summary[col].dropna()
+            if len(reasons):
+                found[what] = str(reasons.iloc[0])
+    return found
 
 
 def fmt(value, significant: int = 3) -> str:
@@ -17,6 +35,8 @@ def fmt(value, significant: int = 3) -> str:
     value = float(value)
     if value == 0:
         return "0"
+    if abs(value) < 1e-3:  # a figure at rounding level (a dynamic energy of a steady load): no row of zeros
+        return f"{value:.{max(significant - 1, 0)}e}"
     decimals = max(0, significant - 1 - int(math.floor(math.log10(abs(value)))))
     return f"{value:,.{decimals}f}"
 
@@ -52,17 +72,20 @@ def format_table(summary: pd.DataFrame, title: str | None = None):
         ("latency ms", col("latency_median_s") * 1e3, fmt),
         ("throughput/s", col("throughput_per_s"), fmt),
         ("GPU util %", col("gpu_utilization_pct"), lambda v: fmt(v, 2)),
-        ("GPU mem GB", col("gpu_memory_gb"), fmt),
+        ("proc SM %", col("process_sm_pct"), lambda v: fmt(v, 2)),
+        ("proc GPU mem GB", col("process_gpu_memory_gb"), fmt),
+        ("torch peak GB", col("gpu_memory_gb"), fmt),
+        ("SM active %", col("gpm_sm_active_pct"), lambda v: fmt(v, 2)),
+        ("tensor %", col("gpm_tensor_active_pct"), lambda v: fmt(v, 2)),
+        ("DRAM BW %", col("gpm_dram_bw_pct"), lambda v: fmt(v, 2)),
         ("J spread %", energy_spread, lambda v: fmt(v, 2)),
     ]
     if not np.isfinite(energy_spread).any():
         columns.append(("latency spread %", col("latency_median_s_iqr_pct"), lambda v: fmt(v, 2)))
     columns = [c for c in columns if np.isfinite(c[1]).any()]
-    table = Table(
-        title=title,
-        caption="medians over runs; spread: interquartile range over runs, % of the median",
-        caption_justify="left",
-    )
+    notes = ["medians over runs; spread: interquartile range over runs, % of the median"]
+    notes += [f"{what} not measured: {why}" for what, why in missing_reasons(summary).items()]
+    table = Table(title=title, caption="\n".join(notes), caption_justify="left")
     for name, _, _ in columns:
         table.add_column(name, justify="right")
     for i in range(len(summary)):

@@ -46,6 +46,14 @@
  *                                    what a benchmark of the sampler's CPU needs
  *   FAKE_NVML_SENSOR=key=v[,key=v]   the power sensor's response (default: none, the samples hold
  *                                    the trace at their stamps); see "Sensor response" below
+ *   FAKE_NVML_PROCESSES=pid:MiB:sm[,...]  compute processes on every GPU: pid (or "self", this
+ *                                    process), the memory it holds in MiB, its SM utilisation in %
+ *                                    (nvmlDeviceGetComputeRunningProcesses_v3,
+ *                                    nvmlDeviceGetProcessUtilization: one sample per process,
+ *                                    stamped at the call); default none
+ *   FAKE_NVML_GPM=sm,occ,tensor,dram GPM supported, with these SM activity, SM occupancy, tensor
+ *                                    and DRAM bandwidth utilisations in % (metrics 2, 3, 5, 10;
+ *                                    others NOT_SUPPORTED); default: GPM not supported
  *   FAKE_NVML_FAULT=name[,name]      a broken driver, for the sampler's defences; each name once:
  *                    oversized_samples  nvmlDeviceGetSamples fills at most the caller's buffer
  *                                       but reports FAKE_OVERSIZE more samples than it holds
@@ -140,6 +148,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 /* ---- NVML types: the very declarations the sampler is built with ---- */
 #include "nvml_types.h"
@@ -170,6 +179,7 @@ typedef struct fake_gpu *nvmlDevice_t;
 #define FAKE_GPU_STEP_W 10.0                   /* GPU i draws i * 10 W more than GPU 0 */
 #define GIB (1024ULL * 1024ULL * 1024ULL)
 #define FAKE_OVERSIZE 100000U                 /* oversized_samples: samples claimed beyond the buffer */
+#define FAKE_MAX_PROCESSES 16
 #define FAKE_BAD_VALUE_TYPE 42                /* bad_value_type: no nvmlValueType_t has it */
 
 /* ---- FAKE_NVML_FAULT: one bit each ---- */
@@ -192,6 +202,13 @@ enum {
     FN_GET_UTILIZATION,
     FN_GET_MEMORY,
     FN_GET_POWER,
+    FN_GET_PROCESSES,
+    FN_GET_PROCESS_UTIL,
+    FN_GPM_SUPPORT,
+    FN_GPM_ALLOC,
+    FN_GPM_FREE,
+    FN_GPM_GET,
+    FN_GPM_METRICS,
     FN_COUNT
 };
 static const char *const fn_names[FN_COUNT] = {
@@ -199,6 +216,9 @@ static const char *const fn_names[FN_COUNT] = {
     "nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetName", "nvmlDeviceGetSamples",
     "nvmlDeviceGetFieldValues", "nvmlDeviceGetTotalEnergyConsumption",
     "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetPowerUsage",
+    "nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetProcessUtilization",
+    "nvmlGpmQueryDeviceSupport", "nvmlGpmSampleAlloc", "nvmlGpmSampleFree", "nvmlGpmSampleGet",
+    "nvmlGpmMetricsGet",
 };
 static atomic_ulong fn_calls[FN_COUNT];
 
@@ -295,6 +315,14 @@ struct fake_config {
     int call_spin;          /* 1: call_us is CPU time spun, 0: a sleep */
     struct sensor sensor;
     unsigned int faults;    /* FAKE_NVML_FAULT: bit i set for fault_names[i] */
+    unsigned int n_processes; /* FAKE_NVML_PROCESSES */
+    struct fake_process {
+        unsigned int pid;
+        unsigned long long mem_bytes;
+        unsigned int sm_pct;
+    } processes[FAKE_MAX_PROCESSES];
+    int gpm_on;               /* FAKE_NVML_GPM given */
+    double gpm[4];            /* SM activity, occupancy, tensor, DRAM bandwidth, % */
 };
 
 /* Written only by nvmlInit_v2, under init_lock, and published by the release store of
@@ -871,6 +899,36 @@ static const char *derive_sensor(struct sensor *sn, long long sample_us) {
     return NULL;
 }
 
+/* FAKE_NVML_PROCESSES: PID:MIB:SM entries, comma separated; "self" is getpid(). */
+static int parse_processes(const char *s, struct fake_config *c) {
+    while (*s) {
+        if (c->n_processes >= FAKE_MAX_PROCESSES) return -1;
+        struct fake_process *p = &c->processes[c->n_processes];
+        const char *rest;
+        if (strncmp(s, "self:", 5) == 0) {
+            p->pid = (unsigned int)getpid();
+            rest = s + 4;
+        } else {
+            char *end;
+            unsigned long pid = strtoul(s, &end, 10);
+            if (end == s || pid == 0 || pid > UINT_MAX) return -1;
+            p->pid = (unsigned int)pid;
+            rest = end;
+        }
+        unsigned long long mib;
+        unsigned int sm;
+        int used = 0;
+        if (sscanf(rest, ":%llu:%u%n", &mib, &sm, &used) != 2 || sm > 100) return -1;
+        p->mem_bytes = mib * 1024ULL * 1024ULL;
+        p->sm_pct = sm;
+        c->n_processes++;
+        s = rest + used;
+        if (*s == ',') s++;
+        else if (*s) return -1;
+    }
+    return 0;
+}
+
 static const char *env_or(const char *name, const char *fallback) {
     const char *v = getenv(name);
     return v && *v ? v : fallback;
@@ -953,6 +1011,23 @@ static int read_config(struct fake_config *c) {
             return -1;
         }
     }
+    s = getenv("FAKE_NVML_PROCESSES");
+    if (s && *s && parse_processes(s, c) != 0) {
+        fprintf(stderr, "fake_nvml: bad FAKE_NVML_PROCESSES=%s (want PID:MIB:SM[,...], PID a number or"
+                        " self, SM in %%, at most %d)\n", s, FAKE_MAX_PROCESSES);
+        return -1;
+    }
+    s = getenv("FAKE_NVML_GPM");
+    if (s && *s) {
+        c->gpm_on = 1;
+        int got = sscanf(s, "%lf,%lf,%lf,%lf %c", &c->gpm[0], &c->gpm[1], &c->gpm[2], &c->gpm[3], &tail);
+        int ok = got == 4;
+        for (int k = 0; k < 4 && ok; k++) ok = c->gpm[k] >= 0 && c->gpm[k] <= 100;
+        if (!ok) {
+            fprintf(stderr, "fake_nvml: bad FAKE_NVML_GPM=%s (want SM,OCCUPANCY,TENSOR,DRAM in %%)\n", s);
+            return -1;
+        }
+    }
     s = getenv("FAKE_NVML_FAULT");
     if (s && *s && parse_faults(s, &c->faults) != 0) {
         fprintf(stderr, "fake_nvml: bad FAKE_NVML_FAULT=%s (want NAME[,NAME...], each once, of:", s);
@@ -972,6 +1047,17 @@ static int same_sensor(const struct sensor *a, const struct sensor *b) {
     return a->on == b->on && same_params(&a->p, &b->p, sensor_keys, N_SENSOR_KEYS);
 }
 
+/* Field by field: a struct's padding is not copied by assignment, so memcmp could call equal
+ * settings different, and an init would then restart the origin under the other holders. */
+static int same_processes(const struct fake_config *a, const struct fake_config *b) {
+    if (a->n_processes != b->n_processes) return 0;
+    for (unsigned int i = 0; i < a->n_processes; i++) {
+        const struct fake_process *p = &a->processes[i], *q = &b->processes[i];
+        if (p->pid != q->pid || p->mem_bytes != q->mem_bytes || p->sm_pct != q->sm_pct) return 0;
+    }
+    return 1;
+}
+
 static int same_config(const struct fake_config *a, const struct fake_config *b) {
     return a->n_gpus == b->n_gpus && a->kind == b->kind && a->lo == b->lo && a->hi == b->hi &&
            a->period_us == b->period_us && same_segments(&a->seg, &b->seg) &&
@@ -979,7 +1065,8 @@ static int same_config(const struct fake_config *a, const struct fake_config *b)
            a->util_gpu == b->util_gpu && a->util_mem == b->util_mem &&
            a->lose_after_s == b->lose_after_s && memcmp(a->call_us, b->call_us, sizeof a->call_us) == 0 &&
            a->call_spin == b->call_spin &&
-           same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults;
+           same_sensor(&a->sensor, &b->sensor) && a->faults == b->faults &&
+           same_processes(a, b) && a->gpm_on == b->gpm_on && memcmp(a->gpm, b->gpm, sizeof a->gpm) == 0;
 }
 
 /* ---- common checks of the device functions ---- */
@@ -1224,6 +1311,115 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
     if (rc != NVML_SUCCESS) return rc;
     if (!power) return NVML_ERROR_INVALID_ARGUMENT;
     *power = to_mw(gpu_power_w(device->index, now_rel_us()));
+    return NVML_SUCCESS;
+}
+
+/* ---- per-process queries and GPM ---- */
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *infoCount,
+                                                     nvmlProcessInfo_v3_t *infos) {
+    count_call(FN_GET_PROCESSES);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!infoCount) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned int room = *infoCount;
+    *infoCount = cfg.n_processes;
+    if (room < cfg.n_processes || (cfg.n_processes && !infos)) return NVML_ERROR_INSUFFICIENT_SIZE;
+    for (unsigned int i = 0; i < cfg.n_processes; i++) {
+        memset(&infos[i], 0, sizeof infos[i]);
+        infos[i].pid = cfg.processes[i].pid;
+        infos[i].usedGpuMemory = cfg.processes[i].mem_bytes;
+    }
+    return NVML_SUCCESS;
+}
+
+/* One sample per process, stamped now; NOT_FOUND when none is newer than lastSeenTimeStamp. */
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t *utilization,
+                                             unsigned int *processSamplesCount,
+                                             unsigned long long lastSeenTimeStamp) {
+    count_call(FN_GET_PROCESS_UTIL);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!processSamplesCount) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long now_us = (unsigned long long)(clock_ns(CLOCK_REALTIME) / 1000);
+    if (cfg.n_processes == 0 || now_us <= lastSeenTimeStamp) return NVML_ERROR_NOT_FOUND;
+    unsigned int room = *processSamplesCount;
+    *processSamplesCount = cfg.n_processes;
+    if (!utilization || room < cfg.n_processes) return NVML_ERROR_INSUFFICIENT_SIZE;
+    for (unsigned int i = 0; i < cfg.n_processes; i++) {
+        memset(&utilization[i], 0, sizeof utilization[i]);
+        utilization[i].pid = cfg.processes[i].pid;
+        utilization[i].timeStamp = now_us;
+        utilization[i].smUtil = cfg.processes[i].sm_pct;
+    }
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *support) {
+    count_call(FN_GPM_SUPPORT);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!support || support->version != NVML_GPM_SUPPORT_VERSION) return NVML_ERROR_INVALID_ARGUMENT;
+    support->isSupportedDevice = (unsigned int)cfg.gpm_on;
+    return NVML_SUCCESS;
+}
+
+/* A GPM sample buffer: which GPU it was taken on and when (µs since the origin); -1: not taken. */
+struct nvmlGpmSample_st {
+    int gpu;
+    long long t_us;
+};
+
+nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
+    count_call(FN_GPM_ALLOC);
+    if (!is_initialized()) return NVML_ERROR_UNINITIALIZED;
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    *sample = calloc(1, sizeof **sample);
+    if (!*sample) return NVML_ERROR_UNKNOWN;
+    (*sample)->gpu = -1;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
+    count_call(FN_GPM_FREE);
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    free(sample);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t sample) {
+    count_call(FN_GPM_GET);
+    nvmlReturn_t rc = check_device(device);
+    if (rc != NVML_SUCCESS) return rc;
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!cfg.gpm_on) return NVML_ERROR_NOT_SUPPORTED;
+    sample->gpu = (int)device->index;
+    sample->t_us = now_rel_us();
+    return NVML_SUCCESS;
+}
+
+/* The metric ids the fake knows, in the order of cfg.gpm. */
+static const unsigned int fake_gpm_ids[4] = {2, 3, 5, 10};
+
+nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *m) {
+    count_call(FN_GPM_METRICS);
+    if (!is_initialized()) return NVML_ERROR_UNINITIALIZED;
+    if (!m || m->version != NVML_GPM_METRICS_GET_VERSION || !m->sample1 || !m->sample2 ||
+        m->numMetrics > AIPM_GPM_METRICS_CAPACITY)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    /* like the driver: two samples of one GPU, the second taken later */
+    if (m->sample1->gpu < 0 || m->sample1->gpu != m->sample2->gpu || m->sample2->t_us <= m->sample1->t_us)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned int i = 0; i < m->numMetrics; i++) {
+        m->metrics[i].nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        m->metrics[i].value = 0.0;
+        for (int k = 0; k < 4; k++) {
+            if (m->metrics[i].metricId == fake_gpm_ids[k]) {
+                m->metrics[i].nvmlReturn = NVML_SUCCESS;
+                m->metrics[i].value = cfg.gpm[k];
+            }
+        }
+    }
     return NVML_SUCCESS;
 }
 
