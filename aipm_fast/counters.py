@@ -90,6 +90,19 @@ def classify(
             inc[i] = wrapped  # an ordinary wrap
             i += 1
             continue
+        # A reading out of line upwards, but within the bound, passes as a step; the drop after
+        # it then looks like a reset. When its neighbours agree with each other, it was a glitch.
+        back = (
+            _step(v[i - 1], v[i + 1], t_ns[i - 1], t_ns[i + 1], wrap_j, max_power_w, update_s)
+            if i >= 1 and ok[i - 1] and keep[i]
+            else np.nan
+        )
+        if np.isfinite(back):
+            keep[i] = False
+            inc[i - 1], inc[i] = 0.0, back
+            events.append((int(t_ns[i]), GLITCH))
+            i += 1
+            continue
         if i + 1 >= n:
             keep[i + 1] = False  # the last reading: wait for the next
             inc[i] = 0.0
