@@ -472,6 +472,18 @@ def test_huggingface_report_to_real_loggers_gets_every_step_once(hf, hw, tmp_pat
         # the Trainer keeps a tracking URI set earlier in the process (by another test): set ours
         mlflow.set_tracking_uri(f"file:{tmp_path / 'mlruns'}")
         monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "aipm")
+        # The Trainer logs to MLflow asynchronously, and MLflow's file store then creates a
+        # metric's folder from two threads at once and loses a batch to EEXIST now and then (a
+        # race of the file store, not of what is logged): log synchronously here.
+        from transformers.integrations import MLflowCallback
+
+        setup = MLflowCallback.setup
+
+        def synchronous_setup(self, *args, **kwargs):
+            setup(self, *args, **kwargs)
+            self._async_log = False
+
+        monkeypatch.setattr(MLflowCallback, "setup", synchronous_setup)
     cb = AipmTrainerCallback(**options)
     trainer = hf_trainer(hf, tmp_path / "out", report_to=[kind])
     cb.attach(trainer)
