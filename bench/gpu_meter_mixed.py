@@ -20,7 +20,7 @@ from aipm_fast import Meter
 from aipm_fast.config import EngineConfig
 from aipm_fast.recorder import Recorder
 from aipm_fast.sensor.capture import save
-from aipm_fast.sensor.drive import Loads, recorded_capture, require_cuda
+from aipm_fast.sensor.drive import CAPTURE_PERIODS_S, Loads, capture_config, recorded_capture, require_cuda
 from bench.gpu_sensor_checks import KINDS, mixed_ops
 
 
@@ -35,8 +35,9 @@ def main():
     loads = Loads(torch, 0)
     loads.add_copy()
     rng = np.random.default_rng(args.seed)
-    periods = {"nvml.energy": 0.025, "nvml.power_samples": 0.25}
-    config = EngineConfig.from_env(gpus=[0], periods_s={**EngineConfig.from_env().periods_s, **periods})
+    # no fast instant-field polling beside the Meter: only the samples and the counter matter here
+    periods = {k: v for k, v in CAPTURE_PERIODS_S.items() if k != "nvml.power_instant"}
+    config = capture_config(EngineConfig.from_env(), 0, periods)
     runs, events = [], []
     with Recorder(config, keep_history=True) as rec:
         t0 = time.monotonic_ns()

@@ -23,7 +23,7 @@ import numpy as np
 from aipm_fast.config import EngineConfig
 from aipm_fast.recorder import Recorder
 from aipm_fast.sensor.capture import save
-from aipm_fast.sensor.drive import Loads, recorded_capture, require_cuda
+from aipm_fast.sensor.drive import Loads, capture_config, recorded_capture, require_cuda
 from aipm_fast.sensor.fit import Block
 
 DURATIONS_S = (0.015, 0.040, 0.100)
@@ -52,8 +52,7 @@ def main():
     loads = Loads(torch, 0)
     loads.add_copy()
     rng = np.random.default_rng(args.seed)
-    periods = {"nvml.energy": 0.025, "nvml.power_instant": 0.002, "nvml.power_samples": 0.25}
-    config = EngineConfig.from_env(gpus=[0], periods_s={**EngineConfig.from_env().periods_s, **periods})
+    config = capture_config(EngineConfig.from_env(), 0)
     blocks: list[Block] = []
     runs = []
     with Recorder(config, keep_history=True) as rec:

@@ -205,19 +205,29 @@ def run_schedule(
     return blocks, run_spans, t0
 
 
+#: periods while capturing: the counter and the instant field often enough to time their updates
+CAPTURE_PERIODS_S = {"nvml.energy": 0.025, "nvml.power_instant": 0.002, "nvml.power_samples": 0.25}
+
+
+def capture_config(config, device: int, periods: dict[str, float] | None = None):
+    """`config` reading only GPU `device`, at CAPTURE_PERIODS_S (or `periods`)."""
+    import dataclasses
+
+    periods = CAPTURE_PERIODS_S if periods is None else periods
+    return dataclasses.replace(config, gpus=[device], periods_s={**config.periods_s, **periods})
+
+
 def capture_gpu(device: int, progress: Callable[[str, float], None], config, seed: int | None = None) -> Capture:
     """Record the schedule on one GPU with the project's sampler (`config`: the hardware
     options; only this GPU is read, its counter and instant field often enough to time their
     updates)."""
-    import dataclasses
 
     from aipm_fast.recorder import Recorder
 
     torch = require_cuda(device)
     progress("preparing loads", 0.0)
     loads = Loads(torch, device)
-    periods = {"nvml.energy": 0.025, "nvml.power_instant": 0.002, "nvml.power_samples": 0.25}
-    config = dataclasses.replace(config, gpus=[device], periods_s={**config.periods_s, **periods})
+    config = capture_config(config, device)
     rng = np.random.default_rng(seed)
     with Recorder(config, keep_history=True) as rec:
         domain = f"nvml:{device}"

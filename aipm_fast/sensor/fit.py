@@ -70,9 +70,9 @@ class Calibration:
                 f"{mark}{c.response.kind:<7} {c.fit_rms_w:>10.1f} {c.heldout_rms_w:>15.1f}  {c.response.describe()}"
             )
         lines.append(f"kept: {self.chosen.kind} ({self.why})")
-        lv = self.levels_w
         lines.append(
-            "levels: " + ", ".join(f"{k} {v:.1f} W" for k, v in lv.items() if not k.startswith(("rise", "fall")))
+            "levels as the fit sees them (the GPU's transients folded in): "
+            + ", ".join(f"{k} {v:.1f} W" for k, v in self.levels_w.items())
         )
         g = self.stamp_gaps_ms
         if g:
@@ -164,12 +164,14 @@ def _parametric(kind, shapes, inp, t, v, fit, test, signals, only=None, jackknif
         i, j, _ = min(near, key=lambda n: _rms(_lstsq(n[2], v, mask)[1], mask))
         return np.array([shapes[i], DELAYS_S[j]])
 
-    return best[:5], _jackknife(estimate, fit)
+    # the search cannot resolve less than one step of its grid around the best point
+    grid_step = np.array([np.diff(shapes)[min(bi, len(shapes) - 2)], DELAYS_S[1] - DELAYS_S[0]])
+    return best[:5], np.maximum(_jackknife(estimate, fit), grid_step)
 
 
 def _jackknife(estimate: Callable[[np.ndarray], np.ndarray], fit: np.ndarray) -> np.ndarray:
     """95% half-widths of estimate(mask) by deleting one of JACKKNIFE_CHUNKS time chunks of the
-    fitted samples at a time (at least one grid step: the search cannot resolve less)."""
+    fitted samples at a time."""
     chunks = np.array_split(np.flatnonzero(fit), JACKKNIFE_CHUNKS)
     loo = []
     for ch in chunks:
