@@ -126,8 +126,7 @@ def build_curve(
             update_s=channel.update_s or 0.001,
         )
     if response is not None:
-        shift = int(round(response.centroid_s * 1e9))  # as tracks.ChannelTrack.placement_ns
-        curve = energy.power_curve(np.asarray(t_ns, dtype=np.int64) - shift, values)
+        curve = energy.power_curve(np.asarray(t_ns, dtype=np.int64) - placement_ns(response), values)
         how = f"placed by the measured sensor response ({response.kind}, centroid {response.centroid_s * 1e3:.1f} ms)"
         return dataclasses.replace(curve, method=f"{curve.method}, {how}")
     curve = energy.power_curve(t_ns, values)
@@ -138,6 +137,11 @@ def build_curve(
             placement_s=channel.update_s or curve.sample_period_s,
         )
     return curve
+
+
+def placement_ns(response: SensorResponse | None) -> int:
+    """How much earlier than its stamp a trace's sample is placed (ns): the response's centroid."""
+    return int(round(response.centroid_s * 1e9)) if response is not None else 0
 
 
 #: the method's words for a power trace whose time response was not measured

@@ -42,7 +42,7 @@ class ChannelTrack:
     @property
     def placement_ns(self) -> int:
         """How much earlier than its stamp the curve places each reading (policy.build_curve)."""
-        return int(round(self.response.centroid_s * 1e9)) if self.response is not None else 0
+        return policy.placement_ns(self.response)
 
     @property
     def last_ns(self) -> int | None:
