@@ -1,5 +1,5 @@
 # Sourced by the GPU scripts: installs the wheels carried in .whl/ (cffi and pycparser, which the
-# GPU machine's python lacks; add ultralytics' for yolov5s), puts them and the checkout on
+# GPU machine's python lacks), puts them and the checkout on
 # PYTHONPATH, and builds the extension in place. Usage: source bench/gpu_env.sh BUILD_LOG
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
@@ -7,5 +7,5 @@ if [ -d .whl ]; then
 else
   export PYTHONPATH=$PWD
 fi
-export PYTHONUNBUFFERED=1 YOLO_CONFIG_DIR=${YOLO_CONFIG_DIR:-/tmp/yolo}
+export PYTHONUNBUFFERED=1
 python3 csrc/build_native.py > "$1" 2>&1 || { cat "$1"; exit 1; }

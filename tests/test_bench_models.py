@@ -37,7 +37,7 @@ def test_zoo_contents():
         "resnet18": None,
         "resnet50": None,
         "vit_b_16": None,
-        "yolov5s": "yolo",
+        "yolov5s": None,  # built natively, no extra
         "bert": "text",
     }
     assert MODELS["bert"].input_kind == "tokens"
@@ -61,7 +61,8 @@ def test_list_models_rows():
     assert tuple(by_name["resnet50"]) == ("resnet50", "image", 224, 128, None, True)
     assert by_name["bert"].input_kind == "tokens"
     assert by_name["bert"].requires == "text"
-    assert by_name["yolov5s"].requires == "yolo"
+    assert by_name["yolov5s"].requires is None
+    assert by_name["yolov5s"].available is True
     for r in rows:
         assert isinstance(r.available, bool)
 
@@ -326,45 +327,33 @@ def test_weights_missing_or_unreadable(tmp_path):
 # --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def yolo_env(monkeypatch):
-    """Keep the YOLO_* settings made for ultralytics out of other tests."""
-    monkeypatch.setenv("YOLO_OFFLINE", "True")
-    monkeypatch.setenv("YOLO_AUTOINSTALL", "False")
-    monkeypatch.setenv("YOLO_VERBOSE", "False")
-
-
-@pytest.mark.parametrize(
-    "name, package, extra",
-    [("yolov5s", "ultralytics", "yolo"), ("bert", "transformers", "text")],
-)
-def test_missing_extra(monkeypatch, yolo_env, name, package, extra):
-    monkeypatch.setitem(sys.modules, package, None)  # makes "import package" fail
+def test_missing_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes "import transformers" fail
     with pytest.raises(MissingExtraError) as info:
-        build_model(name)
+        build_model("bert")
     err = info.value
     assert isinstance(err, RuntimeError)
-    assert err.extra == extra and err.package == package
-    assert f"pip install 'aipm-fast[{extra}]'" in str(err)
-    assert package in str(err) and name in str(err)
+    assert err.extra == "text" and err.package == "transformers"
+    assert "pip install 'aipm-fast[text]'" in str(err)
+    assert "transformers" in str(err) and "bert" in str(err)
     assert "not installed" in str(err)
-    assert {r.name: r.available for r in list_models()}[name] is False
+    assert {r.name: r.available for r in list_models()}["bert"] is False
 
 
-def test_broken_extra_is_reported(monkeypatch, yolo_env):
+def test_broken_extra_is_reported(monkeypatch):
     real_import = importlib.import_module
 
     def fake_import(module, *args, **kwargs):
-        if module == "ultralytics":
-            raise ImportError("libGL.so.1: cannot open shared object file")
+        if module == "transformers":
+            raise ImportError("libtorch_cuda.so: cannot open shared object file")
         return real_import(module, *args, **kwargs)
 
     monkeypatch.setattr(M.importlib, "import_module", fake_import)
     with pytest.raises(MissingExtraError) as info:
-        build_model("yolov5s")
+        build_model("bert")
     message = str(info.value)
-    assert "libGL.so.1" in message
-    assert "pip install 'aipm-fast[yolo]'" in message
+    assert "libtorch_cuda.so" in message
+    assert "pip install 'aipm-fast[text]'" in message
 
 
 # --------------------------------------------------------------------------
@@ -401,7 +390,7 @@ def test_bert_forward():
 
 
 # --------------------------------------------------------------------------
-# yolov5s (ultralytics)
+# yolov5s (built natively)
 # --------------------------------------------------------------------------
 
 _ANCHORS = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))
@@ -426,13 +415,82 @@ def test_yolov5_head_decoding():
     assert set(head.state_dict()) == {"anchors"} | {f"m.{i}.{p}" for i in range(3) for p in ("weight", "bias")}
 
 
-def test_yolov5s_forward(yolo_env):
-    pytest.importorskip("ultralytics")
+def _cells(size: int) -> int:
+    return sum((size // stride) ** 2 for stride in (8, 16, 32))
+
+
+def test_yolov5s_parameters():
     model = build_model("yolov5s", size=64)
     assert not model.training
-    assert sum(p.numel() for p in model.parameters()) == 7_235_389  # YOLOv5s, 80 classes
-    x = make_inputs("yolov5s", 64, 1)
-    pred, raw = forward(model, x)
-    assert pred.shape == (1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 85)
-    assert [tuple(r.shape) for r in raw] == [(1, 3, 8, 8, 85), (1, 3, 4, 4, 85), (1, 3, 2, 2, 85)]
+    bn_features = sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    params = sum(p.numel() for p in model.parameters())
+    assert params == 7_235_389  # YOLOv5s v6.0, 80 classes, as trained (BatchNorm apart)
+    # YOLOv5's published 7,225,885 is the count once each BatchNorm is folded into its convolution
+    # (its scale and shift become the convolution's bias: one parameter less per feature)
+    assert params - bn_features == 7_225_885
+
+
+def test_yolov5s_gflops_at_640():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model("yolov5s", size=64)
+    with FlopCounterMode(display=False) as counter:
+        forward(model, make_inputs("yolov5s", 64, 1))
+    # Every feature map is the input over its stride, so the count scales with the image's area
+    # (YOLOv5 profiles a small image and scales it so too). YOLOv5 gives 16.4 GFLOPs at 640 for
+    # its fused model: the convolutions alone, which is what FlopCounterMode counts.
+    assert round(counter.get_total_flops() * (640 / 64) ** 2 / 1e9, 1) == 16.4
+
+
+def test_yolov5s_layout_is_yolov5s():
+    """The names and shapes YOLOv5's state dicts have, so that its weights load unchanged."""
+    state = build_model("yolov5s", size=64).state_dict()
+    assert len(state) == 349
+    assert {int(k.split(".")[1]) for k in state} == set(range(25)) - {11, 12, 15, 16, 19, 22}  # no weights
+    shapes = {
+        "model.0.conv.weight": (32, 3, 6, 6),  # the 6x6 stride-2 stem of v6.0
+        "model.0.bn.running_var": (32,),
+        "model.2.m.0.cv1.conv.weight": (32, 32, 1, 1),
+        "model.6.m.2.cv2.conv.weight": (128, 128, 3, 3),  # 9 bottlenecks x depth 0.33 = 3
+        "model.9.cv1.conv.weight": (256, 512, 1, 1),  # SPPF
+        "model.9.cv2.conv.weight": (512, 1024, 1, 1),
+        "model.13.cv1.conv.weight": (128, 512, 1, 1),  # after Concat of layers 11 and 6
+        "model.23.cv3.conv.weight": (512, 512, 1, 1),
+        "model.24.m.0.weight": (255, 128, 1, 1),
+        "model.24.m.2.bias": (255,),
+        "model.24.anchors": (3, 3, 2),
+    }
+    assert {k: tuple(state[k].shape) for k in shapes} == shapes
+    assert "model.6.m.3.cv1.conv.weight" not in state
+    p5_anchors_px = torch.tensor([[116.0, 90.0], [156.0, 198.0], [373.0, 326.0]])
+    assert torch.equal(state["model.24.anchors"][2], p5_anchors_px / 32)  # in grid units, as YOLOv5 keeps them
+
+
+@pytest.mark.parametrize("size", [32, 96, 256])
+def test_yolov5s_output_shapes(size):
+    model = build_model("yolov5s", size=size)
+    pred, raw = forward(model, make_inputs("yolov5s", size, 2))
+    assert pred.shape == (2, 3 * _cells(size), 85)
+    assert [tuple(r.shape) for r in raw] == [(2, 3, size // s, size // s, 85) for s in (8, 16, 32)]
     assert torch.isfinite(pred).all()
+
+
+def test_yolov5s_refuses_a_size_not_a_multiple_of_32():
+    for call in (lambda: build_model("yolov5s", size=100), lambda: make_inputs("yolov5s", 100, 1)):
+        with pytest.raises(ValueError, match=r"yolov5s.*\b100\b.*multiple of 32"):
+            call()
+
+
+def test_yolov5s_loads_a_yolov5_state_dict(tmp_path):
+    source = build_model("yolov5s", size=64)
+    path = tmp_path / "yolov5s.pt"
+    torch.save({"model_state_dict": source.state_dict()}, path)
+    loaded = build_model("yolov5s", size=64, weights_path=path)
+    x = make_inputs("yolov5s", 64, 1)
+    assert torch.equal(forward(loaded, x)[0], forward(source, x)[0])
+    wrong = {k: v for k, v in source.state_dict().items() if not k.startswith("model.24.m.")}
+    wrong.update({f"model.24.m.{i}.weight": torch.zeros(18, c, 1, 1) for i, c in enumerate((128, 256, 512))})
+    wrong.update({f"model.24.m.{i}.bias": torch.zeros(18) for i in range(3)})  # a 1-class head
+    torch.save(wrong, path)
+    with pytest.raises(WeightsLoadError, match=r"yolov5s.*model\.24\.m\.0\.weight \(file \(18, 128, 1, 1\)"):
+        build_model("yolov5s", size=64, weights_path=path)

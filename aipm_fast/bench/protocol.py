@@ -386,7 +386,7 @@ class Benchmark:
         import torch
 
         versions: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
-        for pkg in ("torchvision", "transformers", "ultralytics", "numpy"):
+        for pkg in ("torchvision", "transformers", "numpy"):
             try:
                 versions[pkg] = __import__(pkg).__version__
             except Exception:

@@ -13,10 +13,10 @@ with ``build_model(..., weights_path=...)``; random weights cost the same
 energy as trained ones, since the amount of computation does not depend on
 the values.
 
-The torchvision models need only torch and torchvision. Two models need an
-optional extra of the ``aipm-fast`` distribution:
+The torchvision models need only torch and torchvision; ``yolov5s`` is built
+by this package in plain torch (``yolo``), with YOLOv5's layer names. One model
+needs an optional extra of the ``aipm-fast`` distribution:
 
-* ``yolov5s`` (extra ``yolo``, package ``ultralytics``);
 * ``bert`` (extra ``text``, package ``transformers``).
 
 Without the extra, :func:`build_model` raises :class:`MissingExtraError`
@@ -52,7 +52,7 @@ from aipm_fast.bench.models.base import (
 )
 from aipm_fast.bench.models.bert import bert_input_ids
 from aipm_fast.bench.models.weights import load_weights
-from aipm_fast.bench.models.yolo import YOLOv5Detect
+from aipm_fast.bench.models.yolo import YOLOv5, YOLOv5Detect
 
 __all__ = [
     "DISTRIBUTION",
@@ -64,6 +64,7 @@ __all__ = [
     "ModelRow",
     "ModelSpec",
     "WeightsLoadError",
+    "YOLOv5",
     "YOLOv5Detect",
     "bert_input_ids",
     "build_model",

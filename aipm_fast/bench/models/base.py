@@ -31,7 +31,6 @@ DISTRIBUTION = "aipm-fast"
 
 #: Optional extra -> the importable package it provides.
 EXTRA_PACKAGES: dict[str, str] = {
-    "yolo": "ultralytics",
     "text": "transformers",
 }
 
