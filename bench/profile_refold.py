@@ -118,6 +118,76 @@ def refold(results: Path, response, others, idle_w: float | None) -> dict:
     return out
 
 
+def diagnose(results: Path, responses: dict, blocks: int = 8) -> dict:
+    """What moves the checked parts, per profile: each calibration's response (the fold's residual
+    RMS and the parts' energies), the first response moved by -2..+3 ms (the same), and the
+    statistical part of the band against a delete-one-block jackknife over the run's time."""
+    import dataclasses
+
+    from aipm_fast.profile.folding import fold, median_spans
+
+    checks = json.loads((results / "checks.json").read_text())
+    first = next(iter(responses.values()))
+    out: dict = {}
+    for name, res in checks.items():
+        if not isinstance(res, dict) or not (results / name / "raw.npz").exists():
+            continue
+        raw, parts = load_raw(results / name / "raw.npz")
+        reps = [[(k, float(v[i, 0]), float(v[i, 1])) for k, v in parts.items()] for i in range(raw["starts_s"].size)]
+        spans = median_spans(reps)
+        t, w, a, b = raw["stamps_s"], raw["watts"], raw["starts_s"], raw["ends_s"]
+
+        checked = list(res["checks"])
+
+        def one(r, **kw):
+            f = fold(r, t, w, a, b, scale=res["scale"], **kw)  # noqa: B023 (called within this pass)
+            return {"residual_rms_w": f.residual_rms_w, "energy_j": f.energy_j, "parts_j": _energies(f, spans, checked)}  # noqa: B023
+
+        by_cal = {label: one(r) for label, r in responses.items()}
+        shifts = {
+            f"{d * 1e3:+.0f} ms": one(dataclasses.replace(first, lag0_s=first.lag0_s + d))
+            for d in (-0.002, -0.001, 0.0, 0.001, 0.002, 0.003)
+        }
+        f0 = fold(first, t, w, a, b, scale=res["scale"])
+        table = f0.span_table(spans)
+        sandwich = {part: part_energy(table, part)[1] for part in res["checks"]}
+        edges = np.linspace(a[0], b[-1], blocks + 1)
+        est = []
+        for k in range(blocks):
+            keep = ~((t > edges[k]) & (t < edges[k + 1] + 0.1))  # the block's samples and those seeing it
+            f = fold(first, t[keep], w[keep], a, b, scale=res["scale"], smoothing=f0.smoothing)
+            est.append(_energies(f, spans, checked))
+        jack = {
+            part: float(
+                np.sqrt(
+                    (blocks - 1)
+                    / blocks
+                    * np.sum((np.array([e[part] for e in est]) - np.mean([e[part] for e in est])) ** 2)
+                )
+            )
+            for part in res["checks"]
+        }
+        out[name] = {"calibrations": by_cal, "shifts": shifts, "sandwich_sigma_j": sandwich, "jackknife_sigma_j": jack}
+        if {s.name for s in spans} == set(checked):
+            out[name]["additive_idle_w"] = additive_idle_w(res["difference_runs"], checks["counter_runs"], name)
+    return out
+
+
+def additive_idle_w(diff: dict, runs: list[dict], name: str) -> float:
+    """Where every phase of an inference was removed once: the power of a cycle of nothing but idle
+    were the removals additive (the base cycle less every phase's removal difference, over the
+    cycle) - a check of the idle a part displaces in its slot."""
+    base = [r for r in runs if r["label"] == f"{name} base"]
+    cycle_s = base[0]["seconds"] / base[0]["n"]
+    removed = sum(slot_differences(diff)["difference"][p]["removed_slot_j"] for p in diff["difference"])
+    return float((np.mean(diff["base_j"]) - removed) / cycle_s)
+
+
+def _energies(f, spans, checked) -> dict:
+    table = f.span_table(spans)
+    return {part: part_energy(table, part)[0] for part in checked}
+
+
 def markdown(out: dict) -> str:
     rows = [
         "| profile | J per inference | resolution | part | profile J ± 1σ (the response's part) | doubled J "
@@ -149,6 +219,7 @@ def main() -> int:
     ap.add_argument("--other-calibration", action="append", default=[])
     ap.add_argument("--idle-w", type=float, help=f"the GPU's steady idle (W; default: the run's, else {STEADY_IDLE_W})")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--diagnose", action="store_true", help="also: each calibration, shifted responses, a jackknife")
     args = ap.parse_args()
     checks = json.loads((args.results / "checks.json").read_text())
     response, _ = load_response(args.calibration_file, checks.get("gpu", ""))
@@ -157,6 +228,24 @@ def main() -> int:
     out["calibration_file"] = args.calibration_file
     out["other_calibrations"] = args.other_calibration
     print(markdown(out))
+    if args.diagnose:
+        labels = [
+            Path(args.calibration_file).name,
+            *(Path(p).parent.name + "/" + Path(p).name for p in args.other_calibration),
+        ]
+        out["diagnosis"] = diagnose(args.results, dict(zip(labels, [response, *others])))
+        for name, d in out["diagnosis"].items():
+            print(f"{name}:")
+            for label, x in {**d["calibrations"], **{f"shifted {k}": v for k, v in d["shifts"].items()}}.items():
+                parts = ", ".join(f"{p} {e:.2f} J" for p, e in x["parts_j"].items())
+                print(f"  {label}: residual {x['residual_rms_w']:.1f} W, inference {x['energy_j']:.2f} J; {parts}")
+            both = ", ".join(
+                f"{p} {d['sandwich_sigma_j'][p]:.3f} / {d['jackknife_sigma_j'][p]:.3f} J"
+                for p in d["jackknife_sigma_j"]
+            )
+            print(f"  fit's 1 sigma / block jackknife: {both}")
+            if "additive_idle_w" in d:
+                print(f"  a cycle of idle were the removals additive: {d['additive_idle_w']:.1f} W")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=float) + "\n")
     return 0
