@@ -41,6 +41,18 @@ def load_raw(path: Path) -> tuple[dict, dict]:
     return {k: z[k] for k in z.files if not k.startswith("part")}, parts
 
 
+def recorded_profiles(results: Path, checks: dict):
+    """(name, its checks, raw arrays, median spans) of each profile in a run that kept its raw.npz."""
+    from aipm_fast.profile.folding import median_spans
+
+    for name, res in checks.items():
+        if not isinstance(res, dict) or not (results / name / "raw.npz").exists():
+            continue
+        raw, parts = load_raw(results / name / "raw.npz")
+        reps = [[(k, float(v[i, 0]), float(v[i, 1])) for k, v in parts.items()] for i in range(raw["starts_s"].size)]
+        yield name, res, raw, median_spans(reps)
+
+
 def slot_differences(diff: dict) -> dict:
     """The difference runs in part_truths' form; a run written before the displaced idle was added
     back stored the slot differences as doubled_j/removed_j."""
@@ -58,18 +70,13 @@ def slot_differences(diff: dict) -> dict:
 
 
 def refold(results: Path, response, others, idle_w: float | None) -> dict:
-    from aipm_fast.profile.folding import fold, median_spans, response_timing
+    from aipm_fast.profile.folding import fold, response_timing
 
     checks = json.loads((results / "checks.json").read_text())
     shifted, timing_how = response_timing(response)
     groups = [g for g in (shifted, list(others)) if g]
     out: dict = {"timing": timing_how, "others": len(others), "profiles": {}}
-    for name, res in checks.items():
-        if not isinstance(res, dict) or not (results / name / "raw.npz").exists():
-            continue
-        raw, parts = load_raw(results / name / "raw.npz")
-        reps = [[(k, float(v[i, 0]), float(v[i, 1])) for k, v in parts.items()] for i in range(raw["starts_s"].size)]
-        spans = median_spans(reps)
+    for name, res, raw, spans in recorded_profiles(results, checks):
         f = fold(
             response,
             raw["stamps_s"],
@@ -124,17 +131,12 @@ def diagnose(results: Path, responses: dict, blocks: int = 8) -> dict:
     statistical part of the band against a delete-one-block jackknife over the run's time."""
     import dataclasses
 
-    from aipm_fast.profile.folding import fold, median_spans
+    from aipm_fast.profile.folding import fold
 
     checks = json.loads((results / "checks.json").read_text())
     first = next(iter(responses.values()))
     out: dict = {}
-    for name, res in checks.items():
-        if not isinstance(res, dict) or not (results / name / "raw.npz").exists():
-            continue
-        raw, parts = load_raw(results / name / "raw.npz")
-        reps = [[(k, float(v[i, 0]), float(v[i, 1])) for k, v in parts.items()] for i in range(raw["starts_s"].size)]
-        spans = median_spans(reps)
+    for name, res, raw, spans in recorded_profiles(results, checks):
         t, w, a, b = raw["stamps_s"], raw["watts"], raw["starts_s"], raw["ends_s"]
 
         checked = list(res["checks"])

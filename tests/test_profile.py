@@ -549,3 +549,61 @@ def test_a_stalled_repetition_does_not_stretch_the_curve_and_its_time_still_coun
     assert f.power_w.size == 13
     assert f.coverage.sum() * f.bin_s == pytest.approx(np.mean(ends - starts), rel=1e-9)
     assert f.duration_s == pytest.approx(np.mean(ends - starts), rel=1e-9)
+
+
+def test_a_recorded_validation_run_folds_again_offline_with_its_truths(fake_run, tmp_path):
+    """bench/profile_refold.py on a run folder as gpu_profile_checks.py writes it: the same fold of
+    the same samples, the parts judged against the run's slot differences with the displaced idle
+    added back, and the diagnosis (each calibration, shifted responses, a block jackknife)."""
+    from types import SimpleNamespace
+
+    from bench.gpu_profile_checks import save_raw
+    from bench.profile_refold import diagnose, refold
+
+    response, t, w, starts, ends, _ = fake_run
+    edges = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    names = [f"phase {k}" for k in range(len(SHAPE))]
+    parts = {
+        n: np.column_stack([np.full(starts.size, edges[k]), np.full(starts.size, edges[k + 1])])
+        for k, n in enumerate(names)
+    }
+    raw = {
+        "stamps_s": t,
+        "watts": w,
+        "starts_s": starts,
+        "ends_s": ends,
+        "counter_s": t,
+        "counter_j": w,
+        "parts": parts,
+    }
+    (tmp_path / "fake").mkdir()
+    save_raw(SimpleNamespace(raw=raw), str(tmp_path / "fake" / "raw.npz"))
+    # slot differences as a fixed-cycle run would give them: each phase's energy less its time of idle
+    cycle_s = 0.030  # a base cycle: the inference, then idle
+    cycle_j = IDLE_W * cycle_s + sum((watts - IDLE_W) * d for d, watts in SHAPE)
+    diff = {
+        "idle_w": IDLE_W,
+        "base_j": [cycle_j],
+        "difference": {
+            n: {"doubled_slot_j": (watts - IDLE_W) * d, "removed_slot_j": (watts - IDLE_W) * d, "sigma_j": 0.001}
+            for n, (d, watts) in zip(names, SHAPE)
+        },
+    }
+    checks = {
+        "gpu": "fake",
+        "fake": {"scale": 1.0, "checks": {n: {} for n in names}, "difference_runs": diff},
+        "counter_runs": [{"label": "fake base", "n": 100, "seconds": 100 * cycle_s}],
+    }
+    (tmp_path / "checks.json").write_text(json.dumps(checks))
+    out = refold(tmp_path, response, [], None)["profiles"]["fake"]
+    assert out["energy_j"] == pytest.approx(fl.fold(response, t, w, starts, ends).energy_j, rel=1e-12)
+    for n, (d, watts) in zip(names, SHAPE):
+        c = out["parts"][n]
+        assert c["truth_j"] == pytest.approx(d * watts) and c["displaced_idle_j"] == pytest.approx(IDLE_W * d)
+        assert c["within_5pct"], c
+    d = diagnose(tmp_path, {"fitted": response})["fake"]
+    assert set(d["calibrations"]) == {"fitted"} and "+0 ms" in d["shifts"]
+    assert d["shifts"]["+0 ms"]["parts_j"] == pytest.approx(d["calibrations"]["fitted"]["parts_j"])
+    assert d["additive_idle_w"] == pytest.approx(IDLE_W)  # every phase removed once: the cycle's idle
+    for n in names:  # the fit's own sigma and the jackknife's agree in size on the fake's noise
+        assert 0.2 < d["jackknife_sigma_j"][n] / d["sandwich_sigma_j"][n] < 5.0
