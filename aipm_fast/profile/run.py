@@ -14,7 +14,10 @@ bench/gpu_profile_checks.py.
 Every CHECK_S (or three times the last fold's duration, so that the GPU idles at most a quarter
 of the time while samples are folded) the events are mapped to the sampler's clock (an anchor event per batch, as
 sensor/drive.py does), the samples so far are folded, and the run stops once the curve's band is
-within the precision asked for (Folded.relative_band) or the time limit is reached. The trace's
+within the precision asked for (Folded.relative_band) or the time limit is reached. The rule
+judges the band more repetitions narrow (the fit's scatter, the smoothing's bias); the final fold
+adds the response's own uncertainty (folding.response_timing, and `alternatives`), which no
+number of repetitions narrows. The trace's
 gain is the energy counter's, as everywhere (policy.counter_scale over the whole run).
 """
 
