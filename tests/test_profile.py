@@ -43,12 +43,19 @@ def truth_at(phase_s):
 
 
 @pytest.fixture(scope="module")
-def folded(fake_nvml_lib):
+def fake_run(fake_nvml_lib):
+    """(the fitted response, sample stamps, watts, repetitions' starts, ends, one inference's J)."""
     response = fit_fake(fake_nvml_lib, SENSOR).chosen
     schedule, starts, ends, end = periodic_schedule(np.random.default_rng(7), 60.0)
     with NvmlClock(fake_nvml_lib, schedule=schedule, sensor=SENSOR) as clock:
         t, w = clock.samples(0.2, end)
         truth_j = clock.energy_j(starts[0], ends[0])
+    return response, t, w, starts, ends, truth_j
+
+
+@pytest.fixture(scope="module")
+def folded(fake_run):
+    response, t, w, starts, ends, truth_j = fake_run
     return fl.fold(response, t, w, starts, ends), truth_j, response
 
 
@@ -80,6 +87,47 @@ def test_energy_per_inference_and_per_phase_match_the_truth(folded):
         assert rows[k]["energy_j"] == pytest.approx(dur * watts, rel=0.05), rows[k]
     assert rows[-1]["name"] == "other" and abs(rows[-1]["energy_j"]) < 0.02 * truth_j
     assert sum(r["energy_j"] for r in rows) == pytest.approx(f.energy_j, rel=1e-9)
+
+
+def phase_truth_errors(f):
+    """Per phase of SHAPE: (profiled J - true J, the profile's 1 sigma J, of it the response's)."""
+    edges = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    rows = f.span_table([fl.Span(f"phase {k}", edges[k], edges[k + 1]) for k in range(len(SHAPE))])
+    return [(r["energy_j"] - d * watts, r["sigma_j"], r["response_sigma_j"]) for r, (d, watts) in zip(rows, SHAPE)]
+
+
+def test_the_band_carries_the_responses_own_uncertainty_and_covers_a_misplaced_response(fake_run):
+    """A response 2 ms off where the sensor's lies (as calibrations of one H200 differ) moves
+    energy across the phases' edges. The fit's own scatter does not see it; the band, given the
+    response's timing (1 sigma 2 ms) and another calibration (the right one), does, and covers
+    every phase's error at 95%."""
+    import dataclasses
+
+    response, t, w, starts, ends, _ = fake_run
+    off = dataclasses.replace(response, lag0_s=response.lag0_s + 0.002, timing_sigma_s=0.002)
+    alone = phase_truth_errors(fl.fold(off, t, w, starts, ends))
+    assert max(abs(e) / (d * watts) for (e, _, _), (d, watts) in zip(alone, SHAPE)) > 0.05  # the shift matters
+    assert any(abs(e) > 1.96 * u for e, u, _ in alone)  # and the fit's band alone misses it
+    assert all(ru == 0.0 for _, _, ru in alone)
+    shifted, how = fl.response_timing(off)
+    assert "2.00 ms" in how and len(shifted) == 2
+    f = fl.fold(off, t, w, starts, ends, alternatives=[shifted, [response]])
+    errors = phase_truth_errors(f)
+    assert all(abs(e) <= 1.96 * u for e, u, _ in errors), errors
+    assert all(0.0 < ru <= u for _, u, ru in errors)
+    assert f.response_sigma_j() > 0.0 and f.energy_sigma_j >= f.response_sigma_j()
+    # the curve's band holds the response's part too, and the parts' rows say how much of theirs
+    assert np.all(f.sigma_w >= fl.fold(off, t, w, starts, ends).sigma_w - 1e-9)
+
+
+def test_the_responses_timing_comes_from_its_calibration_or_is_said_to_be_missing():
+    r = SensorResponse.window(0.016, 0.004, timing_sigma_s=0.001)
+    shifted, how = fl.response_timing(r)
+    assert [s.lag0_s for s in shifted] == pytest.approx([0.003, 0.005]) and "1.00 ms" in how
+    from_ci = SensorResponse.window(0.016, 0.004, ci95={"centroid_s": (0.008, 0.016)})
+    assert fl.response_timing(from_ci)[0][1].lag0_s == pytest.approx(0.004 + 0.004 / 1.96)
+    none, why = fl.response_timing(SensorResponse.window(0.016, 0.004))
+    assert none == [] and "not measured" in why and "not in the band" in why
 
 
 def test_the_gap_after_an_inference_is_reconstructed_at_idle(folded):
@@ -243,6 +291,35 @@ def test_the_validation_measures_an_edge_as_its_10_90_width():
     assert np.isnan(edge_width_s(t, p, 0.0005, 0.008, 0.015))  # nothing before the edge
 
 
+def test_the_edge_finder_takes_the_crossings_around_the_step_not_a_ringing_phases():
+    from bench.gpu_profile_checks import edge_width_s
+
+    # 1 ms bins as the profile's curve: a phase that rings (an overshoot and a dip well past 10%
+    # of the step) before a 2-bin fall at 10 ms: the widths the old finder gave up on (NaN)
+    t = np.arange(0.0005, 0.030, 0.001)
+    ring = 700.0 + np.where(t < 0.003, np.where(t < 0.001, 350.0, -200.0), 0.0)
+    p = np.where(t < 0.0095, ring, np.where(t < 0.0105, 550.0, 400.0))
+    assert edge_width_s(t, p, 0.010, 0.008, 0.015) == pytest.approx(0.0016, abs=1e-4)
+    rising = edge_width_s(t, 1100.0 - p, 0.010, 0.008, 0.015)  # the same step upwards
+    assert rising == pytest.approx(0.0016, abs=1e-4)
+
+
+def test_the_counter_truth_is_the_slope_of_its_changes_whatever_the_runs_ends():
+    from bench.gpu_profile_checks import slope_power_w
+
+    # a counter updated every 100 ms, read every 2 ms (each value repeated until it changes), a
+    # steady 400 W with +-1 J of quantisation jitter: the run's ends fall anywhere between updates
+    rng = np.random.default_rng(3)
+    reads = np.arange(0.0, 3.0, 0.002)
+    updates = np.arange(0.013, 3.0, 0.1)
+    value = 400.0 * updates + rng.uniform(-1.0, 1.0, updates.size)
+    held = value[np.clip(np.searchsorted(updates, reads, side="right") - 1, 0, None)]
+    watts, sigma, used = slope_power_w(reads, held, 0.25, 2.77)
+    assert watts == pytest.approx(400.0, abs=3 * sigma) and sigma < 1.0
+    assert used == np.count_nonzero((updates >= 0.25) & (updates <= 2.77)) + 1  # the held value at 0.25 s too
+    assert np.isnan(slope_power_w(reads, held, 0.25, 0.4)[0])  # too few changes: no figure
+
+
 def test_the_validation_finds_the_folded_curves_edge_sharp(folded):
     from bench.gpu_profile_checks import edge_width_s
 
@@ -252,7 +329,7 @@ def test_the_validation_finds_the_folded_curves_edge_sharp(folded):
 
 
 def test_the_validation_compares_parts_with_their_difference_runs():
-    from bench.gpu_profile_checks import agreement, part_energy
+    from bench.gpu_profile_checks import agreement, part_energy, truth_from
 
     table = [
         {"name": "layer2", "energy_j": 1.0, "sigma_j": 0.03},
@@ -262,9 +339,30 @@ def test_the_validation_compares_parts_with_their_difference_runs():
     assert part_energy(table, "layer2") == pytest.approx((1.5, 0.05))
     with pytest.raises(KeyError, match="no part 'layer3'.*layer2, layer2 \\(2\\), other"):
         part_energy(table, "layer3")
-    ok = agreement(1.5, 0.05, 1.45)
+    truth = truth_from(1.40, 1.50, 0.02)  # doubled, removed, the runs' noise
+    assert truth["truth_j"] == pytest.approx(1.45) and truth["truth_limit_j"] == pytest.approx(0.05)
+    ok = agreement(1.5, 0.05, truth)
     assert ok["within_5pct"] and ok["relative"] == pytest.approx(0.05 / 1.45)
-    assert not agreement(1.5, 0.05, 1.40)["within_5pct"]
+    assert ok["relative_doubled"] == pytest.approx(0.1 / 1.4) and ok["relative_removed"] == pytest.approx(0.0)
+    assert ok["band_covers"]  # 0.05 J off, 1.96 * hypot(0.05, 0.02) = 0.106 J
+    assert not agreement(1.5, 0.01, truth_from(1.40, 1.40, 0.0))["within_5pct"]
+    assert not agreement(1.5, 0.01, truth_from(1.40, 1.40, 0.0))["band_covers"]
+    alone = truth_from(1.40, float("nan"), 0.01)  # no removal possible: the doubled run alone
+    assert alone["truth_j"] == pytest.approx(1.40) and np.isnan(alone["truth_limit_j"])
+
+
+def test_the_truth_adds_back_the_idle_a_part_displaces_in_its_fixed_slot():
+    from bench.gpu_profile_checks import DISPLACED_IDLE_SIGMA_W, part_truths
+
+    # slot runs: doubling a 10 ms part raised the cycle's energy by 6.0 J, removing it lowered it by
+    # 6.4 J; in both the cycle kept its length, so 10 ms of idle at 120 W (1.2 J) were displaced
+    diff = {"idle_w": 120.0, "difference": {"hot": {"doubled_slot_j": 6.0, "removed_slot_j": 6.4, "sigma_j": 0.05}}}
+    spans = [fl.Span("hot", 0.001, 0.006), fl.Span("hot (2)", 0.008, 0.013), fl.Span("cold", 0.013, 0.02)]
+    t = part_truths(diff, spans)["hot"]  # a part called twice: both calls' time
+    assert t["doubled_j"] == pytest.approx(7.2) and t["removed_j"] == pytest.approx(7.6)
+    assert t["truth_j"] == pytest.approx(7.4) and t["truth_limit_j"] == pytest.approx(0.2)
+    assert t["displaced_idle_j"] == pytest.approx(1.2)
+    assert t["run_sigma_j"] == pytest.approx(np.hypot(0.05, DISPLACED_IDLE_SIGMA_W * 0.010))
 
 
 def test_a_doubled_module_runs_twice_per_call_until_undone():
@@ -402,6 +500,13 @@ def test_the_whole_gpu_loop_runs_on_the_fake_nvml_with_a_stand_in_for_cuda(fake_
     assert f.power_w[f.in_inference] == pytest.approx(250.0, rel=0.03)
     assert f.energy_j == pytest.approx(250.0 * f.duration_s, rel=0.03)
     assert [r["name"] for r in result.table] == ["wait", "other"]
+    # what it was folded from is kept, so that the fold can be redone offline (bench/profile_refold.py)
+    raw = result.raw
+    assert raw["starts_s"].size == raw["ends_s"].size == f.n_reps and raw["stamps_s"].size == raw["watts"].size
+    assert raw["parts"]["wait"].shape == (f.n_reps, 2) and raw["counter_s"].size == raw["counter_j"].size > 0
+    again = fl.fold(SensorResponse.window(0.016, 0.004), raw["stamps_s"], raw["watts"], raw["starts_s"], raw["ends_s"])
+    assert again.energy_j == pytest.approx(f.energy_j / result.info["scale"], rel=1e-9)
+    assert "timing uncertainty was not measured" in result.method  # and says its band lacks that term
     # a run this short is not scaled by the counter, and says so
     assert "NVML energy counter span" in result.method and "< 5 s: trace unscaled" in result.method
 
@@ -444,3 +549,61 @@ def test_a_stalled_repetition_does_not_stretch_the_curve_and_its_time_still_coun
     assert f.power_w.size == 13
     assert f.coverage.sum() * f.bin_s == pytest.approx(np.mean(ends - starts), rel=1e-9)
     assert f.duration_s == pytest.approx(np.mean(ends - starts), rel=1e-9)
+
+
+def test_a_recorded_validation_run_folds_again_offline_with_its_truths(fake_run, tmp_path):
+    """bench/profile_refold.py on a run folder as gpu_profile_checks.py writes it: the same fold of
+    the same samples, the parts judged against the run's slot differences with the displaced idle
+    added back, and the diagnosis (each calibration, shifted responses, a block jackknife)."""
+    from types import SimpleNamespace
+
+    from bench.gpu_profile_checks import save_raw
+    from bench.profile_refold import diagnose, refold
+
+    response, t, w, starts, ends, _ = fake_run
+    edges = np.cumsum([0.0, *(d for d, _ in SHAPE)])
+    names = [f"phase {k}" for k in range(len(SHAPE))]
+    parts = {
+        n: np.column_stack([np.full(starts.size, edges[k]), np.full(starts.size, edges[k + 1])])
+        for k, n in enumerate(names)
+    }
+    raw = {
+        "stamps_s": t,
+        "watts": w,
+        "starts_s": starts,
+        "ends_s": ends,
+        "counter_s": t,
+        "counter_j": w,
+        "parts": parts,
+    }
+    (tmp_path / "fake").mkdir()
+    save_raw(SimpleNamespace(raw=raw), str(tmp_path / "fake" / "raw.npz"))
+    # slot differences as a fixed-cycle run would give them: each phase's energy less its time of idle
+    cycle_s = 0.030  # a base cycle: the inference, then idle
+    cycle_j = IDLE_W * cycle_s + sum((watts - IDLE_W) * d for d, watts in SHAPE)
+    diff = {
+        "idle_w": IDLE_W,
+        "base_j": [cycle_j],
+        "difference": {
+            n: {"doubled_slot_j": (watts - IDLE_W) * d, "removed_slot_j": (watts - IDLE_W) * d, "sigma_j": 0.001}
+            for n, (d, watts) in zip(names, SHAPE)
+        },
+    }
+    checks = {
+        "gpu": "fake",
+        "fake": {"scale": 1.0, "checks": {n: {} for n in names}, "difference_runs": diff},
+        "counter_runs": [{"label": "fake base", "n": 100, "seconds": 100 * cycle_s}],
+    }
+    (tmp_path / "checks.json").write_text(json.dumps(checks))
+    out = refold(tmp_path, response, [], None)["profiles"]["fake"]
+    assert out["energy_j"] == pytest.approx(fl.fold(response, t, w, starts, ends).energy_j, rel=1e-12)
+    for n, (d, watts) in zip(names, SHAPE):
+        c = out["parts"][n]
+        assert c["truth_j"] == pytest.approx(d * watts) and c["displaced_idle_j"] == pytest.approx(IDLE_W * d)
+        assert c["within_5pct"], c
+    d = diagnose(tmp_path, {"fitted": response})["fake"]
+    assert set(d["calibrations"]) == {"fitted"} and "+0 ms" in d["shifts"]
+    assert d["shifts"]["+0 ms"]["parts_j"] == pytest.approx(d["calibrations"]["fitted"]["parts_j"])
+    assert d["additive_idle_w"] == pytest.approx(IDLE_W)  # every phase removed once: the cycle's idle
+    for n in names:  # the fit's own sigma and the jackknife's agree in size on the fake's noise
+        assert 0.2 < d["jackknife_sigma_j"][n] / d["sandwich_sigma_j"][n] < 5.0

@@ -21,12 +21,21 @@ the fit's own residuals (each sample's squared residual, per degree of freedom t
 so that the band is wide where the samples scatter (power at the GPU's limit) or few samples see
 a bin; plus, in quadrature, the smoothing's bias as the curve itself estimates it: the resolution
 matrix R (how each bin's estimate averages the true bins) applied to the curve, R p - p, large
-at the inference's edges, near zero where the power is steady. The resolution reported is the
-median effective width of the bins' averaging kernels (rows of R), in seconds.
+at the inference's edges, near zero where the power is steady; plus the response's own
+uncertainty: the same samples folded through other responses the sensor's could as well be (the
+response moved by its timing's 1 sigma either way, `response_timing`; other calibrations of the
+same GPU, where the caller has them), each group's mean squared change of the curve. On the H200
+the statistical part alone is what a delete-one-block jackknife over the run gives too (0.03-0.1
+J per part), while three calibrations of one GPU move a 10 ms phase's energy by up to 30%: a
+band without the response's term covered none of the measured errors (bench/RESULTS.md). The
+resolution reported is the median effective width of the bins' averaging kernels (rows of R),
+in seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +90,8 @@ class Folded:
     scale: float = 1.0  # counter-over-trace factor applied to every power
     _cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     _bias: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    #: per group of alternative responses, (responses x phase bins) change of the curve
+    _alt: list = field(default_factory=list, repr=False)
 
     @property
     def phase_s(self) -> np.ndarray:
@@ -117,8 +128,16 @@ class Folded:
         return float(w @ self.power_w), self._sigma(w)
 
     def _sigma(self, w: np.ndarray) -> float:
-        """1 sigma of w . p: the statistical part and the smoothing's bias, in quadrature."""
-        return float(np.sqrt(max(float(w @ self._cov @ w), 0.0) + float(w @ self._bias) ** 2))
+        """1 sigma of w . p: the statistical part, the smoothing's bias and the response's own
+        uncertainty (each group of alternatives: the mean square of its changes), in quadrature."""
+        return float(np.sqrt(max(float(w @ self._cov @ w), 0.0) + float(w @ self._bias) ** 2 + self._alt_var(w)))
+
+    def _alt_var(self, w: np.ndarray) -> float:
+        return float(sum(np.mean((d @ w) ** 2) for d in self._alt))
+
+    def response_sigma_j(self, start_s: float = 0.0, end_s: float = np.inf) -> float:
+        """The part of a span's 1 sigma that is the response's own uncertainty (J)."""
+        return float(np.sqrt(self._alt_var(self.weights(start_s, end_s))))
 
     def span_table(self, spans: list[Span]) -> list[dict]:
         """Energy of each span, then "other" (the rest of the inference), which together sum to
@@ -138,7 +157,16 @@ class Folded:
         e = float(w @ self.power_w)
         u = self._sigma(w)
         share = e / self.energy_j if self.energy_j else float("nan")
-        return {"name": name, "start_ms": a * 1e3, "end_ms": b * 1e3, "energy_j": e, "sigma_j": u, "share": share}
+        ru = float(np.sqrt(self._alt_var(w)))
+        return {
+            "name": name,
+            "start_ms": a * 1e3,
+            "end_ms": b * 1e3,
+            "energy_j": e,
+            "sigma_j": u,
+            "share": share,
+            "response_sigma_j": ru,
+        }
 
 
 def phase_bins(starts_s, ends_s, bin_s: float) -> tuple[int, int]:
@@ -206,10 +234,14 @@ def fold(
     bin_s: float = BIN_S,
     smoothing: float | None = None,
     scale: float = 1.0,
+    alternatives: Sequence[Sequence[SensorResponse]] = (),
 ) -> Folded:
     """Reconstruct the power within one inference from samples (stamps on the same clock as the
     repetitions' [start, end), s) through the response. `smoothing`: a fixed relative penalty
-    weight instead of GCV's choice; `scale`: the counter-over-trace factor (policy.counter_scale)."""
+    weight instead of GCV's choice; `scale`: the counter-over-trace factor (policy.counter_scale);
+    `alternatives`: groups of other responses the sensor's could as well be (response_timing's
+    shifts; other calibrations of the same GPU), each group adding its mean squared change of
+    the curve to the band (Folded.response_sigma_j says how much)."""
     if not bin_s > 0:
         raise ValueError(f"profile: the phase bin must be positive, got {bin_s!r} s")
     a = np.asarray(starts_s, dtype=float)
@@ -223,6 +255,59 @@ def fold(
     ok = np.isfinite(t) & np.isfinite(s)
     t, s = t[ok], s[ok]
     n_phase, n_gap = phase_bins(a, b, bin_s)
+    fit = _solve(response, t, s, a, b, bin_s, n_phase, n_gap, SMOOTHING if smoothing is None else (float(smoothing),))
+    lam, inv, p, resid, dof, m, n_used = fit
+    noise2 = resid**2 * (n_used / max(n_used - dof, 1.0))
+    g = inv @ m.T
+    cov = (g * noise2[None, :]) @ g.T
+    mtm = m.T @ m
+    resolution = inv @ mtm  # row c: how the estimate of bin c averages the true bins
+    cover = coverage(a, b, bin_s, n_phase)
+    rows = resolution[:n_phase, :n_phase][cover >= MIN_COVERAGE]
+    widths = bin_s * rows.sum(axis=1) ** 2 / np.maximum((rows**2).sum(axis=1), 1e-30)
+    bias = (resolution @ p - p) * scale
+    # the response's own uncertainty: the same samples folded through each alternative, at the
+    # same smoothing; a group's mean squared change of the curve is one term of the variance
+    groups = []
+    for group in alternatives:
+        alt = [_solve(r, t, s, a, b, bin_s, n_phase, n_gap, (lam,))[2] for r in group]
+        if alt:
+            groups.append((np.array(alt) - p[None, :]) * scale)
+    p_phase = p[:n_phase] * scale
+    cov_phase = cov[:n_phase, :n_phase] * scale**2
+    bias_phase = bias[:n_phase]
+    alt_phase = [d[:, :n_phase] for d in groups]
+    alt_var = sum((np.mean(d**2, axis=0) for d in groups), np.zeros(n_phase + n_gap))
+    w = bin_s * cover
+    folded = Folded(
+        bin_s=bin_s,
+        power_w=p_phase,
+        sigma_w=np.sqrt(np.maximum(np.diag(cov_phase), 0.0) + bias_phase**2 + alt_var[:n_phase]),
+        coverage=cover,
+        gap_power_w=p[n_phase:] * scale,
+        gap_sigma_w=np.sqrt(
+            np.maximum(np.diag(cov)[n_phase:] * scale**2, 0.0) + bias[n_phase:] ** 2 + alt_var[n_phase:]
+        ),
+        energy_j=float(w @ p_phase),
+        energy_sigma_j=0.0,
+        duration_s=float(np.mean(b - a)),  # the energy is the mean inference's: so is its duration
+        resolution_s=float(np.median(widths)) if widths.size else float("nan"),
+        smoothing=lam,
+        residual_rms_w=float(np.sqrt(np.mean(resid**2))),
+        n_samples=int(n_used),
+        n_reps=int(a.size),
+        scale=scale,
+        _cov=cov_phase,
+        _bias=bias_phase,
+        _alt=alt_phase,
+    )
+    folded.energy_sigma_j = folded._sigma(w)
+    return folded
+
+
+def _solve(response, t, s, a, b, bin_s, n_phase, n_gap, lams):
+    """The penalised least-squares fit through one response, the penalty weight chosen by GCV
+    among `lams`: (weight, (M'M + penalty)^-1, bins' power, residuals, hat trace, M, samples)."""
     m, keep = design(response, t, a, b, bin_s, n_phase, n_gap)
     s = s[keep]
     n_col = n_phase + n_gap
@@ -237,7 +322,7 @@ def fold(
     level = float(np.trace(mtm)) / n_col
     mean_s = float(np.mean(s))
     best = None
-    for lam in SMOOTHING if smoothing is None else (float(smoothing),):
+    for lam in lams:
         inv = np.linalg.inv(mtm + lam * level * pen + RIDGE * level * np.eye(n_col))
         p = inv @ (mts + RIDGE * level * mean_s)
         resid = s - m @ p
@@ -247,37 +332,21 @@ def fold(
             best = (gcv, lam, inv, p, resid, dof)
     assert best is not None
     _, lam, inv, p, resid, dof = best
-    noise2 = resid**2 * (s.size / max(s.size - dof, 1.0))
-    g = inv @ m.T
-    cov = (g * noise2[None, :]) @ g.T
-    resolution = inv @ mtm  # row c: how the estimate of bin c averages the true bins
-    cover = coverage(a, b, bin_s, n_phase)
-    rows = resolution[:n_phase, :n_phase][cover >= MIN_COVERAGE]
-    widths = bin_s * rows.sum(axis=1) ** 2 / np.maximum((rows**2).sum(axis=1), 1e-30)
-    bias = (resolution @ p - p) * scale
-    p_phase = p[:n_phase] * scale
-    cov_phase = cov[:n_phase, :n_phase] * scale**2
-    bias_phase = bias[:n_phase]
-    w = bin_s * cover
-    return Folded(
-        bin_s=bin_s,
-        power_w=p_phase,
-        sigma_w=np.sqrt(np.maximum(np.diag(cov_phase), 0.0) + bias_phase**2),
-        coverage=cover,
-        gap_power_w=p[n_phase:] * scale,
-        gap_sigma_w=np.sqrt(np.maximum(np.diag(cov)[n_phase:] * scale**2, 0.0) + bias[n_phase:] ** 2),
-        energy_j=float(w @ p_phase),
-        energy_sigma_j=float(np.sqrt(max(float(w @ cov_phase @ w), 0.0) + float(w @ bias_phase) ** 2)),
-        duration_s=float(np.mean(b - a)),  # the energy is the mean inference's: so is its duration
-        resolution_s=float(np.median(widths)) if widths.size else float("nan"),
-        smoothing=lam,
-        residual_rms_w=float(np.sqrt(np.mean(resid**2))),
-        n_samples=int(s.size),
-        n_reps=int(a.size),
-        scale=scale,
-        _cov=cov_phase,
-        _bias=bias_phase,
-    )
+    return lam, inv, p, resid, dof, m, int(s.size)
+
+
+def response_timing(response: SensorResponse) -> tuple[list[SensorResponse], str]:
+    """The response moved earlier and later by its timing's 1 sigma (SensorResponse.timing_sigma_s,
+    else its centroid's 95% interval / 1.96), as fold's alternatives, and a line saying so; none,
+    said so, where the calibration did not measure it."""
+    sigma = response.timing_sigma_s
+    if not sigma > 0 and "centroid_s" in response.ci95:
+        lo, hi = response.ci95["centroid_s"]
+        sigma = (hi - lo) / 2 / 1.96
+    if not sigma > 0:
+        return [], "the response's timing uncertainty was not measured (recalibrate): not in the band"
+    shifted = [dataclasses.replace(response, lag0_s=response.lag0_s + d) for d in (-sigma, sigma)]
+    return shifted, f"the response's timing (1 sigma {sigma * 1e3:.2f} ms)"
 
 
 def coverage(starts_s, ends_s, bin_s: float, n_phase: int) -> np.ndarray:

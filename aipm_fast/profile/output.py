@@ -61,7 +61,10 @@ def summary(p: Profile) -> dict:
         "stopped": p.stopped,
         "gaps": p.gaps,
         "method": p.method,
-        "uncertainty": "1 sigma: the fit's residual scatter (sandwich) and the smoothing's bias, in quadrature",
+        "uncertainty": "1 sigma: the fit's residual scatter (sandwich), the smoothing's bias and the sensor "
+        "response's own uncertainty (the curve through the response moved by its timing's 1 sigma, and "
+        "through other calibrations where given), in quadrature",
+        "response_sigma_j": f.response_sigma_j(),
         **p.info,
     }
 

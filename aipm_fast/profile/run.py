@@ -14,7 +14,10 @@ bench/gpu_profile_checks.py.
 Every CHECK_S (or three times the last fold's duration, so that the GPU idles at most a quarter
 of the time while samples are folded) the events are mapped to the sampler's clock (an anchor event per batch, as
 sensor/drive.py does), the samples so far are folded, and the run stops once the curve's band is
-within the precision asked for (Folded.relative_band) or the time limit is reached. The trace's
+within the precision asked for (Folded.relative_band) or the time limit is reached. The rule
+judges the band more repetitions narrow (the fit's scatter, the smoothing's bias); the final fold
+adds the response's own uncertainty (folding.response_timing, and `alternatives`), which no
+number of repetitions narrows. The trace's
 gain is the energy counter's, as everywhere (policy.counter_scale over the whole run).
 """
 
@@ -22,14 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from aipm_fast.profile.folding import BIN_S, Folded, Span, fold, median_spans
+from aipm_fast.profile.folding import BIN_S, Folded, Span, fold, median_spans, response_timing
 from aipm_fast.sensor.response import SensorResponse
 
 #: the shortest idle gap after a repetition (s), and the spread added over one sample period
@@ -134,6 +137,10 @@ class Profile:
     gaps: str
     method: str
     info: dict = field(default_factory=dict)
+    #: what the curve was folded from, s after the run's clock origin: "stamps_s", "watts" (the
+    #: power samples), "starts_s", "ends_s" (each repetition), "counter_s", "counter_j" (the
+    #: energy counter), "parts" ({name: (n_reps x 2) start, end s after each repetition's start})
+    raw: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -182,13 +189,16 @@ def profile(
     warmup: int = 5,
     seed: int | None = None,
     progress: Callable[[float, str], None] | None = None,
+    alternatives: Sequence[SensorResponse] = (),
 ) -> Profile:
     """Profile `fn` (one inference, enqueued on the current CUDA stream) on GPU `gpu`.
 
     model/depth: forward hooks on the model's modules at that depth; parts: a Parts the callable
     marks named ranges with (made here when None). response: the sensor response (by default the
     one `aipm-fast calibrate` stored for this GPU and driver). Stops when Folded.relative_band <=
-    precision (after min_reps) or after max_s of running; progress(share, text) after each check."""
+    precision (after min_reps) or after max_s of running; progress(share, text) after each check.
+    alternatives: other calibrations of this GPU's sensor, whose spread joins the band (the
+    response's timing uncertainty always does, where the calibration measured it)."""
     from aipm_fast.config import EngineConfig
     from aipm_fast.recorder import Recorder
     from aipm_fast.sensor.drive import anchor_timeline, require_cuda
@@ -240,13 +250,18 @@ def profile(
             wall = time.monotonic() - begun
             scale = _counter_scale(rec, chans, response, got, t0)
             t, w = _samples(rec, chans, t0)
-            folded = fold(response, t, w, got.starts, got.ends, bin_s=bin_s, scale=scale.factor)
+            spans = median_spans(got.parts)
+            shifted, timing_how = response_timing(response)
+            groups = [g for g in (shifted, list(alternatives)) if g]
+            folded = fold(response, t, w, got.starts, got.ends, bin_s=bin_s, scale=scale.factor, alternatives=groups)
+            raw = _raw(rec, chans, t0, t, w, got)
     finally:
         parts.remove()
-    spans = median_spans(got.parts)
     method = (
         f"{folded.n_reps} inferences folded ({gaps} gaps), {folded.n_samples} samples deconvolved through the "
-        f"{response.kind} response ({response.describe()}), smoothing {folded.smoothing:.2g} by GCV; {scale.how}"
+        f"{response.kind} response ({response.describe()}), smoothing {folded.smoothing:.2g} by GCV; {scale.how}; "
+        f"band: the fit's scatter, the smoothing's bias, {timing_how}"
+        + (f", {len(alternatives)} other calibration(s) of the sensor" if alternatives else "")
     )
     return Profile(
         folded=folded,
@@ -257,6 +272,7 @@ def profile(
         gaps=gaps,
         method=method,
         info={"gpu": rec.discovery.domains[f"nvml:{gpu}"].device, "scale": scale.factor, "scale_how": scale.how},
+        raw=raw,
     )
 
 
@@ -296,6 +312,27 @@ def _batch(torch, stream, fn, parts, rng, gaps, t0, got, anchor_timeline, second
         got.starts.append(a)
         got.ends.append(at(e1))
         got.parts.append([(name, at(p0) - a, at(p1) - a) for name, p0, p1 in ps])
+
+
+def _raw(rec, chans, t0, t, w, got: _Collected) -> dict:
+    """The run's own record (Profile.raw), so that a fold can be redone and judged offline."""
+    ct, cv = rec.series(chans["energy"].id) if "energy" in chans else (np.zeros(0), np.zeros(0))
+    per_part: dict[str, list[tuple[float, float]]] = {}
+    for rep in got.parts:
+        seen: dict[str, int] = {}
+        for name, a, b in rep:
+            seen[name] = seen.get(name, 0) + 1
+            key = name if seen[name] == 1 else f"{name} ({seen[name]})"
+            per_part.setdefault(key, []).append((a, b))
+    return {
+        "stamps_s": np.asarray(t, dtype=float),
+        "watts": np.asarray(w, dtype=float),
+        "starts_s": np.asarray(got.starts, dtype=float),
+        "ends_s": np.asarray(got.ends, dtype=float),
+        "counter_s": (np.asarray(ct, dtype=float) - t0) / 1e9,
+        "counter_j": np.asarray(cv, dtype=float),
+        "parts": {k: np.asarray(v, dtype=float) for k, v in per_part.items()},
+    }
 
 
 def _samples(rec, chans, t0) -> tuple[np.ndarray, np.ndarray]:
