@@ -302,3 +302,13 @@ def test_report_row_has_the_columns_the_tables_read():
     for col in ("params_total", "params_nonzero", "effective_sparsity", "flops_dense", "flops_effective"):
         assert col in row
     assert math.isnan(row["semi_structured_flops_share"])
+
+
+@pytest.mark.parametrize("method", ["snip", "force"])
+def test_scoring_leaves_the_batch_norm_statistics_alone(method):
+    model = small_cnn().train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    prune_model(model, PruneRequest(method, 0.5, force_steps=3), batch=cnn_batch(), loss_fn=F.cross_entropy)
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from aipm_fast.prune import masked, scores, semi_structured, structured
 from aipm_fast.prune.counting import ModelCount, count_model
-from aipm_fast.prune.layers import EXCLUDED, forward_batch, logits_of, prunable_layers
+from aipm_fast.prune.layers import EXCLUDED, buffers_restored, forward_batch, logits_of, prunable_layers
 from aipm_fast.prune.report import PruneReport
 from aipm_fast.prune.request import PruneError, PruneRequest
 
@@ -82,10 +82,8 @@ def _report(
         params_dense=dense.params_total,
         params_total=after.params_total,
         params_nonzero=after.params_nonzero,
-        # zeros that pruning made: removed parameters and the prunable weights' zeros (a bias
-        # initialised to zero is no sparsity)
-        effective_sparsity=(dense.params_total - after.params_total + after.prunable_params - after.prunable_nonzero)
-        / dense.params_total,
+        # of the dense model's nonzero parameters (a bias initialised to zero is no sparsity)
+        effective_sparsity=1.0 - after.params_nonzero / dense.params_nonzero,
         prunable_params_dense=dense.prunable_params,
         prunable_sparsity=1.0 - after.prunable_nonzero / dense.prunable_params,
         flops_dense=dense.flops,
@@ -122,7 +120,8 @@ def dense_report(model: nn.Module, inputs: Any) -> PruneReport:
 def _weight_scores(request, model, layers, loss_of) -> tuple[dict[str, torch.Tensor], str]:
     if request.method == "magnitude":
         return scores.magnitude_scores(layers), "|w|"
-    return scores.snip_scores(model, layers, loss_of), "SNIP |g w|, one batch"
+    with buffers_restored(model):
+        return scores.snip_scores(model, layers, loss_of), "SNIP |g w|, one batch"
 
 
 def prune_model(
@@ -150,7 +149,8 @@ def prune_model(
     excluded = f"excluded from the prunable set: {EXCLUDED}"
     if request.sparsity_format == "masked":
         if request.method == "force":
-            masks = scores.force_masks(model, layers, loss_of, request.sparsity, request.force_steps)
+            with buffers_restored(model):
+                masks = scores.force_masks(model, layers, loss_of, request.sparsity, request.force_steps)
             score = f"FORCE |w g| through the masked network, {request.force_steps} steps, exponential schedule"
         else:
             weight_scores, score = _weight_scores(request, model, layers, loss_of)
@@ -212,7 +212,8 @@ def _structured(model, request, layers, inputs, dense, loss_of, loss, excluded) 
     if request.method == "magnitude":
         weight_scores, score = scores.magnitude_scores(producers), "L1 norm of each output channel's filter"
     else:
-        weight_scores = scores.snip_scores(model, producers, loss_of)
+        with buffers_restored(model):
+            weight_scores = scores.snip_scores(model, producers, loss_of)
         score = "SNIP |g w| summed over each output channel's filter, one batch"
     channel_scores = {name: s.flatten(1).sum(dim=1) for name, s in weight_scores.items()}
     removed = structured.prune_channels(model, groups, channel_scores, request.sparsity)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from aipm_fast.prune.layers import PRUNABLE_TYPES, forward_batch, weight_of
+from aipm_fast.prune.layers import PRUNABLE_TYPES, buffers_restored, forward_batch, weight_of
 
 __all__ = ["ModelCount", "count_model", "first_sample"]
 
@@ -80,7 +80,7 @@ def count_model(model: nn.Module, inputs: Any, layers: dict[str, nn.Module]) -> 
     handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers.items()]
     counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), counter:
+        with torch.no_grad(), buffers_restored(model), counter:
             forward_batch(model, first_sample(inputs))
     finally:
         for h in handles:

@@ -9,13 +9,14 @@ mask re-applied before the module's forward would never run there: torchvision's
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["EXCLUDED", "forward_batch", "logits_of", "prunable_layers", "weight_of"]
+__all__ = ["EXCLUDED", "buffers_restored", "forward_batch", "logits_of", "prunable_layers", "weight_of"]
 
 #: what the prunable set leaves out, for reports
 EXCLUDED = "biases, normalisation layers, embeddings, nn.MultiheadAttention's projections"
@@ -41,6 +42,20 @@ def weight_of(layer: nn.Module) -> torch.Tensor:
     weight = layer.weight
     assert isinstance(weight, torch.Tensor), f"{type(layer).__name__} has no weight tensor"
     return weight
+
+
+@contextlib.contextmanager
+def buffers_restored(model: nn.Module):
+    """The forward passes of scoring and counting leave the model's buffers as they were: a batch
+    norm in training mode would otherwise fold the pruning batch into its running statistics
+    (the authors of SNIP and FORCE score a copy of the network)."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def forward_batch(model: nn.Module, inputs: Any) -> Any:

@@ -15,10 +15,11 @@ class PruneReport:
     the masked format (dense kernels multiply the zeros too), half of each 2:4 layer's, the
     smaller model's for structured. flops_effective counts only multiply-adds by nonzero weights,
     what an ideal sparse kernel would do. effective_sparsity is the share of the dense model's
-    parameters that pruning removed or zeroed (biases, norms and embeddings stay: a bias that
-    happens to be zero is not counted); prunable_sparsity the share of the prunable weights
-    removed or zero, the set the request's sparsity applies to. params_nonzero counts every
-    nonzero parameter.
+    nonzero parameters that pruning removed or zeroed (biases, norms and embeddings stay; a bias
+    initialised to zero was no parameter to remove); prunable_sparsity the share of the
+    prunable weights that are removed or zero, the set the request's sparsity applies to (a
+    weight initialised to zero, as torchvision's ViT head, counts there). params_nonzero counts
+    every nonzero parameter.
     """
 
     method: str
