@@ -312,3 +312,30 @@ def test_scoring_leaves_the_batch_norm_statistics_alone(method):
     after = model.state_dict()
     for key, value in before.items():
         assert torch.equal(after[key], value), key
+
+
+def test_two_four_bookkeeping_with_the_gpu_checks_faked(monkeypatch):
+    """What 2:4 converts and reports, short of the GPU kernels (faked: the masked dense weight stays)."""
+    from aipm_fast.prune import semi_structured
+
+    converted = {}
+    monkeypatch.setattr(semi_structured, "check_support", lambda layers: None)
+    monkeypatch.setattr(semi_structured, "convert", lambda layers, masks, cls: converted.update(masks))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)).half()
+    x = torch.randn(4, 64).half()
+    model, report = prune_model(model, PruneRequest("magnitude", 0.5, "2:4"), batch=x)
+    assert set(converted) == {"0", "2"}  # the 10-unit head is no multiple of the backend's 16 rows
+    assert "4 (shape 10x64 is not a multiple of 16x16" in report.left_dense
+    for name in ("0", "2"):
+        weight = model.get_submodule(name).weight.detach()
+        assert torch.all((weight != 0).reshape(weight.shape[0], -1, 4).sum(dim=2) == 2)
+        groups = weight.abs().reshape(weight.shape[0], -1, 4)
+        kept_min = groups.where(groups != 0, torch.inf).amin(dim=2)
+        assert torch.all(kept_min >= groups.where(groups == 0, -torch.inf).amax(dim=2))  # the larger two of four
+    layer_flops = {"0": 2 * 64 * 128, "2": 2 * 128 * 64, "4": 2 * 64 * 10}
+    dense = sum(layer_flops.values())
+    assert report.flops_dense == dense
+    assert report.semi_structured_flops_share == pytest.approx((layer_flops["0"] + layer_flops["2"]) / dense)
+    assert report.flops_executed == dense - (layer_flops["0"] + layer_flops["2"]) / 2
+    assert report.layers_pruned == 2
