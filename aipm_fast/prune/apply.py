@@ -201,6 +201,14 @@ def _semi_structured(model, request, layers, inputs, dense, loss_of, loss, exclu
     )
 
 
+def _outside_groups(names: list[str], shown: int = 6) -> str:
+    """The prunable layers structured pruning left whole, the first few by name."""
+    if not names:
+        return "every prunable layer is in a channel group"
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return f"{len(names)} prunable layers outside the channel groups (their widths feed a sum or an output): {listed}"
+
+
 def _structured(model, request, layers, inputs, dense, loss_of, loss, excluded) -> PruneReport:
     groups = structured.channel_groups(model, set(layers))
     if not groups:
@@ -230,5 +238,5 @@ def _structured(model, request, layers, inputs, dense, loss_of, loss, excluded) 
         semi_share=float("nan"),
         layers_pruned=len(touched),
         channels_removed=removed,
-        left_dense="; ".join([excluded, f"{len(untouched)} prunable layers outside the channel groups"]),
+        left_dense="; ".join([excluded, _outside_groups(untouched)]),
     )
