@@ -791,6 +791,22 @@ def _print_domains(summary: dict, on_stdout: bool) -> None:
     type=click.Path(file_okay=False),
     help="output folder [aipm-bench/<model>; several models: aipm-bench, one folder each]",
 )
+@click.option(
+    "--prune",
+    type=click.Choice(["magnitude", "snip", "force"]),
+    help="prune the model before measuring: global |w|, SNIP |g w| from one batch, or FORCE's progressive schedule",
+)
+@click.option(
+    "--sparsity",
+    type=float,
+    help="share of the prunable weights (conv and linear) to remove, in [0, 1) [2:4: 0.5]",
+)
+@click.option(
+    "--sparsity-format",
+    type=click.Choice(["masked", "2:4", "structured"]),
+    help="masked: zeros in dense kernels; 2:4: sparse tensor cores on linear layers; structured: "
+    "channels removed, a smaller dense model [masked]",
+)
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
 @click.option("--json", "as_json", is_flag=True, help="print the table as JSON on stdout")
 @engine_options
@@ -809,6 +825,9 @@ def bench(
     weights,
     precision,
     out_dir,
+    prune,
+    sparsity,
+    sparsity_format,
     no_plots,
     as_json,
     **kwargs,
@@ -818,8 +837,16 @@ def bench(
     aipm-fast bench --model vit_b_16 --sizes 224,384 --runs 10
 
     aipm-fast bench --model yolov5s,resnet50,vit_b_16,bert   (the seed's table)
+
+    aipm-fast bench --model resnet50 --prune magnitude --sparsity 0.9 --sparsity-format structured
     """
     from aipm_fast.bench import models
+    from aipm_fast.bench.model_counts import prune_request
+
+    try:
+        prune_request(prune, sparsity, sparsity_format)  # checked before any model is built
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
     if list_models:
         listed = models.list_models()
@@ -881,6 +908,9 @@ def bench(
             weights=weights,
             precision=precision,
             engine={"config": config},
+            prune=prune,
+            sparsity=sparsity,
+            sparsity_format=sparsity_format,
         )
         summary = _bench_one(opts, no_plots, quiet_table=as_json or len(names) > 1)
         folders[name] = opts.out

@@ -30,6 +30,25 @@ FLAG_REPEAT = 1
 FLAG_FINAL = 2
 
 
+def bench_options(tmp_path, **kw):
+    """BenchOptions of a short CPU benchmark of resnet18 at 32 px into tmp_path/out; kw overrides."""
+    from aipm_fast.bench.protocol import BenchOptions
+
+    base = dict(
+        model="resnet18",
+        sizes=[32],
+        batch_size=2,
+        runs=2,
+        duration_s=0.6,
+        warmup_s=0.2,
+        baseline_s=0.5,
+        device="cpu",
+        out=str(tmp_path / "out"),
+    )
+    base.update(kw)
+    return BenchOptions(**base)
+
+
 def default_values(size, run) -> dict:
     """Known figures of one run: latency (s), J per inference of GPU and CPU, GPU load."""
     scale = size / 32
@@ -89,6 +108,26 @@ def run_json(size, run, v: dict, *, n_inferences=20, batch_size=1, model="tinyne
         "gpm_tensor_active_pct": v["gpm_tensor"] if energy else None,
         "gpm_dram_bw_pct": v["gpm_dram"] if energy else None,
         "gpm_missing_reason": None if energy else NO_GPU_REASON,
+        # a dense model's counts (bench/model_counts.py)
+        "prune_method": "none",
+        "sparsity_format": "dense",
+        "sparsity": 0.0,
+        "prune_score": "-",
+        "prune_loss": None,
+        "prune_left_dense": "everything (not pruned)",
+        "params_dense": 1000,
+        "params_total": 1000,
+        "params_nonzero": 990,
+        "effective_sparsity": 0.0,
+        "prunable_params_dense": 900,
+        "prunable_sparsity": 0.0,
+        "flops_dense": 2000.0 * size,
+        "flops_effective": 2000.0 * size,
+        "flops_executed": 2000.0 * size,
+        "semi_structured_flops_share": None,
+        "layers_pruned": 0,
+        "channels_removed": 0,
+        "model_count_missing_reason": None,
     }
 
 

@@ -197,3 +197,10 @@ def fake_msr(tmp_path):
     yield make
     for writer in writers:
         writer.stop()
+
+
+@pytest.fixture
+def fake_engine(fake_powercap, fake_nvml_lib):
+    """Engine options of a benchmark on the fake powercap tree and the fake NVML, and the tree's writer."""
+    root, writer = fake_powercap()
+    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), "msr_root": "/x", "perf_root": "/x"}, writer

@@ -9,32 +9,12 @@ import time
 import pandas as pd
 import pytest
 
-from aipm_fast.bench.protocol import Benchmark, BenchOptions, median_precision, model_gpu
+from aipm_fast.bench.protocol import Benchmark, median_precision, model_gpu
 from aipm_fast.config import EngineConfig
 
+from bench_fixtures import bench_options as options
+
 pytest.importorskip("torchvision")
-
-
-def options(tmp_path, **kw):
-    base = dict(
-        model="resnet18",
-        sizes=[32],
-        batch_size=2,
-        runs=2,
-        duration_s=0.6,
-        warmup_s=0.2,
-        baseline_s=0.5,
-        device="cpu",
-        out=str(tmp_path / "out"),
-    )
-    base.update(kw)
-    return BenchOptions(**base)
-
-
-@pytest.fixture
-def fake_engine(fake_powercap, fake_nvml_lib):
-    root, writer = fake_powercap()
-    return {"powercap_root": str(root), "nvml_lib": str(fake_nvml_lib), "msr_root": "/x", "perf_root": "/x"}, writer
 
 
 def test_layout_and_energy_per_inference_match_the_fake_power(tmp_path, fake_engine):

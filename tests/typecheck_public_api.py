@@ -6,9 +6,13 @@ type; the deliberate mistakes at the end fail it where a name reads as Any (unty
 from typing import assert_type
 
 import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F
 
 import aipm_fast
 from aipm_fast import EngineConfig, Measurement, Meter, Recorder, track_energy
+from aipm_fast.prune import PruneReport, PruneRequest, make_permanent, prune_model
 
 
 def meter_api(m: Meter) -> None:
@@ -36,6 +40,16 @@ def scripts() -> None:
     assert_type(aipm_fast.EngineConfig, type[EngineConfig])
 
 
+def pruning(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    request = PruneRequest(method="snip", sparsity=0.95, sparsity_format="masked")
+    pruned, report = prune_model(model, request, batch=(x, y), loss_fn=F.cross_entropy)
+    assert_type(pruned, nn.Module)
+    assert_type(report, PruneReport)
+    assert_type(report.as_row(), dict)
+    assert_type(report.flops_executed, float)
+    assert_type(make_permanent(pruned), nn.Module)
+
+
 # a class is not an int: mypy must see each public name's real type to report it
 _meter: int = Meter  # type: ignore[assignment]
 _measurement: int = Measurement  # type: ignore[assignment]
@@ -43,3 +57,4 @@ _track: int = track_energy  # type: ignore[assignment]
 _recorder: int = Recorder  # type: ignore[assignment]
 _config: int = EngineConfig  # type: ignore[assignment]
 _lazy: int = aipm_fast.Meter  # type: ignore[assignment]
+_request: int = PruneRequest  # type: ignore[assignment]

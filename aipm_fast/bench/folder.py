@@ -20,7 +20,14 @@ import re
 import numpy as np
 import pandas as pd
 
-from aipm_fast.bench.runfile import MEASURED_COLUMNS, REASON_COLUMNS, ReportError, RunFile
+from aipm_fast.bench.runfile import (
+    MEASURED_COLUMNS,
+    MODEL_COLUMNS,
+    MODEL_TEXT_COLUMNS,
+    REASON_COLUMNS,
+    ReportError,
+    RunFile,
+)
 
 __all__ = ["INFERENCE_COLUMNS", "SAMPLE_COLUMNS", "load_runs", "read_inferences", "read_samples", "run_folder"]
 
@@ -122,8 +129,10 @@ def load_runs(out_dir) -> pd.DataFrame:
     for col in MEASURED_COLUMNS:
         if col not in ("n_inferences",):
             runs[col] = runs[col].astype(np.float64)
-    front = ["size", "run", "batch_size"] + list(MEASURED_COLUMNS)
-    rest = ["model", "device", *REASON_COLUMNS, "path"]
+    for col in MODEL_COLUMNS:
+        runs[col] = runs[col].astype(np.float64)
+    front = ["size", "run", "batch_size"] + list(MEASURED_COLUMNS) + list(MODEL_COLUMNS)
+    rest = ["model", "device", *MODEL_TEXT_COLUMNS, *REASON_COLUMNS, "path"]
     runs = runs[front + rest].sort_values(["size", "run"], kind="stable").reset_index(drop=True)
     runs.attrs["missing"] = missing
     return runs

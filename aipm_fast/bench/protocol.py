@@ -24,6 +24,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,9 +33,11 @@ from aipm_fast.bench import models
 from aipm_fast.bench.aipowermeter import write_run_files
 from aipm_fast.bench.folder import INFERENCE_COLUMNS, load_runs, run_folder
 from aipm_fast.bench.gpu_use import GpuUse, GpuUseProbe, nvml_gpus
+from aipm_fast.bench.model_counts import model_columns, prune_request
 from aipm_fast.bench.runfile import ENERGY_PARTS, PartEnergy, RunFile
 from aipm_fast.bench.summary import summarize, write_summary
 from aipm_fast.domains import bench_parts
+from aipm_fast.prune import PruneError
 from aipm_fast.storage import write_json
 
 
@@ -55,6 +58,9 @@ class BenchOptions:
     precision: float | None = None  # adaptive: stop once the median J/inference is this well known
     min_runs: int = 3
     engine: dict = field(default_factory=dict)
+    prune: str | None = None  # magnitude, snip or force (aipm_fast.prune); None: the dense model
+    sparsity: float | None = None  # share of the prunable weights removed (2:4: 0.5)
+    sparsity_format: str | None = None  # masked (default with prune), 2:4 or structured
 
 
 class BenchError(RuntimeError):
@@ -89,6 +95,11 @@ class Benchmark:
             models.validate_size(opts.model, size)
         if opts.duration_s is None and opts.iters is None:
             raise BenchError("give --duration or --iters")
+        try:
+            self.prune_request = prune_request(opts.prune, opts.sparsity, opts.sparsity_format)
+        except ValueError as exc:
+            raise BenchError(str(exc)) from None
+        self.model_columns: dict[int, dict[str, Any]] = {}  # size -> run.json's columns of the model as it ran
         self.meter = meter
         self.progress = progress
         self.log = log
@@ -139,11 +150,13 @@ class Benchmark:
                 m.measure_baseline(opts.baseline_s)
             model = None
             for size in opts.sizes:
-                if model is None or self.spec.rebuild_per_size:
+                inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
+                # a pruned model is pruned (and counted) anew for each size: its FLOPs depend on it
+                if model is None or self.spec.rebuild_per_size or self.prune_request is not None:
                     model = models.build_model(
                         opts.model, weights_path=opts.weights, device=opts.device, dtype=dtype, size=size
                     )
-                inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
+                model, self.model_columns[size] = self._prepare(model, inputs)
                 self._warmup(model, inputs)
                 self._runs_of_size(model, inputs, size)
             self._finish_runs(wait=True)
@@ -154,6 +167,22 @@ class Benchmark:
         summary = summarize(load_runs(opts.out))
         write_summary(opts.out, summary)
         return summary
+
+    def _prepare(self, model, inputs) -> tuple[Any, dict[str, Any]]:
+        """The model pruned as asked (or counted as it is), and its columns for run.json."""
+        try:
+            model, columns = model_columns(model, inputs, self.prune_request)
+        except PruneError as exc:
+            assert self.prune_request is not None  # counting a dense model raises no PruneError
+            fmt = self.prune_request.sparsity_format
+            raise BenchError(f"--prune {self.opts.prune} --sparsity-format {fmt}: {exc}") from None
+        if self.prune_request is not None:
+            self.log(
+                f"pruned ({self.prune_request.method}, {self.prune_request.sparsity_format}): effective sparsity "
+                f"{columns['effective_sparsity']:.3f}, FLOPs executed {columns['flops_executed']:.3g} of "
+                f"{columns['flops_dense']:.3g} per inference"
+            )
+        return model, {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in columns.items()}
 
     def _engine_options(self) -> dict:
         """The engine's options, metering only the model's GPU unless GPUs were chosen: idle
@@ -311,6 +340,7 @@ class Benchmark:
             energy["total"] = None
             table["total_j"] = np.nan
         util = self._gpu_utilization(w)
+        measured_extra: dict[str, Any] = {**use.gpm, **self.model_columns.get(size, {})}
         run = RunFile(
             model=opts.model,
             size=size,
@@ -328,8 +358,8 @@ class Benchmark:
             process_sm_pct=use.process_sm_pct,
             process_gpu_memory_gb=None if use.process_gpu_memory_bytes is None else use.process_gpu_memory_bytes / 1e9,
             process_missing_reason=use.process_missing_reason,
-            **use.gpm,
             gpm_missing_reason=use.gpm_missing_reason,
+            **measured_extra,
         )
         table[list(INFERENCE_COLUMNS)].to_csv(os.path.join(run_dir, "inferences.csv"), index=False)
         self._write_aipowermeter(run_dir, name, w, win, inf, use, table["latency_s"].to_numpy())

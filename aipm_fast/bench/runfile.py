@@ -16,6 +16,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
+from aipm_fast.prune.report import NUMERIC_COLUMNS, TEXT_COLUMNS
 from aipm_fast.storage import write_json
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "ENERGY_KEYS",
     "ENERGY_PARTS",
     "MEASURED_COLUMNS",
+    "MODEL_COLUMNS",
+    "MODEL_TEXT_COLUMNS",
     "REASON_COLUMNS",
     "PartEnergy",
     "ReportError",
@@ -109,6 +112,26 @@ class RunFile:
     gpm_tensor_active_pct: float | None = _added(NUMBER)
     gpm_dram_bw_pct: float | None = _added(NUMBER)
     gpm_missing_reason: str | None = _added(str)
+    # the model as it ran: its pruning (aipm_fast.prune.PruneReport) or its dense counts
+    prune_method: str | None = _added(str)  # none: not pruned
+    sparsity_format: str | None = _added(str)  # dense, masked, 2:4, structured
+    sparsity: float | None = _added(NUMBER)  # as requested
+    prune_score: str | None = _added(str)
+    prune_loss: str | None = _added(str)
+    prune_left_dense: str | None = _added(str)
+    params_dense: float | None = _added(NUMBER)
+    params_total: float | None = _added(NUMBER)
+    params_nonzero: float | None = _added(NUMBER)
+    effective_sparsity: float | None = _added(NUMBER)
+    prunable_params_dense: float | None = _added(NUMBER)
+    prunable_sparsity: float | None = _added(NUMBER)
+    flops_dense: float | None = _added(NUMBER)  # per inference (one input sample)
+    flops_effective: float | None = _added(NUMBER)
+    flops_executed: float | None = _added(NUMBER)
+    semi_structured_flops_share: float | None = _added(NUMBER)
+    layers_pruned: float | None = _added(NUMBER)
+    channels_removed: float | None = _added(NUMBER)
+    model_count_missing_reason: str | None = _added(str)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -173,7 +196,12 @@ MEASURED_COLUMNS = (
 ) + ENERGY_COLUMNS
 
 #: Text columns of a run's row: why a figure is missing.
-REASON_COLUMNS = ("energy_missing_reason", "process_missing_reason", "gpm_missing_reason")
+REASON_COLUMNS = ("energy_missing_reason", "process_missing_reason", "gpm_missing_reason", "model_count_missing_reason")
+
+#: Columns of the model as it ran (its pruning and counts: aipm_fast.prune's report), the same in
+#: every run of a size.
+MODEL_COLUMNS = NUMERIC_COLUMNS
+MODEL_TEXT_COLUMNS = TEXT_COLUMNS
 
 
 def _nan_if_none(value):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from aipm_fast.bench.folder import load_runs
-from aipm_fast.bench.runfile import MEASURED_COLUMNS, REASON_COLUMNS
+from aipm_fast.bench.runfile import MEASURED_COLUMNS, MODEL_COLUMNS, MODEL_TEXT_COLUMNS, REASON_COLUMNS
 
 __all__ = ["SPREAD_COLUMNS", "summarize", "write_summary"]
 
@@ -23,8 +23,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     (same names as in load_runs; NaN where no run measured it), and for each of
     total_joules_per_inference, gpu_joules_per_inference and latency_median_s its run-to-run
     spread: ``<col>_iqr_pct`` (interquartile range / median x 100, linear quantiles),
-    ``<col>_min`` and ``<col>_max``; and, where runs hold them, why a figure is missing
-    (REASON_COLUMNS: the first run's reason).
+    ``<col>_min`` and ``<col>_max``; the model as it ran (runfile.MODEL_COLUMNS and
+    MODEL_TEXT_COLUMNS: its pruning, parameters and FLOPs per inference); and, where runs hold
+    them, why a figure is missing (REASON_COLUMNS: the first run's reason).
     """
     missing = [c for c in ("size", "batch_size", *MEASURED_COLUMNS) if c not in runs.columns]
     if missing:
@@ -39,6 +40,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         row: dict = {"size": size, "batch_size": int(batches[0]), "runs": int(len(group))}
         for col in MEASURED_COLUMNS:
             row[col] = float(group[col].astype(np.float64).median())  # NaN when all are NaN
+        for col in MODEL_COLUMNS:  # the model as it ran: one value per size (NaN where not counted)
+            row[col] = float(group[col].astype(np.float64).median()) if col in group else float("nan")
+        for col in MODEL_TEXT_COLUMNS:
+            values = group[col].dropna() if col in group else pd.Series(dtype=object)
+            row[col] = str(values.iloc[0]) if len(values) else None
         for col in SPREAD_COLUMNS:
             values = group[col].astype(np.float64).dropna()
             if values.empty:

@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pandas as pd
 
-__all__ = ["fmt", "fmt_exact", "format_table", "missing_reasons"]
+__all__ = ["fmt", "fmt_exact", "format_table", "missing_reasons", "pruning_notes"]
 
 #: what each reason column of a summary explains
 _REASONS = {
     "energy_missing_reason": "energy",
     "process_missing_reason": "per-process SM and memory",
     "gpm_missing_reason": "GPM (SM active, tensor, DRAM BW)",
+    "model_count_missing_reason": "parameters and FLOPs",
 }
 
 
@@ -26,6 +27,20 @@ def missing_reasons(summary: pd.DataFrame) -> dict[str, str]:
             if len(reasons):
                 found[what] = str(reasons.iloc[0])
     return found
+
+
+def pruning_notes(summary: pd.DataFrame) -> list[str]:
+    """What the model's pruning was and what its FLOP columns mean, for a table's caption."""
+    if "prune_method" not in summary or not summary["prune_method"].notna().any():
+        return []
+    first = summary[summary["prune_method"].notna()].iloc[0]
+    notes = ["GFLOP/inf run: what the kernels execute; nonzero: only multiply-adds by nonzero weights"]
+    if first["prune_method"] != "none":
+        notes.append(
+            f"pruned: {first['prune_method']}, {first['sparsity_format']}, sparsity {fmt_exact(first['sparsity'])} "
+            f"({first['prune_score']}); left dense: {first['prune_left_dense']}"
+        )
+    return notes
 
 
 def fmt(value, significant: int = 3) -> str:
@@ -78,12 +93,18 @@ def format_table(summary: pd.DataFrame, title: str | None = None):
         ("SM active %", col("gpm_sm_active_pct"), lambda v: fmt(v, 2)),
         ("tensor %", col("gpm_tensor_active_pct"), lambda v: fmt(v, 2)),
         ("DRAM BW %", col("gpm_dram_bw_pct"), lambda v: fmt(v, 2)),
+        ("params M", col("params_total") / 1e6, fmt),
+        ("eff. sparsity %", col("effective_sparsity") * 100, lambda v: fmt(v, 3)),
+        ("GFLOP/inf run", col("flops_executed") / 1e9, fmt),
+        ("GFLOP/inf nonzero", col("flops_effective") / 1e9, fmt),
+        ("2:4 FLOP share %", col("semi_structured_flops_share") * 100, lambda v: fmt(v, 3)),
         ("J spread %", energy_spread, lambda v: fmt(v, 2)),
     ]
     if not np.isfinite(energy_spread).any():
         columns.append(("latency spread %", col("latency_median_s_iqr_pct"), lambda v: fmt(v, 2)))
     columns = [c for c in columns if np.isfinite(c[1]).any()]
     notes = ["medians over runs; spread: interquartile range over runs, % of the median"]
+    notes += pruning_notes(summary)
     notes += [f"{what} not measured: {why}" for what, why in missing_reasons(summary).items()]
     table = Table(title=title, caption="\n".join(notes), caption_justify="left")
     for name, _, _ in columns:
