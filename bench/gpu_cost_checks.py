@@ -8,7 +8,8 @@ loops    per-inference marks on launch-bound loops of ~1 ms inferences (a CUDA g
          both; slowdown = median of the pairs' ratios (target <= 1%)
 bench    `aipm-fast bench` back to back: each run resolved while the next one runs (now) against
          a wait after every run at the former periods (before); per-run overhead = the run loop's
-         wall time beyond its measuring time (target < 0.05 s), and J/inference of both
+         wall time beyond its measuring time (target < 0.05 s), and J/inference of both. With
+         --cpu the same 8 runs of 0.5 s, each pass 0.45 ms of host work standing in for AlexNet
 peers    one inference loop under no meter, aipm-fast (a mark per inference in one window; one
          window), Zeus (a window per inference; one window) and CodeCarbon, interleaved; each
          tool's GPU energy against NVML's counter read independently around the same block
@@ -234,10 +235,34 @@ class WaitingBenchmark(Benchmark):
         self._finish_runs(wait=True)
 
 
+#: on the CPU a forward pass is this much host work, standing in for AlexNet at batch 1 on an
+#: H200 (0.40-0.48 ms a pass, about 1,000 passes a run): the run files are then as large as there
+STAND_IN_PASS_S = 0.00045
+
+
+def _stand_in_pass(model, inputs) -> None:
+    _busy(STAND_IN_PASS_S)
+
+
 def bench(env: Env) -> dict:
+    """Same runs on the GPU and on the CPU (with fakes and the stand-in pass): the per-run
+    overhead is the run loop's own, so the CPU measures it too."""
+    if env.device == "cuda":
+        return _bench(env)
+    from unittest import mock
+
+    from aipm_fast.bench import models
+
+    with mock.patch.object(models, "forward", _stand_in_pass):
+        out = _bench(env)
+    out["stand_in_pass_s"] = STAND_IN_PASS_S
+    return out
+
+
+def _bench(env: Env) -> dict:
     import pandas as pd
 
-    runs, duration = (3, 0.3) if env.quick else (8, 0.5)
+    runs, duration = 8, 0.5
     out = {}
     for label, cls, periods, backoff in (
         ("before", WaitingBenchmark, FORMER_PERIODS_S, None),
@@ -261,16 +286,26 @@ def bench(env: Env) -> dict:
         )
         b = cls(opts, log=lambda *a: None)
         spans: list[float] = []
-        original = b._runs_of_size
+        writes: list[float] = []  # seconds of each run's files, written between runs or at the end
+        in_loop: list[int] = []
+        original, write = b._runs_of_size, b._write_run
 
-        def timed_runs(model, inputs, size, original=original, b=b, spans=spans):
+        def timed_runs(model, inputs, size, original=original, b=b, spans=spans, in_loop=in_loop, writes=writes):
             t = time.perf_counter()
             original(model, inputs, size)
             spans.append(time.perf_counter() - t)
+            in_loop.append(len(writes))
             b._finish_runs(wait=True)  # the last runs' energies: once per sweep, timed apart
             spans.append(time.perf_counter() - t - spans[0])
 
+        def timed_write(pending, write=write, writes=writes):
+            t = time.perf_counter()
+            written = write(pending)
+            writes.append(time.perf_counter() - t)
+            return written
+
         b._runs_of_size = timed_runs  # type: ignore[method-assign]
+        b._write_run = timed_write  # type: ignore[method-assign]
         b.run()
         summary = pd.read_csv(os.path.join(folder, "summary.csv"))
         row = summary.iloc[0].to_dict()
@@ -280,6 +315,9 @@ def bench(env: Env) -> dict:
             "runs_wall_s": spans[0],
             "overhead_per_run_s": (spans[0] - runs * duration) / runs,
             "final_wait_s": spans[1],
+            "run_files_s_median": float(np.median(writes)),
+            "run_files_s": [round(x, 4) for x in writes],
+            "run_files_written_in_the_run_loop": in_loop[0],
             "summary": {k: (float(v) if isinstance(v, (int, float, np.floating)) else str(v)) for k, v in row.items()},
         }
     return out
