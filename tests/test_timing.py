@@ -179,3 +179,58 @@ def test_fake_gpu_events_complete_when_its_queue_reaches_them():
     gpu.synchronize()
     a, b = timer.resolve(timer.anchor, s, e)
     assert np.isclose((b - a) / 1e6, 20.0, atol=1.0)
+
+
+def test_torch_events_share_boundaries_on_streams_that_are_equal_but_not_the_same_object():
+    """torch.cuda.current_stream() makes a new Stream object each call: the timer compares
+    streams by equality, and its claims hash them."""
+
+    class Stream:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __eq__(self, other):
+            return isinstance(other, Stream) and other.handle == self.handle
+
+        def __hash__(self):
+            return hash(self.handle)
+
+    gpu = FakeGpu()  # the clock behind the stand-in events
+
+    class StandInEvent:
+        def __init__(self, enable_timing=True):
+            self.fake = gpu.new()
+
+        def record(self, stream):
+            assert isinstance(stream, Stream)
+            gpu.record(self.fake, stream)
+
+        def query(self):
+            return gpu.query(self.fake)
+
+        def synchronize(self):
+            gpu.wait(self.fake)
+
+        def elapsed_time(self, other):
+            return gpu.elapsed_ms(self.fake, other.fake)
+
+    class Cuda:
+        Event = StandInEvent
+
+        @staticmethod
+        def current_stream():
+            return Stream(7)
+
+    class Torch:
+        cuda = Cuda
+
+    timer = EventTimer(timing.TorchEvents(Torch), lambda: None, kind="torch")
+    marks = []
+    for _ in range(5):
+        s = timer.begin()
+        gpu.launch(0.002)
+        marks.append((s, timer.end()))
+    assert timer.shared_starts >= 1
+    gpu.synchronize()
+    spans = [timer.resolve(timer.anchor, s, e) for s, e in marks]
+    assert [b - a for a, b in spans] == pytest.approx([2e6] * 5, abs=2e5)
