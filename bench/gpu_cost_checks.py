@@ -258,7 +258,7 @@ def paired_rounds(modes: dict, rounds: int, sub_blocks: int, steps: int) -> dict
 
 #: per loop: (rounds, short blocks a round, steps a block); a block of the graph's 1 ms steps or
 #: of ResNet-18's 2 ms ones lasts about 20 ms, a round 0.2 s of each mode
-LOOP_PLAN = {"graph": (30, 10, 20), "resnet18_batch1": (60, 10, 10)}
+LOOP_PLAN = {"graph": (15, 10, 20), "resnet18_batch1": (50, 10, 10)}
 LOOP_PLAN_CPU = {"graph": (6, 4, 5), "resnet18_batch1": (6, 4, 5)}  # --cpu: tests the script
 WARMUP_S = 2.0  # of both modes, discarded: clocks, caches and the allocator settle
 
