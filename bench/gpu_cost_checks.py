@@ -376,9 +376,9 @@ def _bench(env: Env) -> dict:
             b._finish_runs(wait=True)  # the last runs' energies: once per sweep, timed apart
             spans.append(time.perf_counter() - t - spans[0])
 
-        def timed_write(pending, write=write, writes=writes):
+        def timed_write(*args, write=write, writes=writes):
             t = time.perf_counter()
-            written = write(pending)
+            written = write(*args)
             writes.append(time.perf_counter() - t)
             return written
 
