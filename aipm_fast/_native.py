@@ -7,6 +7,8 @@ drains the ring straight into numpy without a Python object per sample.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 try:
@@ -83,6 +85,38 @@ class NativeError(RuntimeError):
 def now_ns() -> int:
     """CLOCK_MONOTONIC in ns, the clock every record is stamped with."""
     return lib.aipm_now_ns()
+
+
+class CudaRuntime:
+    """The CUDA runtime library this process has already loaded (csrc/cudart.c): its event
+    functions on raw handles, each returning the runtime's cudaError_t. `record(event, stream)`
+    is the C function itself with the runtime bound, so that a mark's boundary costs one cffi
+    call; the other calls are not on a hot path. Raises NativeError when the library is not
+    loaded or lacks an event function."""
+
+    def __init__(self, library_path: str):
+        error = ffi.new("char[]", 512)
+        rt = lib.aipm_cudart_open(library_path.encode(), error, 512)
+        if rt == ffi.NULL:
+            raise NativeError(lib.AIPM_EOPEN, ffi.string(error).decode(errors="replace"))
+        # the pointer owns the C side: freed once nothing (these partials included) holds it
+        self._rt = ffi.gc(rt, lib.aipm_cudart_close)
+        self.record = functools.partial(lib.aipm_cudart_event_record, self._rt)
+        self.query = functools.partial(lib.aipm_cudart_event_query, self._rt)
+        self.synchronize = functools.partial(lib.aipm_cudart_event_synchronize, self._rt)
+        self.destroy = functools.partial(lib.aipm_cudart_event_destroy, self._rt)
+
+    def create(self) -> tuple[int, int]:
+        """(cudaError_t, the new event's handle)"""
+        handle = ffi.new("uintptr_t *")
+        rc = lib.aipm_cudart_event_create(self._rt, handle)
+        return rc, int(handle[0])
+
+    def elapsed_ms(self, start: int, end: int) -> tuple[int, float]:
+        """(cudaError_t, ms from start to end)"""
+        ms = ffi.new("float *")
+        rc = lib.aipm_cudart_event_elapsed_ms(self._rt, start, end, ms)
+        return rc, float(ms[0])
 
 
 def _ns(seconds: float) -> int:

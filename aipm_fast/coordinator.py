@@ -27,7 +27,7 @@ SILENT_NS = 3_000_000_000  # a domain with no usable reading for this long is no
 STALE_NS = 2_000_000_000  # live power older than this (or three of the channel's periods) is not live
 
 
-@dataclass
+@dataclass(slots=True)  # one per inference, made in the user's loop: no instance dict
 class Mark:
     """One inference or step: two timing tokens (host ns or CUDA events) under an anchor."""
 

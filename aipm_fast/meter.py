@@ -508,10 +508,13 @@ class _InferenceMark:
         m = self.meter
         if m._forked_from is not None:  # inert in a forked child
             return
-        end = m.timer.end()
         stack = m._stack()
         w = stack[-1] if stack else None
         if w is not None:
             w.n_marks += 1
         self.index = i = next(m._index)
+        # the end last: its event lands at the same point of the stream (this bookkeeping queues
+        # no GPU work), and the gap to the next mark's begin is then short enough for that mark
+        # to start at this end's event (timing.SHARE_GAP_NS)
+        end = m.timer.end()
         m.coordinator.marks.append(Mark(i, w.name if w else "", getattr(m.timer, "anchor", None), self.start, end))

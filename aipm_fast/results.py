@@ -329,6 +329,37 @@ class SessionResults:
             frame = self._marks_frame(batches, window)
         return frame.sort_values(["index", "domain"], ignore_index=True)
 
+    def mark_energies(self, window: str) -> pd.DataFrame:
+        """The marks of the windows named `window`, one row each, sorted by index: index,
+        start_ns, end_ns, latency_s, then one column per domain (named after it) holding its
+        energy_j as inferences(window) has it. The same figures in the wide form, made without a
+        row per domain: what a benchmark run writes between runs."""
+        if self._files is not None:  # read back from the streamed file: inferences() rescales them
+            rows = self.inferences(window)
+            wide = rows.pivot(index="index", columns="domain", values="energy_j").reindex(columns=list(self.ranked))
+            spans = rows.drop_duplicates("index").set_index("index")[["start_ns", "end_ns", "latency_s"]]
+            return spans.join(wide).reset_index().rename_axis(columns=None)
+        with self._lock:
+            batches = self.marks.batches()
+        kept = [(b, k) for b in batches if (k := b.window == window).any()]
+
+        def joined(pick, dtype) -> np.ndarray:
+            return np.concatenate([pick(b)[k] for b, k in kept]) if kept else np.empty(0, dtype)
+
+        index = joined(lambda b: b.index, np.int64)
+        order = np.argsort(index, kind="stable")  # marks of several threads may end out of order
+        start, end = joined(lambda b: b.start_ns, np.int64)[order], joined(lambda b: b.end_ns, np.int64)[order]
+        columns: dict[str, np.ndarray] = {
+            "index": index[order],
+            "start_ns": start,
+            "end_ns": end,
+            "latency_s": (end - start) / 1e9,
+        }
+        for domain in self.ranked:
+            energy = joined(lambda b, d=domain: b.energy[d][0] * self._factors(b.energy[d][3]), np.float64)
+            columns[domain] = energy[order]
+        return pd.DataFrame(columns)
+
     def _rescaled(self, rows: pd.DataFrame, window: str | None) -> pd.DataFrame:
         """Marks read back from the streamed file, with today's scale and baseline: each row's
         unscaled energy is its energy over the scale it was written with."""

@@ -1,34 +1,60 @@
 """Timing of marked work: host clock on the CPU, CUDA events on the GPU.
 
 GPU work is asynchronous: the host reaches the end of `with m.inference():` long before the
-GPU has run it. So on CUDA each mark records a start and an end event on the current stream,
-and the coordinator later polls them with `query()` (never a synchronize in the user's hot
-path). An event's time is known only relative to another event, so each window takes an
-anchor: after a synchronisation, an event recorded on an idle stream runs at once, and the
-host time around it maps GPU time onto CLOCK_MONOTONIC:
+GPU has run it. So on CUDA each mark boundary is an event recorded on the current stream, and
+the coordinator later polls them with `query()` (never a synchronize in the user's hot path).
+An event's time is known only relative to another event, so each window takes an anchor: after
+a synchronisation, an event recorded on an idle stream runs at once, and the host time around it
+maps GPU time onto CLOCK_MONOTONIC:
 
-    host_ns(event) = anchor_host_ns + anchor.elapsed_time(event) * 1e6
+    host_ns(event) = anchor_host_ns + elapsed_ms(anchor, event) * 1e6
 
-A mark must cost little host CPU (a 1 ms inference has no room for 17 µs of it). The events are
-therefore recorded straight through the CUDA runtime that torch has loaded (`RuntimeEvents`:
-one ctypes call on a raw event handle and torch's raw current stream, no Python object per
-event) where it can be found, else through torch.cuda.Event. `FakeGpu` is an event factory for
-developing and testing all of this on the CPU.
+A mark must cost little host CPU (a 1 ms inference has no room for 17 µs of it), so:
+
+- events come from a pool (`POOL_START` made up front, each returned once the coordinator has
+  read it), never made in the hot path while the pool has some;
+- consecutive marks share their boundary: a mark that begins on the same thread and stream
+  within `SHARE_GAP_NS` of the previous mark's end takes that end's event as its start instead
+  of recording a new one (what a boundary means: see `SHARE_GAP_NS`);
+- where torch's CUDA runtime can be reached, a record is one call into the C extension on a raw
+  event handle and torch's raw current stream (`RuntimeEvents`, over `_native.CudaRuntime`), no
+  Python object per event; else torch.cuda.Event (`TorchEvents`).
+
+`EventTimer` holds that policy over an event backend (`RuntimeEvents`, `TorchEvents`, or
+`FakeGpu`, an event factory for developing and testing all of this on the CPU). A backend has
+`new()`, `stream()`, `record(event, stream)` (a falsy return on success, else an error code),
+`query(event)`, `elapsed_ms(start, end)`, `wait(event)`, `destroy(event)` and
+`check(code, what)`.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from aipm_fast._native import CudaRuntime
+
 now_ns = time.monotonic_ns  # CLOCK_MONOTONIC on Linux, the clock the sampler stamps with
+
+#: A mark that begins within this long (host time) of the previous mark's end, on the same thread
+#: and stream, starts at that end's event: nothing can have been queued on the stream between
+#: them (launching any GPU work costs the host more than this: a kernel launch or a graph replay
+#: takes microseconds in the driver alone), so a new event would run at the same point of the
+#: stream. A longer gap, another stream, another thread or a window edge between them: a new event.
+SHARE_GAP_NS = 2_000
+
+#: events made when a timer is created: the marks of a drain period (0.1 s) at 1,000 marks/s
+#: with room to spare; the pool grows in the hot path only beyond that
+POOL_START = 256
 
 
 @dataclass
 class Anchor:
-    event: Any  # a torch.cuda.Event, or a test's stand-in with elapsed_time()
+    event: Any  # an event of the timer's backend
     host_ns: int
 
 
@@ -52,131 +78,178 @@ class HostTimer:
 
 
 class EventTimer:
-    """CUDA-event timing. `event_factory()` makes an event with record/query/elapsed_time
-    (torch.cuda.Event(enable_timing=True), RuntimeEvents.event, FakeGpu.event); `synchronize()`
+    """CUDA-event timing over an event backend (see the module's docstring); `synchronize()`
     waits for the device. Both are parameters so that the mapping can be tested with a fake
-    clock where no GPU exists. `kind` says which events it records."""
+    clock where no GPU exists. `kind` says which events it records.
 
-    def __init__(self, event_factory, synchronize, kind: str = "events"):
-        self._new_event = event_factory
+    Tokens: `begin()` returns an event, or the previous mark's end token when it shares that
+    boundary; `end()` returns a claim `(event, host ns, stream, thread id)`. The claim decides
+    who gives the end's event back to the pool, once: a next mark that takes it as its start
+    (then that mark gives it back as its start), or else the coordinator when it resolves the
+    mark. Both take the claim out of `_claims` with one dict.pop, which the GIL makes atomic, so
+    an event is never given back while a mark still needs it."""
+
+    def __init__(self, events, synchronize, kind: str = "events"):
+        self._events = events
         self._synchronize = synchronize
         self.kind = kind
         self.fallback_reason = ""  # why a faster kind of event was not used, where one was tried
-        self._pool: list = []
+        # the backend's calls, bound once: the hot path looks up nothing else
+        self._new = events.new
+        self._stream = events.stream
+        self._record = events.record
+        self._query = events.query
+        self._elapsed = events.elapsed_ms
+        self._pool: list = [events.new() for _ in range(POOL_START)]
+        self._claims: dict[tuple, bool] = {}
+        self._last: tuple | None = None  # the latest end's claim, for the next begin to share
+        self.shared_starts = 0  # marks that began at the previous mark's end event
         self.anchor: Anchor | None = None
         self.reanchor()
 
-    def _event(self):
-        return self._pool.pop() if self._pool else self._new_event()
-
-    def begin(self):
-        ev = self._event()
-        ev.record()
+    def _recorded(self, stream):
+        """An event from the pool (a new one when it is empty), recorded on `stream`."""
+        try:
+            ev = self._pool.pop()
+        except IndexError:  # empty (or emptied by another thread since): a new one
+            ev = self._new()
+        if rc := self._record(ev, stream):
+            self._events.check(rc, "cudaEventRecord")
         return ev
 
-    end = begin
+    # begin and end run twice per mark in the user's loop: every name they use is a local or
+    # one attribute away
+    def begin(self, _now=now_ns, _ident=threading.get_ident, _gap=SHARE_GAP_NS):
+        stream = self._stream()
+        last = self._last
+        if (
+            last is not None
+            and last[2] == stream
+            and _now() - last[1] <= _gap
+            and last[3] == _ident()
+            and self._claims.pop(last, None) is not None
+        ):
+            self.shared_starts += 1
+            return last
+        return self._recorded(stream)
+
+    def end(self, _now=now_ns, _ident=threading.get_ident):
+        stream = self._stream()
+        ev = self._recorded(stream)
+        self._last = claim = (ev, _now(), stream, _ident())
+        self._claims[claim] = True
+        return claim
 
     def reanchor(self) -> Anchor:
         """Synchronise, record an anchor on the idle stream, take the host time around it."""
         self._synchronize()
-        ev = self._new_event()
+        self._last = None  # no mark after this edge starts at an event before it
         t0 = now_ns()
-        ev.record()
-        ev.synchronize()
+        ev = self._recorded(self._stream())
+        self._events.wait(ev)
         t1 = now_ns()
-        self.anchor = Anchor(ev, (t0 + t1) // 2)
-        return self.anchor
+        self.anchor = anchor = Anchor(ev, (t0 + t1) // 2)
+        # the anchor's event goes back to the pool once no mark refers to the anchor any more
+        weakref.finalize(anchor, self._pool.append, ev)
+        return anchor
 
     def window_edge(self) -> int:
         """A window edge waits for the GPU, so the window holds all the work issued inside it."""
         return self.reanchor().host_ns
 
     def resolve(self, anchor: Anchor, start, end):
-        """Host times of a finished (start, end) pair, or None while the GPU is still on it."""
-        if not end.query():
+        """Host times of a finished (start, end) pair, or None while the GPU is still on it.
+        Marks are resolved in the order they ended, so a mark whose start is the previous mark's
+        end comes after it."""
+        ev_end = end[0]
+        if not self._query(ev_end):
             return None
-        a = anchor.host_ns + int(anchor.event.elapsed_time(start) * 1e6)
-        b = anchor.host_ns + int(anchor.event.elapsed_time(end) * 1e6)
-        self._pool += (start, end)  # events are reusable once complete: no allocation per mark
+        ev_start = start[0] if type(start) is tuple else start
+        a = anchor.host_ns + int(self._elapsed(anchor.event, ev_start) * 1e6)
+        b = anchor.host_ns + int(self._elapsed(anchor.event, ev_end) * 1e6)
+        self._pool.append(ev_start)  # complete, and this mark was its last user
+        if self._claims.pop(end, None) is not None:  # no next mark took the end as its start
+            self._pool.append(ev_end)
         return a, b
 
-
-class RuntimeEvents:
-    """CUDA events through the CUDA runtime library that torch has loaded, called with ctypes on
-    raw handles: a record is one foreign call on torch's raw current stream, without the Python
-    Stream object that torch.cuda.Event.record builds on each call. Same interface as a
-    torch.cuda.Event factory (`event()`), so EventTimer takes either.
-
-    The calls that return at once (create, record, query, elapsed time) keep the GIL (ctypes'
-    PyDLL): letting it go and taking it back costs more than the call whenever another thread (the
-    coordinator) wants it; only cudaEventSynchronize, which waits for the GPU, lets it go."""
-
-    def __init__(self, library_path: str, raw_stream, device: int):
-        cudart = ctypes.PyDLL(library_path)
-        self._rt = cudart
-        self._waiting = ctypes.CDLL(library_path)  # the same library: dlopen maps a file once
-        self._raw_stream = raw_stream  # device index -> the current stream's cudaStream_t
-        self._device = device
-        vp, pvp, f = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_float)
-        for name, args in (
-            ("cudaEventCreate", [pvp]),
-            ("cudaEventRecord", [vp, vp]),
-            ("cudaEventQuery", [vp]),
-            ("cudaEventSynchronize", [vp]),
-            ("cudaEventElapsedTime", [f, vp, vp]),
-            ("cudaEventDestroy", [vp]),
-        ):
-            fn = getattr(self._waiting if name == "cudaEventSynchronize" else cudart, name)
-            fn.argtypes, fn.restype = args, ctypes.c_int
-        self._record_fn = cudart.cudaEventRecord
-
-    def _check(self, rc: int, what: str) -> None:
-        if rc != 0:
-            raise RuntimeError(f"{what}: CUDA runtime error {rc}")
-
-    def event(self) -> RuntimeEvent:
-        handle = ctypes.c_void_p()
-        self._check(self._rt.cudaEventCreate(ctypes.byref(handle)), "cudaEventCreate")
-        return RuntimeEvent(self, handle.value)
-
-
-class RuntimeEvent:
-    """One CUDA event by its raw handle (created with timing enabled)."""
-
-    __slots__ = ("_events", "handle")
-
-    def __init__(self, events: RuntimeEvents, handle):
-        self._events = events
-        self.handle = handle
-
-    def record(self) -> None:
-        ev = self._events
-        rc = ev._record_fn(self.handle, ev._raw_stream(ev._device))
-        if rc:
-            ev._check(rc, "cudaEventRecord")
-
     def __del__(self):
+        destroy = getattr(self._events, "destroy", None)
         try:
-            self._events._rt.cudaEventDestroy(self.handle)
+            for ev in getattr(self, "_pool", ()):
+                destroy(ev)
         except Exception:  # at interpreter exit the runtime may be gone: nothing to give back
             pass
 
-    def query(self) -> bool:
-        rc = self._events._rt.cudaEventQuery(self.handle)
+
+class RuntimeEvents:
+    """CUDA events through the CUDA runtime library that torch has loaded, called from the C
+    extension (`_native.CudaRuntime`) on raw handles: a record is one cffi call on torch's raw
+    current stream, without the Python Stream object that torch.cuda.Event.record builds on each
+    call. `raw_stream(device)` gives the current stream's cudaStream_t as an int."""
+
+    def __init__(self, library_path: str, raw_stream, device: int):
+        self._rt = CudaRuntime(library_path)
+        self.record = self._rt.record  # (event, stream) -> cudaError_t, 0 on success
+        self.stream = functools.partial(raw_stream, device)
+
+    def check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            raise RuntimeError(f"{what}: CUDA runtime error {rc}")
+
+    def new(self) -> int:
+        rc, handle = self._rt.create()
+        self.check(rc, "cudaEventCreate")
+        return handle
+
+    def query(self, event: int) -> bool:
+        rc = self._rt.query(event)
         if rc == 600:  # cudaErrorNotReady
             return False
-        self._events._check(rc, "cudaEventQuery")
+        self.check(rc, "cudaEventQuery")
         return True
 
-    def synchronize(self) -> None:
-        self._events._check(self._events._waiting.cudaEventSynchronize(self.handle), "cudaEventSynchronize")
+    def wait(self, event: int) -> None:
+        self.check(self._rt.synchronize(event), "cudaEventSynchronize")
 
-    def elapsed_time(self, other: RuntimeEvent) -> float:
-        ms = ctypes.c_float()
-        self._events._check(
-            self._events._rt.cudaEventElapsedTime(ctypes.byref(ms), self.handle, other.handle), "cudaEventElapsedTime"
-        )
-        return float(ms.value)
+    def elapsed_ms(self, start: int, end: int) -> float:
+        rc, ms = self._rt.elapsed_ms(start, end)
+        self.check(rc, "cudaEventElapsedTime")
+        return ms
+
+    def destroy(self, event: int) -> None:
+        self._rt.destroy(event)
+
+
+class TorchEvents:
+    """torch.cuda.Event objects: what works wherever torch does, at a Python Stream object and
+    a torch call per record."""
+
+    def __init__(self, torch):
+        self._cuda = torch.cuda
+
+    def new(self):
+        return self._cuda.Event(enable_timing=True)
+
+    def stream(self):
+        return self._cuda.current_stream()
+
+    def record(self, event, stream) -> None:
+        event.record(stream)
+
+    def query(self, event) -> bool:
+        return event.query()
+
+    def wait(self, event) -> None:
+        event.synchronize()
+
+    def elapsed_ms(self, start, end) -> float:
+        return start.elapsed_time(end)
+
+    def destroy(self, event) -> None:
+        pass  # torch's own object gives its event back
+
+    def check(self, rc, what: str) -> None:
+        raise RuntimeError(f"{what}: {rc!r}")
 
 
 def loaded_cudart(maps_path: str = "/proc/self/maps") -> str | None:
@@ -194,9 +267,9 @@ def loaded_cudart(maps_path: str = "/proc/self/maps") -> str | None:
 
 
 class FakeGpu:
-    """An event factory for developing on the CPU: a GPU whose queue runs behind the host.
+    """An event backend for developing on the CPU: a GPU whose queue runs behind the host.
     `launch(seconds)` queues that much work; an event completes once the GPU has reached it,
-    and elapsed_time is the difference of GPU times, as with CUDA events."""
+    and elapsed times are differences of GPU times, as with CUDA events. One stream."""
 
     def __init__(self):
         self.queue_ns = 0  # the time the GPU will reach the end of the work queued so far
@@ -208,32 +281,40 @@ class FakeGpu:
         while now_ns() < self.queue_ns:
             time.sleep(0.0005)
 
-    def event(self) -> FakeEvent:
-        return FakeEvent(self)
+    def new(self) -> FakeEvent:
+        return FakeEvent()
+
+    def stream(self) -> int:
+        return 0
+
+    def record(self, event: FakeEvent, stream) -> None:
+        event.t = max(self.queue_ns, now_ns())
+
+    def query(self, event: FakeEvent) -> bool:
+        return now_ns() >= event.t
+
+    def wait(self, event: FakeEvent) -> None:
+        while not self.query(event):
+            time.sleep(0.0005)
+
+    def elapsed_ms(self, start: FakeEvent, end: FakeEvent) -> float:
+        return (end.t - start.t) / 1e6
+
+    def destroy(self, event: FakeEvent) -> None:
+        pass
+
+    def check(self, rc, what: str) -> None:
+        raise RuntimeError(f"{what}: {rc!r}")
 
     def timer(self) -> EventTimer:
-        return EventTimer(self.event, self.synchronize, kind="fake")
+        return EventTimer(self, self.synchronize, kind="fake")
 
 
 class FakeEvent:
-    __slots__ = ("gpu", "t")
+    __slots__ = ("t",)
 
-    def __init__(self, gpu: FakeGpu):
-        self.gpu = gpu
-        self.t = 0
-
-    def record(self) -> None:
-        self.t = max(self.gpu.queue_ns, now_ns())
-
-    def query(self) -> bool:
-        return now_ns() >= self.t
-
-    def synchronize(self) -> None:
-        while not self.query():
-            time.sleep(0.0005)
-
-    def elapsed_time(self, other: FakeEvent) -> float:
-        return (other.t - self.t) / 1e6
+    def __init__(self):
+        self.t = 0  # the GPU time it was reached at; 0: never recorded
 
 
 def cuda_timer(prefer_runtime: bool = True):
@@ -256,9 +337,9 @@ def cuda_timer(prefer_runtime: bool = True):
                 raise RuntimeError("torch's CUDA runtime library or raw streams are not reachable")
             torch.cuda.init()
             events = RuntimeEvents(path, raw_stream, torch.cuda.current_device())
-            return EventTimer(events.event, torch.cuda.synchronize, kind="cudart")
+            return EventTimer(events, torch.cuda.synchronize, kind="cudart")
         except Exception as exc:  # any failure: torch's events, which always work
             why = str(exc)
-    timer = EventTimer(lambda: torch.cuda.Event(enable_timing=True), torch.cuda.synchronize, kind="torch")
+    timer = EventTimer(TorchEvents(torch), torch.cuda.synchronize, kind="torch")
     timer.fallback_reason = why
     return timer

@@ -17,6 +17,7 @@ sampler reads a fake powercap tree and a fake NVML meanwhile, at default periods
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import platform
 import subprocess
@@ -37,13 +38,16 @@ from aipm_fast.timing import EventTimer, FakeGpu, HostTimer, RuntimeEvents, cuda
 from bench_engine import fake_nvml, report_json  # noqa: E402
 from fakes.powercap import build_powercap_tree  # noqa: E402
 
+_loaded: list = []  # the fake runtimes this process has loaded, as torch loads its own
+
 
 def fake_cudart_timer(tmp: str) -> EventTimer:
     lib_path = os.path.join(tmp, "libcudart.so.13")
     src = os.path.join(HERE, "..", "tests", "fakes", "fake_cudart.c")
     subprocess.run(["gcc", "-std=c11", "-shared", "-fPIC", "-O2", src, "-o", lib_path], check=True)
+    _loaded.append(ctypes.CDLL(lib_path))
     events = RuntimeEvents(lib_path, lambda device: 0, 0)
-    return EventTimer(events.event, lambda: None, kind="cudart-fake")
+    return EventTimer(events, lambda: None, kind="cudart-fake")
 
 
 def timers(tmp: str, cuda: bool) -> dict:
@@ -63,11 +67,21 @@ def meter_options(tmp: str) -> dict:
     return dict(powercap_root=str(tree.root), nvml_lib=fake_nvml(tmp), msr_root="/x", perf_root="/x")
 
 
-def mark_cost_us(m: Meter, n: int = 5000, rounds: int = 10) -> float:
+MARKS, ROUNDS = 5000, 10  # marks a round, rounds a figure
+
+
+def mark_cost_us(m: Meter, n: int, rounds: int, settle: bool = True) -> float:
     """Median over rounds of the host CPU per mark around no work (the coordinator integrates
-    them meanwhile, on its own thread, as in a real loop)."""
+    them meanwhile, on its own thread, as in a real loop). With `settle`, each round starts after
+    two drain periods, in which the coordinator has timed the previous round's marks and given
+    their events back: the steady state of a loop the coordinator keeps up with (at 1,000
+    marks/s it times each drain's marks within that drain). Without, the rounds follow each
+    other at the loop's full rate (hundreds of thousands of marks a second), which outruns the
+    coordinator: the pool runs dry and events are made in the loop."""
     costs = []
     for _ in range(rounds):
+        if settle:
+            time.sleep(2 * m.coordinator.drain_period_s)
         c0 = time.thread_time_ns()
         for _ in range(n):
             with m.inference():
@@ -155,16 +169,27 @@ def main() -> None:
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "mark_cpu_us": {},
+        "mark_cpu_us_outrunning_the_coordinator": {},
+        "shared_starts_fraction": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         options = meter_options(tmp)
         for name, timer in timers(tmp, args.cuda).items():
             with Meter(**options, timer=timer) as m:
-                results["mark_cpu_us"][name] = mark_cost_us(m)
+                shared0 = getattr(timer, "shared_starts", 0)
+                results["mark_cpu_us"][name] = mark_cost_us(m, MARKS, ROUNDS)
+                if hasattr(timer, "shared_starts"):  # of the marks just made
+                    results["shared_starts_fraction"][name] = (timer.shared_starts - shared0) / (MARKS * ROUNDS)
+                results["mark_cpu_us_outrunning_the_coordinator"][name] = mark_cost_us(m, MARKS, ROUNDS, settle=False)
         drain_timer = cuda_timer() if args.cuda else FakeGpu().timer()
         results["drain_at_1000_marks_per_s"] = drain_work(options, drain_timer, args.seconds)
     for name, us in results["mark_cpu_us"].items():
-        print(f"one mark, {name} timing: {us:.2f} µs of host CPU (target <= 5 µs for CUDA-timed marks)")
+        shared = results["shared_starts_fraction"].get(name)
+        print(
+            f"one mark, {name} timing: {us:.2f} µs of host CPU (target <= 5 µs for CUDA-timed marks); "
+            f"{results['mark_cpu_us_outrunning_the_coordinator'][name]:.2f} µs in a loop that outruns the coordinator"
+            + (f"; {100 * shared:.1f}% started at the previous end" if shared is not None else "")
+        )
     d = results["drain_at_1000_marks_per_s"]
     print(
         f"coordinator at 1,000 marks/s ({d['timer']}): {d['work_per_drain_ms_median']:.2f} ms of CPU per "

@@ -165,6 +165,20 @@ int aipm_gpm_metrics(aipm_engine *e, const aipm_gpm_sample *first, const aipm_gp
                      const uint32_t *ids, uint32_t n, double *values, int32_t *codes);
 void aipm_gpm_sample_free(aipm_engine *e, aipm_gpm_sample *s);
 
+/* CUDA events through the CUDA runtime this process has already loaded (cudart.c): the runtime
+ * is looked up, never loaded (NULL, with the reason in error, when it is not mapped or lacks an
+ * event function). Events and streams are raw cudaEvent_t / cudaStream_t handles; each call
+ * returns the runtime's cudaError_t (0 success, 600 cudaErrorNotReady from a query). */
+typedef struct aipm_cudart aipm_cudart;
+aipm_cudart *aipm_cudart_open(const char *library_path, char *error, size_t error_len);
+void aipm_cudart_close(aipm_cudart *rt);
+int aipm_cudart_event_create(const aipm_cudart *rt, uintptr_t *event);
+int aipm_cudart_event_destroy(const aipm_cudart *rt, uintptr_t event);
+int aipm_cudart_event_record(const aipm_cudart *rt, uintptr_t event, uintptr_t stream);
+int aipm_cudart_event_query(const aipm_cudart *rt, uintptr_t event);
+int aipm_cudart_event_synchronize(const aipm_cudart *rt, uintptr_t event);
+int aipm_cudart_event_elapsed_ms(const aipm_cudart *rt, uintptr_t start, uintptr_t end, float *ms);
+
 /* AIPM_CDEF_END */
 
 #endif

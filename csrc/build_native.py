@@ -12,7 +12,7 @@ from cffi import FFI
 
 CSRC = pathlib.Path(__file__).resolve().parent
 ROOT = CSRC.parent
-SOURCES = ["engine.c", "ring.c", "src_files.c", "src_nvml.c"]
+SOURCES = ["engine.c", "ring.c", "src_files.c", "src_nvml.c", "cudart.c"]
 # -Wmissing-prototypes: a function another file calls is declared in internal.h, and one that
 # no other file calls is static; the sanitizer builds (tests/c/) add -Werror to these.
 WARNINGS = ["-Wall", "-Wextra", "-Wmissing-prototypes", "-Wno-unused-parameter"]

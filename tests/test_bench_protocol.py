@@ -278,3 +278,27 @@ def test_a_window_is_done_once_its_end_and_its_marks_are_integrated(fake_engine)
             m.coordinator.process()
         assert m.coordinator.window_done(w)
         assert len(m.results.inferences("w")) == 5 * len(m.domains)
+
+
+def test_the_process_memory_is_read_beside_the_next_run_and_lands_in_its_run_files(tmp_path, fake_engine, monkeypatch):
+    """smaps_rollup takes tens of ms to read with torch loaded: a helper thread reads it at each
+    run's end, and the run's power_metrics.json still holds that run's figure."""
+    import threading
+
+    from aipm_fast.bench import protocol
+
+    engine, _ = fake_engine
+    readers: list[str] = []
+
+    def memory():
+        readers.append(threading.current_thread().name)
+        return {"pss": 1000 + len(readers), "uss": 10}
+
+    monkeypatch.setattr(protocol, "process_memory", memory)
+    Benchmark(options(tmp_path, runs=2, duration_s=0.2, baseline_s=0.2, engine=engine), log=lambda m: None).run()
+    assert len(readers) == 2 and threading.main_thread().name not in readers
+    for k in (0, 1):
+        lines = (tmp_path / "out" / "input_32" / f"run_{k}" / "power_metrics.json").read_text().splitlines()
+        cpu = json.loads(lines[0])["metrics"]["cpu"]
+        assert cpu["per_process_mem_use_abs"] == {str(os.getpid()): 1001 + k}
+        assert cpu["per_process_mem_use_uss"] == {str(os.getpid()): 10}

@@ -113,6 +113,28 @@ def test_inferences_read_back_from_out_dir_carry_additivity(hw, tmp_path):
     assert bool(m.inferences().set_index("domain").loc[GPU, "additive"])
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["in memory", "read back from out_dir"])
+def test_mark_energies_are_the_inferences_of_a_window_name_one_column_per_domain(hw, tmp_path, streamed):
+    options, _ = hw
+    with Meter(**options, out_dir=str(tmp_path) if streamed else None) as m:
+        for name in ("a", "b", "a"):
+            with m.window(name):
+                for _ in range(4):
+                    with m.inference():
+                        time.sleep(0.01)
+        m.flush()
+        wide = m.results.mark_energies("a")
+        long = m.inferences("a")
+    assert list(wide.columns[:4]) == ["index", "start_ns", "end_ns", "latency_s"]
+    assert sorted(wide.columns[4:]) == sorted(m.domains)
+    assert wide["index"].tolist() == sorted(long["index"].unique()) and len(wide) == 8
+    for domain in m.domains:
+        rows = long[long["domain"] == domain].set_index("index")
+        assert wide.set_index("index")[domain].to_numpy() == pytest.approx(rows["energy_j"].to_numpy(), rel=1e-12)
+        assert wide["latency_s"].to_numpy() == pytest.approx(rows["latency_s"].to_numpy())
+    assert m.results.mark_energies("none").empty
+
+
 # -- track_energy --------------------------------------------------------------------------------
 def test_track_energy_as_a_context_manager_owns_its_meter(hw, capsys):
     options, _ = hw

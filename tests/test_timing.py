@@ -4,12 +4,15 @@ the fake event factory."""
 import ctypes
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from aipm_fast import timing
+from aipm_fast._native import NativeError
 from aipm_fast.timing import EventTimer, FakeGpu, RuntimeEvents, loaded_cudart, now_ns
 
 FAKE_CUDART_SRC = Path(__file__).parent / "fakes" / "fake_cudart.c"
@@ -20,7 +23,7 @@ def fake_cudart(tmp_path_factory):
     gcc = shutil.which("gcc") or pytest.skip("gcc is needed to build the fake CUDA runtime")
     out = tmp_path_factory.mktemp("cudart") / "libcudart.so.13"
     subprocess.run([gcc, "-std=c11", "-shared", "-fPIC", "-O2", str(FAKE_CUDART_SRC), "-o", str(out)], check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = ctypes.CDLL(str(out))  # loaded, as torch loads its runtime: the C side only looks it up
     lib.fake_cudart_records.restype = ctypes.c_ulong
     lib.path = str(out)
     return lib
@@ -32,7 +35,7 @@ def runtime_timer(lib, streams):
         return 1234
 
     events = RuntimeEvents(lib.path, raw_stream, device=3)
-    return EventTimer(events.event, lambda: None, kind="cudart")
+    return EventTimer(events, lambda: None, kind="cudart")
 
 
 def test_runtime_events_time_marks_on_the_current_stream_of_the_timer_device(fake_cudart, monkeypatch):
@@ -56,19 +59,101 @@ def test_runtime_events_time_marks_on_the_current_stream_of_the_timer_device(fak
 def test_runtime_events_are_reused_once_resolved(fake_cudart, monkeypatch):
     monkeypatch.setenv("FAKE_CUDART_LAG_US", "0")
     timer = runtime_timer(fake_cudart, [])
-    pairs = [(timer.begin(), timer.end()) for _ in range(3)]
-    handles = {ev.handle for pair in pairs for ev in pair}
-    for s, e in pairs:
-        assert timer.resolve(timer.anchor, s, e) is not None
-    again = {timer.begin().handle for _ in range(6)}
-    assert again == handles  # no new event while the pool has some
+    pool = {*timer._pool, timer.anchor.event}  # the first anchor took one
+    assert len(pool) == timing.POOL_START  # made up front, not in the hot path
+    made = []
+    real_new = timer._new
+    timer._new = lambda: made.append(1) or real_new()
+    marks = []
+    for _ in range(3 * timing.POOL_START):  # more marks than the pool holds, each resolved after it
+        s = timer.begin()
+        time.sleep(0.0001)
+        marks.append((s, timer.end()))
+        assert timer.resolve(timer.anchor, *marks[-1]) is not None
+    used = {ev for s, e in marks for ev in (s if isinstance(s, tuple) else (s,)) + (e[0],)}
+    assert not made and used <= pool  # every event came from the pool
+
+
+def test_consecutive_marks_share_their_boundary_event(fake_cudart, monkeypatch):
+    """A mark beginning right after the previous one ended starts at that end's event: one
+    record per mark, and the spans tile the stream's time with nothing lost or counted twice."""
+    monkeypatch.setenv("FAKE_CUDART_LAG_US", "20000")  # the GPU runs 20 ms behind
+    timer = runtime_timer(fake_cudart, [])
+    before = fake_cudart.fake_cudart_records()
+    marks = []
+    for _ in range(50):
+        start = timer.begin()
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.0002:  # 0.2 ms of work inside the mark
+            pass
+        marks.append((start, timer.end()))
+    records = fake_cudart.fake_cudart_records() - before
+    assert timer.shared_starts >= 25  # of 49: only a preemption between two marks breaks the chain
+    assert records == 100 - timer.shared_starts
+    time.sleep(0.03)
+    spans = [timer.resolve(timer.anchor, s, e) for s, e in marks]
+    assert all(sp is not None for sp in spans)
+    for (s, _), (prev, cur) in zip(marks[1:], zip(spans, spans[1:])):
+        if isinstance(s, tuple):  # shared: this mark starts exactly where the previous one ended
+            assert cur[0] == prev[1]
+        assert cur[0] >= prev[1]
+    # every event back in the pool once, none still held for a mark
+    assert len(timer._pool) == len(set(timer._pool)) and not timer._claims
+
+
+def test_a_boundary_is_not_shared_across_a_gap_a_stream_a_thread_or_a_window_edge(fake_cudart, monkeypatch):
+    monkeypatch.setenv("FAKE_CUDART_LAG_US", "0")
+    stream = [7]
+    events = RuntimeEvents(fake_cudart.path, lambda device: stream[0], device=0)
+    timer = EventTimer(events, lambda: None, kind="cudart")
+
+    def shares(between) -> bool:
+        timer.begin()
+        timer.end()
+        between()
+        return isinstance(timer.begin(), tuple)
+
+    assert any(shares(lambda: None) for _ in range(5))  # a preemption in between may break one
+    assert not shares(lambda: time.sleep(2 * timing.SHARE_GAP_NS / 1e9))  # time to launch work
+
+    def other_stream():
+        stream[0] = 8
+
+    assert not shares(other_stream)
+    assert not shares(timer.reanchor)  # a window edge: marks after it start after it
+    got = []
+    timer.begin()
+    timer.end()
+    worker = threading.Thread(target=lambda: got.append(timer.begin()))
+    worker.start()
+    worker.join()
+    assert not isinstance(got[0], tuple)  # another thread's mark: its own start event
+
+
+def test_an_end_given_back_by_the_coordinator_is_never_shared_afterwards(fake_cudart, monkeypatch):
+    """The race between the coordinator resolving a mark and the user's next begin: whoever
+    takes the end's claim first owns the event, the other leaves it alone."""
+    monkeypatch.setenv("FAKE_CUDART_LAG_US", "0")
+    timer = runtime_timer(fake_cudart, [])
+    s = timer.begin()
+    e = timer.end()
+    assert timer.resolve(timer.anchor, s, e) is not None  # resolved at once: e's event is back
+    before = fake_cudart.fake_cudart_records()
+    nxt = timer.begin()
+    assert not isinstance(nxt, tuple)  # its own start, recorded now (be it the same event, reused)
+    assert fake_cudart.fake_cudart_records() - before == 1
 
 
 def test_a_runtime_error_is_raised_naming_the_call(fake_cudart):
     events = RuntimeEvents(fake_cudart.path, lambda d: 0, device=0)
-    a, b = events.event(), events.event()  # never recorded
+    a, b = events.new(), events.new()  # never recorded
     with pytest.raises(RuntimeError, match="cudaEventElapsedTime: CUDA runtime error 400"):
-        a.elapsed_time(b)
+        events.elapsed_ms(a, b)
+
+
+def test_a_runtime_that_is_not_loaded_is_refused_naming_it(tmp_path):
+    with pytest.raises(NativeError, match=r"libcudart\.so\.99 is not loaded in this process"):
+        RuntimeEvents(str(tmp_path / "libcudart.so.99"), lambda d: 0, device=0)
 
 
 def test_the_loaded_cuda_runtime_is_found_in_the_process_maps(tmp_path):
@@ -94,3 +179,58 @@ def test_fake_gpu_events_complete_when_its_queue_reaches_them():
     gpu.synchronize()
     a, b = timer.resolve(timer.anchor, s, e)
     assert np.isclose((b - a) / 1e6, 20.0, atol=1.0)
+
+
+def test_torch_events_share_boundaries_on_streams_that_are_equal_but_not_the_same_object():
+    """torch.cuda.current_stream() makes a new Stream object each call: the timer compares
+    streams by equality, and its claims hash them."""
+
+    class Stream:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __eq__(self, other):
+            return isinstance(other, Stream) and other.handle == self.handle
+
+        def __hash__(self):
+            return hash(self.handle)
+
+    gpu = FakeGpu()  # the clock behind the stand-in events
+
+    class StandInEvent:
+        def __init__(self, enable_timing=True):
+            self.fake = gpu.new()
+
+        def record(self, stream):
+            assert isinstance(stream, Stream)
+            gpu.record(self.fake, stream)
+
+        def query(self):
+            return gpu.query(self.fake)
+
+        def synchronize(self):
+            gpu.wait(self.fake)
+
+        def elapsed_time(self, other):
+            return gpu.elapsed_ms(self.fake, other.fake)
+
+    class Cuda:
+        Event = StandInEvent
+
+        @staticmethod
+        def current_stream():
+            return Stream(7)
+
+    class Torch:
+        cuda = Cuda
+
+    timer = EventTimer(timing.TorchEvents(Torch), lambda: None, kind="torch")
+    marks = []
+    for _ in range(5):
+        s = timer.begin()
+        gpu.launch(0.002)
+        marks.append((s, timer.end()))
+    assert timer.shared_starts >= 1
+    gpu.synchronize()
+    spans = [timer.resolve(timer.anchor, s, e) for s, e in marks]
+    assert [b - a for a, b in spans] == pytest.approx([2e6] * 5, abs=2e5)

@@ -34,7 +34,7 @@ from aipm_fast._native import now_ns
 from aipm_fast.bench.gpu_use import GpuUse
 from aipm_fast.storage import write_atomic, write_json
 
-__all__ = ["PERIOD_S", "KEYS", "power_lines", "write_run_files"]
+__all__ = ["PERIOD_S", "KEYS", "power_lines", "process_memory", "write_run_files"]
 
 #: the resolution of power_metrics.json: about this long a period (a run of at least one period
 #: gets round(duration / PERIOD_S) periods; a shorter one gets one)
@@ -121,9 +121,11 @@ def _date(t_ns: int, offset_ns: int) -> str:
     return str(datetime.datetime.fromtimestamp((t_ns + offset_ns) / 1e9))
 
 
-def _process_memory() -> dict[str, int]:
+def process_memory() -> dict[str, int]:
     """This process's PSS and USS in bytes (what AIPowerMeter's psutil memory_full_info() gives
-    as pss and uss), from /proc/self/smaps_rollup; empty where it cannot be read."""
+    as pss and uss), from /proc/self/smaps_rollup; empty where it cannot be read. The kernel
+    walks the process's page tables to make that file: tens of ms with torch loaded, spent in
+    the read, which lets go of the GIL (the benchmark reads it on a helper thread)."""
     fields: dict[str, int] = {}
     try:
         with open("/proc/self/smaps_rollup") as f:
@@ -148,13 +150,14 @@ def write_run_files(
     gpu_index: dict[str, int | str],
     device_means: dict[str, dict[int | str, float]],
     gpu_use: GpuUse,
+    host_memory: dict[str, int],
     description: str,
 ) -> None:
     """power_metrics.json, latency.csv and metadata.json of one run.
 
     parts: {"gpu"|"cpu": {domain: (its passes, its window energy J)}}; gpu_index: GPU domain ->
     its NVML index (the per-GPU keys); device_means: {"memory"|"utilization": {NVML index:
-    mean over the run}}."""
+    mean over the run}}; host_memory: process_memory() at the run's end."""
     offset = time.time_ns() - now_ns()  # CLOCK_MONOTONIC -> the wall clock, now
     by_domain = {}
     dates = None
@@ -175,7 +178,6 @@ def write_run_files(
     gpu_w, cpu_w = part_watts("gpu"), part_watts("cpu")
     share = gpu_use.attributable_share
     pid = os.getpid()
-    host_memory = _process_memory()
     memory = device_means.get("memory", {})
     util = device_means.get("utilization", {})
     lines = []

@@ -23,14 +23,15 @@ import math
 import os
 import platform
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from aipm_fast.bench import models
-from aipm_fast.bench.aipowermeter import write_run_files
+from aipm_fast.bench.aipowermeter import process_memory, write_run_files
 from aipm_fast.bench.folder import INFERENCE_COLUMNS, load_runs, run_folder
 from aipm_fast.bench.gpu_use import GpuUse, GpuUseProbe, nvml_gpus
 from aipm_fast.bench.model_counts import model_columns, prune_request
@@ -39,6 +40,9 @@ from aipm_fast.bench.summary import summarize, write_summary
 from aipm_fast.domains import bench_parts
 from aipm_fast.prune import PruneError
 from aipm_fast.storage import write_json
+
+if TYPE_CHECKING:
+    from aipm_fast.measurement import Measurement
 
 
 @dataclass
@@ -133,6 +137,8 @@ class Benchmark:
                 self.meter.start()
         m = self.meter
         self._unresolved: list[_PendingRun] = []
+        # the process's memory at each run's end, read beside the next run (process_memory)
+        self._memory_reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipm-bench-memory")
         try:
             self.parts = bench_parts(m.domains, m.results.domains)
             self.gpu_index = nvml_gpus(m.recorder, self.metered_gpus)
@@ -162,6 +168,7 @@ class Benchmark:
             self._finish_runs(wait=True)
         finally:
             self._close_writers()
+            self._memory_reader.shutdown()
             if own_meter:
                 m.stop()
         summary = summarize(load_runs(opts.out))
@@ -266,7 +273,8 @@ class Benchmark:
                 passes += 1
         use = self.gpu_use.finish()
         mem = torch.cuda.max_memory_allocated() / 1e9 if opts.device.startswith("cuda") else None
-        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer, use))
+        host_memory = self._memory_reader.submit(process_memory)
+        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer, use, host_memory))
 
     def _finish_runs(self, wait: bool) -> list[RunFile]:
         """Writes the runs whose energies are resolved, oldest first; with wait, all of them."""
@@ -280,11 +288,7 @@ class Benchmark:
                 break
             self._unresolved.pop(0)
             run.close_writer(m.recorder)
-            done.append(
-                self._write_run(
-                    run.run_dir, run.size, run.k, run.window, run.passes, run.gpu_memory_gb, run.gpu_use or GpuUse()
-                )
-            )
+            done.append(self._write_run(run))
         return done
 
     def _close_writers(self) -> None:
@@ -292,32 +296,20 @@ class Benchmark:
             run.close_writer(self.meter.recorder)
 
     # -- results -----------------------------------------------------------------------------
-    def _write_run(
-        self, run_dir: str, size: int, k: int, w, passes: int, gpu_memory_gb: float | None, use: GpuUse
-    ) -> RunFile:
+    def _write_run(self, pending: _PendingRun) -> RunFile:
         opts, m = self.opts, self.meter
+        run_dir, size, k, w, passes = pending.run_dir, pending.size, pending.k, pending.window, pending.passes
+        use = pending.gpu_use or GpuUse()
         name = f"input_{size}/run_{k}"
         # from the result object: the run is resolved (window_done), and the Meter's own
-        # accessors would wait for every mark so far, the next run's included
-        windows = m.results.windows()
-        win = windows[windows["window_id"] == w.id].set_index("domain")
-        inf = m.results.inferences(name)
+        # accessors would wait for every mark so far, the next run's included; this window's
+        # rows and its passes' energies only, as each domain's column (no long table to pivot)
+        win = m.results.window_frame(w.window).set_index("domain")
+        passes_j = m.results.mark_energies(name)
         samples = passes * opts.batch_size
+        assert w.end_ns is not None  # resolved, hence closed
         duration = (w.end_ns - w.start_ns) / 1e9
-        per_pass = (
-            inf.pivot_table(index="index", columns="domain", values="energy_j", aggfunc="first")
-            if len(inf)
-            else pd.DataFrame()
-        )
-        lat = inf.drop_duplicates("index").set_index("index")
-        table = pd.DataFrame(
-            {
-                "index": lat.index,
-                "start_ns": lat["start_ns"].to_numpy(),
-                "end_ns": lat["end_ns"].to_numpy(),
-                "latency_s": lat["latency_s"].to_numpy(),
-            }
-        )
+        table = passes_j[["index", "start_ns", "end_ns", "latency_s"]].copy()
         energy: dict[str, PartEnergy | None] = {}
         for part, domains in self.parts.items():
             usable = [d for d in domains if d in win.index and np.isfinite(win.loc[d, "energy_j"])]
@@ -328,7 +320,8 @@ class Benchmark:
                     float(sum(win.loc[d, "dynamic_energy_j"] for d in usable)),
                     samples,
                 )
-                table[col] = per_pass[usable].sum(axis=1).reindex(lat.index).to_numpy() if len(per_pass) else np.nan
+                # a pass that one domain could not resolve keeps the others; NaN where none could
+                table[col] = passes_j[usable].sum(axis=1, min_count=1).to_numpy() if len(passes_j) else np.nan
             else:
                 energy[part] = None
                 table[col] = np.nan
@@ -352,7 +345,7 @@ class Benchmark:
             latency_median_s=float(table["latency_s"].median()) if len(table) else duration / max(passes, 1),
             throughput_per_s=samples / duration if duration > 0 else 0.0,
             gpu_utilization_pct=util,
-            gpu_memory_gb=gpu_memory_gb,
+            gpu_memory_gb=pending.gpu_memory_gb,
             energy={part: energy[part] for part in ENERGY_PARTS},
             energy_missing_reason=None if measured else (self.missing_reason or "no power reading covered this run"),
             process_sm_pct=use.process_sm_pct,
@@ -362,17 +355,23 @@ class Benchmark:
             **measured_extra,
         )
         table[list(INFERENCE_COLUMNS)].to_csv(os.path.join(run_dir, "inferences.csv"), index=False)
-        self._write_aipowermeter(run_dir, name, w, win, inf, use, table["latency_s"].to_numpy())
+        host_memory = pending.host_memory.result() if pending.host_memory is not None else {}
+        self._write_aipowermeter(run_dir, name, w, win, passes_j, use, host_memory, table["latency_s"].to_numpy())
         run.write(run_dir)  # last: its presence marks a complete run
         return run
 
-    def _write_aipowermeter(self, run_dir: str, name: str, w, win, inf, use: GpuUse, latencies) -> None:
+    def _write_aipowermeter(
+        self, run_dir: str, name: str, w, win, passes_j, use: GpuUse, host_memory: dict[str, int], latencies
+    ) -> None:
         """AIPowerMeter's files of the run (aipowermeter.py), from each measured domain's passes."""
         parts = {}
         for part in ("gpu", "cpu"):
             domains = self.parts.get(part, [])
             parts[part] = {
-                d: (inf[inf["domain"] == d][["start_ns", "end_ns", "energy_j"]], float(win.loc[d, "energy_j"]))
+                d: (
+                    passes_j[["start_ns", "end_ns", d]].rename(columns={d: "energy_j"}),
+                    float(win.loc[d, "energy_j"]),
+                )
                 for d in domains
                 if d in win.index
             }
@@ -394,6 +393,7 @@ class Benchmark:
             gpu_index=by_gpu,
             device_means=means,
             gpu_use=use,
+            host_memory=host_memory,
             description=f"aipm-fast bench {self.opts.model} {name}",
         )
 
@@ -450,11 +450,12 @@ class _PendingRun:
     run_dir: str
     size: int
     k: int
-    window: object
+    window: Measurement
     passes: int
     gpu_memory_gb: float | None  # the run's peak, read as it ended (the next run resets it)
     writer: object = None  # the samples.parquet sink of a size's first run, kept until resolved
     gpu_use: GpuUse | None = None  # the run's per-process and GPM figures, read at its edges
+    host_memory: Future | None = None  # process_memory() at the run's end, read on a helper thread
 
     def close_writer(self, recorder) -> None:
         if self.writer is not None:
