@@ -431,3 +431,42 @@ def test_the_gpu_snip_script_runs_its_table_on_cpu_and_skips_pruning_it_cannot_d
     assert table.loc["lenet5_caffe", "steps"] == 3 and table.loc["vgg_d", "steps"] == 2
     assert table.loc["vgg_d", "parameters"] == 15_255_626
     assert table.loc["lenet5_caffe", "Wh per run"] > 0
+
+
+def test_a_token_model_trains_on_input_ids_and_its_logits(tmp_path, fake_engine, monkeypatch):
+    """The path bert takes (token ids as input_ids, a Hugging Face output's logits), on a tiny
+    stand-in so that the test stays fast."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    class TinyTextClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.EmbeddingBag(50, 4)
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, input_ids):
+            calls.append(input_ids.shape)
+            return SimpleNamespace(logits=self.head(self.embed(input_ids)))
+
+    def samples(spec, size, n, device, dtype):
+        return torch.randint(0, 50, (n, size), generator=torch.Generator().manual_seed(0))
+
+    spec = models.ModelSpec(
+        name="tiny_text",
+        input_kind="tokens",
+        native_size=6,
+        default_batch_size=3,
+        description="",
+        builder=lambda spec, size: TinyTextClassifier(),
+        inputs=lambda *a: None,
+        classes=2,
+        samples=samples,
+    )
+    monkeypatch.setitem(models.MODELS, "tiny_text", spec)
+    opts = options(tmp_path, model="tiny_text", sizes=[6], batch_size=3, steps=4, runs=1, engine=fake_engine)
+    Training(opts, log=lambda m: None).run()
+    run = json.loads((tmp_path / "out" / "input_6" / "run_0" / "run.json").read_text())
+    assert run["n_steps"] == 4 and run["n_inferences"] == 12 and run["n_parameters"] == 50 * 4 + 4 * 2 + 2
+    assert (3, 6) in calls
