@@ -306,8 +306,9 @@ class Benchmark:
         host_memory = self._memory_reader.submit(process_memory)
         if samples is None:
             samples = passes * self.opts.batch_size
+        extra = {} if extra is None else extra  # the caller's own dict: it may add to it until the run resolves
         self._unresolved.append(
-            _PendingRun(run_dir, size, k, w, passes, mem, writer, use, host_memory, samples, extra or {})
+            _PendingRun(run_dir, size, k, w, passes, mem, writer, use, host_memory, samples, extra)
         )
 
     def _finish_runs(self, wait: bool) -> list[RunFile]:

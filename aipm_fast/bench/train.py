@@ -189,9 +189,9 @@ class Training(Benchmark):
                 counts.append(int(idx.shape[0]))
         loss = torch.stack(losses).float().cpu().numpy().astype(np.float64)
         curve = pd.DataFrame(dict(zip(LOSS_COLUMNS, (np.arange(len(losses)), epochs, counts, loss))))
-        extra = {"curve": curve}
-        extra.update(self._accuracy(model, data))
+        extra: dict[str, Any] = {"curve": curve}
         self._measured(run_dir, size, k, w, len(losses), writer, samples=int(sum(counts)), extra=extra)
+        extra.update(self._accuracy(model, data))  # after the run's edge figures: not part of the run
 
     def _accuracy(self, model, data: TrainData) -> dict:
         import torch
