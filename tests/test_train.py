@@ -470,3 +470,12 @@ def test_a_token_model_trains_on_input_ids_and_its_logits(tmp_path, fake_engine,
     run = json.loads((tmp_path / "out" / "input_6" / "run_0" / "run.json").read_text())
     assert run["n_steps"] == 4 and run["n_inferences"] == 12 and run["n_parameters"] == 50 * 4 + 4 * 2 + 2
     assert (3, 6) in calls
+
+
+def test_counts_in_summary_csv_keep_every_digit(tmp_path):
+    from aipm_fast.bench.summary import write_summary
+
+    summary = pd.DataFrame([{"size": 32, "n_parameters": 15_255_626.0, "n_steps": 300.0, "duration_s": 1.23456789}])
+    written = pd.read_csv(write_summary(tmp_path, summary))
+    assert written.loc[0, "n_parameters"] == 15_255_626 and written.loc[0, "n_steps"] == 300
+    assert written.loc[0, "duration_s"] == pytest.approx(1.23457)  # other figures: 6 significant digits
