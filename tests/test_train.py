@@ -417,16 +417,19 @@ def test_the_gpu_snip_script_runs_its_table_on_cpu_and_skips_pruning_it_cannot_d
     assert result.returncode == 0, result.stderr
     assert "lenet5_caffe: exit 0" in result.stdout and "vgg_d: exit 0" in result.stdout
     assert "report: exit 0" in result.stdout
-    from aipm_fast.bench.train import Training  # noqa: F401  (the pruning side decides what is skipped)
-
-    if (
+    can_prune = (
         "--prune"
-        not in subprocess.run(
+        in subprocess.run(
             [sys.executable, "-m", "aipm_fast.cli", "train", "--help"], capture_output=True, text=True, env=env
         ).stdout
-    ):
-        assert "lenet5_caffe_snip0.95: skipped" in result.stdout
+    )
     table = pd.read_csv(out / "table" / "seed_table.csv").set_index("model")
+    if can_prune:
+        assert "lenet5_caffe_snip0.95: exit 0" in result.stdout and "vgg_d_snip0.95: exit 0" in result.stdout
+        assert table.loc["lenet5_caffe_snip0.95", "effective sparsity %"] > 90
+        assert table.loc["lenet5_caffe_snip0.95", "nonzero parameters"] < 0.1 * 431_080
+    else:
+        assert "lenet5_caffe_snip0.95: skipped" in result.stdout
     assert {"lenet5_caffe", "vgg_d"} <= set(table.index)
     assert table.loc["lenet5_caffe", "steps"] == 3 and table.loc["vgg_d", "steps"] == 2
     assert table.loc["vgg_d", "parameters"] == 15_255_626
@@ -468,14 +471,42 @@ def test_a_token_model_trains_on_input_ids_and_its_logits(tmp_path, fake_engine,
     opts = options(tmp_path, model="tiny_text", sizes=[6], batch_size=3, steps=4, runs=1, engine=fake_engine)
     Training(opts, log=lambda m: None).run()
     run = json.loads((tmp_path / "out" / "input_6" / "run_0" / "run.json").read_text())
-    assert run["n_steps"] == 4 and run["n_inferences"] == 12 and run["n_parameters"] == 50 * 4 + 4 * 2 + 2
+    assert run["n_steps"] == 4 and run["n_inferences"] == 12
     assert (3, 6) in calls
 
 
 def test_counts_in_summary_csv_keep_every_digit(tmp_path):
     from aipm_fast.bench.summary import write_summary
 
-    summary = pd.DataFrame([{"size": 32, "n_parameters": 15_255_626.0, "n_steps": 300.0, "duration_s": 1.23456789}])
+    summary = pd.DataFrame([{"size": 32, "params_total": 15_255_626.0, "n_steps": 300.0, "duration_s": 1.23456789}])
     written = pd.read_csv(write_summary(tmp_path, summary))
-    assert written.loc[0, "n_parameters"] == 15_255_626 and written.loc[0, "n_steps"] == 300
+    assert written.loc[0, "params_total"] == 15_255_626 and written.loc[0, "n_steps"] == 300
     assert written.loc[0, "duration_s"] == pytest.approx(1.23457)  # other figures: 6 significant digits
+
+
+def test_a_snip_pruned_model_keeps_its_masked_weights_zero_while_it_trains(tmp_path):
+    opts = options(tmp_path, prune="snip", sparsity=0.9, sparsity_format="masked", steps=3, optimizer="adam")
+    training = Training(opts)
+    assert training.prune_request is not None and training.prune_request.reapply_masks
+    training.data = load_data(training.spec, 28, None, batch_size=opts.batch_size)
+    training.dtype = torch.float32
+    training.n_steps = 3
+    model, optimizer = training._fresh(28)
+    columns = training.model_columns[28]
+    assert columns["prune_method"] == "snip" and columns["prunable_sparsity"] == pytest.approx(0.9, abs=0.01)
+
+    def weights():
+        return [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+    zeros = [w == 0 for w in weights()]
+    for _, idx in training._batches():
+        training._step(model, optimizer, training.data.x[idx], training.data.y[idx])
+    model(training.data.x[:1])  # the masks are re-applied before a forward pass
+    assert all(bool((w[z] == 0).all()) for w, z in zip(weights(), zeros))
+    share = sum(int(z.sum()) for z in zeros) / sum(z.numel() for z in zeros)
+    assert share == pytest.approx(0.9, abs=0.01)
+
+
+def test_training_refuses_a_bad_pruning_option(tmp_path):
+    with pytest.raises(BenchError, match="--sparsity"):
+        Training(options(tmp_path, prune="snip"))

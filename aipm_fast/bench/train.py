@@ -119,7 +119,7 @@ class Training(Benchmark):
         model = models.build_model(
             self.opts.model, weights_path=self.opts.weights, device=self.opts.device, dtype=self.dtype, size=size
         )
-        model.train()
+        model.eval()  # counted (and scored) as the bench does: batch norm of a single sample has no batch statistics
         first = next(self._batches())[1]
 
         def loss_fn(outputs, targets):
