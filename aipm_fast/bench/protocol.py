@@ -307,9 +307,7 @@ class Benchmark:
         if samples is None:
             samples = passes * self.opts.batch_size
         extra = {} if extra is None else extra  # the caller's own dict: it may add to it until the run resolves
-        self._unresolved.append(
-            _PendingRun(run_dir, size, k, w, passes, mem, writer, use, host_memory, samples, extra)
-        )
+        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer, use, host_memory, samples, extra))
 
     def _finish_runs(self, wait: bool) -> list[RunFile]:
         """Writes the runs whose energies are resolved, oldest first; with wait, all of them."""
