@@ -366,9 +366,14 @@ def probe(seconds, as_json, **kwargs):
 @click.option("--driver", help="the driver version a --from-capture file was measured with, where it does not say")
 @click.option("--no-save", is_flag=True, help="print the fit without storing it")
 @click.option("--seed", type=int, default=None, help="seed of the schedule's random phases")
+@click.option(
+    "--square-periods",
+    help="square-wave periods of the schedule, in ms, comma separated, for instance bursts as short as an "
+    "inference's phases [the standard schedule's, 400 to 40 ms]",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")
 @engine_options
-def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, as_json, **kwargs):
+def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, square_periods, as_json, **kwargs):
     """Measure a GPU power sensor's response against known load edges (about a minute of load),
     fit it, and store it for this GPU model and driver, so that marks get time-true energy."""
     from aipm_fast.sensor import capture as cap
@@ -384,8 +389,12 @@ def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, a
     else:
         from rich.progress import Progress
 
-        from aipm_fast.sensor.drive import NoGpu, capture_gpu
+        from aipm_fast.sensor.drive import PERIODS_S, NoGpu, capture_gpu, parse_periods
 
+        try:
+            periods_s = PERIODS_S if square_periods is None else parse_periods(square_periods)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--square-periods") from None
         try:
             with Progress(console=console, transient=not console.is_terminal) as bar:
                 task = bar.add_task("calibrating", total=1.0)
@@ -393,7 +402,7 @@ def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, a
                 def progress(what, share):
                     bar.update(task, completed=share, description=what)
 
-                capture = capture_gpu(gpu, progress, config, seed=seed)
+                capture = capture_gpu(gpu, progress, config, seed=seed, periods_s=periods_s)
         except NoGpu as exc:
             raise click.ClickException(str(exc)) from exc
     if capture_out:

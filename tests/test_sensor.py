@@ -191,6 +191,21 @@ def test_calibrate_refuses_clearly_without_a_gpu(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_calibrate_plays_the_square_waves_it_is_given(tmp_path):
+    from aipm_fast.sensor import drive
+
+    assert drive.parse_periods("20, 10") == (0.02, 0.01)
+    names = [name for name, _ in drive.schedule(np.random.default_rng(0), (0.02, 0.01))]
+    assert names == ["steps", *(f"square {p} ms against {a}" for a in ("idle", "cool") for p in (20, 10))]
+    for name, blocks in drive.schedule(np.random.default_rng(0), (0.01,))[1:]:
+        assert {on for _, on, _ in blocks} == {0.005}, name  # hot halves of 5 ms, gaps jittered
+        assert len(blocks) == int(drive.RUN_S / 0.01)
+    for bad, why in (("20,x", "'x' is not a number"), ("4", "'4': a period is 8 to 10000 ms"), ("nan", "'nan'")):
+        args = ["calibrate", "--square-periods", bad, "--calibration-file", str(tmp_path / "c")]
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 2 and "--square-periods" in result.output and why in result.output, result.output
+
+
 def test_calibrate_asks_which_gpu_a_bare_capture_was_measured_on(tmp_path):
     if not SHARED_CAPTURE.exists():
         pytest.skip(f"{SHARED_CAPTURE} is not beside this checkout")

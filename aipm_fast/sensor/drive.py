@@ -23,12 +23,31 @@ import numpy as np
 from aipm_fast.sensor.capture import Capture
 from aipm_fast.sensor.fit import Block
 
-#: square-wave periods (s) and how long each runs (s)
+#: square-wave periods (s) and how long each runs (s); `calibrate --square-periods` plays others (for
+#: instance bursts as short as the phases of an inference a profile resolves)
 PERIODS_S = (0.4, 0.2, 0.12, 0.08, 0.04)
+#: the shortest period a square wave may have: half of it is one block of the hot load's graph
+#: (about 4 ms), and the host's sleep between blocks is not much finer
+MIN_PERIOD_S = 0.008
 RUN_S = 4.0
 STEP_HOLD_S = 0.8
 STEPS = 4
 JITTER = 0.2
+
+
+def parse_periods(text: str) -> tuple[float, ...]:
+    """`calibrate --square-periods`: square-wave periods in ms, comma separated, to seconds (ValueError
+    naming the bad item)."""
+    periods = []
+    for item in text.split(","):
+        try:
+            ms = float(item)
+        except ValueError:
+            raise ValueError(f"{item.strip()!r} is not a number of milliseconds") from None
+        if not ms >= MIN_PERIOD_S * 1e3 or ms > 10_000:
+            raise ValueError(f"{item.strip()!r}: a period is {MIN_PERIOD_S * 1e3:g} to 10000 ms")
+        periods.append(ms / 1e3)
+    return tuple(periods)
 
 
 class NoGpu(RuntimeError):
@@ -158,12 +177,14 @@ class Loads:
         return e0, e1
 
 
-def schedule(rng: np.random.Generator) -> list[tuple[str, list[tuple[str, float, float]]]]:
+def schedule(
+    rng: np.random.Generator, periods_s: tuple[float, ...] = PERIODS_S
+) -> list[tuple[str, list[tuple[str, float, float]]]]:
     """Runs of (kind, on seconds, gap seconds after): the gap is idle, or 'cool' load for runs
     against cool (gap kind is then 'cool')."""
     runs = [("steps", [("hot", STEP_HOLD_S, STEP_HOLD_S) for _ in range(STEPS)])]
     for against in ("idle", "cool"):
-        for p in PERIODS_S:
+        for p in periods_s:
             n = max(2, int(RUN_S / p))
             blocks = [("hot", p / 2, p / 2 * (1 + rng.uniform(-JITTER, JITTER))) for _ in range(n)]
             runs.append((f"square {p * 1e3:g} ms against {against}", blocks))
@@ -171,11 +192,15 @@ def schedule(rng: np.random.Generator) -> list[tuple[str, list[tuple[str, float,
 
 
 def run_schedule(
-    recorder, loads: Loads, rng: np.random.Generator, progress: Callable[[str, float], None]
+    recorder,
+    loads: Loads,
+    rng: np.random.Generator,
+    progress: Callable[[str, float], None],
+    periods_s: tuple[float, ...] = PERIODS_S,
 ) -> tuple[list[Block], list[tuple[str, float, float]], int]:
     """Play the schedule while the recorder samples; returns blocks and runs in s after t0_ns,
     and t0_ns (CLOCK_MONOTONIC)."""
-    runs = schedule(rng)
+    runs = schedule(rng, periods_s)
     total = sum(on + gap for _, bl in runs for _, on, gap in bl) + len(runs)
     done = 0.0
     t0 = time.monotonic_ns()
@@ -217,10 +242,16 @@ def capture_config(config, device: int, periods: dict[str, float] | None = None)
     return dataclasses.replace(config, gpus=[device], periods_s={**config.periods_s, **periods})
 
 
-def capture_gpu(device: int, progress: Callable[[str, float], None], config, seed: int | None = None) -> Capture:
+def capture_gpu(
+    device: int,
+    progress: Callable[[str, float], None],
+    config,
+    seed: int | None = None,
+    periods_s: tuple[float, ...] = PERIODS_S,
+) -> Capture:
     """Record the schedule on one GPU with the project's sampler (`config`: the hardware
     options; only this GPU is read, its counter and instant field often enough to time their
-    updates)."""
+    updates), its square waves at `periods_s`."""
 
     from aipm_fast.recorder import Recorder
 
@@ -234,7 +265,7 @@ def capture_gpu(device: int, progress: Callable[[str, float], None], config, see
         chans = {c.label: c for c in rec.channels.values() if c.domain == domain}
         if "power_samples" not in chans:
             raise NoGpu(f"no NVML power samples for GPU {device} (nvmlDeviceGetSamples): a driver too old to calibrate")
-        blocks, runs, t0 = run_schedule(rec, loads, rng, progress)
+        blocks, runs, t0 = run_schedule(rec, loads, rng, progress, periods_s)
 
         return recorded_capture(rec, device, t0, blocks, runs, "hot: bf16 8192x8192 matmuls; cool: torch.cuda._sleep")
 
