@@ -339,3 +339,28 @@ def test_two_four_bookkeeping_with_the_gpu_checks_faked(monkeypatch):
     assert report.semi_structured_flops_share == pytest.approx((layer_flops["0"] + layer_flops["2"]) / dense)
     assert report.flops_executed == dense - (layer_flops["0"] + layer_flops["2"]) / 2
     assert report.layers_pruned == 2
+
+
+class _Attention(nn.Module):
+    """One self-attention block as ViT's encoder has it: nn.MultiheadAttention, then a linear."""
+
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.out = nn.Linear(d, 8)
+
+    def forward(self, x):
+        return self.out(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_flops_count_the_attention_of_multihead_attention_in_eval_mode():
+    # in eval mode without gradients nn.MultiheadAttention takes its fused fast path, an operator
+    # the FLOP counter does not see: the count must still hold its projections and products
+    torch.manual_seed(0)
+    model = _Attention().eval()
+    tokens, d = 10, 32
+    report = prune_model(model, PruneRequest("magnitude", 0.5, "masked"), batch=torch.randn(3, tokens, d))[1]
+    projections = 2 * tokens * d * 3 * d + 2 * tokens * d * d  # in_proj (q, k, v) and out_proj
+    products = 2 * 2 * tokens * tokens * d  # q k^T and the weighted sum of v, over all heads
+    assert report.flops_dense == projections + products + 2 * tokens * d * 8
+    assert torch.backends.mha.get_fastpath_enabled()  # the switch is put back
