@@ -809,6 +809,13 @@ def _print_domains(summary: dict, on_stdout: bool) -> None:
 )
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
 @click.option("--json", "as_json", is_flag=True, help="print the table as JSON on stdout")
+@click.option(
+    "--gpus-at-once",
+    type=click.Choice(["all", "one"]),
+    default="all",
+    show_default=True,
+    help="under torchrun: every rank's GPU runs its cells at once, or one GPU at a time",
+)
 @engine_options
 def bench(
     model,
@@ -830,6 +837,7 @@ def bench(
     sparsity_format,
     no_plots,
     as_json,
+    gpus_at_once,
     **kwargs,
 ):
     """Joules per inference of a model at several input sizes, repeated runs, medians.
@@ -839,10 +847,18 @@ def bench(
     aipm-fast bench --model yolov5s,resnet50,vit_b_16,bert   (the seed's table)
 
     aipm-fast bench --model resnet50 --prune magnitude --sparsity 0.9 --sparsity-format structured
+
+    torchrun --nproc_per_node 8 -m aipm_fast.cli bench --model alexnet --sizes 112:2240:112
+    (the runs shared out over the node's GPUs; rank 0 writes the folder)
     """
     from aipm_fast.bench import models
     from aipm_fast.bench.model_counts import prune_request
+    from aipm_fast.bench.sweep import SweepError, sweep_from_env
 
+    try:
+        sweep = sweep_from_env(gpus_at_once)
+    except SweepError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         prune_request(prune, sparsity, sparsity_format)  # checked before any model is built
     except ValueError as exc:
@@ -887,6 +903,14 @@ def bench(
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if sweep is not None:
+        if precision is not None:
+            raise click.BadParameter("a sweep over ranks shares fixed --runs out", param_hint="--precision")
+        try:
+            device = sweep.device(device)
+        except SweepError as exc:
+            raise click.BadParameter(str(exc), param_hint="--device") from None
+        sweep.init_group()
     for spec, size_list in specs.values():
         _check_sizes_fit(size_list, spec, batch_size or spec.default_batch_size, dtype, device)
     config = engine_config(kwargs)
@@ -912,11 +936,13 @@ def bench(
             sparsity=sparsity,
             sparsity_format=sparsity_format,
         )
-        summary = _bench_one(opts, no_plots, quiet_table=as_json or len(names) > 1)
+        summary = _bench_one(opts, no_plots, quiet_table=as_json or len(names) > 1, sweep=_fresh(sweep))
         folders[name] = opts.out
+        if summary is None:  # a rank of a sweep but rank 0: rank 0 writes the folder
+            continue
         if as_json and len(names) == 1:
             out.print_json(json.dumps(_records(summary)))
-    if len(names) > 1:
+    if len(names) > 1 and (sweep is None or sweep.rank == 0):
         from aipm_fast.bench import seed_table
 
         table = seed_table.seed_table(folders)
@@ -926,6 +952,13 @@ def bench(
         else:
             print_table(seed_table.format_seed_table(table, title=f"{', '.join(names)} ({root})"))
         console.print(f"combined table: {csv_path}, {md_path}")
+
+
+def _fresh(sweep):
+    """The sweep of one model: the group's identity, no cells yet."""
+    import dataclasses
+
+    return None if sweep is None else dataclasses.replace(sweep, cells=[], all_cells=[], done_before=[], spans=[])
 
 
 def BenchOptionsFor(**kw):
@@ -943,12 +976,14 @@ def _records(frame) -> list[dict]:
     ]
 
 
-def _bench_one(opts, no_plots: bool, quiet_table: bool):
-    """One model's benchmark: runs, summary.csv, plots; its table on stdout unless quiet_table."""
+def _bench_one(opts, no_plots: bool, quiet_table: bool, sweep=None):
+    """One model's benchmark: runs, summary.csv, plots; its table on stdout unless quiet_table.
+    In a sweep, None on every rank but rank 0, which writes the folder."""
     import torch
 
     from aipm_fast.bench import models, report
     from aipm_fast.bench.protocol import BenchError, Benchmark
+    from aipm_fast.bench.sweep import SweepError
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{opts.model}", total=len(opts.sizes) * opts.runs)
@@ -959,13 +994,15 @@ def _bench_one(opts, no_plots: bool, quiet_table: bool):
             progress.update(task, completed=sum(done.values()), description=f"{opts.model} size {size} run {k}")
 
         try:
-            summary = Benchmark(opts, progress=tick, log=lambda msg: console.print(msg)).run()
-        except (BenchError, models.BenchModelError) as exc:
+            summary = Benchmark(opts, progress=tick, log=lambda msg: console.print(msg), sweep=sweep).run()
+        except (BenchError, SweepError, models.BenchModelError) as exc:
             raise click.ClickException(str(exc)) from None
         except torch.OutOfMemoryError:
             raise click.ClickException(
                 f"{opts.device} ran out of memory; lower --batch-size or --sizes (largest {max(opts.sizes)})"
             ) from None
+    if summary is None:
+        return None
     if not quiet_table:
         print_table(report.format_table(summary, title=f"{opts.model}: medians over runs ({opts.out})"))
     if not no_plots:
