@@ -212,6 +212,14 @@ def test_one_gpu_at_a_time_runs_cells_in_turn_with_their_own_host_energy(tmp_pat
         assert run["energy"]["total"] is not None and run["energy_missing_reason"] is None
         (n,) = r["neighbours"]
         assert n["mean_power_w"] == pytest.approx(GPU_W[1 - r["rank"]], rel=0.02)
+    # bench/sweep_compare.py reads such folders: each size's runs, on GPU 0 and 1 in turn
+    sys.path.insert(0, str(TESTS.parent / "bench"))
+    from sweep_compare import compare
+
+    table = compare(str(out), str(out)).set_index("size")
+    assert list(table.index) == list(SIZES) and (table["one runs"] == 2).all()
+    assert table["all/one"].to_numpy() == pytest.approx(1.0)
+    assert table["one neighbours W"].to_numpy() == pytest.approx(105.0, rel=0.02)  # median of 110 and 100
 
 
 def test_a_failed_rank_leaves_the_others_runs_and_a_rerun_fills_only_the_missing(tmp_path, rank_env):
