@@ -14,6 +14,7 @@ Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts)
     input_<size>/run_<k>/power_metrics.json, latency.csv, metadata.json    AIPowerMeter's (aipowermeter.py)
     input_<size>/run_0/samples.parquet     raw readings of the first run of each size
     summary.csv, plots/*.png               medians over runs, from aipm_fast.bench.report
+Under torchrun (sweep.py, gather.py) also input_<size>/run_<k>/placement.json and sweep_runs.csv.
 """
 
 from __future__ import annotations
