@@ -255,6 +255,13 @@ def test_a_failed_rank_leaves_the_others_runs_and_a_rerun_fills_only_the_missing
         assert runs[cell]["neighbours"] == [] and "earlier sweep" in runs[cell]["neighbours_missing_reason"]
     assert pd.read_csv(out / "summary.csv")["runs"].tolist() == [3, 3]
 
+    # a rerun of the complete folder runs nothing and keeps what the sweeps knew of each run
+    rc, text = torchrun(env, out, "--runs", "3", port=port())
+    assert rc == 0, text[-6000:]
+    assert f"{len(cells)} of {len(cells)} runs complete" in " ".join(text.split())
+    again = {(r["size"], r["run"]): r for r in json.loads((out / "meta.json").read_text())["sweep"]["runs"]}
+    assert again == runs
+
 
 def test_torchrun_groups_as_nodes_keep_neighbours_and_host_energy_per_node(tmp_path, rank_env):
     env, _, port = rank_env

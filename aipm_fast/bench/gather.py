@@ -133,7 +133,11 @@ def sweep_section(sweep: Sweep, out_dir: str, cells: list[Cell], answers: list[d
     for placement in read_placements(out_dir, cells):
         name = cell_name((placement["size"], placement["run"]))
         entry = {**placement, "neighbours": sorted(by_run.get(name, []), key=lambda n: n["gpu_index"])}
-        entry["neighbours_missing_reason"] = None if name in this_sweep else EARLIER_SWEEP
+        entry["neighbours_missing_reason"] = None
+        if name not in this_sweep:  # measured before: as the earlier sweep's meta.json had it, if it got that far
+            earlier = sweep.earlier_runs.get(name)
+            entry["neighbours"] = earlier.get("neighbours", []) if earlier else []
+            entry["neighbours_missing_reason"] = earlier.get("neighbours_missing_reason") if earlier else EARLIER_SWEEP
         runs.append(entry)
     host = [part["host"] for part in answers if part["host"] is not None]
     return {

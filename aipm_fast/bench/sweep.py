@@ -90,6 +90,8 @@ class Sweep:
     all_cells: list[Cell] = field(default_factory=list)  # the missing cells of every rank, in order
     done_before: list[Cell] = field(default_factory=list)  # complete before this sweep began
     spans: list[dict] = field(default_factory=list)  # this rank's cells measured in this sweep
+    # rank 0: the runs of the folder's meta.json before this sweep rewrites it, by name
+    earlier_runs: dict[str, dict] = field(default_factory=dict)
     _turn: int = 0  # the position in all_cells the group has reached (mode one)
 
     # -- launch -----------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class Sweep:
             clash = options_clash(out_dir, options)
             plan = [clash]
         if self.rank == 0 and plan[0] is None:
+            self.earlier_runs = earlier_runs(out_dir)
             done = complete_cells(out_dir, cells)
             missing = [c for c in cells if c not in done]
             if done:
@@ -271,6 +274,17 @@ def options_clash(out_dir: str, options: dict) -> str | None:
             f"{out_dir} holds runs made with other options ({'; '.join(differ)}): rerun with them or give another --out"
         )
     return None
+
+
+def earlier_runs(out_dir: str) -> dict[str, dict]:
+    """The runs of out_dir's meta.json sweep section by name (empty without one), so that a rerun
+    keeps what an earlier complete sweep knew of its runs' neighbours."""
+    try:
+        with open(os.path.join(out_dir, "meta.json")) as f:
+            runs = json.load(f).get("sweep", {}).get("runs", [])
+        return {cell_name((r["size"], r["run"])): r for r in runs}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 def _names(cells: list[Cell], most: int = 8) -> str:
