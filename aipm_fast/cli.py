@@ -183,6 +183,43 @@ def engine_options(func):
     )(func)
 
 
+def run_options(func):
+    """The options bench and train share about where and how a model runs."""
+    func = click.option(
+        "--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"])
+    )(func)
+    func = click.option("--device", callback=_bench_device, help="cpu, cuda or cuda:N [cuda when present]")(func)
+    return click.option(
+        "--baseline", default=3.0, show_default=True, type=Finite(min=0), help="seconds of idle baseline"
+    )(func)
+
+
+def prune_options(func):
+    """The pruning options bench and train share (aipm_fast.prune, bench/model_counts.py)."""
+    func = click.option(
+        "--sparsity-format",
+        type=click.Choice(["masked", "2:4", "structured"]),
+        help="masked: zeros in dense kernels; 2:4: sparse tensor cores on linear layers; structured: "
+        "channels removed, a smaller dense model [masked]",
+    )(func)
+    func = click.option(
+        "--sparsity",
+        type=float,
+        help="share of the prunable weights (conv and linear) to remove, in [0, 1) [2:4: 0.5]",
+    )(func)
+    return click.option(
+        "--prune",
+        type=click.Choice(["magnitude", "snip", "force"]),
+        help="prune the model before measuring: global |w|, SNIP |g w| from one batch, or FORCE's progressive schedule",
+    )(func)
+
+
+def output_options(func):
+    """The options bench and train share about their outputs."""
+    func = click.option("--json", "as_json", is_flag=True, help="print the table as JSON on stdout")(func)
+    return click.option("--no-plots", is_flag=True, help="skip the PNG plots")(func)
+
+
 def engine_config(kwargs: dict) -> EngineConfig:
     """Take the hardware options out of a command's keyword arguments and make the EngineConfig:
     defaults, then environment variables, then the command line."""
@@ -771,9 +808,7 @@ def _print_domains(summary: dict, on_stdout: bool) -> None:
 @click.option("--duration", type=Finite(min=0, min_open=True), help="seconds per run [5]")
 @click.option("--iters", type=click.IntRange(min=1), help="forward passes per run (instead of --duration)")
 @click.option("--warmup", default=2.0, show_default=True, type=Finite(min=0), help="seconds of warm-up per size")
-@click.option("--baseline", default=3.0, show_default=True, type=Finite(min=0), help="seconds of idle baseline")
-@click.option("--device", callback=_bench_device, help="cpu, cuda or cuda:N [cuda when present]")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "float16", "bfloat16"]))
+@run_options
 @click.option(
     "--weights",
     type=click.Path(exists=True, dir_okay=False),
@@ -791,24 +826,8 @@ def _print_domains(summary: dict, on_stdout: bool) -> None:
     type=click.Path(file_okay=False),
     help="output folder [aipm-bench/<model>; several models: aipm-bench, one folder each]",
 )
-@click.option(
-    "--prune",
-    type=click.Choice(["magnitude", "snip", "force"]),
-    help="prune the model before measuring: global |w|, SNIP |g w| from one batch, or FORCE's progressive schedule",
-)
-@click.option(
-    "--sparsity",
-    type=float,
-    help="share of the prunable weights (conv and linear) to remove, in [0, 1) [2:4: 0.5]",
-)
-@click.option(
-    "--sparsity-format",
-    type=click.Choice(["masked", "2:4", "structured"]),
-    help="masked: zeros in dense kernels; 2:4: sparse tensor cores on linear layers; structured: "
-    "channels removed, a smaller dense model [masked]",
-)
-@click.option("--no-plots", is_flag=True, help="skip the PNG plots")
-@click.option("--json", "as_json", is_flag=True, help="print the table as JSON on stdout")
+@prune_options
+@output_options
 @click.option(
     "--gpus-at-once",
     type=click.Choice(["all", "one"]),
@@ -885,20 +904,8 @@ def bench(
         return
     if not model:
         raise click.UsageError("give --model (see --list-models)")
-    names = [m.strip() for m in model.split(",") if m.strip()]
-    if not names or len(set(names)) != len(names):
-        raise click.BadParameter(f"{model!r}: give models once each, comma separated", param_hint="--model")
-    if len(names) > 1 and sizes:
-        raise click.BadParameter(
-            "several models run at their native sizes; give one --model to choose sizes", param_hint="--sizes"
-        )
-    specs = {}
-    for name in names:
-        try:
-            spec = models.get_spec(name)
-            specs[name] = (spec, models.parse_sizes(sizes, spec))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--model/--sizes") from None
+    specs = _model_specs(model, sizes)
+    names = list(specs)
     import torch
 
     if device is None:
@@ -943,15 +950,41 @@ def bench(
         if as_json and len(names) == 1:
             out.print_json(json.dumps(_records(summary)))
     if len(names) > 1 and (sweep is None or sweep.rank == 0):
-        from aipm_fast.bench import seed_table
+        _combined_table(root, folders, as_json)
 
-        table = seed_table.seed_table(folders)
-        csv_path, md_path = seed_table.write_seed_table(root, table)
-        if as_json:
-            out.print_json(json.dumps(_records(table)))
-        else:
-            print_table(seed_table.format_seed_table(table, title=f"{', '.join(names)} ({root})"))
-        console.print(f"combined table: {csv_path}, {md_path}")
+
+def _model_specs(model: str, sizes: str | None) -> dict:
+    """{name: (spec, sizes)} of --model's comma list (each name once) and --sizes (one model only)."""
+    from aipm_fast.bench import models
+
+    names = [m.strip() for m in model.split(",") if m.strip()]
+    if not names or len(set(names)) != len(names):
+        raise click.BadParameter(f"{model!r}: give models once each, comma separated", param_hint="--model")
+    if len(names) > 1 and sizes:
+        raise click.BadParameter(
+            "several models run at their native sizes; give one --model to choose sizes", param_hint="--sizes"
+        )
+    specs = {}
+    for name in names:
+        try:
+            spec = models.get_spec(name)
+            specs[name] = (spec, models.parse_sizes(sizes, spec))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model/--sizes") from None
+    return specs
+
+
+def _combined_table(root: str, folders: dict[str, str], as_json: bool) -> None:
+    """Several models' folders in one table: ROOT/seed_table.csv and .md, and on stdout."""
+    from aipm_fast.bench import seed_table
+
+    table = seed_table.seed_table(folders)
+    csv_path, md_path = seed_table.write_seed_table(root, table)
+    if as_json:
+        out.print_json(json.dumps(_records(table)))
+    else:
+        print_table(seed_table.format_seed_table(table, title=f"{', '.join(folders)} ({root})"))
+    console.print(f"combined table: {csv_path}, {md_path}")
 
 
 def _fresh(sweep):
@@ -976,14 +1009,17 @@ def _records(frame) -> list[dict]:
     ]
 
 
-def _bench_one(opts, no_plots: bool, quiet_table: bool, sweep=None):
-    """One model's benchmark: runs, summary.csv, plots; its table on stdout unless quiet_table.
-    In a sweep, None on every rank but rank 0, which writes the folder."""
+def _bench_one(opts, no_plots: bool, quiet_table: bool, runner=None, sweep=None):
+    """One model's benchmark (runner: the protocol's class, Benchmark unless given): runs,
+    summary.csv, plots; its table on stdout unless quiet_table. In a sweep, None on every rank
+    but rank 0, which writes the folder."""
     import torch
 
     from aipm_fast.bench import models, report
     from aipm_fast.bench.protocol import BenchError, Benchmark
     from aipm_fast.bench.sweep import SweepError
+
+    runner = runner or Benchmark
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"{opts.model}", total=len(opts.sizes) * opts.runs)
@@ -994,7 +1030,7 @@ def _bench_one(opts, no_plots: bool, quiet_table: bool, sweep=None):
             progress.update(task, completed=sum(done.values()), description=f"{opts.model} size {size} run {k}")
 
         try:
-            summary = Benchmark(opts, progress=tick, log=lambda msg: console.print(msg), sweep=sweep).run()
+            summary = runner(opts, progress=tick, log=lambda msg: console.print(msg), sweep=sweep).run()
         except (BenchError, SweepError, models.BenchModelError) as exc:
             raise click.ClickException(str(exc)) from None
         except torch.OutOfMemoryError:
@@ -1011,6 +1047,140 @@ def _bench_one(opts, no_plots: bool, quiet_table: bool, sweep=None):
             console.print(f"[dim]plots skipped: {', '.join(result['skipped'])} (see `aipm-fast report`)[/]")
     console.print(f"results in {opts.out}/ (summary.csv, per-run folders, plots/)")
     return summary
+
+
+@main.command()
+@click.option(
+    "--model",
+    required=True,
+    help="architecture to train (see bench --list-models; yolov5s is refused); a comma list trains each at its "
+    "native size and writes one combined table (seed_table.csv, seed_table.md)",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), help="samples per step [the model's published default]")
+@click.option("--sizes", help="input sizes: a list (112,224) or start:stop:step [the model's native size]")
+@click.option("--runs", default=3, show_default=True, type=click.IntRange(min=1), help="repetitions per size")
+@click.option("--steps", type=click.IntRange(min=1), help="training steps per run")
+@click.option("--epochs", type=click.IntRange(min=1), help="epochs over the training data per run (instead of --steps)")
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]))
+@click.option("--lr", type=Finite(min=0, min_open=True), help="learning rate [sgd 0.01, adam 0.001]")
+@click.option(
+    "--momentum", default=0.9, show_default=True, type=Finite(min=0, max=1, max_open=True), help="sgd's momentum"
+)
+@click.option(
+    "--data",
+    help="synthetic (default: random labels), digits (scikit-learn's, upsampled), an ImageFolder folder, or an .npz "
+    "with arrays x and y; real data sets hold 20% out for accuracy",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="of the initial weights and the batch order")
+@click.option("--warmup", default=2.0, show_default=True, type=Finite(min=0), help="seconds of warm-up steps per size")
+@run_options
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="local state-dict file to start from (weights are random otherwise)",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="output folder [aipm-train/<model>; several models: aipm-train, one folder each]",
+)
+@prune_options
+@output_options
+@engine_options
+def train(
+    model,
+    batch_size,
+    sizes,
+    runs,
+    steps,
+    epochs,
+    optimizer,
+    lr,
+    momentum,
+    data,
+    seed,
+    warmup,
+    baseline,
+    device,
+    dtype,
+    weights,
+    out_dir,
+    prune,
+    sparsity,
+    sparsity_format,
+    no_plots,
+    as_json,
+    **kwargs,
+):
+    """Joules per training step, per sample and per run of a model: repeated runs of the same
+    training, every step marked, medians; the same folder and tables as bench.
+
+    aipm-fast train --model lenet5_caffe --data digits --epochs 2
+
+    aipm-fast train --model vgg_d --steps 200 --runs 5
+
+    aipm-fast train --model lenet5_caffe --steps 1000 --prune snip --sparsity 0.98   (masks kept while training)
+    """
+    from aipm_fast.bench.model_counts import prune_request
+    from aipm_fast.bench.sweep import world_size
+
+    world = world_size()
+    if world > 1:  # every rank would train every run on the same GPU into the same folder
+        raise click.UsageError(
+            f"WORLD_SIZE={world}: train runs in one process; only bench shares its runs over torchrun's ranks"
+        )
+    try:
+        prune_request(prune, sparsity, sparsity_format)  # checked before any model is built
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if (steps is None) == (epochs is None):
+        raise click.UsageError("give --steps or --epochs (one of them)")
+    specs = _model_specs(model, sizes)
+    names = list(specs)
+    for name, (spec, _) in specs.items():
+        if spec.train_refusal:
+            raise click.BadParameter(f"{name} cannot be trained here: {spec.train_refusal}", param_hint="--model")
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from aipm_fast.bench.train import Training, TrainOptions
+
+    config = engine_config(kwargs)
+    root = out_dir or "aipm-train"
+    folders = {}
+    for name, (spec, size_list) in specs.items():
+        opts = TrainOptions(
+            model=name,
+            sizes=size_list,
+            batch_size=batch_size or spec.default_batch_size,
+            runs=runs,
+            duration_s=None,
+            warmup_s=warmup,
+            baseline_s=baseline,
+            device=device,
+            dtype=dtype,
+            out=os.path.join(root, name) if len(names) > 1 or not out_dir else out_dir,
+            weights=weights,
+            engine={"config": config},
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            steps=steps,
+            epochs=epochs,
+            data=data,
+            seed=seed,
+            prune=prune,
+            sparsity=sparsity,
+            sparsity_format=sparsity_format,
+        )
+        summary = _bench_one(opts, no_plots, quiet_table=as_json or len(names) > 1, runner=Training)
+        folders[name] = opts.out
+        if as_json and len(names) == 1:
+            out.print_json(json.dumps(_records(summary)))
+    if len(names) > 1:
+        _combined_table(root, folders, as_json)
 
 
 @main.command()

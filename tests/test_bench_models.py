@@ -29,9 +29,18 @@ from aipm_fast.bench.models import (
 
 
 def test_zoo_contents():
-    assert list(MODELS) == ["alexnet", "resnet18", "resnet50", "vit_b_16", "yolov5s", "bert"]
+    assert list(MODELS) == ["alexnet", "resnet18", "resnet50", "vit_b_16", "yolov5s", "bert", "lenet5_caffe", "vgg_d"]
     batch = {name: spec.default_batch_size for name, spec in MODELS.items()}
-    assert batch == {"alexnet": 1, "resnet18": 1, "resnet50": 128, "vit_b_16": 64, "yolov5s": 32, "bert": 128}
+    assert batch == {
+        "alexnet": 1,
+        "resnet18": 1,
+        "resnet50": 128,
+        "vit_b_16": 64,
+        "yolov5s": 32,
+        "bert": 128,
+        "lenet5_caffe": 100,
+        "vgg_d": 128,
+    }
     assert {name: spec.requires for name, spec in MODELS.items()} == {
         "alexnet": None,
         "resnet18": None,
@@ -39,6 +48,8 @@ def test_zoo_contents():
         "vit_b_16": None,
         "yolov5s": None,  # built natively, no extra
         "bert": "text",
+        "lenet5_caffe": None,
+        "vgg_d": None,
     }
     assert MODELS["bert"].input_kind == "tokens"
     assert MODELS["bert"].max_size == 512

@@ -11,7 +11,7 @@ from aipm_fast import cli
 from aipm_fast.config import ENV, HARDWARE_OPTIONS, EngineConfig, HardwareOption, hardware_options_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-COMMANDS = ("devices", "probe", "calibrate", "record", "bench", "serve", "profile")
+COMMANDS = ("devices", "probe", "calibrate", "record", "bench", "train", "serve", "profile")
 # Options whose text is not their value: (text on the command line, value in the EngineConfig).
 EXAMPLES = {"gpus": ("0,2", [0, 2])}
 
@@ -34,6 +34,9 @@ def command_args(command, tmp_path):
     if command == "bench":
         pytest.importorskip("torch")
         return ["--model", "resnet18", "--device", "cpu", "--out", str(tmp_path / "bench")]
+    if command == "train":
+        pytest.importorskip("torch")
+        return ["--model", "lenet5_caffe", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "train")]
     if command == "serve":
         pytest.importorskip("prometheus_client")
     if command == "profile":

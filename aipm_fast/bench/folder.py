@@ -5,6 +5,7 @@
     OUT/input_<size>/run_<k>/inferences.csv    one row per forward pass (CLOCK_MONOTONIC ns)
     OUT/input_<size>/run_<k>/samples.parquet   raw power samples (optional; samples/ holds its
                                                parts when the run was killed before the end)
+    OUT/input_<size>/run_<k>/loss.csv          a training run's loss per step (`aipm-fast train`)
 
 :func:`load_runs` gives one row per run; :func:`read_inferences` and :func:`read_samples` read a
 run's per-pass table and raw samples. A file that is missing or malformed raises ReportError
@@ -25,17 +26,30 @@ from aipm_fast.bench.runfile import (
     MODEL_COLUMNS,
     MODEL_TEXT_COLUMNS,
     REASON_COLUMNS,
+    TRAINING_TEXT_COLUMNS,
     ReportError,
     RunFile,
 )
 
-__all__ = ["INFERENCE_COLUMNS", "SAMPLE_COLUMNS", "load_runs", "read_inferences", "read_samples", "run_folder"]
+__all__ = [
+    "INFERENCE_COLUMNS",
+    "LOSS_COLUMNS",
+    "SAMPLE_COLUMNS",
+    "load_runs",
+    "read_inferences",
+    "read_loss_curve",
+    "read_samples",
+    "run_folder",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Columns of inferences.csv, as the protocol writes them.
 INFERENCE_COLUMNS = ("index", "start_ns", "end_ns", "latency_s", "gpu_j", "cpu_j", "total_j")
 SAMPLE_COLUMNS = ("t_ns", "channel", "value", "flags")
+#: Columns of a training run's loss.csv: the step (from 0), its epoch, the samples of its batch
+#: and its training loss (NaN where it diverged).
+LOSS_COLUMNS = ("step", "epoch", "samples", "loss")
 
 _INPUT_DIR = re.compile(r"^input_(.+)$")
 _RUN_DIR = re.compile(r"^run_(.*)$")
@@ -80,10 +94,12 @@ def load_runs(out_dir) -> pd.DataFrame:
 
     Columns: size, run, batch_size, n_inferences, duration_s, latency_median_s,
     throughput_per_s, gpu_utilization_pct, gpu_memory_gb, process_sm_pct, process_gpu_memory_gb,
-    the gpm_* activities, the flattened energies
+    the gpm_* activities, a training run's n_steps, final_loss and accuracy, the
+    flattened energies
     ``<part>_<key>`` (part gpu/cpu/total, key energy_j/dynamic_energy_j/joules_per_inference/
-    dynamic_joules_per_inference; NaN where not measured), and model, device, the reasons of
-    what is missing (REASON_COLUMNS) and path (the run folder).
+    dynamic_joules_per_inference, joules_per_step, joules_per_step_iqr_pct; NaN where not
+    measured), and model, device, mode and accuracy_on (TEXT_COLUMNS), the reasons of what is
+    missing (REASON_COLUMNS) and path (the run folder).
 
     A run folder without run.json (a run interrupted before its end) is left out: its path is
     listed in ``runs.attrs["missing"]`` and logged, and the complete runs are reported.
@@ -132,7 +148,7 @@ def load_runs(out_dir) -> pd.DataFrame:
     for col in MODEL_COLUMNS:
         runs[col] = runs[col].astype(np.float64)
     front = ["size", "run", "batch_size"] + list(MEASURED_COLUMNS) + list(MODEL_COLUMNS)
-    rest = ["model", "device", *MODEL_TEXT_COLUMNS, *REASON_COLUMNS, "path"]
+    rest = ["model", "device", *MODEL_TEXT_COLUMNS, *TRAINING_TEXT_COLUMNS, *REASON_COLUMNS, "path"]
     runs = runs[front + rest].sort_values(["size", "run"], kind="stable").reset_index(drop=True)
     runs.attrs["missing"] = missing
     return runs
@@ -163,15 +179,7 @@ def _check_consistent(rows: list[dict]) -> None:
 def read_inferences(path) -> pd.DataFrame:
     """inferences.csv of one run, checked: the columns exist, times are integers, end >= start."""
     path = os.fspath(path)
-    try:
-        frame = pd.read_csv(path)
-    except FileNotFoundError:
-        raise ReportError(path, "missing") from None
-    except pd.errors.EmptyDataError:
-        raise ReportError(path, "empty CSV (not even a header)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        raise ReportError(path, f"not a readable CSV ({exc})") from None
-    _require_columns(path, INFERENCE_COLUMNS, frame.columns)
+    frame = _read_csv(path, INFERENCE_COLUMNS)
     if frame.empty:
         raise ReportError(path, "empty CSV: a header but no inference rows")
     for col in ("start_ns", "end_ns"):
@@ -191,6 +199,23 @@ def read_inferences(path) -> pd.DataFrame:
             path,
             f"row {i} ends before it starts (start_ns {frame['start_ns'].iloc[i]}, end_ns {frame['end_ns'].iloc[i]})",
         )
+    return frame
+
+
+def read_loss_curve(path) -> pd.DataFrame:
+    """loss.csv of one training run, checked: the columns exist, steps and epochs are integers,
+    losses are numbers (NaN allowed: a diverged step)."""
+    path = os.fspath(path)
+    frame = _read_csv(path, LOSS_COLUMNS)
+    for col in ("step", "epoch", "samples"):
+        if not pd.api.types.is_integer_dtype(frame[col]):
+            raise ReportError(path, f"column {col} must hold integers, found {frame[col].dtype} values")
+    loss = pd.to_numeric(frame["loss"], errors="coerce")
+    bad = loss.isna() & frame["loss"].notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ReportError(path, f"column loss row {i} is {frame['loss'].iloc[i]!r}, not a number")
+    frame["loss"] = loss.astype(np.float64)
     return frame
 
 
@@ -238,6 +263,20 @@ def read_samples(path) -> pd.DataFrame:
             "flags": table.column("flags").to_numpy().astype(np.uint32),
         }
     )
+    return frame
+
+
+def _read_csv(path: str, columns) -> pd.DataFrame:
+    """A run's CSV holding at least `columns`, or ReportError naming it and the fault."""
+    try:
+        frame = pd.read_csv(path)
+    except FileNotFoundError:
+        raise ReportError(path, "missing") from None
+    except pd.errors.EmptyDataError:
+        raise ReportError(path, "empty CSV (not even a header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise ReportError(path, f"not a readable CSV ({exc})") from None
+    _require_columns(path, columns, frame.columns)
     return frame
 
 

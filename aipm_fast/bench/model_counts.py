@@ -30,11 +30,13 @@ def prune_request(method: str | None, sparsity: float | None, sparsity_format: s
         raise ValueError(f"--prune/--sparsity/--sparsity-format: {exc}") from None
 
 
-def model_columns(model, inputs: Any, request: PruneRequest | None) -> tuple[Any, dict]:
+def model_columns(model, inputs: Any, request: PruneRequest | None, targets=None, loss_fn=None) -> tuple[Any, dict]:
     """(the model to run, its run.json columns). A dense model whose counting fails keeps NaN
-    counts with the reason; a pruning that cannot be done raises PruneError."""
+    counts with the reason; a pruning that cannot be done raises PruneError. targets and
+    loss_fn (training): the batch's labels and the loss that SNIP's and FORCE's gradients are of."""
     if request is not None:
-        model, report = prune_model(model, request, batch=inputs)
+        batch = inputs if targets is None else (inputs, targets)
+        model, report = prune_model(model, request, batch=batch, loss_fn=loss_fn)
         return model, {**report.as_row(), "model_count_missing_reason": None}
     try:
         report = dense_report(model, inputs)

@@ -1,5 +1,5 @@
 """The report's PNGs, drawn into OUT/plots/: energy and latency against input size, the
-correlations between runs, and the power trace of one run.
+correlations between runs, the power trace of one run, and a training folder's loss curves.
 
 A plot whose data was not measured (no GPU, no RAPL, no samples) is skipped with the reason.
 """
@@ -13,10 +13,10 @@ import os
 import numpy as np
 import pandas as pd
 
-from aipm_fast.bench.folder import load_runs, read_inferences, read_samples, run_folder
+from aipm_fast.bench.folder import load_runs, read_inferences, read_loss_curve, read_samples, run_folder
 from aipm_fast.bench.runfile import ENERGY_PARTS, ReportError
 from aipm_fast.bench.summary import summarize
-from aipm_fast.bench.table import fmt_exact
+from aipm_fast.bench.table import fmt_exact, is_training
 from aipm_fast.bench.traces import power_traces
 from aipm_fast.storage import parts_folder, sample_readings
 
@@ -38,6 +38,7 @@ CORRELATED = {
 }
 
 PLOT_NAMES = ("energy_vs_size.png", "latency_energy_vs_size.png", "spearman.png", "power_trace.png")
+TRAINING_PLOT_NAMES = ("loss_curve.png",)  # drawn for a training folder only
 FIGSIZE_IN = (6.0, 4.0)
 DPI = 100
 MAX_BOUNDARIES = 200  # inference boundaries drawn on the power trace
@@ -79,11 +80,16 @@ def _model(runs: pd.DataFrame) -> str:
     return str(runs["model"].iloc[0]) if "model" in runs and len(runs) else "model"
 
 
+def _unit(runs: pd.DataFrame) -> str:
+    """What joules_per_inference is per: an inference, or a training run's sample."""
+    return "training sample" if "mode" in runs and bool((runs["mode"] == "train").any()) else "inference"
+
+
 def _inference_label(runs: pd.DataFrame) -> str:
     batches = list(runs["batch_size"].unique()) if "batch_size" in runs else []
     if len(batches) == 1 and batches[0] > 1:
-        return f"J per inference (batch of {int(batches[0])})"
-    return "J per inference"
+        return f"J per {_unit(runs)} (batch of {int(batches[0])})"
+    return f"J per {_unit(runs)}"
 
 
 def _no_energy_reason(runs: pd.DataFrame) -> str:
@@ -133,7 +139,7 @@ def _plot_energy_vs_size(path: str, runs: pd.DataFrame, summary: pd.DataFrame) -
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"{_model(runs)}: energy per inference (median, min-max over runs)", fontsize=9)
+    ax.set_title(f"{_model(runs)}: energy per {_unit(runs)} (median, min-max over runs)", fontsize=9)
     return _save(fig, path)
 
 
@@ -290,13 +296,36 @@ def _plot_power_trace(path: str, runs: pd.DataFrame, summary: pd.DataFrame, out_
     return _save(fig, path)
 
 
+def _plot_loss_curve(path: str, runs: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """Training loss against step, one line per run (its loss.csv)."""
+    curves = []
+    for _, row in runs.iterrows():
+        file = os.path.join(row["path"], "loss.csv")
+        if os.path.exists(file):
+            curves.append((row, read_loss_curve(file)))
+    if not curves:
+        raise _Skip("no run folder holds a loss.csv")
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for row, curve in curves:
+        ax.plot(curve["step"], curve["loss"], lw=0.8, label=f"size {fmt_exact(row['size'])} run {int(row['run'])}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    if len(curves) <= 12:
+        ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"{_model(runs)}: training loss per step", fontsize=9)
+    return _save(fig, path)
+
+
 def _plot_all(out_dir: str, runs: pd.DataFrame, summary: pd.DataFrame):
     plots_dir = os.path.join(out_dir, "plots")
     written: list[str] = []
     skipped: dict[str, str] = {}
+    training = is_training(summary)
     if importlib.util.find_spec("matplotlib") is None:
         reason = "matplotlib is not installed (pip install 'aipm-fast[plot]')"
-        return written, {name: reason for name in PLOT_NAMES}
+        return written, {name: reason for name in PLOT_NAMES + (TRAINING_PLOT_NAMES if training else ())}
     os.makedirs(plots_dir, exist_ok=True)
     plots = {
         "energy_vs_size.png": _plot_energy_vs_size,
@@ -304,6 +333,8 @@ def _plot_all(out_dir: str, runs: pd.DataFrame, summary: pd.DataFrame):
         "spearman.png": _plot_spearman,
         "power_trace.png": lambda p, r, s: _plot_power_trace(p, r, s, out_dir),
     }
+    if training:
+        plots["loss_curve.png"] = _plot_loss_curve
     for name, draw in plots.items():
         path = os.path.join(plots_dir, name)
         try:
@@ -328,7 +359,8 @@ def plot_report(
 ) -> list[str]:
     """Draw the report's PNGs into OUT/plots/; returns the paths written.
 
-    energy_vs_size.png, latency_energy_vs_size.png, spearman.png and power_trace.png. A plot
+    energy_vs_size.png, latency_energy_vs_size.png, spearman.png and power_trace.png, and for a
+    training folder loss_curve.png. A plot
     whose data was not measured is skipped: the reason is logged and, when `skipped` is a dict,
     stored there under the plot's file name. runs and summary are read from out_dir unless
     given. A corrupt run file raises ReportError.

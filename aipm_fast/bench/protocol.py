@@ -99,6 +99,8 @@ def _dtype(name: str):
 
 
 class Benchmark:
+    COMMAND = "bench"  # the command whose runs these are, as AIPowerMeter's metadata names it
+
     def __init__(self, opts: BenchOptions, meter=None, progress=None, log=print, sweep=None):
         self.opts = opts
         self.sweep = sweep  # this rank's part of a sweep under torchrun (sweep.py), or None
@@ -110,16 +112,19 @@ class Benchmark:
         self.spec = models.get_spec(opts.model)
         for size in opts.sizes:
             models.validate_size(opts.model, size)
-        if opts.duration_s is None and opts.iters is None:
-            raise BenchError("give --duration or --iters")
+        self._check_options()
         try:
-            self.prune_request = prune_request(opts.prune, opts.sparsity, opts.sparsity_format)
+            self.prune_request = self._prune_request()
         except ValueError as exc:
             raise BenchError(str(exc)) from None
         self.model_columns: dict[int, dict[str, Any]] = {}  # size -> run.json's columns of the model as it ran
         self.meter = meter
         self.progress = progress
         self.log = log
+
+    def _check_options(self) -> None:
+        if self.opts.duration_s is None and self.opts.iters is None:
+            raise BenchError("give --duration or --iters")
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> pd.DataFrame | None:
@@ -177,20 +182,7 @@ class Benchmark:
                 self.sweep.start_together()
             model = None
             for size in opts.sizes:
-                if self.sweep is not None and not self.sweep.cells_of_size(size):
-                    continue
-                inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
-                # a pruned model is pruned (and counted) anew for each size: its FLOPs depend on it
-                if model is None or self.spec.rebuild_per_size or self.prune_request is not None:
-                    model = models.build_model(
-                        opts.model, weights_path=opts.weights, device=opts.device, dtype=dtype, size=size
-                    )
-                model, self.model_columns[size] = self._prepare(model, inputs)
-                if self.sweep is None:
-                    self._warmup(model, inputs)
-                    self._runs_of_size(model, inputs, size)
-                else:
-                    self._cells_of_size(model, inputs, size)
+                model = self._measure_size(size, model, dtype)
             self._finish_runs(wait=True)
             if self.sweep is not None:
                 self.sweep.finish_turns()
@@ -209,10 +201,10 @@ class Benchmark:
         write_summary(opts.out, summary)
         return summary
 
-    def _prepare(self, model, inputs) -> tuple[Any, dict[str, Any]]:
+    def _prepare(self, model, inputs, targets=None, loss_fn=None) -> tuple[Any, dict[str, Any]]:
         """The model pruned as asked (or counted as it is), and its columns for run.json."""
         try:
-            model, columns = model_columns(model, inputs, self.prune_request)
+            model, columns = model_columns(model, inputs, self.prune_request, targets, loss_fn)
         except PruneError as exc:
             assert self.prune_request is not None  # counting a dense model raises no PruneError
             fmt = self.prune_request.sparsity_format
@@ -243,6 +235,30 @@ class Benchmark:
         else:
             engine["gpus"] = [gpu]
         return engine
+
+    def _prune_request(self):
+        """The pruning the options ask for (None: the dense model); ValueError names the option."""
+        return prune_request(self.opts.prune, self.opts.sparsity, self.opts.sparsity_format)
+
+    def _measure_size(self, size: int, model, dtype):
+        """Warm-up and runs of one input size (in a sweep, this rank's cells of it, none: skipped);
+        returns the model, for the next size to reuse."""
+        opts = self.opts
+        if self.sweep is not None and not self.sweep.cells_of_size(size):
+            return model
+        inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
+        # a pruned model is pruned (and counted) anew for each size: its FLOPs depend on it
+        if model is None or self.spec.rebuild_per_size or self.prune_request is not None:
+            model = models.build_model(
+                opts.model, weights_path=opts.weights, device=opts.device, dtype=dtype, size=size
+            )
+        model, self.model_columns[size] = self._prepare(model, inputs)
+        if self.sweep is None:
+            self._warmup(model, inputs)
+            self._runs_of_size(model, inputs, size)
+        else:
+            self._cells_of_size(model, inputs, size)
+        return model
 
     def _runs_of_size(self, model, inputs, size: int) -> None:
         opts = self.opts
@@ -328,30 +344,48 @@ class Benchmark:
         """Runs one window of marked passes and leaves it to resolve while the next one runs: a
         run's energy is known only once the readings pass its end (up to the sample buffer's
         read period), and waiting for that after every run would idle the GPU meanwhile."""
-        import torch
-
         opts, m = self.opts, self.meter
-        run_dir = run_folder(opts.out, size, k)
-        os.makedirs(run_dir, exist_ok=True)
-        writer = None
-        if k == 0:  # the raw trace of one run per size, for the power-trace plot
-            writer = m.recorder.sample_writer(os.path.join(run_dir, "samples.parquet"))
-            m.recorder.add_sink(writer)
-        if opts.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+        run_dir, writer = self._open_run(size, k)
         name = f"input_{size}/run_{k}"
         passes = 0
-        self.gpu_use.start()  # GPM and per-process samples at the run's edges, outside its window
         with m.window(name) as w:
             end = time.monotonic() + (opts.duration_s or 0)
             while (passes < opts.iters) if opts.iters else (time.monotonic() < end):
                 with m.inference():
                     models.forward(model, inputs)
                 passes += 1
+        self._measured(run_dir, size, k, w, passes, writer)
+
+    def _open_run(self, size: int, k: int):
+        """The run's folder and, for a size's first run, the sink of its raw trace (for the
+        power-trace plot); the peak memory reset and the edge figures started."""
+        import torch
+
+        run_dir = run_folder(self.opts.out, size, k)
+        os.makedirs(run_dir, exist_ok=True)
+        writer = None
+        if k == 0:
+            writer = self.meter.recorder.sample_writer(os.path.join(run_dir, "samples.parquet"))
+            self.meter.recorder.add_sink(writer)
+        if self.opts.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        self.gpu_use.start()  # GPM and per-process samples at the run's edges, outside its window
+        return run_dir, writer
+
+    def _measured(
+        self, run_dir: str, size: int, k: int, w, passes: int, writer, samples: int | None = None, extra=None
+    ) -> None:
+        """The run's edge figures read as its window closed, and the run left to resolve.
+        samples: the inputs the run processed (None: passes x batch size)."""
+        import torch
+
         use = self.gpu_use.finish()
-        mem = torch.cuda.max_memory_allocated() / 1e9 if opts.device.startswith("cuda") else None
+        mem = torch.cuda.max_memory_allocated() / 1e9 if self.opts.device.startswith("cuda") else None
         host_memory = self._memory_reader.submit(process_memory)
-        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer, use, host_memory))
+        if samples is None:
+            samples = passes * self.opts.batch_size
+        extra = {} if extra is None else extra  # the caller's own dict: it may add to it until the run resolves
+        self._unresolved.append(_PendingRun(run_dir, size, k, w, passes, mem, writer, use, host_memory, samples, extra))
 
     def _finish_runs(self, wait: bool) -> list[RunFile]:
         """Writes the runs whose energies are resolved, oldest first; with wait, all of them."""
@@ -375,7 +409,8 @@ class Benchmark:
     # -- results -----------------------------------------------------------------------------
     def _write_run(self, pending: _PendingRun) -> RunFile:
         opts, m = self.opts, self.meter
-        run_dir, size, k, w, passes = pending.run_dir, pending.size, pending.k, pending.window, pending.passes
+        run_dir, size, k, passes = pending.run_dir, pending.size, pending.k, pending.passes
+        w: Any = pending.window
         use = pending.gpu_use or GpuUse()
         name = f"input_{size}/run_{k}"
         # from the result object: the run is resolved (window_done), and the Meter's own
@@ -383,7 +418,7 @@ class Benchmark:
         # rows and its passes' energies only, as each domain's column (no long table to pivot)
         win = m.results.window_frame(w.window).set_index("domain")
         passes_j = m.results.mark_energies(name)
-        samples = passes * opts.batch_size
+        samples = pending.samples
         assert w.end_ns is not None  # resolved, hence closed
         duration = (w.end_ns - w.start_ns) / 1e9
         table = passes_j[["index", "start_ns", "end_ns", "latency_s"]].copy()
@@ -418,6 +453,7 @@ class Benchmark:
             table["total_j"] = np.nan
         util = self._gpu_utilization(w)
         measured_extra: dict[str, Any] = {**use.gpm, **self.model_columns.get(size, {})}
+        extra = self._run_fields(pending, table, energy)
         run = RunFile(
             model=opts.model,
             size=size,
@@ -441,6 +477,7 @@ class Benchmark:
             process_missing_reason=use.process_missing_reason,
             gpm_missing_reason=use.gpm_missing_reason,
             **measured_extra,
+            **extra,
         )
         table[list(INFERENCE_COLUMNS)].to_csv(os.path.join(run_dir, "inferences.csv"), index=False)
         host_memory = pending.host_memory.result() if pending.host_memory is not None else {}
@@ -449,6 +486,11 @@ class Benchmark:
             self.sweep.write_placement(run_dir, (size, k), w.start_ns, w.end_ns, self._placement_gpu())
         run.write(run_dir)  # last: its presence marks a complete run
         return run
+
+    def _run_fields(self, pending: _PendingRun, table: pd.DataFrame, energy: dict) -> dict[str, Any]:
+        """RunFile fields a kind of benchmark adds to a run (may update `energy` in place): none
+        for inference."""
+        return {}
 
     def _write_aipowermeter(
         self, run_dir: str, name: str, w, win, passes_j, use: GpuUse, host_memory: dict[str, int], latencies
@@ -484,7 +526,7 @@ class Benchmark:
             device_means=means,
             gpu_use=use,
             host_memory=host_memory,
-            description=f"aipm-fast bench {self.opts.model} {name}",
+            description=f"aipm-fast {self.COMMAND} {self.opts.model} {name}",
         )
 
     def _gpu_utilization(self, w) -> float | None:
@@ -548,6 +590,8 @@ class _PendingRun:
     writer: object = None  # the samples.parquet sink of a size's first run, kept until resolved
     gpu_use: GpuUse | None = None  # the run's per-process and GPM figures, read at its edges
     host_memory: Future | None = None  # process_memory() at the run's end, read on a helper thread
+    samples: int = 0  # the inputs the run processed
+    extra: dict = field(default_factory=dict)  # what a kind of benchmark keeps for its run's fields
 
     def close_writer(self, recorder) -> None:
         if self.writer is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from aipm_fast.prune.report import NUMERIC_COLUMNS, TEXT_COLUMNS
 from aipm_fast.storage import write_json
@@ -27,6 +27,7 @@ __all__ = [
     "MODEL_COLUMNS",
     "MODEL_TEXT_COLUMNS",
     "REASON_COLUMNS",
+    "TRAINING_TEXT_COLUMNS",
     "PartEnergy",
     "ReportError",
     "RunFile",
@@ -55,20 +56,51 @@ def _added(kind):
     return field(default=None, metadata={"kind": kind, "nullable": True, "minimum": None, "optional": True})
 
 
+def _training(kind):
+    """A field of training runs only: left out of an inference run's JSON (which carries none of
+    them), null when a file lacks it."""
+    return field(
+        default=None,
+        metadata={"kind": kind, "nullable": True, "minimum": None, "optional": True, "omit_null": True},
+    )
+
+
+def _without_omitted_nulls(cls, data: dict) -> dict:
+    """data (asdict of a cls) less the training-only fields that are null: an inference run's."""
+    return {f.name: data[f.name] for f in fields(cls) if not (f.metadata.get("omit_null") and data[f.name] is None)}
+
+
 @dataclass(frozen=True)
 class PartEnergy:
     """Energy of one part (gpu, cpu or total) over a run; None where a figure is unknown."""
 
     energy_j: float | None = _declare(NUMBER, nullable=True)
     dynamic_energy_j: float | None = _declare(NUMBER, nullable=True)
-    joules_per_inference: float | None = _declare(NUMBER, nullable=True)
+    joules_per_inference: float | None = _declare(NUMBER, nullable=True)  # of a training run: per sample
     dynamic_joules_per_inference: float | None = _declare(NUMBER, nullable=True)
+    # training runs: the median over the run's marked steps, and their spread (IQR, % of it)
+    joules_per_step: float | None = _training(NUMBER)
+    joules_per_step_iqr_pct: float | None = _training(NUMBER)
 
     @classmethod
     def of(cls, energy_j: float, dynamic_energy_j: float | None, n_inferences: int) -> PartEnergy:
         """The energies of a run of n_inferences inputs and their share per inference."""
         dynamic = dynamic_energy_j if dynamic_energy_j is not None and math.isfinite(dynamic_energy_j) else None
         return cls(energy_j, dynamic, energy_j / n_inferences, None if dynamic is None else dynamic / n_inferences)
+
+    def with_steps(self, step_joules) -> PartEnergy:
+        """This part with the median and the spread of its steps' energies (None where no step
+        of the run has a finite energy)."""
+        import numpy as np
+
+        values = np.asarray(step_joules, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return replace(self, joules_per_step=None, joules_per_step_iqr_pct=None)
+        median = float(np.median(values))
+        q1, q3 = np.percentile(values, [25, 75])
+        spread = float((q3 - q1) / abs(median) * 100.0) if median != 0 else None
+        return replace(self, joules_per_step=median, joules_per_step_iqr_pct=spread)
 
     @classmethod
     def sum(cls, parts: list[PartEnergy]) -> PartEnergy:
@@ -132,9 +164,26 @@ class RunFile:
     layers_pruned: float | None = _added(NUMBER)
     channels_removed: float | None = _added(NUMBER)
     model_count_missing_reason: str | None = _added(str)
+    # training runs (`aipm-fast train`; absent from an inference run's file): a marked step is one batch's
+    # forward, backward and optimizer step, and n_inferences counts the samples trained on
+    mode: str | None = _training(str)  # "train"; null: an inference run
+    n_steps: int | None = _training(INTEGER)
+    final_loss: float | None = _training(NUMBER)  # mean training loss of the run's last steps
+    loss_missing_reason: str | None = _training(str)
+    accuracy: float | None = _training(NUMBER)  # 0..1, on the data named by accuracy_on
+    accuracy_on: str | None = _training(str)
+    accuracy_missing_reason: str | None = _training(str)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.mode is not None:
+            return data
+        data = _without_omitted_nulls(RunFile, data)  # an inference run: no training field
+        data["energy"] = {
+            part: None if value is None else _without_omitted_nulls(PartEnergy, value)
+            for part, value in data["energy"].items()
+        }
+        return data
 
     def write(self, run_dir) -> str:
         """Write run_dir/run.json, checked as the report will read it; returns its path."""
@@ -193,15 +242,27 @@ MEASURED_COLUMNS = (
     "gpm_sm_occupancy_pct",
     "gpm_tensor_active_pct",
     "gpm_dram_bw_pct",
+    "n_steps",
+    "final_loss",
+    "accuracy",
 ) + ENERGY_COLUMNS
 
 #: Text columns of a run's row: why a figure is missing.
-REASON_COLUMNS = ("energy_missing_reason", "process_missing_reason", "gpm_missing_reason", "model_count_missing_reason")
+REASON_COLUMNS = (
+    "energy_missing_reason",
+    "process_missing_reason",
+    "gpm_missing_reason",
+    "model_count_missing_reason",
+    "loss_missing_reason",
+    "accuracy_missing_reason",
+)
 
 #: Columns of the model as it ran (its pruning and counts: aipm_fast.prune's report), the same in
 #: every run of a size.
 MODEL_COLUMNS = NUMERIC_COLUMNS
 MODEL_TEXT_COLUMNS = TEXT_COLUMNS
+#: Text columns of a training run's row that say what it measured (absent from an inference run).
+TRAINING_TEXT_COLUMNS = ("mode", "accuracy_on")
 
 
 def _nan_if_none(value):

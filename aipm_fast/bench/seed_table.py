@@ -3,7 +3,8 @@
 AIPowerMeter's deep-learning benchmark summarised each model in one row: joules per inference,
 batch size, "%GPU SM used" and "GPU MEM USED (GB)". `aipm-fast bench --model a,b,c` runs each
 model into OUT/<model>/ and writes OUT/seed_table.csv and OUT/seed_table.md from their
-summary.csv files (`aipm-fast report OUT` rebuilds them). The columns say which quantity each
+summary.csv files (`aipm-fast report OUT` rebuilds them); `aipm-fast train --model a,b` does the
+same for training folders, whose rows are the SNIP paper's table (TRAINING_COLUMNS). The columns say which quantity each
 figure is: the process's SM utilisation and GPU memory as AIPowerMeter measured them (per
 process, through NVML), the device's utilisation beside them, torch's peak allocated tensors,
 and GPM's activities where the GPU gives them.
@@ -18,10 +19,19 @@ import os
 import pandas as pd
 
 from aipm_fast.bench.runfile import ReportError
-from aipm_fast.bench.table import fmt, fmt_exact, missing_reasons
+from aipm_fast.bench.summary import counts_written_whole
+from aipm_fast.bench.table import JOULES_PER_WH, fmt, fmt_exact, is_training, missing_reasons
 from aipm_fast.storage import write_atomic
 
-__all__ = ["SEED_COLUMNS", "format_seed_table", "model_folders", "seed_table", "to_markdown", "write_seed_table"]
+__all__ = [
+    "SEED_COLUMNS",
+    "TRAINING_COLUMNS",
+    "format_seed_table",
+    "model_folders",
+    "seed_table",
+    "to_markdown",
+    "write_seed_table",
+]
 
 #: summary.csv column -> the seed table's column (in this order)
 SEED_COLUMNS = {
@@ -42,6 +52,31 @@ SEED_COLUMNS = {
 }
 
 
+#: a training folder's summary.csv column -> (the table's column, factor): the SNIP paper's table
+#: (parameters, time and Wh per run, accuracy) with the energy per step and per sample
+TRAINING_COLUMNS = {
+    "size": ("size", 1.0),
+    "batch_size": ("batch size", 1.0),
+    "runs": ("runs", 1.0),
+    "n_steps": ("steps", 1.0),
+    "params_total": ("parameters", 1.0),
+    "params_nonzero": ("nonzero parameters", 1.0),
+    "effective_sparsity": ("effective sparsity %", 100.0),
+    "duration_s": ("time per run (s)", 1.0),
+    "total_energy_j": ("Wh per run", 1.0 / JOULES_PER_WH),
+    "total_joules_per_step": ("J/step", 1.0),
+    "gpu_joules_per_step": ("GPU J/step", 1.0),
+    "total_joules_per_inference": ("J/sample", 1.0),
+    "final_loss": ("final loss", 1.0),
+    "accuracy": ("accuracy %", 100.0),
+    "latency_median_s": ("step (ms)", 1e3),
+    "throughput_per_s": ("samples/s", 1.0),
+    "gpu_memory_gb": ("torch peak allocated (GB)", 1.0),
+}
+#: columns written as counts, not rounded figures
+_EXACT = {"size", "batch size", "runs", "steps", "parameters", "nonzero parameters"}
+
+
 def model_folders(root) -> dict[str, str]:
     """{model: its bench folder} for the subfolders of root that hold a summary.csv."""
     root = os.fspath(root)
@@ -55,7 +90,8 @@ def model_folders(root) -> dict[str, str]:
 
 def seed_table(folders: dict[str, str]) -> pd.DataFrame:
     """One row per model and size: model, precision, the SEED_COLUMNS (NaN where not measured,
-    latency in ms) and `not measured` (what is missing and why)."""
+    latency in ms), or for a training folder the TRAINING_COLUMNS, and `not measured` (what is
+    missing and why)."""
     rows = []
     for model, folder in folders.items():
         path = os.path.join(folder, "summary.csv")
@@ -68,11 +104,14 @@ def seed_table(folders: dict[str, str]) -> pd.DataFrame:
         if "energy" not in reasons and _all_nan(summary, "cpu_joules_per_inference"):
             reasons["host (CPU) energy"] = "no host power source was readable: J/inference is the GPU's alone"
         missing = "; ".join(f"{what}: {why}" for what, why in reasons.items())
+        if is_training(summary):
+            columns = TRAINING_COLUMNS
+        else:
+            columns = {col: (name, 1e3 if col == "latency_median_s" else 1.0) for col, name in SEED_COLUMNS.items()}
         for _, s in summary.iterrows():
             row = {"model": model, "dtype": meta.get("options", {}).get("dtype", "")}
-            for col, name in SEED_COLUMNS.items():
-                value = float(s[col]) if col in s and pd.notna(s[col]) else math.nan
-                row[name] = value * 1e3 if col == "latency_median_s" else value
+            for col, (name, factor) in columns.items():
+                row[name] = float(s[col]) * factor if col in s and pd.notna(s[col]) else math.nan
             row["device"] = meta.get("devices", {}).get("cuda") or meta.get("options", {}).get("device", "")
             row["not measured"] = missing
             rows.append(row)
@@ -95,7 +134,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     """A Markdown table of the seed table, every number whole (3 significant digits)."""
     header = list(table.columns)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    exact = {"size", "batch size", "runs"}
+    exact = _EXACT
     for _, row in table.iterrows():
         cells = []
         for col in header:
@@ -112,7 +151,8 @@ def write_seed_table(root, table: pd.DataFrame) -> tuple[str, str]:
     """OUT/seed_table.csv and OUT/seed_table.md; returns their paths."""
     root = os.fspath(root)
     csv_path, md_path = os.path.join(root, "seed_table.csv"), os.path.join(root, "seed_table.md")
-    write_atomic(csv_path, table.to_csv(index=False, float_format="%.6g").encode())
+    whole = counts_written_whole(table, [c for c in table.columns if c in _EXACT])
+    write_atomic(csv_path, whole.to_csv(index=False, float_format="%.6g").encode())
     write_atomic(md_path, to_markdown(table).encode())
     return csv_path, md_path
 
@@ -122,7 +162,7 @@ def format_seed_table(table: pd.DataFrame, title: str | None = None):
     measured is said under it."""
     from rich.table import Table
 
-    exact = {"size", "batch size", "runs"}
+    exact = _EXACT
     text = {"model", "dtype", "device", "not measured"}
     shown = [c for c in table.columns if c in text - {"not measured"} or (c not in text and table[c].notna().any())]
     notes = sorted({m for m in table.get("not measured", pd.Series(dtype=str)) if isinstance(m, str) and m})

@@ -8,12 +8,28 @@ import numpy as np
 import pandas as pd
 
 from aipm_fast.bench.folder import load_runs
-from aipm_fast.bench.runfile import MEASURED_COLUMNS, MODEL_COLUMNS, MODEL_TEXT_COLUMNS, REASON_COLUMNS
+from aipm_fast.bench.runfile import (
+    MEASURED_COLUMNS,
+    MODEL_COLUMNS,
+    MODEL_TEXT_COLUMNS,
+    REASON_COLUMNS,
+    TRAINING_TEXT_COLUMNS,
+)
 
-__all__ = ["SPREAD_COLUMNS", "summarize", "write_summary"]
+__all__ = ["COUNT_COLUMNS", "SPREAD_COLUMNS", "counts_written_whole", "summarize", "write_summary"]
+
+#: Columns of counts, written whole: the CSV's 6 significant digits would make a VGG-D's
+#: 15,255,626 parameters read 15,255,600.
+COUNT_COLUMNS = ("n_inferences", "n_steps", "params_dense", "params_total", "params_nonzero", "prunable_params_dense")
 
 #: Columns whose run-to-run spread the summary reports (IQR %, min, max).
-SPREAD_COLUMNS = ("total_joules_per_inference", "gpu_joules_per_inference", "latency_median_s")
+SPREAD_COLUMNS = (
+    "total_joules_per_inference",
+    "gpu_joules_per_inference",
+    "latency_median_s",
+    "total_joules_per_step",
+    "gpu_joules_per_step",
+)
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
@@ -21,11 +37,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
     Columns: size, batch_size, runs (how many), the median over runs of every measured column
     (same names as in load_runs; NaN where no run measured it), and for each of
-    total_joules_per_inference, gpu_joules_per_inference and latency_median_s its run-to-run
-    spread: ``<col>_iqr_pct`` (interquartile range / median x 100, linear quantiles),
-    ``<col>_min`` and ``<col>_max``; the model as it ran (runfile.MODEL_COLUMNS and
-    MODEL_TEXT_COLUMNS: its pruning, parameters and FLOPs per inference); and, where runs hold
-    them, why a figure is missing (REASON_COLUMNS: the first run's reason).
+    SPREAD_COLUMNS its run-to-run spread: ``<col>_iqr_pct`` (interquartile range / median x
+    100, linear quantiles), ``<col>_min`` and ``<col>_max``; the model as it ran
+    (runfile.MODEL_COLUMNS and MODEL_TEXT_COLUMNS: its pruning, parameters and FLOPs per
+    inference); and, where runs hold them, what a training run measured (TRAINING_TEXT_COLUMNS)
+    and why a figure is missing (REASON_COLUMNS): the first run's.
     """
     missing = [c for c in ("size", "batch_size", *MEASURED_COLUMNS) if c not in runs.columns]
     if missing:
@@ -55,7 +71,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             row[f"{col}_iqr_pct"] = iqr / abs(median) * 100.0 if median != 0 else float("nan")
             row[f"{col}_min"] = float(values.min())
             row[f"{col}_max"] = float(values.max())
-        for col in REASON_COLUMNS:
+        for col in (*TRAINING_TEXT_COLUMNS, *REASON_COLUMNS):
             if col in group:
                 reasons = group[col].dropna()
                 row[col] = str(reasons.iloc[0]) if len(reasons) else None
@@ -70,6 +86,19 @@ def write_summary(out_dir, summary: pd.DataFrame | None = None) -> str:
         summary = summarize(load_runs(out_dir))
     path = os.path.join(out_dir, "summary.csv")
     tmp = path + ".tmp"
-    summary.to_csv(tmp, index=False, float_format="%.6g")
+    counts_written_whole(summary, COUNT_COLUMNS).to_csv(tmp, index=False, float_format="%.6g")
     os.replace(tmp, path)
     return path
+
+
+def counts_written_whole(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    """A copy of frame whose count columns are text, every digit kept (a median of two counts
+    may end in .5; NaN is left empty), for a CSV whose other figures are rounded."""
+    out = frame.copy()
+    for col in columns:
+        if col in out:
+            out[col] = [
+                "" if not np.isfinite(v) else (str(int(v)) if float(v).is_integer() else repr(float(v)))
+                for v in out[col].astype(np.float64)
+            ]
+    return out

@@ -38,7 +38,17 @@ from aipm_fast.bench.folder import run_folder
 from aipm_fast.integrations.distributed import LOCAL_RANK_VARS, RANK_VARS, _first_int, rank_engine_options
 from aipm_fast.storage import write_json
 
-__all__ = ["MODES", "NODE_VAR", "Sweep", "SweepError", "complete_cells", "node_name", "share_cells", "sweep_from_env"]
+__all__ = [
+    "MODES",
+    "NODE_VAR",
+    "Sweep",
+    "SweepError",
+    "complete_cells",
+    "node_name",
+    "share_cells",
+    "sweep_from_env",
+    "world_size",
+]
 
 #: --gpus-at-once: every GPU at once, or one GPU at a time
 MODES = ("all", "one")
@@ -292,10 +302,15 @@ def _names(cells: list[Cell], most: int = 8) -> str:
     return ", ".join(names) + (f" and {len(cells) - most} more" if len(cells) > most else "")
 
 
+def world_size(environ: Mapping[str, str] = os.environ) -> int:
+    """The processes of a torchrun launch (WORLD_SIZE; 1 without one)."""
+    return _first_int(environ, ("WORLD_SIZE",)) or 1
+
+
 def sweep_from_env(mode: str = "all", environ: Mapping[str, str] = os.environ) -> Sweep | None:
     """The Sweep of a torchrun launch (WORLD_SIZE above 1, RANK and LOCAL_RANK set), else None."""
-    world = _first_int(environ, ("WORLD_SIZE",))
-    if world is None or world < 2:
+    world = world_size(environ)
+    if world < 2:
         return None
     if mode not in MODES:
         raise SweepError(f"--gpus-at-once {mode!r}: choose {' or '.join(MODES)}")

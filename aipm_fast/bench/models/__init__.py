@@ -22,7 +22,9 @@ needs an optional extra of the ``aipm-fast`` distribution:
 Without the extra, :func:`build_model` raises :class:`MissingExtraError`
 whose message gives the ``pip install`` command to run.
 
-Each family is one module (``vision``, ``vit``, ``yolo``, ``bert``) that owns
+The SNIP paper's LeNet5-Caffe and VGG-D (``snip``) need torch only.
+
+Each family is one module (``vision``, ``vit``, ``yolo``, ``bert``, ``snip``) that owns
 its builder and its inputs and lists its :class:`ModelSpec` in ``SPECS``; this
 module is the registry. A new family is a new module added to ``FAMILIES``.
 """
@@ -41,7 +43,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from aipm_fast.bench.models import bert, vision, vit, yolo
+from aipm_fast.bench.models import bert, snip, vision, vit, yolo
 from aipm_fast.bench.models.base import (
     DISTRIBUTION,
     EXTRA_PACKAGES,
@@ -74,11 +76,12 @@ __all__ = [
     "list_models",
     "make_inputs",
     "parse_sizes",
+    "train_forward",
     "validate_size",
 ]
 
 #: The model families, in the order --list-models shows them.
-FAMILIES = (vision, vit, yolo, bert)
+FAMILIES = (vision, vit, yolo, bert, snip)
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for family in FAMILIES for spec in family.SPECS}
 
@@ -263,3 +266,11 @@ def forward(model: nn.Module, inputs: Any) -> Any:
         if isinstance(inputs, Mapping):
             return model(**inputs)
         return model(inputs)
+
+
+def train_forward(spec: ModelSpec, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The logits of a training forward pass (gradients kept) on a batch of the spec's samples:
+    images go in as they are, token ids as ``input_ids`` (every token attended); a Hugging Face
+    output gives its ``logits``."""
+    out = model(input_ids=inputs) if spec.input_kind == "tokens" else model(inputs)
+    return getattr(out, "logits", out)

@@ -74,6 +74,9 @@ Builder = Callable[["ModelSpec", int], nn.Module]
 InputMaker = Callable[..., Any]
 #: weights_hint(mismatched keys, size) -> a sentence explaining a shape mismatch, or "".
 WeightsHint = Callable[[list, int], str]
+#: samples(spec, size, n, device, dtype) -> n varied synthetic training inputs, one per row
+#: (images: (n, channels, size, size); tokens: (n, size) token ids), from a seeded generator.
+SampleMaker = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,12 @@ class ModelSpec:
     (``max_size=None``: no upper bound). ``builder`` and ``inputs`` are the
     family's functions; ``rebuild_per_size`` says that the architecture itself
     depends on the input size, so a model is built anew for each size.
+
+    For training (``aipm-fast train``): ``channels`` is an image model's input
+    channels, ``classes`` the outputs of its classification head (labels must lie
+    below it), ``samples`` makes varied synthetic training inputs (None: the model is
+    not trainable here), and ``train_refusal`` says why a model cannot be
+    trained here.
     """
 
     name: str
@@ -101,6 +110,10 @@ class ModelSpec:
     inputs: InputMaker | None = field(default=None, repr=False, compare=False)
     rebuild_per_size: bool = False
     weights_hint: WeightsHint | None = field(default=None, repr=False, compare=False)
+    channels: int = 3
+    classes: int = 1000
+    samples: SampleMaker | None = field(default=None, repr=False, compare=False)
+    train_refusal: str | None = None
 
     def __post_init__(self) -> None:
         if self.input_kind not in INPUT_KINDS:

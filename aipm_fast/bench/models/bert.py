@@ -14,6 +14,9 @@ __all__ = ["SPECS", "bert_input_ids"]
 BERT_CLS_ID = 101
 BERT_SEP_ID = 102
 BERT_YES_ID = 2748  # "yes"
+BERT_FIRST_WORD_ID = 1996  # "the": ids below are special tokens and unused slots
+BERT_VOCAB = 30522
+BERT_LABELS = 2  # BertConfig's default num_labels: the sequence-classification head's outputs
 
 
 def _build_bert(spec: ModelSpec, size: int) -> nn.Module:
@@ -38,6 +41,18 @@ def _token_inputs(spec: ModelSpec, size: int, batch_size: int, device: torch.dev
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+def _token_samples(spec: ModelSpec, size: int, n: int, device: torch.device, dtype: torch.dtype):
+    """n synthetic training sequences of ``size`` token ids: [CLS], random word pieces, [SEP]
+    (seeded, so that every run trains on the same sequences)."""
+    bert_input_ids(size)  # the same length check as the inference inputs
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0)
+    ids = torch.randint(BERT_FIRST_WORD_ID, BERT_VOCAB, (n, size), generator=generator, device=device)
+    ids[:, 0] = BERT_CLS_ID
+    ids[:, -1] = BERT_SEP_ID
+    return ids
+
+
 SPECS = (
     ModelSpec(
         name="bert",
@@ -53,5 +68,7 @@ SPECS = (
         max_size=512,
         builder=_build_bert,
         inputs=_token_inputs,
+        classes=BERT_LABELS,
+        samples=_token_samples,
     ),
 )

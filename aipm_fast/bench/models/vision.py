@@ -10,20 +10,26 @@ from torch import nn
 
 from aipm_fast.bench.models.base import ModelSpec
 
-__all__ = ["INPUT_SEED", "SPECS", "image_inputs"]
+__all__ = ["INPUT_SEED", "SPECS", "image_inputs", "image_samples"]
 
 # Seed of the synthetic inputs: every run feeds the same tensors.
 INPUT_SEED = 0
 
 
 def image_inputs(spec: ModelSpec, size: int, batch_size: int, device: torch.device, dtype: torch.dtype):
-    """A ``(batch_size, 3, size, size)`` tensor of standard normal noise in ``dtype`` from a
-    seeded generator on ``device``."""
+    """A ``(batch_size, channels, size, size)`` tensor of standard normal noise in ``dtype`` from a
+    seeded generator on ``device`` (channels: the spec's, 3 for RGB models)."""
     if not dtype.is_floating_point:
         raise ValueError(f"{spec.name}: image inputs need a floating-point dtype, got {dtype}")
     generator = torch.Generator(device=device)
     generator.manual_seed(INPUT_SEED)
-    return torch.randn(batch_size, 3, size, size, generator=generator, device=device, dtype=dtype)
+    return torch.randn(batch_size, spec.channels, size, size, generator=generator, device=device, dtype=dtype)
+
+
+def image_samples(spec: ModelSpec, size: int, n: int, device: torch.device, dtype: torch.dtype):
+    """n synthetic training images, each its own noise (the same seed as the inference inputs,
+    so the first batch is the inference batch)."""
+    return image_inputs(spec, size, n, device, dtype)
 
 
 def _build(spec: ModelSpec, size: int) -> nn.Module:
@@ -41,6 +47,7 @@ def _classifier(name: str, default_batch_size: int, description: str, **sizes) -
         description=description,
         builder=_build,
         inputs=image_inputs,
+        samples=image_samples,
         **sizes,
     )
 

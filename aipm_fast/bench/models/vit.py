@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from aipm_fast.bench.models.base import ModelSpec
-from aipm_fast.bench.models.vision import image_inputs
+from aipm_fast.bench.models.vision import image_inputs, image_samples
 
 __all__ = ["SPECS"]
 
@@ -38,6 +38,7 @@ SPECS = (
         size_multiple=16,
         builder=_build,
         inputs=image_inputs,
+        samples=image_samples,
         rebuild_per_size=True,
         weights_hint=_weights_hint,
     ),

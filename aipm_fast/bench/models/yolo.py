@@ -283,5 +283,10 @@ SPECS = (
         size_multiple=32,
         builder=_build_yolov5s,
         inputs=image_inputs,
+        classes=_YOLO_CLASSES,
+        train_refusal=(
+            "yolov5s is a detector: training it needs boxes and YOLO's detection loss, which the "
+            "training benchmark does not build (it trains classifiers on labels)"
+        ),
     ),
 )
