@@ -837,6 +837,13 @@ def _print_domains(summary: dict, on_stdout: bool) -> None:
 )
 @prune_options
 @output_options
+@click.option(
+    "--gpus-at-once",
+    type=click.Choice(["all", "one"]),
+    default="all",
+    show_default=True,
+    help="under torchrun: every rank's GPU runs its cells at once, or one GPU at a time",
+)
 @engine_options
 def bench(
     model,
@@ -858,6 +865,7 @@ def bench(
     sparsity_format,
     no_plots,
     as_json,
+    gpus_at_once,
     **kwargs,
 ):
     """Joules per inference of a model at several input sizes, repeated runs, medians.
@@ -867,10 +875,18 @@ def bench(
     aipm-fast bench --model yolov5s,resnet50,vit_b_16,bert   (the seed's table)
 
     aipm-fast bench --model resnet50 --prune magnitude --sparsity 0.9 --sparsity-format structured
+
+    torchrun --nproc_per_node 8 -m aipm_fast.cli bench --model alexnet --sizes 112:2240:112
+    (the runs shared out over the node's GPUs; rank 0 writes the folder)
     """
     from aipm_fast.bench import models
     from aipm_fast.bench.model_counts import prune_request
+    from aipm_fast.bench.sweep import SweepError, sweep_from_env
 
+    try:
+        sweep = sweep_from_env(gpus_at_once)
+    except SweepError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         prune_request(prune, sparsity, sparsity_format)  # checked before any model is built
     except ValueError as exc:
@@ -903,6 +919,14 @@ def bench(
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if sweep is not None:
+        if precision is not None:
+            raise click.BadParameter("a sweep over ranks shares fixed --runs out", param_hint="--precision")
+        try:
+            device = sweep.device(device)
+        except SweepError as exc:
+            raise click.BadParameter(str(exc), param_hint="--device") from None
+        sweep.init_group()
     for spec, size_list in specs.values():
         _check_sizes_fit(size_list, spec, batch_size or spec.default_batch_size, dtype, device)
     config = engine_config(kwargs)
@@ -928,11 +952,13 @@ def bench(
             sparsity=sparsity,
             sparsity_format=sparsity_format,
         )
-        summary = _bench_one(opts, no_plots, quiet_table=as_json or len(names) > 1)
+        summary = _bench_one(opts, no_plots, quiet_table=as_json or len(names) > 1, sweep=_fresh(sweep))
         folders[name] = opts.out
+        if summary is None:  # a rank of a sweep but rank 0: rank 0 writes the folder
+            continue
         if as_json and len(names) == 1:
             out.print_json(json.dumps(_records(summary)))
-    if len(names) > 1:
+    if len(names) > 1 and (sweep is None or sweep.rank == 0):
         _combined_table(root, folders, as_json)
 
 
@@ -970,6 +996,13 @@ def _combined_table(root: str, folders: dict[str, str], as_json: bool) -> None:
     console.print(f"combined table: {csv_path}, {md_path}")
 
 
+def _fresh(sweep):
+    """The sweep of one model: the group's identity, no cells yet."""
+    import dataclasses
+
+    return None if sweep is None else dataclasses.replace(sweep, cells=[], all_cells=[], done_before=[], spans=[])
+
+
 def BenchOptionsFor(**kw):
     """The protocol's options (imported late: torch is loaded only for a benchmark)."""
     from aipm_fast.bench.protocol import BenchOptions
@@ -985,13 +1018,15 @@ def _records(frame) -> list[dict]:
     ]
 
 
-def _bench_one(opts, no_plots: bool, quiet_table: bool, runner=None):
+def _bench_one(opts, no_plots: bool, quiet_table: bool, runner=None, sweep=None):
     """One model's benchmark (runner: the protocol's class, Benchmark unless given): runs,
-    summary.csv, plots; its table on stdout unless quiet_table."""
+    summary.csv, plots; its table on stdout unless quiet_table. In a sweep, None on every rank
+    but rank 0, which writes the folder."""
     import torch
 
     from aipm_fast.bench import models, report
     from aipm_fast.bench.protocol import BenchError, Benchmark
+    from aipm_fast.bench.sweep import SweepError
 
     runner = runner or Benchmark
 
@@ -1004,13 +1039,15 @@ def _bench_one(opts, no_plots: bool, quiet_table: bool, runner=None):
             progress.update(task, completed=sum(done.values()), description=f"{opts.model} size {size} run {k}")
 
         try:
-            summary = runner(opts, progress=tick, log=lambda msg: console.print(msg)).run()
-        except (BenchError, models.BenchModelError) as exc:
+            summary = runner(opts, progress=tick, log=lambda msg: console.print(msg), sweep=sweep).run()
+        except (BenchError, SweepError, models.BenchModelError) as exc:
             raise click.ClickException(str(exc)) from None
         except torch.OutOfMemoryError:
             raise click.ClickException(
                 f"{opts.device} ran out of memory; lower --batch-size or --sizes (largest {max(opts.sizes)})"
             ) from None
+    if summary is None:
+        return None
     if not quiet_table:
         print_table(report.format_table(summary, title=f"{opts.model}: medians over runs ({opts.out})"))
     if not no_plots:
@@ -1095,7 +1132,13 @@ def train(
     aipm-fast train --model lenet5_caffe --steps 1000 --prune snip --sparsity 0.98   (masks kept while training)
     """
     from aipm_fast.bench.model_counts import prune_request
+    from aipm_fast.bench.sweep import world_size
 
+    world = world_size()
+    if world > 1:  # every rank would train every run on the same GPU into the same folder
+        raise click.UsageError(
+            f"WORLD_SIZE={world}: train runs in one process; only bench shares its runs over torchrun's ranks"
+        )
     try:
         prune_request(prune, sparsity, sparsity_format)  # checked before any model is built
     except ValueError as exc:

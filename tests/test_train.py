@@ -510,3 +510,19 @@ def test_a_snip_pruned_model_keeps_its_masked_weights_zero_while_it_trains(tmp_p
 def test_training_refuses_a_bad_pruning_option(tmp_path):
     with pytest.raises(BenchError, match="--sparsity"):
         Training(options(tmp_path, prune="snip"))
+
+
+def test_training_is_not_shared_over_torchrun_ranks(tmp_path):
+    from click.testing import CliRunner
+
+    from aipm_fast import cli
+    from aipm_fast.bench.sweep import Sweep
+
+    with pytest.raises(BenchError, match="only bench shares its runs"):
+        Training(options(tmp_path), sweep=Sweep(rank=0, world_size=2, local_rank=0, node="n"))
+    args = ["train", "--model", "lenet5_caffe", "--steps", "1", "--device", "cpu", "--out", str(tmp_path / "cli")]
+    result = CliRunner().invoke(cli.main, args, env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    assert result.exit_code == 2 and "WORLD_SIZE=2: train runs in one process" in result.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cli").exists()
+    assert "gpus_at_once" in {p.name for p in cli.bench.params}  # bench's option only
+    assert "gpus_at_once" not in {p.name for p in cli.train.params}

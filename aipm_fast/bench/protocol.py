@@ -14,6 +14,7 @@ Output folder (readable by `aipm-fast report` and by AIPowerMeter's own scripts)
     input_<size>/run_<k>/power_metrics.json, latency.csv, metadata.json    AIPowerMeter's (aipowermeter.py)
     input_<size>/run_0/samples.parquet     raw readings of the first run of each size
     summary.csv, plots/*.png               medians over runs, from aipm_fast.bench.report
+Under torchrun (sweep.py, gather.py) also input_<size>/run_<k>/placement.json and sweep_runs.csv.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from aipm_fast.bench import models
+from aipm_fast.bench import gather, models
 from aipm_fast.bench.aipowermeter import process_memory, write_run_files
 from aipm_fast.bench.folder import INFERENCE_COLUMNS, load_runs, run_folder
 from aipm_fast.bench.gpu_use import GpuUse, GpuUseProbe, nvml_gpus
@@ -71,6 +72,13 @@ class BenchError(RuntimeError):
     pass
 
 
+#: why a run of a sweep with every GPU at once has no cpu and total figure (sweep.py)
+HOST_SHARED = (
+    "host energy not split between runs at once (--gpus-at-once all): "
+    "meta.json's sweep.host_energy_per_node has each node's host energy over the sweep"
+)
+
+
 def median_precision(values: list[float]) -> float:
     """Relative half-width of an approximate 95% interval of the median (McGill et al.'s notch:
     1.58 IQR / sqrt(n)), or inf while fewer than three values are finite."""
@@ -93,8 +101,13 @@ def _dtype(name: str):
 class Benchmark:
     COMMAND = "bench"  # the command whose runs these are, as AIPowerMeter's metadata names it
 
-    def __init__(self, opts: BenchOptions, meter=None, progress=None, log=print):
+    def __init__(self, opts: BenchOptions, meter=None, progress=None, log=print, sweep=None):
         self.opts = opts
+        self.sweep = sweep  # this rank's part of a sweep under torchrun (sweep.py), or None
+        if sweep is not None and meter is not None:
+            raise BenchError("a sweep meters with its own Meter (this rank's GPU, the history it keeps)")
+        if sweep is not None and opts.precision is not None:
+            raise BenchError("--precision decides the runs as they come; a sweep over ranks shares fixed --runs")
         self.metered_gpus = None  # NVML indices the benchmark's own Meter reads (None: all)
         self.spec = models.get_spec(opts.model)
         for size in opts.sizes:
@@ -114,7 +127,8 @@ class Benchmark:
             raise BenchError("give --duration or --iters")
 
     # -- the run ---------------------------------------------------------------------------
-    def run(self) -> pd.DataFrame:
+    def run(self) -> pd.DataFrame | None:
+        """The benchmark's summary (None on the ranks of a sweep but rank 0)."""
         import torch
 
         from aipm_fast import Meter
@@ -131,10 +145,12 @@ class Benchmark:
                 torch.cuda.set_device(torch.device(opts.device))
         own_meter = self.meter is None
         if own_meter:
-            engine = self._engine_options()
+            engine = self._engine_options() if self.sweep is None else self.sweep.engine_options(opts.engine)
             config = engine.get("config")
             self.metered_gpus = config.gpus if config is not None else engine.get("gpus")
             self.meter = Meter(cuda=opts.device.startswith("cuda"), **engine)
+            if self.sweep is not None:  # the neighbours' spans are answered after the sweep (gather.py)
+                self.meter.recorder.keep_history = True
             import warnings
 
             with warnings.catch_warnings():  # the benchmark says itself what it cannot measure
@@ -155,19 +171,32 @@ class Benchmark:
             self.missing_reason = self._missing_reason()
             if self.missing_reason:
                 self.log(f"energy not measured: {self.missing_reason}")
-            write_json(os.path.join(opts.out, "meta.json"), self._meta())
+            if self.sweep is not None:  # before meta.json: the folder's options are checked against it
+                self.sweep.plan(opts.out, self._cells(), asdict(opts), self.log)
+            if self.sweep is None or self.sweep.rank == 0:
+                write_json(os.path.join(opts.out, "meta.json"), self._meta())
             if opts.baseline_s > 0:
                 self._sync()
                 m.measure_baseline(opts.baseline_s)
+            if self.sweep is not None:
+                self.sweep.start_together()
             model = None
             for size in opts.sizes:
                 model = self._measure_size(size, model, dtype)
             self._finish_runs(wait=True)
+            if self.sweep is not None:
+                self.sweep.finish_turns()
+                spans = gather.every_span(self.sweep)  # every rank's runs are written by now
         finally:
             self._close_writers()
             self._memory_reader.shutdown()
             if own_meter:
                 m.stop()
+        if self.sweep is not None:
+            # after stop: the recording holds readings past every rank's last run
+            self._end_sweep(spans)
+            if self.sweep.rank != 0:
+                return None
         summary = summarize(load_runs(opts.out))
         write_summary(opts.out, summary)
         return summary
@@ -212,8 +241,11 @@ class Benchmark:
         return prune_request(self.opts.prune, self.opts.sparsity, self.opts.sparsity_format)
 
     def _measure_size(self, size: int, model, dtype):
-        """Warm-up and runs of one input size; returns the model, for the next size to reuse."""
+        """Warm-up and runs of one input size (in a sweep, this rank's cells of it, none: skipped);
+        returns the model, for the next size to reuse."""
         opts = self.opts
+        if self.sweep is not None and not self.sweep.cells_of_size(size):
+            return model
         inputs = models.make_inputs(opts.model, size, opts.batch_size, device=opts.device, dtype=dtype)
         # a pruned model is pruned (and counted) anew for each size: its FLOPs depend on it
         if model is None or self.spec.rebuild_per_size or self.prune_request is not None:
@@ -221,8 +253,11 @@ class Benchmark:
                 opts.model, weights_path=opts.weights, device=opts.device, dtype=dtype, size=size
             )
         model, self.model_columns[size] = self._prepare(model, inputs)
-        self._warmup(model, inputs)
-        self._runs_of_size(model, inputs, size)
+        if self.sweep is None:
+            self._warmup(model, inputs)
+            self._runs_of_size(model, inputs, size)
+        else:
+            self._cells_of_size(model, inputs, size)
         return model
 
     def _runs_of_size(self, model, inputs, size: int) -> None:
@@ -248,6 +283,49 @@ class Benchmark:
                         f"{k} runs (asked {100 * opts.precision:g}%)"
                     )
                     break
+
+    def _cells_of_size(self, model, inputs, size: int) -> None:
+        """This rank's cells of one size in a sweep: warm-up at the size's first cell and, one GPU
+        at a time, again after waiting for other ranks' cells (the GPU idled meanwhile)."""
+        sweep = self.sweep
+        warm = False
+        for k in sweep.cells_of_size(size):
+            waited = sweep.take_turn((size, k), while_waiting=lambda: self._finish_runs(wait=True))
+            if waited or not warm:
+                self._warmup(model, inputs)
+                warm = True
+            self._one_run(model, inputs, size, k)
+            sweep.end_turn()
+            self._finish_runs(wait=False)
+            if self.progress:
+                self.progress(size, k + 1)
+
+    def _end_sweep(self, spans: list[dict]) -> None:
+        """Once every rank's runs are written and this rank's recording has ended: the group's
+        answers about each other's runs, and on rank 0 meta.json's sweep section (gather.py)."""
+        sweep = self.sweep
+        answers = gather.gather_answers(sweep, self.meter.recorder, self.gpu_index, self.parts.get("cpu", []), spans)
+        if answers is None:
+            return
+        section = gather.sweep_section(sweep, self.opts.out, self._cells(), answers)
+        meta = self._meta()
+        meta["metered_gpus"] = sorted({r["gpu"]["index"] for r in section["runs"] if r["gpu"]["index"] is not None})
+        gather.write_sweep_files(self.opts.out, meta, section)
+
+    def _cells(self) -> list[tuple[int, int]]:
+        """Every (size, run) of the benchmark, in the order a single GPU runs them."""
+        return [(s, k) for s in self.opts.sizes for k in range(self.opts.runs)]
+
+    def _placement_gpu(self) -> dict:
+        """The GPU this rank meters: NVML index, name and, on CUDA, its UUID."""
+        domain, index = next(iter(self.gpu_index.items()), (None, None))
+        uuid = None
+        if self.opts.device.startswith("cuda"):
+            import torch
+
+            uuid = f"GPU-{torch.cuda.get_device_properties(torch.device(self.opts.device)).uuid}"
+        name = self.meter.recorder.discovery.devices.get(domain) if domain is not None else None
+        return {"index": index, "name": name, "uuid": uuid, "domain": domain}
 
     def _warmup(self, model, inputs) -> None:
         end = time.monotonic() + self.opts.warmup_s
@@ -359,8 +437,15 @@ class Benchmark:
             else:
                 energy[part] = None
                 table[col] = np.nan
+        host_shared = self.sweep is not None and not self.sweep.host_per_run
+        if host_shared:  # other cells ran on this node at once: their host energy is one
+            energy["cpu"] = None
+            table["cpu_j"] = np.nan
         measured = [e for e in (energy["gpu"], energy["cpu"]) if e is not None]
-        if measured:
+        if host_shared:
+            energy["total"] = None
+            table["total_j"] = np.nan
+        elif measured:
             energy["total"] = PartEnergy.sum(measured)
             table["total_j"] = table[[f"{p}_j" for p in ("gpu", "cpu") if energy[p] is not None]].sum(axis=1)
         else:
@@ -382,7 +467,11 @@ class Benchmark:
             gpu_utilization_pct=util,
             gpu_memory_gb=pending.gpu_memory_gb,
             energy={part: energy[part] for part in ENERGY_PARTS},
-            energy_missing_reason=None if measured else (self.missing_reason or "no power reading covered this run"),
+            energy_missing_reason=HOST_SHARED
+            if host_shared
+            else None
+            if measured
+            else (self.missing_reason or "no power reading covered this run"),
             process_sm_pct=use.process_sm_pct,
             process_gpu_memory_gb=None if use.process_gpu_memory_bytes is None else use.process_gpu_memory_bytes / 1e9,
             process_missing_reason=use.process_missing_reason,
@@ -393,6 +482,8 @@ class Benchmark:
         table[list(INFERENCE_COLUMNS)].to_csv(os.path.join(run_dir, "inferences.csv"), index=False)
         host_memory = pending.host_memory.result() if pending.host_memory is not None else {}
         self._write_aipowermeter(run_dir, name, w, win, passes_j, use, host_memory, table["latency_s"].to_numpy())
+        if self.sweep is not None:
+            self.sweep.write_placement(run_dir, (size, k), w.start_ns, w.end_ns, self._placement_gpu())
         run.write(run_dir)  # last: its presence marks a complete run
         return run
 
@@ -447,6 +538,8 @@ class Benchmark:
 
     def _missing_reason(self) -> str:
         missing = [p for p, domains in self.parts.items() if not domains]
+        if self.sweep is not None and not self.sweep.reads_host:
+            missing = [p for p in missing if p != "cpu"]  # read by local rank 0 (sweep.py)
         if not missing:
             return ""
         problems = self.meter.recorder.discovery.problems

@@ -74,6 +74,8 @@ class Training(Benchmark):
 
     def _check_options(self) -> None:
         opts = self.opts
+        if self.sweep is not None:  # its size loop would run every run on every rank (sweep.py is bench's)
+            raise BenchError("train runs in one process: only bench shares its runs over torchrun's ranks")
         if self.spec.train_refusal:
             raise BenchError(f"{opts.model} cannot be trained here: {self.spec.train_refusal}")
         if self.spec.samples is None:
