@@ -960,6 +960,8 @@ def bench(
             out.print_json(json.dumps(_records(summary)))
     if len(names) > 1 and (sweep is None or sweep.rank == 0):
         _combined_table(root, folders, as_json)
+    if sweep is not None:
+        sweep.leave_group()  # only after a sweep that ended well: a failed rank is not waited for
 
 
 def _model_specs(model: str, sizes: str | None) -> dict:

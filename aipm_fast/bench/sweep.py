@@ -113,6 +113,17 @@ class Sweep:
         if not dist.is_initialized():
             dist.init_process_group("gloo", timeout=GROUP_TIMEOUT)
 
+    @staticmethod
+    def leave_group() -> None:
+        """End the group together once every rank is done: a gloo group left to the interpreter's
+        exit can abort the process there (std::terminate on a joinable thread), which torchrun
+        reports as a failed rank although every run was written."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     @property
     def reads_host(self) -> bool:
         """One reader of host sources per node while cells run at once; every rank one at a time."""
