@@ -2,6 +2,7 @@
 the fake event factory."""
 
 import ctypes
+import itertools
 import shutil
 import subprocess
 import threading
@@ -225,12 +226,13 @@ def test_torch_events_share_boundaries_on_streams_that_are_equal_but_not_the_sam
         cuda = Cuda
 
     timer = EventTimer(timing.TorchEvents(Torch), lambda: None, kind="torch")
+    host_ns = itertools.count(time.monotonic_ns(), 100)  # marks 100 ns apart, whatever this host's speed
     marks = []
     for _ in range(5):
-        s = timer.begin()
+        s = timer.begin(_now=host_ns.__next__)
         gpu.launch(0.002)
-        marks.append((s, timer.end()))
-    assert timer.shared_starts >= 1
+        marks.append((s, timer.end(_now=host_ns.__next__)))
+    assert timer.shared_starts == 4  # every mark after the first, on a new but equal Stream object
     gpu.synchronize()
     spans = [timer.resolve(timer.anchor, s, e) for s, e in marks]
     assert [b - a for a, b in spans] == pytest.approx([2e6] * 5, abs=2e5)
