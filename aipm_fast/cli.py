@@ -944,7 +944,7 @@ def bench(
             baseline_s=baseline,
             device=device,
             dtype=dtype,
-            out=os.path.join(root, name) if len(names) > 1 or not out_dir else out_dir,
+            out=_model_folder(root, name, out_dir, several=len(names) > 1),
             weights=weights,
             precision=precision,
             engine={"config": config},
@@ -962,6 +962,11 @@ def bench(
         _combined_table(root, folders, as_json)
     if sweep is not None:
         sweep.leave_group()  # only after a sweep that ended well: a failed rank is not waited for
+
+
+def _model_folder(root: str, name: str, out_dir: str | None, several: bool) -> str:
+    """A model's output folder: --out itself for one model, ROOT/<model> for several or by default."""
+    return os.path.join(root, name) if several or not out_dir else out_dir
 
 
 def _model_specs(model: str, sizes: str | None) -> dict:
@@ -1172,7 +1177,7 @@ def train(
             baseline_s=baseline,
             device=device,
             dtype=dtype,
-            out=os.path.join(root, name) if len(names) > 1 or not out_dir else out_dir,
+            out=_model_folder(root, name, out_dir, several=len(names) > 1),
             weights=weights,
             engine={"config": config},
             optimizer=optimizer,

@@ -84,20 +84,21 @@ def searched(w, x, bias):
     from torch.sparse import SparseSemiStructuredTensorCUSPARSELT
 
     if not torch.backends.cusparselt.is_available() or not hasattr(torch, "_cslt_sparse_mm_search"):
-        return None, None
+        return None, "this torch has no cuSPARSELt algorithm search"
     compressed = torch._cslt_compress(w)
     alg = torch._cslt_sparse_mm_search(compressed, x.t(), bias=bias)  # x.t(): as F.linear hands it over
     alg = alg[0] if isinstance(alg, tuple) else alg
     try:
         return SparseSemiStructuredTensorCUSPARSELT.from_dense(w, alg_id=int(alg)), int(alg)
     except TypeError:
-        return None, int(alg)
+        return None, f"the search chose alg {int(alg)}, which this torch's from_dense takes no alg_id to apply"
 
 
 def two_four(w):
-    groups = w.reshape(w.shape[0], -1, 4)
-    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, groups.abs().topk(2, dim=2).indices, True)
-    return (groups * keep).reshape(w.shape)
+    """w with the smaller two of every four consecutive input weights zeroed (the pruning's own masks)."""
+    from aipm_fast.prune.semi_structured import two_four_masks
+
+    return w * two_four_masks({"w": w.abs()})["w"].to(w.dtype)
 
 
 def one_shape(name: str, tokens: int, k: int, n: int, handle, seconds: float) -> list[dict]:
@@ -111,8 +112,9 @@ def one_shape(name: str, tokens: int, k: int, n: int, handle, seconds: float) ->
         best, alg = searched(w, x, b)
     except Exception as exc:  # noqa: BLE001 (recorded: the search this torch refuses)
         best, alg = None, f"search failed: {type(exc).__name__}: {exc}"
-        print(alg, flush=True)
-    if best is not None:
+    if best is None:
+        print(f"{name}: no searched row: {alg}", flush=True)
+    else:
         weights[f"2:4 cuSPARSELt alg {alg} (searched)"] = best
     dense_ref = F.linear(x, w, b).float()
     rows = []
