@@ -118,6 +118,25 @@ class CudaRuntime:
         rc = lib.aipm_cudart_event_elapsed_ms(self._rt, start, end, ms)
         return rc, float(ms[0])
 
+    def resolve(self, anchors, starts, ends) -> tuple[int, int, list[float], list[float]]:
+        """(cudaError_t, n, ms since each anchor, ms of each duration) for the leading n marks
+        whose end event is complete (aipm_cudart_resolve)."""
+        count = len(ends)
+        since = ffi.new("float[]", count)
+        duration = ffi.new("float[]", count)
+        error = ffi.new("int *")
+        n = lib.aipm_cudart_resolve(
+            self._rt,
+            count,
+            ffi.new("uintptr_t[]", anchors),
+            ffi.new("uintptr_t[]", starts),
+            ffi.new("uintptr_t[]", ends),
+            since,
+            duration,
+            error,
+        )
+        return int(error[0]), int(n), ffi.unpack(since, n), ffi.unpack(duration, n)
+
 
 def _ns(seconds: float) -> int:
     return max(1, int(round(seconds * 1e9)))

@@ -11,13 +11,12 @@ import asyncio
 import collections
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from aipm_fast import attribution, counters, energy, policy
-from aipm_fast.marks import MarkBatch
+from aipm_fast.marks import MarkBatch, TimedMarks
 from aipm_fast.results import SessionResults, Window
 from aipm_fast.timing import Anchor
 from aipm_fast.tracks import ChannelTrack, answering_track, edge_uncertainty, latest
@@ -27,11 +26,12 @@ SILENT_NS = 3_000_000_000  # a domain with no usable reading for this long is no
 STALE_NS = 2_000_000_000  # live power older than this (or three of the channel's periods) is not live
 
 
-@dataclass(slots=True)  # one per inference, made in the user's loop: no instance dict
-class Mark:
-    """One inference or step: two timing tokens (host ns or CUDA events) under an anchor."""
+class Mark(NamedTuple):
+    """One inference or step: two timing tokens (host ns or CUDA events) under an anchor. The
+    user's loop appends plain tuples in this order (cheaper to make); the coordinator reads them
+    by position."""
 
-    index: int
+    mark_index: int  # its index in inferences() (a NamedTuple cannot name a field "index")
     window: str
     anchor: Anchor | None
     start: Any
@@ -84,9 +84,9 @@ class Coordinator:
         self.health: dict[int, str] = {}
         self._horizon_ns = float("-inf")  # see _horizon: updated at each drain
         self.results = SessionResults(self.ranked, recorder.discovery.domains, out_dir)
-        self.marks: collections.deque[Mark] = collections.deque()
-        self._untimed: list[Mark] = []  # CUDA marks whose end event has not completed
-        self._timed: list[tuple[Mark, int, int]] = []  # waiting for readings to pass their end
+        self.marks: collections.deque[tuple] = collections.deque()  # Mark tuples, from user threads
+        self._untimed: list[tuple] = []  # CUDA marks whose end event has not completed
+        self._timed = TimedMarks()  # timed, waiting for readings to pass their end
         self._open_edges: list[tuple[Window, str]] = []  # window edges waiting for readings
         # the latest resolved marks' spans: context for reconstructing the next ones (attribution)
         self._recent_spans: collections.deque[tuple[int, int]] = collections.deque(maxlen=RECENT_SPANS)
@@ -150,8 +150,9 @@ class Coordinator:
         if not w.end_resolved:
             return False
         with self.lock:
-            waiting = [*self.marks, *self._untimed, *(x[0] for x in self._timed)]
-        return not any(m.window == w.name for m in waiting)
+            waiting = {m[1] for m in (*self.marks, *self._untimed)}
+            waiting.update(self._timed.window)
+        return w.name not in waiting
 
     # -- steps ---------------------------------------------------------------------------
     def _ingest(self, records: np.ndarray) -> None:
@@ -166,19 +167,17 @@ class Coordinator:
                 )
 
     def _time_marks(self) -> None:
-        """Resolve CUDA marks in the order they were recorded, up to the first the GPU has not
+        """Time CUDA marks in the order they were recorded, up to the first the GPU has not
         reached: a stream runs its events in order, so the later ones are not done either (marks
         of other streams wait one drain at most), and each drain costs what it resolves."""
         while self.marks:
             self._untimed.append(self.marks.popleft())
-        done = 0
-        for m in self._untimed:
-            times = self.timer.resolve(m.anchor, m.start, m.end)
-            if times is None:
-                break
-            self._timed.append((m, times[0], times[1]))
-            done += 1
-        del self._untimed[:done]
+        starts, ends = self.timer.resolve_all(self._untimed)
+        if not starts:
+            return
+        done = self._untimed[: len(starts)]
+        self._timed.add([m[0] for m in done], [m[1] for m in done], starts, ends)
+        del self._untimed[: len(starts)]
 
     def primary(self, domain: str) -> ChannelTrack | None:
         """The track that answers for a domain now (tracks.answering_track)."""
@@ -231,30 +230,19 @@ class Coordinator:
         self._open_edges = still
 
     def _integrate_marks(self, now: int, final: bool) -> None:
-        if not self._timed:
+        if not len(self._timed):
             return
-        ends = np.fromiter((x[2] for x in self._timed), dtype=np.int64, count=len(self._timed))
+        ends = self._timed.end_ns
         # _covered (of each end plus the sensor's margin) for every mark at once: one threshold
         threshold = max(self._horizon_ns, now - MAX_WAIT_NS - 1)
         covered = np.ones(ends.size, bool) if final else ends + self._mark_margin_ns <= threshold
         if not covered.any():
             return
-        ready = [x for x, ok in zip(self._timed, covered) if ok]
-        self._timed = [x for x, ok in zip(self._timed, covered) if not ok]
-        a = np.array([x[1] for x in ready], dtype=np.int64)
-        b = ends[covered]
+        index, window, a, b = self._timed.take(covered)
         energies = {d: self._mark_energies(d, a, b) for d in self.ranked}
         if self.responses:  # the context of the next batch's reconstruction
             self._recent_spans.extend(zip(a.tolist(), b.tolist()))
-        self.results.add_marks(
-            MarkBatch(
-                index=np.array([x[0].index for x in ready], dtype=np.int64),
-                window=np.array([x[0].window for x in ready], dtype=object),
-                start_ns=a,
-                end_ns=b,
-                energy=energies,
-            )
-        )
+        self.results.add_marks(MarkBatch(index=index, window=window, start_ns=a, end_ns=b, energy=energies))
 
     def _mark_energies(self, domain: str, a: np.ndarray, b: np.ndarray):
         """(energy, uncertainty, estimate, channel id) per mark, unscaled: each mark from the best
@@ -304,9 +292,9 @@ class Coordinator:
 
         period = track.channel.update_s or 0.02
         # marks around the batch: those resolved before it and those still waiting
-        known = [*self._recent_spans, *((x[1], x[2]) for x in self._timed)]
-        ca = np.array([x[0] for x in known], dtype=np.int64)
-        cb = np.array([x[1] for x in known], dtype=np.int64)
+        recent = np.array(self._recent_spans, dtype=np.int64).reshape(-1, 2)
+        ca = np.concatenate([recent[:, 0], self._timed.start_ns])
+        cb = np.concatenate([recent[:, 1], self._timed.end_ns])
         return attribution.attribute(
             track.response,
             seconds(track.t),
@@ -344,9 +332,10 @@ class Coordinator:
         """Forget readings no pending edge can need: keep the last keep_s, and everything from
         one second before the oldest edge still waiting (a CUDA mark not timed yet may lie
         anywhere after its anchor)."""
-        pending = [x[1] for x in self._timed]
+        pending = [int(self._timed.start_ns.min())] if len(self._timed) else []
         pending += [w.start_ns if k == "start" or w.end_ns is None else w.end_ns for w, k in self._open_edges]
-        pending += [m.anchor.host_ns for m in self._untimed if m.anchor is not None]
+        if self._untimed and self._untimed[0][2] is not None:  # anchors only move forward
+            pending.append(self._untimed[0][2].host_ns)
         keep_from = min([now - self.keep_ns, *pending]) - 1_000_000_000
         for track in self.tracks.values():
             track.trim(keep_from)

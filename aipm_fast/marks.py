@@ -33,6 +33,36 @@ class MarkBatch:
     energy: dict  # domain -> (energy J, uncertainty J, estimate bool, channel id int)
 
 
+class TimedMarks:
+    """Marks timed but not integrated yet (readings have not passed their end), as arrays: a
+    drain adds its newly timed marks at once and takes those now covered with one mask, so the
+    coordinator's Python per drain does not grow with the marks waiting (at 1,000 marks a second
+    and half a second's wait, hundreds)."""
+
+    def __init__(self):
+        self.index = np.empty(0, np.int64)
+        self.window = np.empty(0, object)
+        self.start_ns = np.empty(0, np.int64)
+        self.end_ns = np.empty(0, np.int64)
+
+    def __len__(self) -> int:
+        return self.index.size
+
+    def add(self, index, window, start_ns, end_ns) -> None:
+        self.index = np.concatenate([self.index, np.asarray(index, np.int64)])
+        self.window = np.concatenate([self.window, np.array(window, dtype=object)])
+        self.start_ns = np.concatenate([self.start_ns, np.asarray(start_ns, np.int64)])
+        self.end_ns = np.concatenate([self.end_ns, np.asarray(end_ns, np.int64)])
+
+    def take(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(index, window, start_ns, end_ns) of the marks under `mask`, which leave; the rest stay."""
+        out = self.index[mask], self.window[mask], self.start_ns[mask], self.end_ns[mask]
+        keep = ~mask
+        self.index, self.window = self.index[keep], self.window[keep]
+        self.start_ns, self.end_ns = self.start_ns[keep], self.end_ns[keep]
+        return out
+
+
 class MarkStore:
     def __init__(self, ranked: dict[str, list[Channel]], keep_marks: int | None = None):
         self.domains = list(ranked)

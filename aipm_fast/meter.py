@@ -23,7 +23,7 @@ import weakref
 import pandas as pd
 
 from aipm_fast.config import EngineConfig
-from aipm_fast.coordinator import Coordinator, Mark
+from aipm_fast.coordinator import Coordinator
 from aipm_fast.measurement import Measurement
 from aipm_fast.recorder import Recorder
 from aipm_fast.results import BASELINE, SessionResults, Window
@@ -508,7 +508,7 @@ class _InferenceMark:
         m = self.meter
         if m._forked_from is not None:  # inert in a forked child
             return
-        stack = m._stack()
+        stack = m._stack()  # (a getattr with a default would raise inside while no window is open)
         w = stack[-1] if stack else None
         if w is not None:
             w.n_marks += 1
@@ -516,5 +516,7 @@ class _InferenceMark:
         # the end last: its event lands at the same point of the stream (this bookkeeping queues
         # no GPU work), and the gap to the next mark's begin is then short enough for that mark
         # to start at this end's event (timing.SHARE_GAP_NS)
-        end = m.timer.end()
-        m.coordinator.marks.append(Mark(i, w.name if w else "", getattr(m.timer, "anchor", None), self.start, end))
+        timer = m.timer
+        end = timer.end(self.start)
+        # a plain tuple in Mark's order: cheaper to make here than the named one
+        m.coordinator.marks.append((i, w.name if w else "", timer.anchor, self.start, end))

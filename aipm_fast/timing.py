@@ -7,7 +7,13 @@ An event's time is known only relative to another event, so each window takes an
 a synchronisation, an event recorded on an idle stream runs at once, and the host time around it
 maps GPU time onto CLOCK_MONOTONIC:
 
-    host_ns(event) = anchor_host_ns + elapsed_ms(anchor, event) * 1e6
+    host_ns(start) = anchor_host_ns + elapsed_ms(anchor, start) * 1e6
+    host_ns(end)   = host_ns(start) + elapsed_ms(start, end) * 1e6
+
+(the end from the mark's own duration: elapsed times are floats of ms, whose resolution since an
+anchor an hour back is a quarter of a millisecond; a duration's stays near the events' own; a
+start shared with the previous mark's end is that end's host time, so that consecutive spans
+tile).
 
 A mark must cost little host CPU (a 1 ms inference has no room for 17 µs of it), so:
 
@@ -16,6 +22,9 @@ A mark must cost little host CPU (a 1 ms inference has no room for 17 µs of it)
 - consecutive marks share their boundary: a mark that begins on the same thread and stream
   within `SHARE_GAP_NS` of the previous mark's end takes that end's event as its start instead
   of recording a new one (what a boundary means: see `SHARE_GAP_NS`);
+- a mark looks up the current stream once: its end is recorded on the stream its begin found;
+- the coordinator times all of a drain's finished marks in one call (`times`, where the backend
+  has it), so that it gives the GIL up once a drain rather than three times a mark;
 - where torch's CUDA runtime can be reached, a record is one call into the C extension on a raw
   event handle and torch's raw current stream (`RuntimeEvents`, over `_native.CudaRuntime`), no
   Python object per event; else torch.cuda.Event (`TorchEvents`).
@@ -24,7 +33,7 @@ A mark must cost little host CPU (a 1 ms inference has no room for 17 µs of it)
 `FakeGpu`, an event factory for developing and testing all of this on the CPU). A backend has
 `new()`, `stream()`, `record(event, stream)` (a falsy return on success, else an error code),
 `query(event)`, `elapsed_ms(start, end)`, `wait(event)`, `destroy(event)` and
-`check(code, what)`.
+`check(code, what)`, and optionally `times(anchors, starts, ends)` (see EventTimer._times_each).
 """
 
 from __future__ import annotations
@@ -61,10 +70,12 @@ class Anchor:
 class HostTimer:
     """CPU work: the host clock is the truth; marks are resolved as soon as they end."""
 
+    anchor = None  # host times need none
+
     def begin(self):
         return now_ns()
 
-    def end(self):
+    def end(self, start=None):
         return now_ns()
 
     def reanchor(self):
@@ -72,6 +83,10 @@ class HostTimer:
 
     def window_edge(self) -> int:
         return now_ns()
+
+    def resolve_all(self, marks) -> tuple[list[int], list[int]]:
+        """(start ns, end ns) of every mark: all of them are done."""
+        return [m[3] for m in marks], [m[4] for m in marks]
 
     def resolve(self, anchor, start, end):
         return start, end
@@ -82,12 +97,14 @@ class EventTimer:
     waits for the device. Both are parameters so that the mapping can be tested with a fake
     clock where no GPU exists. `kind` says which events it records.
 
-    Tokens: `begin()` returns an event, or the previous mark's end token when it shares that
-    boundary; `end()` returns a claim `(event, host ns, stream, thread id)`. The claim decides
-    who gives the end's event back to the pool, once: a next mark that takes it as its start
-    (then that mark gives it back as its start), or else the coordinator when it resolves the
-    mark. Both take the claim out of `_claims` with one dict.pop, which the GIL makes atomic, so
-    an event is never given back while a mark still needs it."""
+    Tokens: `begin()` returns `(event, stream)`, or the previous mark's end claim when it shares
+    that boundary; `end(start)` records on the start's stream (the stream the mark's work was
+    queued on: one lookup of the current stream a mark) and returns a claim `(event, stream,
+    host ns, thread id)`. A token's event is its [0] and its stream its [1]. The claim decides who
+    gives the end's event back to the pool, once: a next mark that takes it as its start (then
+    that mark gives it back as its start), or else the coordinator when it resolves the mark.
+    Both take the claim out of `_claims` with one dict.pop, which the GIL makes atomic, so an
+    event is never given back while a mark still needs it."""
 
     def __init__(self, events, synchronize, kind: str = "events"):
         self._events = events
@@ -100,9 +117,12 @@ class EventTimer:
         self._record = events.record
         self._query = events.query
         self._elapsed = events.elapsed_ms
+        # many marks' times in one call where the backend has it (RuntimeEvents), else one by one
+        self._times = getattr(events, "times", None) or self._times_each
         self._pool: list = [events.new() for _ in range(POOL_START)]
         self._claims: dict[tuple, bool] = {}
         self._last: tuple | None = None  # the latest end's claim, for the next begin to share
+        self._resolved_end: tuple = (None, 0)  # the latest resolved mark's (end claim, host ns)
         self.shared_starts = 0  # marks that began at the previous mark's end event
         self.anchor: Anchor | None = None
         self.reanchor()
@@ -117,7 +137,7 @@ class EventTimer:
             self._events.check(rc, "cudaEventRecord")
         return ev
 
-    # begin and end run twice per mark in the user's loop: every name they use is a local or
+    # begin and end run once each per mark in the user's loop: every name they use is a local or
     # one attribute away
     def begin(self, _now=now_ns, _ident=threading.get_ident, _gap=SHARE_GAP_NS):
         # the gap is the caller's time since the previous end, taken before the timer's own
@@ -127,19 +147,19 @@ class EventTimer:
         last = self._last
         if (
             last is not None
-            and last[2] == stream
-            and now - last[1] <= _gap
+            and last[1] == stream
+            and now - last[2] <= _gap
             and last[3] == _ident()
             and self._claims.pop(last, None) is not None
         ):
             self.shared_starts += 1
             return last
-        return self._recorded(stream)
+        return self._recorded(stream), stream
 
-    def end(self, _now=now_ns, _ident=threading.get_ident):
-        stream = self._stream()
+    def end(self, start, _now=now_ns, _ident=threading.get_ident):
+        stream = start[1]
         ev = self._recorded(stream)
-        self._last = claim = (ev, _now(), stream, _ident())
+        self._last = claim = (ev, stream, _now(), _ident())
         self._claims[claim] = True
         return claim
 
@@ -160,20 +180,52 @@ class EventTimer:
         """A window edge waits for the GPU, so the window holds all the work issued inside it."""
         return self.reanchor().host_ns
 
+    def _times_each(self, anchors, starts, ends) -> tuple[int, list[float], list[float]]:
+        """The backend-neutral form of RuntimeEvents.times: one query and two elapsed calls a mark."""
+        since: list[float] = []
+        duration: list[float] = []
+        for anchor, start, end in zip(anchors, starts, ends):
+            if not self._query(end):
+                break
+            since.append(self._elapsed(anchor, start))
+            duration.append(self._elapsed(start, end))
+        return len(since), since, duration
+
+    def resolve_all(self, marks) -> tuple[list[int], list[int]]:
+        """Host (start ns, end ns) of the leading marks the GPU has finished, in the order they
+        ended (a stream runs its events in order: the first unfinished one stops the rest), from
+        mark tuples (index, window, anchor, start token, end claim). A mark's start is placed by
+        the elapsed time since its anchor; its end by its own duration after that, which stays
+        exact when the anchor lies an hour back (a float of ms since it does not); a start shared
+        with the previous mark's end is that end's time. A mark whose start is the previous
+        mark's end comes after it, so that event goes back to the pool once both are read."""
+        if not marks:
+            return [], []
+        anchors = [m[2].event for m in marks]
+        starts = [m[3][0] for m in marks]
+        ends = [m[4][0] for m in marks]
+        n, since, duration = self._times(anchors, starts, ends)
+        a_ns: list[int] = []
+        b_ns: list[int] = []
+        pool, claims = self._pool, self._claims
+        last_claim, last_ns = self._resolved_end
+        for k in range(n):
+            mark = marks[k]
+            # a start shared with the previous mark's end is that end, to the ns: the spans tile
+            a = last_ns if mark[3] is last_claim else mark[2].host_ns + round(since[k] * 1e6)
+            last_claim, last_ns = mark[4], a + round(duration[k] * 1e6)
+            a_ns.append(a)
+            b_ns.append(last_ns)
+            pool.append(starts[k])  # complete, and this mark was its last user
+            if claims.pop(mark[4], None) is not None:  # no next mark took the end as its start
+                pool.append(ends[k])
+        self._resolved_end = last_claim, last_ns
+        return a_ns, b_ns
+
     def resolve(self, anchor: Anchor, start, end):
-        """Host times of a finished (start, end) pair, or None while the GPU is still on it.
-        Marks are resolved in the order they ended, so a mark whose start is the previous mark's
-        end comes after it."""
-        ev_end = end[0]
-        if not self._query(ev_end):
-            return None
-        ev_start = start[0] if type(start) is tuple else start
-        a = anchor.host_ns + int(self._elapsed(anchor.event, ev_start) * 1e6)
-        b = anchor.host_ns + int(self._elapsed(anchor.event, ev_end) * 1e6)
-        self._pool.append(ev_start)  # complete, and this mark was its last user
-        if self._claims.pop(end, None) is not None:  # no next mark took the end as its start
-            self._pool.append(ev_end)
-        return a, b
+        """One mark's host times (resolve_all of one), or None while the GPU is still on it."""
+        a, b = self.resolve_all([(0, "", anchor, start, end)])
+        return (a[0], b[0]) if a else None
 
     def __del__(self):
         destroy = getattr(self._events, "destroy", None)
@@ -218,6 +270,13 @@ class RuntimeEvents:
         rc, ms = self._rt.elapsed_ms(start, end)
         self.check(rc, "cudaEventElapsedTime")
         return ms
+
+    def times(self, anchors, starts, ends) -> tuple[int, list[float], list[float]]:
+        """EventTimer._times_each in one C call (csrc/cudart.c: aipm_cudart_resolve): the
+        coordinator then gives the GIL up once a drain, not three times a mark."""
+        rc, n, since, duration = self._rt.resolve(anchors, starts, ends)
+        self.check(rc, "cudaEventQuery/cudaEventElapsedTime")
+        return n, since, duration
 
     def destroy(self, event: int) -> None:
         self._rt.destroy(event)

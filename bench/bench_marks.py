@@ -90,6 +90,25 @@ def mark_cost_us(m: Meter, n: int, rounds: int, settle: bool = True) -> float:
     return float(np.median(costs))
 
 
+def mark_parts_us(timer: EventTimer, n: int = 20_000) -> dict:
+    """Host CPU of a CUDA mark's two outside parts, each alone in a loop: the lookup of the
+    current stream (once a mark) and one event record (about once a mark where marks share
+    their boundaries); what a mark costs beyond them is its Python."""
+    stream, record = timer._stream, timer._record
+    c0 = time.thread_time_ns()
+    for _ in range(n):
+        stream()
+    lookup = (time.thread_time_ns() - c0) / n / 1e3
+    s, ev = stream(), timer._new()
+    c0 = time.thread_time_ns()
+    for _ in range(n):
+        record(ev, s)
+    rec = (time.thread_time_ns() - c0) / n / 1e3
+    timer._events.wait(ev)
+    timer._events.destroy(ev)
+    return {"stream_lookup": lookup, "event_record": rec}
+
+
 class GilProbe(threading.Thread):
     """Sleeps 0.5 ms at a time and records how late it wakes: a late wake-up is the time another
     thread held the GIL (or the machine ran something else)."""
@@ -181,6 +200,8 @@ def main() -> None:
                 if hasattr(timer, "shared_starts"):  # of the marks just made
                     results["shared_starts_fraction"][name] = (timer.shared_starts - shared0) / (MARKS * ROUNDS)
                 results["mark_cpu_us_outrunning_the_coordinator"][name] = mark_cost_us(m, MARKS, ROUNDS, settle=False)
+                if name in ("cudart", "cudart-fake"):
+                    results.setdefault("mark_parts_us", {})[name] = mark_parts_us(timer)
         drain_timer = cuda_timer() if args.cuda else FakeGpu().timer()
         results["drain_at_1000_marks_per_s"] = drain_work(options, drain_timer, args.seconds)
     for name, us in results["mark_cpu_us"].items():
@@ -189,6 +210,11 @@ def main() -> None:
             f"one mark, {name} timing: {us:.2f} µs of host CPU (target <= 5 µs for CUDA-timed marks); "
             f"{results['mark_cpu_us_outrunning_the_coordinator'][name]:.2f} µs in a loop that outruns the coordinator"
             + (f"; {100 * shared:.1f}% started at the previous end" if shared is not None else "")
+        )
+    for name, parts in results.get("mark_parts_us", {}).items():
+        print(
+            f"  {name}: a stream lookup {parts['stream_lookup']:.2f} µs, an event record "
+            f"{parts['event_record']:.2f} µs (each alone in a loop)"
         )
     d = results["drain_at_1000_marks_per_s"]
     print(

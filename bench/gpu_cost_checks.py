@@ -23,6 +23,7 @@ Each part writes DIR/<part>.json as soon as it is done, so a run cut short keeps
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -72,6 +73,8 @@ class Env:
     device: str
     nvml_lib: str
     quick: bool  # --cpu: short runs that test the script, not figures
+    resnet_rounds: int | None = None  # --resnet-rounds: more rounds where the pairs scatter most
+    diagnose: bool = False  # --diagnose: the ResNet loop's marks split into their parts
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -287,6 +290,36 @@ def loops(env: Env) -> dict:
                 env.sync()
                 return time.perf_counter() - t
 
+            def hot_path_only(steps, step=step):
+                """Marks the coordinator never sees: their events are read back and returned after
+                the block, outside its time (the marks are dropped), so that the difference to
+                `marks` is what the coordinator's work on them costs the loop."""
+                coordinator, own = m.coordinator, collections.deque()
+                real, coordinator.marks = coordinator.marks, own
+                try:
+                    return marked(steps)
+                finally:
+                    coordinator.marks = real
+                    m.timer.resolve_all(list(own))
+
+            def events_only(steps, step=step):
+                """The timer's two boundary calls around each step, without the Meter's Python."""
+                timer = m.timer
+                tokens = []
+                env.sync()
+                t = time.perf_counter()
+                for _ in range(steps):
+                    start = timer.begin()
+                    step()
+                    tokens.append((0, "", timer.anchor, start, timer.end(start)))
+                env.sync()
+                dt = time.perf_counter() - t
+                timer.resolve_all(tokens)
+                return dt
+
+            modes = {"none": plain, "none_again": plain, "marks": marked}
+            if env.diagnose and name == "resnet18_batch1":
+                modes.update(hot_path_only=hot_path_only, events_only=events_only)
             with m.window("marked"):  # the marks' window; its edges (a device sync) outside every block
                 t = time.perf_counter()
                 n = 0
@@ -296,9 +329,9 @@ def loops(env: Env) -> dict:
                     n += 20
                 out[f"{name}_ms_per_step"] = (time.perf_counter() - t) / n * 1e3
                 rounds, sub_blocks, steps = plan["resnet18_batch1" if name == "resnet18_batch1" else "graph"]
-                out[name] = paired_rounds(
-                    {"none": plain, "none_again": plain, "marks": marked}, rounds, sub_blocks, steps
-                )
+                if name == "resnet18_batch1" and env.resnet_rounds:
+                    rounds = env.resnet_rounds
+                out[name] = paired_rounds(modes, rounds, sub_blocks, steps)
     return out
 
 
@@ -546,12 +579,24 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", nargs="+", choices=["sampler", "loops", "bench", "peers"])
     ap.add_argument("--cpu", action="store_true", help="test this script on the CPU with the fakes (AIPM_NVML_LIB)")
+    ap.add_argument(
+        "--resnet-rounds",
+        type=int,
+        help=f"rounds of the ResNet-18 loop (default {LOOP_PLAN['resnet18_batch1'][0]}; each about 0.45 s on an H200)",
+    )
+    ap.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="ResNet-18 loop also with marks the coordinator never sees, and with bare timer calls",
+    )
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     env = Env(
         device="cpu" if args.cpu else "cuda",
         nvml_lib=os.environ.get("AIPM_NVML_LIB", "libnvidia-ml.so.1"),
         quick=args.cpu,
+        resnet_rounds=args.resnet_rounds,
+        diagnose=args.diagnose,
     )
     for name, fn in (("sampler", sampler), ("loops", loops), ("bench", bench), ("peers", peers)):
         if args.only and name not in args.only:

@@ -178,6 +178,12 @@ int aipm_cudart_event_record(const aipm_cudart *rt, uintptr_t event, uintptr_t s
 int aipm_cudart_event_query(const aipm_cudart *rt, uintptr_t event);
 int aipm_cudart_event_synchronize(const aipm_cudart *rt, uintptr_t event);
 int aipm_cudart_event_elapsed_ms(const aipm_cudart *rt, uintptr_t start, uintptr_t end, float *ms);
+/* Many marks' times in one call (the coordinator's drain): for i < n in order, stop at the first
+ * mark whose ends[i] the GPU has not reached; else since_anchor_ms[i] = elapsed(anchors[i],
+ * starts[i]) and duration_ms[i] = elapsed(starts[i], ends[i]). Returns how many were timed; a
+ * runtime error other than not-ready stops there too, with its code in *error (else 0). */
+size_t aipm_cudart_resolve(const aipm_cudart *rt, size_t n, const uintptr_t *anchors, const uintptr_t *starts,
+                           const uintptr_t *ends, float *since_anchor_ms, float *duration_ms, int *error);
 
 /* AIPM_CDEF_END */
 

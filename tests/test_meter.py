@@ -250,7 +250,7 @@ def test_cuda_event_times_map_onto_the_host_clock():
     for _ in range(5):
         s = timer.begin()
         gpu.launch(0.01)  # asynchronous: the host runs ahead
-        e = timer.end()
+        e = timer.end(s)
         starts.append(s)
         ends.append(e)
     host_after_launch = time.monotonic_ns()

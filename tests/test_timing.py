@@ -47,7 +47,7 @@ def test_runtime_events_time_marks_on_the_current_stream_of_the_timer_device(fak
     anchor = timer.anchor
     start = timer.begin()
     time.sleep(0.01)
-    end = timer.end()
+    end = timer.end(start)
     assert fake_cudart.fake_cudart_records() - before == 2  # one record per boundary
     assert streams and set(streams) == {3}
     assert timer.resolve(anchor, start, end) is None  # the GPU has not reached the end yet
@@ -69,9 +69,9 @@ def test_runtime_events_are_reused_once_resolved(fake_cudart, monkeypatch):
     for _ in range(3 * timing.POOL_START):  # more marks than the pool holds, each resolved after it
         s = timer.begin()
         time.sleep(0.0001)
-        marks.append((s, timer.end()))
+        marks.append((s, timer.end(s)))
         assert timer.resolve(timer.anchor, *marks[-1]) is not None
-    used = {ev for s, e in marks for ev in (s if isinstance(s, tuple) else (s,)) + (e[0],)}
+    used = {ev for s, e in marks for ev in (s[0], e[0])}
     assert not made and used <= pool  # every event came from the pool
 
 
@@ -87,15 +87,15 @@ def test_consecutive_marks_share_their_boundary_event(fake_cudart, monkeypatch):
         t = time.perf_counter()
         while time.perf_counter() - t < 0.0002:  # 0.2 ms of work inside the mark
             pass
-        marks.append((start, timer.end()))
+        marks.append((start, timer.end(start)))
     records = fake_cudart.fake_cudart_records() - before
     assert timer.shared_starts >= 25  # of 49: only a preemption between two marks breaks the chain
     assert records == 100 - timer.shared_starts
     time.sleep(0.03)
     spans = [timer.resolve(timer.anchor, s, e) for s, e in marks]
     assert all(sp is not None for sp in spans)
-    for (s, _), (prev, cur) in zip(marks[1:], zip(spans, spans[1:])):
-        if isinstance(s, tuple):  # shared: this mark starts exactly where the previous one ended
+    for (_, prev_end), (s, _), (prev, cur) in zip(marks, marks[1:], zip(spans, spans[1:])):
+        if s is prev_end:  # shared: this mark starts exactly where the previous one ended
             assert cur[0] == prev[1]
         assert cur[0] >= prev[1]
     # every event back in the pool once, none still held for a mark
@@ -109,10 +109,11 @@ def test_a_boundary_is_not_shared_across_a_gap_a_stream_a_thread_or_a_window_edg
     timer = EventTimer(events, lambda: None, kind="cudart")
 
     def shares(between) -> bool:
-        timer.begin()
-        timer.end()
+        timer.end(timer.begin())
         between()
-        return isinstance(timer.begin(), tuple)
+        before = timer.shared_starts
+        timer.begin()
+        return timer.shared_starts > before
 
     assert any(shares(lambda: None) for _ in range(5))  # a preemption in between may break one
     assert not shares(lambda: time.sleep(2 * timing.SHARE_GAP_NS / 1e9))  # time to launch work
@@ -122,13 +123,12 @@ def test_a_boundary_is_not_shared_across_a_gap_a_stream_a_thread_or_a_window_edg
 
     assert not shares(other_stream)
     assert not shares(timer.reanchor)  # a window edge: marks after it start after it
-    got = []
-    timer.begin()
-    timer.end()
-    worker = threading.Thread(target=lambda: got.append(timer.begin()))
+    timer.end(timer.begin())
+    before = timer.shared_starts
+    worker = threading.Thread(target=timer.begin)
     worker.start()
     worker.join()
-    assert not isinstance(got[0], tuple)  # another thread's mark: its own start event
+    assert timer.shared_starts == before  # another thread's mark: its own start event
 
 
 def test_an_end_given_back_by_the_coordinator_is_never_shared_afterwards(fake_cudart, monkeypatch):
@@ -137,11 +137,12 @@ def test_an_end_given_back_by_the_coordinator_is_never_shared_afterwards(fake_cu
     monkeypatch.setenv("FAKE_CUDART_LAG_US", "0")
     timer = runtime_timer(fake_cudart, [])
     s = timer.begin()
-    e = timer.end()
+    e = timer.end(s)
     assert timer.resolve(timer.anchor, s, e) is not None  # resolved at once: e's event is back
     before = fake_cudart.fake_cudart_records()
+    shared = timer.shared_starts
     nxt = timer.begin()
-    assert not isinstance(nxt, tuple)  # its own start, recorded now (be it the same event, reused)
+    assert nxt is not e and timer.shared_starts == shared  # its own start, recorded now (be it the same event, reused)
     assert fake_cudart.fake_cudart_records() - before == 1
 
 
@@ -175,7 +176,7 @@ def test_fake_gpu_events_complete_when_its_queue_reaches_them():
     timer = gpu.timer()
     s = timer.begin()
     gpu.launch(0.02)
-    e = timer.end()
+    e = timer.end(s)
     assert timer.resolve(timer.anchor, s, e) is None
     gpu.synchronize()
     a, b = timer.resolve(timer.anchor, s, e)
@@ -231,8 +232,79 @@ def test_torch_events_share_boundaries_on_streams_that_are_equal_but_not_the_sam
     for _ in range(5):
         s = timer.begin(_now=host_ns.__next__)
         gpu.launch(0.002)
-        marks.append((s, timer.end(_now=host_ns.__next__)))
+        marks.append((s, timer.end(s, _now=host_ns.__next__)))
     assert timer.shared_starts == 4  # every mark after the first, on a new but equal Stream object
     gpu.synchronize()
     spans = [timer.resolve(timer.anchor, s, e) for s, e in marks]
     assert [b - a for a, b in spans] == pytest.approx([2e6] * 5, abs=2e5)
+
+
+def test_a_drain_of_runtime_marks_is_timed_in_one_call_up_to_the_first_unfinished(fake_cudart, monkeypatch):
+    """The coordinator's resolve goes through one C call for all its marks (RuntimeEvents.times)
+    and gives the same times as one query and two elapsed calls a mark; it stops at the first
+    mark the GPU has not reached, and those after it wait for the next drain."""
+    monkeypatch.setenv("FAKE_CUDART_LAG_US", "40000")  # the GPU runs 40 ms behind the host
+    timer = runtime_timer(fake_cudart, [])
+    assert timer._times == timer._events.times  # the batched path is the one in use
+    marks, host_ms = [], []
+    for i in range(20):
+        t0 = now_ns()
+        s = timer.begin()
+        time.sleep(0.002)  # about 2 ms marks, each its own start (the gap breaks sharing)
+        marks.append((i, "w", timer.anchor, s, timer.end(s)))
+        host_ms.append((now_ns() - t0) / 1e6)
+        time.sleep(0.0001)
+    time.sleep(0.040 - 0.021)  # the GPU is about halfway through them
+    anchors = [m[2].event for m in marks]
+    starts = [m[3][0] for m in marks]
+    ends = [m[4][0] for m in marks]
+    n, since, duration = timer._times(anchors, starts, ends)
+    assert 0 < n < 20  # some done, the rest not yet
+    n_each, since_each, duration_each = timer._times_each(anchors[:n], starts[:n], ends[:n])
+    assert (n_each, since_each, duration_each) == (n, since, duration)
+    a, b = timer.resolve_all(marks)
+    assert len(a) <= n + 1  # (the GPU moves on meanwhile)
+    time.sleep(0.05)
+    a2, b2 = timer.resolve_all(marks[len(a) :])
+    spans = list(zip(a + a2, b + b2))
+    assert len(spans) == 20
+    assert [(e - s) / 1e6 for s, e in spans] == pytest.approx(host_ms, abs=0.2)  # as the host saw them
+    assert all(nxt[0] > cur[1] for cur, nxt in zip(spans, spans[1:]))  # in order, apart
+
+
+def test_a_runtime_error_in_a_drain_is_raised_naming_the_calls(fake_cudart):
+    events = RuntimeEvents(fake_cudart.path, lambda d: 0, device=0)
+    a, b = events.new(), events.new()  # never recorded: no elapsed time between them
+    with pytest.raises(RuntimeError, match="cudaEventElapsedTime: CUDA runtime error 400"):
+        events.times([a], [a], [b])
+
+
+def test_a_marks_duration_stays_exact_when_its_anchor_lies_an_hour_back():
+    """cudaEventElapsedTime gives a float of ms: an hour after the anchor its resolution is a
+    quarter of a millisecond, a quarter of a 1 ms inference. The duration comes from the mark's
+    own two events instead, and a start shared with the previous end is that end."""
+
+    class Float32Gpu(FakeGpu):
+        def elapsed_ms(self, start, end) -> float:
+            return float(np.float32((end.t - start.t) / 1e6))
+
+    gpu = Float32Gpu()
+    timer = gpu.timer()
+    anchor = timer.anchor
+    hour = 3_600_000_000_000
+    anchor.event.t = now_ns() - hour - 10_000_000  # an hour and 10 ms ago: the marks are done
+    marks = []
+    for i, (s_ns, e_ns) in enumerate([(1_100_000, 2_230_000), (2_230_000, 3_360_000)]):
+        s, e = timer.begin(), None
+        s[0].t = anchor.event.t + hour + s_ns
+        e = timer.end(s)
+        e[0].t = anchor.event.t + hour + e_ns
+        if marks:  # the second starts at the first's end event
+            s = marks[-1][4]
+        marks.append((i, "w", anchor, s, e))
+    since = gpu.elapsed_ms(anchor.event, marks[0][3][0])
+    assert abs(since * 1e6 - (hour + 1_100_000)) > 10_000  # the float since the anchor is coarse
+    (a0, a1), (b0, b1) = timer.resolve_all(marks)
+    assert b0 - a0 == pytest.approx(1_130_000, abs=100)  # each duration to well under a µs
+    assert b1 - a1 == pytest.approx(1_130_000, abs=100)
+    assert a1 == b0  # tiled: the shared boundary is one time
