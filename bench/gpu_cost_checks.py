@@ -1,6 +1,7 @@
 """The cost of metering, on a GPU (or, with --cpu, on the fakes, to test this script).
 
-    python3 bench/gpu_cost_checks.py --out DIR [--only sampler loops bench peers]
+    python3 bench/gpu_cost_checks.py --out DIR [--only sampler loops bench peers] [--resnet-rounds N]
+        [--peer-rounds N] [--diagnose]
 
 sampler  the sampler's CPU at default periods on this machine's real sources
 loops    per-inference marks on launch-bound loops of ~1 ms inferences (a CUDA graph replayed,
@@ -74,6 +75,7 @@ class Env:
     nvml_lib: str
     quick: bool  # --cpu: short runs that test the script, not figures
     resnet_rounds: int | None = None  # --resnet-rounds: more rounds where the pairs scatter most
+    peer_rounds: int = 6  # --peer-rounds: rounds of the peers' 1 s blocks
     diagnose: bool = False  # --diagnose: the ResNet loop's marks split into their parts
 
     def sync(self) -> None:
@@ -266,6 +268,63 @@ LOOP_PLAN_CPU = {"graph": (6, 4, 5), "resnet18_batch1": (6, 4, 5)}  # --cpu: tes
 WARMUP_S = 2.0  # of both modes, discarded: clocks, caches and the allocator settle
 
 
+def raw_record_modes(step, in_place: dict) -> dict:
+    """Diagnostics of what in an event record costs a launch-bound loop: one call a step after
+    the step's launches (as marks that share their boundaries record once a step), its wall time
+    taken around it in the loop (into `in_place`): the runtime's record through the C extension
+    (cffi, which lets the GIL go for the call), the same record and the driver API's
+    cuEventRecord through ctypes.PyDLL (which keeps the GIL), a record of an event made without
+    timing (cudaEventDisableTiming, which marks cannot use), and a C call that does nothing but
+    read the clock through cffi (what letting the GIL go costs by itself)."""
+    import torch
+
+    from aipm_fast._native import CudaRuntime, lib
+    from aipm_fast.timing import loaded_cudart
+
+    path = loaded_cudart()
+    if path is None:
+        return {}
+    rt = ctypes.PyDLL(path)
+    driver = ctypes.PyDLL("libcuda.so.1")
+    ext = CudaRuntime(path)
+    raw_stream = torch.cuda.current_stream().cuda_stream
+
+    def made(flags: int) -> int:
+        ev = ctypes.c_void_p()
+        assert rt.cudaEventCreateWithFlags(ctypes.byref(ev), flags) == 0
+        return int(ev.value or 0)
+
+    timed, untimed = made(0), made(2)  # cudaEventDefault, cudaEventDisableTiming
+    stream_p, timed_p, untimed_p = ctypes.c_void_p(raw_stream), ctypes.c_void_p(timed), ctypes.c_void_p(untimed)
+    calls = {
+        "cffi_record": lambda: ext.record(timed, raw_stream),
+        "pydll_record": lambda: rt.cudaEventRecord(timed_p, stream_p),
+        "pydll_driver_record": lambda: driver.cuEventRecord(timed_p, stream_p),
+        "pydll_record_untimed": lambda: rt.cudaEventRecord(untimed_p, stream_p),
+        "cffi_clock_only": lambda: lib.aipm_now_ns() and 0,
+    }
+
+    def one_call_a_step(name, call):
+        times = in_place.setdefault(f"{name}_us", [])
+
+        def mode(steps):
+            clock = time.perf_counter_ns
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+                c0 = clock()
+                if rc := call():
+                    raise RuntimeError(f"{name}: error {rc}")
+                times.append((clock() - c0) / 1e3)
+            torch.cuda.synchronize()
+            return time.perf_counter() - t
+
+        return mode
+
+    return {name: one_call_a_step(name, call) for name, call in calls.items()}
+
+
 def loops(env: Env) -> dict:
     out = {}
     plan = LOOP_PLAN_CPU if env.quick else LOOP_PLAN
@@ -317,9 +376,39 @@ def loops(env: Env) -> dict:
                 timer.resolve_all(tokens)
                 return dt
 
+            in_place: dict[str, list] = {"boundary_calls_us": [], "gpu_step_ms": []}
+
+            def events_timed_in_place(steps, step=step, in_place=in_place):
+                """events_only with the wall time of the timer's two calls taken around them in
+                the loop, and each step's GPU time from its events: whether the events cost the
+                loop host time where they are called, or GPU time between its kernels."""
+                timer, clock = m.timer, time.perf_counter_ns
+                tokens, calls = [], []
+                env.sync()
+                t = time.perf_counter()
+                for _ in range(steps):
+                    c0 = clock()
+                    start = timer.begin()
+                    c1 = clock()
+                    step()
+                    c2 = clock()
+                    end = timer.end(start)
+                    calls.append(c1 - c0 + clock() - c2)
+                    tokens.append((0, "", timer.anchor, start, end))
+                env.sync()
+                dt = time.perf_counter() - t
+                a, b = timer.resolve_all(tokens)
+                in_place["boundary_calls_us"] += [c / 1e3 for c in calls]
+                in_place["gpu_step_ms"] += [(y - x) / 1e6 for x, y in zip(a, b)]
+                return dt
+
             modes = {"none": plain, "none_again": plain, "marks": marked}
             if env.diagnose and name == "resnet18_batch1":
-                modes.update(hot_path_only=hot_path_only, events_only=events_only)
+                modes.update(
+                    hot_path_only=hot_path_only, events_only=events_only, events_timed_in_place=events_timed_in_place
+                )
+                if env.device == "cuda":
+                    modes.update(raw_record_modes(step, in_place))
             with m.window("marked"):  # the marks' window; its edges (a device sync) outside every block
                 t = time.perf_counter()
                 n = 0
@@ -332,6 +421,10 @@ def loops(env: Env) -> dict:
                 if name == "resnet18_batch1" and env.resnet_rounds:
                     rounds = env.resnet_rounds
                 out[name] = paired_rounds(modes, rounds, sub_blocks, steps)
+                if in_place["gpu_step_ms"]:
+                    out[name]["in_place"] = {
+                        k: {q: float(np.percentile(v, q)) for q in (10, 50, 90, 99)} for k, v in in_place.items() if v
+                    }
     return out
 
 
@@ -559,7 +652,7 @@ def peers(env: Env) -> dict:
         modes["codecarbon"] = against_counter("codecarbon", codecarbon)
     except Exception as exc:
         out["installed"]["codecarbon"] = f"not used: {exc!r}"
-    out["slowdown"] = interleaved(env, modes, 4 if env.quick else 6, block_s)
+    out["slowdown"] = interleaved(env, modes, 4 if env.quick else env.peer_rounds, block_s)
     meter.stop()
     for key, ws in windows.items():  # aipm-fast's energies, now resolved
         table = meter.windows()
@@ -585,6 +678,12 @@ def main() -> None:
         help=f"rounds of the ResNet-18 loop (default {LOOP_PLAN['resnet18_batch1'][0]}; each about 0.45 s on an H200)",
     )
     ap.add_argument(
+        "--peer-rounds",
+        type=int,
+        default=6,
+        help="rounds of the peers' interleaved 1 s blocks (default 6; each round one block of every tool)",
+    )
+    ap.add_argument(
         "--diagnose",
         action="store_true",
         help="ResNet-18 loop also with marks the coordinator never sees, and with bare timer calls",
@@ -596,6 +695,7 @@ def main() -> None:
         nvml_lib=os.environ.get("AIPM_NVML_LIB", "libnvidia-ml.so.1"),
         quick=args.cpu,
         resnet_rounds=args.resnet_rounds,
+        peer_rounds=args.peer_rounds,
         diagnose=args.diagnose,
     )
     for name, fn in (("sampler", sampler), ("loops", loops), ("bench", bench), ("peers", peers)):
