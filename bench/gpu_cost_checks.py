@@ -1,7 +1,7 @@
 """The cost of metering, on a GPU (or, with --cpu, on the fakes, to test this script).
 
     python3 bench/gpu_cost_checks.py --out DIR [--only sampler loops bench peers] [--resnet-rounds N]
-        [--peer-rounds N] [--diagnose]
+        [--peer-rounds N] [--bench-sweeps N] [--diagnose [MODE ...]]
 
 sampler  the sampler's CPU at default periods on this machine's real sources
 loops    per-inference marks on launch-bound loops of ~1 ms inferences (a CUDA graph replayed,
@@ -76,7 +76,9 @@ class Env:
     quick: bool  # --cpu: short runs that test the script, not figures
     resnet_rounds: int | None = None  # --resnet-rounds: more rounds where the pairs scatter most
     peer_rounds: int = 6  # --peer-rounds: rounds of the peers' 1 s blocks
-    diagnose: bool = False  # --diagnose: the ResNet loop's marks split into their parts
+    bench_sweeps: int = 1  # --bench-sweeps: before/now sweep pairs, the order alternating
+    #: --diagnose: the ResNet loop's marks split into their parts (these modes; empty: all)
+    diagnose: tuple[str, ...] | None = None
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -403,12 +405,16 @@ def loops(env: Env) -> dict:
                 return dt
 
             modes = {"none": plain, "none_again": plain, "marks": marked}
-            if env.diagnose and name == "resnet18_batch1":
-                modes.update(
+            if env.diagnose is not None and name == "resnet18_batch1":
+                parts = dict(
                     hot_path_only=hot_path_only, events_only=events_only, events_timed_in_place=events_timed_in_place
                 )
                 if env.device == "cuda":
-                    modes.update(raw_record_modes(step, in_place))
+                    parts.update(raw_record_modes(step, in_place))
+                unknown = set(env.diagnose) - set(parts)
+                if unknown:
+                    raise ValueError(f"--diagnose: no mode {sorted(unknown)} here; the modes: {sorted(parts)}")
+                modes.update({k: v for k, v in parts.items() if not env.diagnose or k in env.diagnose})
             with m.window("marked"):  # the marks' window; its edges (a device sync) outside every block
                 t = time.perf_counter()
                 n = 0
@@ -464,67 +470,88 @@ def bench(env: Env) -> dict:
 
 
 def _bench(env: Env) -> dict:
+    runs, duration = 8, 0.5
+    kinds = {
+        "before": (WaitingBenchmark, FORMER_PERIODS_S, None),
+        "now": (Benchmark, {}, EngineConfig().backoff_quiet_s),
+    }
+    sweeps = []
+    for i in range(env.bench_sweeps):
+        order = ["before", "now"] if i % 2 == 0 else ["now", "before"]
+        sweeps.append(
+            {"order": order, **{label: _bench_sweep(env, label, *kinds[label], runs, duration) for label in order}}
+        )
+    out: dict = dict(sweeps[0])  # the first sweep's figures where one sweep was asked for, as before
+    if len(sweeps) > 1:
+        out["sweeps"] = sweeps
+        for label in kinds:
+            out[f"{label}_median_of_sweeps"] = {
+                "overhead_per_run_s": float(np.median([s[label]["overhead_per_run_s"] for s in sweeps])),
+                "gpu_joules_per_inference": float(
+                    np.median([s[label]["summary"].get("gpu_joules_per_inference", np.nan) for s in sweeps])
+                ),
+                "latency_median_s": float(np.median([s[label]["summary"]["latency_median_s"] for s in sweeps])),
+            }
+    return out
+
+
+def _bench_sweep(env: Env, label: str, cls, periods, backoff, runs: int, duration: float) -> dict:
+    """One sweep of `runs` runs of AlexNet at 224 px, batch 1, in the given way (before: a wait
+    after every run at the former periods; now: each run resolved while the next one runs)."""
     import pandas as pd
 
-    runs, duration = 8, 0.5
-    out = {}
-    for label, cls, periods, backoff in (
-        ("before", WaitingBenchmark, FORMER_PERIODS_S, None),
-        ("now", Benchmark, {}, EngineConfig().backoff_quiet_s),
-    ):
-        config = dataclasses.replace(
-            EngineConfig.from_env(gpus=[0], nvml_lib=env.nvml_lib, periods_s=periods), backoff_quiet_s=backoff
-        )
-        folder = tempfile.mkdtemp(prefix=f"bench-{label}-")
-        opts = BenchOptions(
-            model="alexnet",
-            sizes=[224],
-            batch_size=1,
-            runs=runs,
-            duration_s=duration,
-            warmup_s=0.5,
-            baseline_s=1.0,
-            device=env.device,
-            out=folder,
-            engine={"config": config},
-        )
-        b = cls(opts, log=lambda *a: None)
-        spans: list[float] = []
-        writes: list[float] = []  # seconds of each run's files, written between runs or at the end
-        in_loop: list[int] = []
-        original, write = b._runs_of_size, b._write_run
+    config = dataclasses.replace(
+        EngineConfig.from_env(gpus=[0], nvml_lib=env.nvml_lib, periods_s=periods), backoff_quiet_s=backoff
+    )
+    folder = tempfile.mkdtemp(prefix=f"bench-{label}-")
+    opts = BenchOptions(
+        model="alexnet",
+        sizes=[224],
+        batch_size=1,
+        runs=runs,
+        duration_s=duration,
+        warmup_s=0.5,
+        baseline_s=1.0,
+        device=env.device,
+        out=folder,
+        engine={"config": config},
+    )
+    b = cls(opts, log=lambda *a: None)
+    spans: list[float] = []
+    writes: list[float] = []  # seconds of each run's files, written between runs or at the end
+    in_loop: list[int] = []
+    original, write = b._runs_of_size, b._write_run
 
-        def timed_runs(model, inputs, size, original=original, b=b, spans=spans, in_loop=in_loop, writes=writes):
-            t = time.perf_counter()
-            original(model, inputs, size)
-            spans.append(time.perf_counter() - t)
-            in_loop.append(len(writes))
-            b._finish_runs(wait=True)  # the last runs' energies: once per sweep, timed apart
-            spans.append(time.perf_counter() - t - spans[0])
+    def timed_runs(model, inputs, size, original=original, b=b, spans=spans, in_loop=in_loop, writes=writes):
+        t = time.perf_counter()
+        original(model, inputs, size)
+        spans.append(time.perf_counter() - t)
+        in_loop.append(len(writes))
+        b._finish_runs(wait=True)  # the last runs' energies: once per sweep, timed apart
+        spans.append(time.perf_counter() - t - spans[0])
 
-        def timed_write(*args, write=write, writes=writes):
-            t = time.perf_counter()
-            written = write(*args)
-            writes.append(time.perf_counter() - t)
-            return written
+    def timed_write(*args, write=write, writes=writes):
+        t = time.perf_counter()
+        written = write(*args)
+        writes.append(time.perf_counter() - t)
+        return written
 
-        b._runs_of_size = timed_runs  # type: ignore[method-assign]
-        b._write_run = timed_write  # type: ignore[method-assign]
-        b.run()
-        summary = pd.read_csv(os.path.join(folder, "summary.csv"))
-        row = summary.iloc[0].to_dict()
-        out[label] = {
-            "runs": runs,
-            "run_s": duration,
-            "runs_wall_s": spans[0],
-            "overhead_per_run_s": (spans[0] - runs * duration) / runs,
-            "final_wait_s": spans[1],
-            "run_files_s_median": float(np.median(writes)),
-            "run_files_s": [round(x, 4) for x in writes],
-            "run_files_written_in_the_run_loop": in_loop[0],
-            "summary": {k: (float(v) if isinstance(v, (int, float, np.floating)) else str(v)) for k, v in row.items()},
-        }
-    return out
+    b._runs_of_size = timed_runs  # type: ignore[method-assign]
+    b._write_run = timed_write  # type: ignore[method-assign]
+    b.run()
+    summary = pd.read_csv(os.path.join(folder, "summary.csv"))
+    row = summary.iloc[0].to_dict()
+    return {
+        "runs": runs,
+        "run_s": duration,
+        "runs_wall_s": spans[0],
+        "overhead_per_run_s": (spans[0] - runs * duration) / runs,
+        "final_wait_s": spans[1],
+        "run_files_s_median": float(np.median(writes)),
+        "run_files_s": [round(x, 4) for x in writes],
+        "run_files_written_in_the_run_loop": in_loop[0],
+        "summary": {k: (float(v) if isinstance(v, (int, float, np.floating)) else str(v)) for k, v in row.items()},
+    }
 
 
 # -- peers -----------------------------------------------------------------------------------
@@ -653,6 +680,9 @@ def peers(env: Env) -> dict:
     except Exception as exc:
         out["installed"]["codecarbon"] = f"not used: {exc!r}"
     out["slowdown"] = interleaved(env, modes, 4 if env.quick else env.peer_rounds, block_s)
+    out["slowdown"]["slowdown_pct_median_ci95"] = {
+        k: list(median_ci95(v)) for k, v in out["slowdown"]["slowdown_pct_pairs"].items()
+    }
     meter.stop()
     for key, ws in windows.items():  # aipm-fast's energies, now resolved
         table = meter.windows()
@@ -684,9 +714,20 @@ def main() -> None:
         help="rounds of the peers' interleaved 1 s blocks (default 6; each round one block of every tool)",
     )
     ap.add_argument(
+        "--bench-sweeps",
+        type=int,
+        default=1,
+        help="before/now sweeps of the bench check (default 1), the order alternating: what drifts "
+        "over the call (the GPU's temperature, the machine's other work) falls on both",
+    )
+    ap.add_argument(
         "--diagnose",
-        action="store_true",
-        help="ResNet-18 loop also with marks the coordinator never sees, and with bare timer calls",
+        nargs="*",
+        metavar="MODE",
+        help="ResNet-18 loop also with marks the coordinator never sees, with bare timer calls and with "
+        "single raw event records in place (these modes, or all of them where none is named: "
+        "hot_path_only events_only events_timed_in_place cffi_record pydll_record pydll_driver_record "
+        "pydll_record_untimed cffi_clock_only)",
     )
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -696,7 +737,8 @@ def main() -> None:
         quick=args.cpu,
         resnet_rounds=args.resnet_rounds,
         peer_rounds=args.peer_rounds,
-        diagnose=args.diagnose,
+        bench_sweeps=args.bench_sweeps,
+        diagnose=None if args.diagnose is None else tuple(args.diagnose),
     )
     for name, fn in (("sampler", sampler), ("loops", loops), ("bench", bench), ("peers", peers)):
         if args.only and name not in args.only:
