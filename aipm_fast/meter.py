@@ -27,7 +27,7 @@ from aipm_fast.coordinator import Coordinator
 from aipm_fast.measurement import Measurement
 from aipm_fast.recorder import Recorder
 from aipm_fast.results import BASELINE, SessionResults, Window
-from aipm_fast.timing import HostTimer, cuda_timer
+from aipm_fast.timing import HostTimer, cuda_timer, now_ns
 
 _METERS: weakref.WeakSet = weakref.WeakSet()  # every Meter of this process, for the fork hook
 
@@ -497,11 +497,12 @@ class _InferenceMark:
         self.meter = meter
 
     def __enter__(self):
+        t = now_ns()  # before the meter's own checks: the gap to the previous mark is the user's
         m = self.meter
         if m._forked_from is None:
             if not m._started:
                 m._check_running("a mark (inference or step)")
-            self.start = m.timer.begin()
+            self.start = m.timer.begin(t)
         return self
 
     def __exit__(self, *exc):
@@ -514,9 +515,9 @@ class _InferenceMark:
             w.n_marks += 1
         self.index = i = next(m._index)
         # the end last: its event lands at the same point of the stream (this bookkeeping queues
-        # no GPU work), and the gap to the next mark's begin is then short enough for that mark
-        # to start at this end's event (timing.SHARE_GAP_NS)
+        # no GPU work)
         timer = m.timer
         end = timer.end(self.start)
         # a plain tuple in Mark's order: cheaper to make here than the named one
         m.coordinator.marks.append((i, w.name if w else "", timer.anchor, self.start, end))
+        timer.ended(end)  # the meter's bookkeeping is done: the gap to a next mark starts now

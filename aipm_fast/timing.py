@@ -72,11 +72,14 @@ class HostTimer:
 
     anchor = None  # host times need none
 
-    def begin(self):
-        return now_ns()
+    def begin(self, now=None):
+        return now_ns() if now is None else now
 
     def end(self, start=None):
         return now_ns()
+
+    def ended(self, claim) -> None:
+        pass  # host marks share nothing
 
     def reanchor(self):
         return None
@@ -100,7 +103,8 @@ class EventTimer:
     Tokens: `begin()` returns `(event, stream)`, or the previous mark's end claim when it shares
     that boundary; `end(start)` records on the start's stream (the stream the mark's work was
     queued on: one lookup of the current stream a mark) and returns a claim `(event, stream,
-    host ns, thread id)`. A token's event is its [0] and its stream its [1]. The claim decides who
+    thread id)`; `ended(claim)`, once the caller's bookkeeping is done, starts the gap that a
+    next begin must fall within to share. A token's event is its [0] and its stream its [1]. The claim decides who
     gives the end's event back to the pool, once: a next mark that takes it as its start (then
     that mark gives it back as its start), or else the coordinator when it resolves the mark.
     Both take the claim out of `_claims` with one dict.pop, which the GIL makes atomic, so an
@@ -121,7 +125,7 @@ class EventTimer:
         self._times = getattr(events, "times", None) or self._times_each
         self._pool: list = [events.new() for _ in range(POOL_START)]
         self._claims: dict[tuple, bool] = {}
-        self._last: tuple | None = None  # the latest end's claim, for the next begin to share
+        self._last: tuple | None = None  # (the latest end's claim, host ns), for the next begin to share
         self._resolved_end: tuple = (None, 0)  # the latest resolved mark's (end claim, host ns)
         self.shared_starts = 0  # marks that began at the previous mark's end event
         self.anchor: Anchor | None = None
@@ -139,29 +143,41 @@ class EventTimer:
 
     # begin and end run once each per mark in the user's loop: every name they use is a local or
     # one attribute away
-    def begin(self, _now=now_ns, _ident=threading.get_ident, _gap=SHARE_GAP_NS):
-        # the gap is the caller's time since the previous end, taken before the timer's own
-        # stream lookup (which queues nothing, and on a slow host takes a good part of 2 µs)
-        now = _now()
+    def begin(self, now=None, _now=now_ns, _ident=threading.get_ident, _gap=SHARE_GAP_NS):
+        # the gap is the user's time between two marks: from the previous end (`ended`) to
+        # `now`, the time the caller began this one (the Meter takes it before its own
+        # bookkeeping), else taken here before the stream lookup. What the meter and the timer
+        # do on either side queues nothing, and in a loop of real inferences, whose work has
+        # taken the host's caches, it alone takes longer than the gap
+        if now is None:
+            now = _now()
         stream = self._stream()
         last = self._last
-        if (
-            last is not None
-            and last[1] == stream
-            and now - last[2] <= _gap
-            and last[3] == _ident()
-            and self._claims.pop(last, None) is not None
-        ):
-            self.shared_starts += 1
-            return last
+        if last is not None:
+            claim, ended_ns = last
+            if (
+                claim[1] == stream
+                and now - ended_ns <= _gap
+                and claim[2] == _ident()
+                and self._claims.pop(claim, None) is not None
+            ):
+                self.shared_starts += 1
+                return claim
         return self._recorded(stream), stream
 
     def end(self, start, _now=now_ns, _ident=threading.get_ident):
         stream = start[1]
         ev = self._recorded(stream)
-        self._last = claim = (ev, stream, _now(), _ident())
-        self._claims[claim] = True
+        claim = (ev, stream, _ident())
+        self._claims[claim] = True  # before _last: a begin that sees the claim finds it here
+        self._last = (claim, _now())
         return claim
+
+    def ended(self, claim, _now=now_ns) -> None:
+        """The caller's bookkeeping after `end` is done: the gap to the next begin counts from
+        now. One assignment: if another thread ended a mark since, its claim is no longer the
+        latest, and its next begin records its own start (sharing is only ever given up)."""
+        self._last = (claim, _now())
 
     def reanchor(self) -> Anchor:
         """Synchronise, record an anchor on the idle stream, take the host time around it."""

@@ -342,14 +342,20 @@ def loops(env: Env) -> dict:
                 env.sync()
                 return time.perf_counter() - t
 
-            def marked(steps, step=step):
+            sharing = {"marks": 0, "shared_starts": 0}
+
+            def marked(steps, step=step, sharing=sharing):
+                shared0 = getattr(m.timer, "shared_starts", 0)
                 env.sync()
                 t = time.perf_counter()
                 for _ in range(steps):
                     with m.inference():
                         step()
                 env.sync()
-                return time.perf_counter() - t
+                dt = time.perf_counter() - t
+                sharing["marks"] += steps
+                sharing["shared_starts"] += getattr(m.timer, "shared_starts", 0) - shared0
+                return dt
 
             def hot_path_only(steps, step=step):
                 """Marks the coordinator never sees: their events are read back and returned after
@@ -427,6 +433,10 @@ def loops(env: Env) -> dict:
                 if name == "resnet18_batch1" and env.resnet_rounds:
                     rounds = env.resnet_rounds
                 out[name] = paired_rounds(modes, rounds, sub_blocks, steps)
+                # of the marks made in the blocks (the first of each block follows a sync, so at
+                # most (steps - 1) / steps): how many began at the previous mark's end event
+                out[name]["shared_starts_fraction"] = sharing["shared_starts"] / max(1, sharing["marks"])
+                out[name]["shared_starts_fraction_at_most"] = (steps - 1) / steps
                 if in_place["gpu_step_ms"]:
                     out[name]["in_place"] = {
                         k: {q: float(np.percentile(v, q)) for q in (10, 50, 90, 99)} for k, v in in_place.items() if v
