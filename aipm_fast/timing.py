@@ -20,8 +20,9 @@ A mark must cost little host CPU (a 1 ms inference has no room for 17 µs of it)
 - events come from a pool (`POOL_START` made up front, each returned once the coordinator has
   read it), never made in the hot path while the pool has some;
 - consecutive marks share their boundary: a mark that begins on the same thread and stream
-  within `SHARE_GAP_NS` of the previous mark's end takes that end's event as its start instead
-  of recording a new one (what a boundary means: see `SHARE_GAP_NS`);
+  within `SHARE_GAP_NS` of the previous mark's end (counted from `ended`, once the caller's
+  bookkeeping of it is done) takes that end's event as its start instead of recording a new one
+  (what a boundary means: see `SHARE_GAP_NS`);
 - a mark looks up the current stream once: its end is recorded on the stream its begin found;
 - the coordinator times all of a drain's finished marks in one call (`times`, where the backend
   has it), so that it gives the GIL up once a drain rather than three times a mark;
