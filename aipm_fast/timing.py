@@ -104,7 +104,7 @@ class EventTimer:
     Tokens: `begin()` returns `(event, stream)`, or the previous mark's end claim when it shares
     that boundary; `end(start)` records on the start's stream (the stream the mark's work was
     queued on: one lookup of the current stream a mark) and returns a claim `(event, stream,
-    thread id)`; `ended(claim)`, once the caller's bookkeeping is done, starts the gap that a
+    thread id, window edges so far)`; `ended(claim)`, once the caller's bookkeeping is done, starts the gap that a
     next begin must fall within to share. A token's event is its [0] and its stream its [1]. The claim decides who
     gives the end's event back to the pool, once: a next mark that takes it as its start (then
     that mark gives it back as its start), or else the coordinator when it resolves the mark.
@@ -129,6 +129,7 @@ class EventTimer:
         self._last: tuple | None = None  # (the latest end's claim, host ns), for the next begin to share
         self._resolved_end: tuple = (None, 0)  # the latest resolved mark's (end claim, host ns)
         self.shared_starts = 0  # marks that began at the previous mark's end event
+        self._edges = 0  # window edges so far: a claim made before the latest one is never shared
         self.anchor: Anchor | None = None
         self.reanchor()
 
@@ -160,6 +161,7 @@ class EventTimer:
                 claim[1] == stream
                 and now - ended_ns <= _gap
                 and claim[2] == _ident()
+                and claim[3] == self._edges
                 and self._claims.pop(claim, None) is not None
             ):
                 self.shared_starts += 1
@@ -169,7 +171,7 @@ class EventTimer:
     def end(self, start, _now=now_ns, _ident=threading.get_ident):
         stream = start[1]
         ev = self._recorded(stream)
-        claim = (ev, stream, _ident())
+        claim = (ev, stream, _ident(), self._edges)
         self._claims[claim] = True  # before _last: a begin that sees the claim finds it here
         self._last = (claim, _now())
         return claim
@@ -183,7 +185,8 @@ class EventTimer:
     def reanchor(self) -> Anchor:
         """Synchronise, record an anchor on the idle stream, take the host time around it."""
         self._synchronize()
-        self._last = None  # no mark after this edge starts at an event before it
+        self._edges += 1  # no mark after this edge starts at an event before it, even one whose
+        self._last = None  # end another thread re-stamps (`ended`) after the edge
         t0 = now_ns()
         ev = self._recorded(self._stream())
         self._events.wait(ev)

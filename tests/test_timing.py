@@ -131,6 +131,30 @@ def test_a_boundary_is_not_shared_across_a_gap_a_stream_a_thread_or_a_window_edg
     assert timer.shared_starts == before  # another thread's mark: its own start event
 
 
+def test_an_end_restamped_after_a_window_edge_is_not_shared_across_it(fake_cudart, monkeypatch):
+    """The meter re-stamps an end once its bookkeeping is done (`ended`); a window edge taken
+    on another thread in between must still keep the next mark from starting before it."""
+    monkeypatch.setenv("FAKE_CUDART_LAG_US", "0")
+    timer = runtime_timer(fake_cudart, [])
+    at = [time.monotonic_ns()]
+
+    def clock() -> int:  # no time passes between a re-stamp and the next begin, on any host
+        return at[0]
+
+    end = timer.end(timer.begin())
+    timer.reanchor()  # the edge, between the end and its re-stamp
+    timer.ended(end, _now=clock)
+
+    def next_shares() -> bool:
+        before = timer.shared_starts
+        start = timer.begin(at[0])
+        timer.ended(timer.end(start), _now=clock)
+        return timer.shared_starts > before
+
+    assert not next_shares()  # its own start event, after the edge
+    assert next_shares()  # and from then on marks share again
+
+
 def test_an_end_given_back_by_the_coordinator_is_never_shared_afterwards(fake_cudart, monkeypatch):
     """The race between the coordinator resolving a mark and the user's next begin: whoever
     takes the end's claim first owns the event, the other leaves it alone."""
