@@ -11,17 +11,19 @@ it sees; the pieces are solved for by least squares, tied to their neighbours wi
 boundary (where load changes are expected). A mark's energy is the sum of its pieces'.
 
 Convention, and what it assumes: the energy a mark gets is the energy drawn within its span as
-the fitted model reconstructs it. The model is linear and time-invariant: the GPU's own overshoot
-after a rise and slower fall (not separable from the sensor's response with these sensors) are
-attributed where the samples, seen through the response, put them.
+the fitted model reconstructs it. The model is linear and time-invariant: what the GPU itself draws
+after a load change (the H200's overshoot after a rise to its limit, a dip after a fall) is power
+like any other, attributed where the samples, seen through the response, put it; the response is
+the sensor's alone where the calibration modelled that transient (sensor/fit.py's "transient"
+model), and has it folded in where it did not ("levels").
 
 Uncertainty (1 sigma, as everywhere, policy.UNCERTAINTY): the covariance of the mark's energy
 (a linear function of the samples) with the local residual scatter of the reconstruction as the
 samples' noise, which is large where few samples see a span on its own (a short op between
 different neighbours); plus, at each of the mark's edges, the power step there times the
 response's timing sigma and times what the model misplaces per W of step at a load change
-(SensorResponse.edge_error_j_per_w: where the GPU's own transients, not separable from the
-sensor's response, go); plus what the samples cannot resolve: the seconds of power the estimate
+(SensorResponse.edge_error_j_per_w: what the calibration's model of the power left unexplained
+at its edges); plus what the samples cannot resolve: the seconds of power the estimate
 borrows from neighbouring pieces times half the spread of the samples around the mark.
 """
 

@@ -18,6 +18,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from aipm_fast.config import HARDWARE_OPTIONS, PERIODS_ENV, EngineConfig, HardwareOption, parse_periods
+from aipm_fast.sensor.models import DEFAULT_MODEL as DEFAULT_FIT_MODEL
+from aipm_fast.sensor.models import MODELS as FIT_MODELS
 
 
 def _console(stderr: bool) -> Console:
@@ -371,9 +373,20 @@ def probe(seconds, as_json, **kwargs):
     help="square-wave periods of the schedule, in ms, comma separated, for instance bursts as short as an "
     "inference's phases [the standard schedule's, 400 to 40 ms]",
 )
+@click.option(
+    "--power-model",
+    type=click.Choice(list(FIT_MODELS)),
+    default=DEFAULT_FIT_MODEL,
+    show_default=True,
+    help="the true power the response is fitted under: the load's levels, or the levels plus the GPU's own "
+    "transient after a rise (an H200 overshoots its power limit for ~100 ms, which the levels' fit takes "
+    "for the sensor responding early)",
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")
 @engine_options
-def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, square_periods, as_json, **kwargs):
+def calibrate(
+    gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, square_periods, power_model, as_json, **kwargs
+):
     """Measure a GPU power sensor's response against known load edges (about a minute of load),
     fit it, and store it for this GPU model and driver, so that marks get time-true energy."""
     from aipm_fast.sensor import capture as cap
@@ -410,7 +423,7 @@ def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, s
     t = capture.samples
     with console.status("fitting"):
         try:
-            result = fit_response(t[:, 0], t[:, 1], capture.blocks, heldout=capture.heldout())
+            result = fit_response(t[:, 0], t[:, 1], capture.blocks, heldout=capture.heldout(), model=power_model)
         except ValueError as exc:
             raise click.ClickException(f"{from_capture or 'the capture'}: {exc}") from exc
     gpu_name = capture.info.get("gpu") or gpu_name
@@ -421,6 +434,13 @@ def calibrate(gpu, from_capture, capture_out, gpu_name, driver, no_save, seed, s
         )
     info = {
         "measured": capture.info.get("date", ""),
+        "power_model": result.model,
+        "levels_w": result.levels_w,
+        **(
+            {"transients_w": result.transients_w, "recovery_s": result.recovery_s}
+            if result.model == "transient"
+            else {}
+        ),
         "candidates": {
             c.response.kind: {"fit_rms_w": c.fit_rms_w, "heldout_rms_w": c.heldout_rms_w} for c in result.candidates
         },

@@ -365,3 +365,77 @@ def test_the_meter_reconstructs_marks_through_a_stored_calibration(fake_nvml_lib
     assert max(abs(e_old[kinds == k].mean() / truth[kinds == k].mean() - 1) for k in range(3)) > 0.05
     # the counter still sets the scale, and the total is the counter's
     assert e.sum() == pytest.approx(truth.sum(), rel=0.005)
+
+
+# -- the GPU's own transient after a rise (the H200's overshoot at its power limit) ------------
+def overshoot_capture(overshoot_w, seed=3, noise_w=5.0, tau_s=0.008, delay_s=0.005):
+    """Samples of a known sensor (a single pole after a delay) on a schedule of steps and square
+    waves whose true power overshoots by `overshoot_w` for 80 ms after each rise to "hot" (then
+    decays within 30 ms, as the H200 does), only while the block runs: (stamps, watts, blocks, the response)."""
+    rng = np.random.default_rng(seed)
+    blocks, t = [], 0.5
+    for _ in range(3):
+        blocks.append(Block("hot", t, t + 0.5))
+        t += 1.0
+    for period in (0.3, 0.12, 0.06, 0.03):
+        for _ in range(int(2.0 / period)):
+            blocks.append(Block("hot", t, t + period / 2))
+            t += period * (1 + rng.uniform(-0.1, 0.1))
+        t += 0.4
+    end, dt = t + 0.5, 1e-4
+    grid = np.arange(0.0, end, dt)
+    p = np.full(grid.size, IDLE_W)
+    for b in blocks:
+        on = (grid >= b.start_s) & (grid < b.end_s)
+        age = grid[on] - b.start_s
+        p[on] = HOT_W + overshoot_w * np.clip((0.110 - age) / 0.030, 0.0, 1.0)
+    lag = np.arange(0.0, 10 * tau_s, dt)
+    kernel = np.exp(-lag / tau_s)
+    seen = np.convolve(p, kernel / kernel.sum())[: grid.size]
+    stamps = np.arange(0.2, end - 0.1, 0.02)
+    stamps = stamps + rng.uniform(-0.005, 0.005, stamps.size)
+    watts = np.interp(stamps - delay_s, grid, seen) + rng.normal(0.0, noise_w, stamps.size)
+    return stamps, watts, blocks, SensorResponse.pole(tau_s, delay_s)
+
+
+def test_an_overshoot_after_rises_biases_the_levels_fit_early_and_the_transient_fit_recovers_the_response():
+    t, w, blocks, truth = overshoot_capture(overshoot_w=200.0)
+    old = fit_response(t, w, blocks, model="levels")
+    new = fit_response(t, w, blocks, model="transient")
+    # the levels' fit takes the overshoot for the response rising early: every shape it tries is
+    # centred early, the free one (which the H200's calibrations keep) by several ms
+    for c in old.candidates:
+        assert c.response.centroid_s < truth.centroid_s - 0.001, c.response.describe()
+    assert old.candidates[2].response.centroid_s < truth.centroid_s - 0.004
+    # with the transient in the load's model, the response is the sensor's
+    assert new.chosen.centroid_s == pytest.approx(truth.centroid_s, abs=0.001)
+    assert new.candidates[2].response.centroid_s == pytest.approx(truth.centroid_s, abs=0.001)
+    # and it says what the GPU drew: the level at the limit and the overshoot after a rise
+    assert new.levels_w["hot"] == pytest.approx(HOT_W, abs=15)
+    assert new.levels_w["base"] == pytest.approx(IDLE_W, abs=10)
+    early = np.asarray(new.transients_w["hot"])[:8]  # the first 50 ms after a rise
+    assert early.mean() == pytest.approx(200.0, abs=40)
+    old_heldout = next(c for c in old.candidates if c.response is old.chosen).heldout_rms_w
+    new_heldout = next(c for c in new.candidates if c.response is new.chosen).heldout_rms_w
+    assert new_heldout < 0.7 * old_heldout
+    assert "transient after a hot start" in new.report()
+
+
+def test_without_an_overshoot_the_transient_fit_finds_none_and_the_same_response():
+    t, w, blocks, truth = overshoot_capture(overshoot_w=0.0)
+    new = fit_response(t, w, blocks, model="transient")
+    assert new.chosen.centroid_s == pytest.approx(truth.centroid_s, abs=0.001)
+    assert np.max(np.abs(new.transients_w["hot"])) < 30.0
+
+
+def test_the_transient_model_is_asked_for_by_name():
+    with pytest.raises(ValueError, match="unknown sensor fit model"):
+        fit_response(np.arange(0, 1, 0.02), np.full(50, 100.0), [Block("hot", 0.2, 0.4)], model="spline")
+
+
+def test_calibrate_names_the_power_models_it_knows(tmp_path):
+    res = CliRunner().invoke(
+        cli.main, ["calibrate", "--from-capture", str(H200 / "cal1_capture.json"), "--power-model", "spline"]
+    )
+    assert res.exit_code == 2
+    assert "levels" in res.output and "transient" in res.output

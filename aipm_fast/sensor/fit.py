@@ -1,10 +1,21 @@
 """Measure a sensor's response from samples taken against a known load schedule.
 
-The input known is the schedule (when each block of load ran, from CUDA events), not the power:
-the true power is modelled as a base level plus one level per kind of load while it runs, and
-the levels are fitted together with the response. What the GPU itself does at a load change
-(overshoot after a rise, a slower fall) is therefore folded into the response: the convention is
-that the energy a span gets is the energy drawn within it as the fitted model reconstructs it.
+The input known is the schedule (when each block of load ran, from CUDA events), not the power.
+Two models of the true power (`models.MODELS`; `models.DEFAULT_MODEL` the one used unless asked):
+- "levels": a base level plus one level per kind of load while it runs. What the GPU itself
+  does at a load change is then folded into the response: on the H200, whose power overshoots
+  its limit by about 30% of the step for about 100 ms after a rise to it, falls alone give a
+  response centred about 16 ms back, the levels' fit 9-11 ms (bench/RESULTS.md): a linear
+  response fitted this way places the energy of short bursts at the limit early;
+- "transient": the levels plus, after each start of a run of a kind, free power on
+  `TRANSIENT_EDGES_S` bins of time since that start, for as long as the run lasts (a run that
+  ends first has no more of it: no load, no overshoot), scaled by 1 - exp(-off / recovery), off
+  the time since that kind last ran and the recovery chosen among `RECOVERY_S` on held-out runs.
+  Only kinds well above the base get one (`TRANSIENT_MIN_STEP`).
+  The transient is power the GPU draws (the counter sees it), so the response fitted with it is
+  the sensor's alone; levels, transients and response are fitted in turn (`ALTERNATIONS`).
+The levels and the transient are the fit's, not the meter's: downstream, a span gets the energy
+that the samples, read through the response, place within it.
 
 Candidates (response.py): an averaging window after a delay, a single pole after a delay, and a
 free impulse response on 1 ms bins. Each is fitted on the runs marked for fitting and judged by
@@ -21,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aipm_fast.sensor.models import DEFAULT_MODEL, MODELS
 from aipm_fast.sensor.response import GRID_S, SensorResponse
 
 #: the free response must beat the best parametric one on held-out runs by this share of RMS
@@ -33,6 +45,35 @@ FIR_BIN_S = 0.001
 FIR_LAGS_S = (-0.010, 0.080)
 FIR_SMOOTHING = (0.1, 1.0, 10.0)
 JACKKNIFE_CHUNKS = 8
+#: bins of time since a run of a kind started on which its transient is free (s): finer at first,
+#: where the H200's overshoot rises, out past the ~100 ms it lasts there
+TRANSIENT_EDGES_S: tuple[float, ...] = (
+    0.0,
+    0.005,
+    0.010,
+    0.015,
+    0.020,
+    0.030,
+    0.040,
+    0.050,
+    0.060,
+    0.070,
+    0.080,
+    0.090,
+    0.100,
+    0.120,
+)
+TRANSIENT_EDGES_S = (*TRANSIENT_EDGES_S, 0.150, 0.200)
+#: candidate recovery times of a transient after its kind stopped (s; 0: every start gets it whole)
+RECOVERY_S = (0.0, 0.005, 0.010, 0.020, 0.050, 0.100, 0.200)
+#: a kind has a transient where a levels-only fit puts it at least this share of the largest step
+#: above the base: a kind near the base (the H200's spin kernel, 125 W against 122 W idle) has no
+#: rise to overshoot, and a transient of its own, free, only trades with its level
+TRANSIENT_MIN_STEP = 0.25
+#: blocks of one kind closer than this are one run (s)
+RUN_MERGE_S = 0.001
+#: rounds of (levels and transients given the free response, the free response given them)
+ALTERNATIONS = 3
 
 
 @dataclass(frozen=True)
@@ -48,6 +89,7 @@ class Candidate:
     levels_w: dict[str, float]
     fit_rms_w: float
     heldout_rms_w: float
+    transients_w: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,6 +103,11 @@ class Calibration:
     n_edges: int
     stamp_gaps_ms: dict[str, float] = field(default_factory=dict)
     why: str = ""
+    model: str = "levels"
+    #: with model "transient": per kind, the chosen candidate's power above the kind's level on
+    #: each TRANSIENT_EDGES_S bin after a start (W), and the recovery time chosen (s)
+    transients_w: dict[str, list[float]] = field(default_factory=dict)
+    recovery_s: float = float("nan")
 
     def report(self) -> str:
         lines = [f"{'model':<8} {'fit RMS W':>10} {'held-out RMS W':>15}  response"]
@@ -70,10 +117,22 @@ class Calibration:
                 f"{mark}{c.response.kind:<7} {c.fit_rms_w:>10.1f} {c.heldout_rms_w:>15.1f}  {c.response.describe()}"
             )
         lines.append(f"kept: {self.chosen.kind} ({self.why})")
-        lines.append(
-            "levels as the fit sees them (the GPU's transients folded in): "
-            + ", ".join(f"{k} {v:.1f} W" for k, v in self.levels_w.items())
-        )
+        if self.model == "transient":
+            lines.append("levels: " + ", ".join(f"{k} {v:.1f} W" for k, v in self.levels_w.items()))
+            edges = np.asarray(TRANSIENT_EDGES_S) * 1e3
+            for k, w in self.transients_w.items():
+                peak = int(np.argmax(np.abs(w)))
+                energy = float(np.dot(w, np.diff(edges))) * 1e-3
+                lines.append(
+                    f"transient after a {k} start: {w[peak]:+.0f} W at {edges[peak]:.0f}-{edges[peak + 1]:.0f} ms,"
+                    f" {energy:+.2f} J over {edges[-1]:.0f} ms"
+                )
+            lines.append(f"recovery of a transient after its kind stopped: {self.recovery_s * 1e3:.0f} ms")
+        else:
+            lines.append(
+                "levels as the fit sees them (the GPU's transients folded in): "
+                + ", ".join(f"{k} {v:.1f} W" for k, v in self.levels_w.items())
+            )
         g = self.stamp_gaps_ms
         if g:
             lines.append(
@@ -99,10 +158,30 @@ class _Inputs:
                 if b.kind == k:
                     cum += np.clip(edges - b.start_s, 0, b.end_s - b.start_s)
             self.cells[k] = np.diff(cum) / GRID_S
+        self.runs = {k: _runs(blocks, k) for k in self.kinds}
+        self.transient_kinds: list[str] = []
+
+    def transients(self, recovery_s: float) -> list[np.ndarray]:
+        """The transient bins of every kind in transient_kinds, in that order."""
+        return [x for k in self.transient_kinds for x in self.transient_cells(k, recovery_s)]
+
+    def transient_cells(self, kind: str, recovery_s: float) -> list[np.ndarray]:
+        """Per TRANSIENT_EDGES_S bin, the share of each cell that lies that long after a start of a
+        run of `kind` and within the run, weighted by the start's recovery."""
+        runs = self.runs[kind]
+        a, b = runs[:, 0], runs[:, 1]
+        off = np.concatenate(([np.inf], a[1:] - b[:-1]))
+        w = np.ones(a.size) if not recovery_s > 0 else -np.expm1(-off / recovery_s)
+        e = np.asarray(TRANSIENT_EDGES_S)
+        return [_occupancy(self.n, self.t0, a + lo, np.minimum(a + hi, b), w) for lo, hi in zip(e[:-1], e[1:])]
 
     def filtered(self, signal: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """y[n] = sum_i k_i signal[n - i]: the response at the end of cell n to lags i cells back."""
-        return np.convolve(signal, kernel)[: self.n]
+        if kernel.size <= 64:
+            return np.convolve(signal, kernel)[: self.n]
+        size = self.n + kernel.size - 1
+        nfft = 1 << (size - 1).bit_length()
+        return np.fft.irfft(np.fft.rfft(signal, nfft) * np.fft.rfft(kernel, nfft), nfft)[: self.n]
 
     def at(self, y: np.ndarray, lag0_s: float, stamps_s: np.ndarray) -> np.ndarray:
         """A filtered signal read at the stamps, the whole response `lag0_s` later."""
@@ -112,6 +191,36 @@ class _Inputs:
     def seen(self, signal: np.ndarray, kernel: np.ndarray, lag0_s: float, stamps_s: np.ndarray) -> np.ndarray:
         """What a sensor with this response reads at the stamps for a fine-grid signal."""
         return self.at(self.filtered(signal, kernel), lag0_s, stamps_s)
+
+
+def _runs(blocks: list[Block], kind: str) -> np.ndarray:
+    """(runs x 2) start, end of the runs of one kind: its blocks, those closer than RUN_MERGE_S joined."""
+    out: list[list[float]] = []
+    for blk in sorted((b for b in blocks if b.kind == kind), key=lambda b: b.start_s):
+        if out and blk.start_s - out[-1][1] < RUN_MERGE_S:
+            out[-1][1] = max(out[-1][1], blk.end_s)
+        else:
+            out.append([blk.start_s, blk.end_s])
+    return np.array(out, dtype=float).reshape(-1, 2)
+
+
+def _occupancy(n: int, t0: float, a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum over intervals [a, b) (those with b > a) of w times each GRID_S cell's share within it."""
+    keep = b > a
+    x0 = np.clip((a[keep] - t0) / GRID_S, 0, n)
+    x1 = np.clip((b[keep] - t0) / GRID_S, 0, n)
+    w = w[keep]
+    i0, i1 = np.floor(x0).astype(int), np.floor(x1).astype(int)
+    out = np.zeros(n + 2)
+    full = np.zeros(n + 2)
+    same = i0 == i1
+    np.add.at(out, i0[same], w[same] * (x1 - x0)[same])
+    d = ~same
+    np.add.at(out, i0[d], w[d] * (i0 + 1 - x0)[d])
+    np.add.at(out, i1[d], w[d] * (x1 - i1)[d])
+    np.add.at(full, i0[d] + 1, w[d])
+    np.add.at(full, i1[d], -w[d])
+    return (out + np.cumsum(full))[:n]
 
 
 def _lstsq(features: list[np.ndarray], v: np.ndarray, mask: np.ndarray):
@@ -189,11 +298,14 @@ def fit_response(
     blocks: list[Block],
     heldout: np.ndarray | None = None,
     progress: Callable[[str], None] | None = None,
+    model: str = DEFAULT_MODEL,
 ) -> Calibration:
     """Fit every candidate to samples (stamps on the blocks' clock, s; watts) and keep one.
 
     heldout: bool per sample, True for samples of runs not used for the fit (default: every
-    other 5 s chunk of the schedule)."""
+    other 5 s chunk of the schedule). model: the true power's model, one of MODELS."""
+    if model not in MODELS:
+        raise ValueError(f"unknown sensor fit model {model!r} (want one of {', '.join(MODELS)})")
     say = progress or (lambda _msg: None)
     t = np.asarray(stamps_s, dtype=float)
     v = np.asarray(watts, dtype=float)
@@ -214,13 +326,23 @@ def fit_response(
             " want at least 50 and 20): run the schedule longer"
         )
     inp = _Inputs(blocks, min(first, t.min()) - 0.1, max(last, t.max()) + 0.1)
-    kinds_only = [inp.cells[k] for k in inp.kinds]
+    signals = [inp.cells[k] for k in inp.kinds]
+    recovery = float("nan")
+    if model == "transient":
+        say("choosing which kinds rise and how a transient recovers")
+        inp.transient_kinds = _rising_kinds(inp, t, v, fit, test)
+        recovery = _recovery(inp, t, v, fit, test)
+        signals += inp.transients(recovery)
     say("fitting an averaging window after a delay")
-    (wf, wt, ww, wd, wcoef, *_), wci = _parametric("window", WIDTHS_S, inp, t, v, fit, test, kinds_only)
+    (wf, wt, ww, wd, wcoef, *_), wci = _parametric("window", WIDTHS_S, inp, t, v, fit, test, signals)
     say("fitting a single pole after a delay")
-    (pf, pt, pp, pd, pcoef, *_), pci = _parametric("pole", TAUS_S, inp, t, v, fit, test, kinds_only)
+    (pf, pt, pp, pd, pcoef, *_), pci = _parametric("pole", TAUS_S, inp, t, v, fit, test, signals)
     say("estimating a free impulse response")
-    fir, fir_f, fir_t, fir_coef = _free_response(inp, t, v, fit, test, wcoef if wt <= pt else pcoef)
+    fir, fir_f, fir_t, fir_coef = _free_response(inp, t, v, fit, test, wcoef if wt <= pt else pcoef, signals)
+    if model == "transient":
+        for _ in range(ALTERNATIONS):  # the transients under the free response, then it under them
+            coef = _coefficients(inp, t, v, fit, signals, fir)
+            fir, fir_f, fir_t, fir_coef = _free_response(inp, t, v, fit, test, coef, signals)
     window = SensorResponse.window(
         ww, wd, ci95={"delay_s": (wd - wci[1], wd + wci[1]), "width_s": (ww - wci[0], ww + wci[0])}, noise_w=wt
     )
@@ -229,9 +351,9 @@ def fit_response(
     )
     fir = dataclasses.replace(fir, noise_w=fir_t)
     cands = [
-        Candidate(window, _levels(inp, wcoef), wf, wt),
-        Candidate(pole, _levels(inp, pcoef), pf, pt),
-        Candidate(fir, _levels(inp, fir_coef), fir_f, fir_t),
+        Candidate(window, _levels(inp, wcoef), wf, wt, _transients(inp, wcoef)),
+        Candidate(pole, _levels(inp, pcoef), pf, pt, _transients(inp, pcoef)),
+        Candidate(fir, _levels(inp, fir_coef), fir_f, fir_t, _transients(inp, fir_coef)),
     ]
     # where the response lies in time is known to the parametric fits' delay intervals
     timing = float(np.mean([wci[1], pci[1]]) / 1.96)
@@ -267,7 +389,52 @@ def fit_response(
             "max": float(gaps.max()),
         },
         why=why,
+        model=model,
+        transients_w=chosen.transients_w,
+        recovery_s=recovery,
     )
+
+
+def _rising_kinds(inp: _Inputs, t, v, fit, test) -> list[str]:
+    """The kinds a levels-only single pole puts at least TRANSIENT_MIN_STEP of the largest step
+    above the base."""
+    (*_, coef, _i, _j), _ = _parametric(
+        "pole", TAUS_S, inp, t, v, fit, test, [inp.cells[k] for k in inp.kinds], jackknife=False
+    )
+    steps = np.asarray(coef[1:], dtype=float)
+    top = float(steps.max()) if steps.size else 0.0
+    return [k for k, x in zip(inp.kinds, steps) if top > 0 and x >= TRANSIENT_MIN_STEP * top]
+
+
+def _recovery(inp: _Inputs, t, v, fit, test) -> float:
+    """The RECOVERY_S candidate with the lowest held-out RMS, each judged through the single pole
+    that fits best with whole transients at every start (one search, not one per candidate)."""
+    whole = [inp.cells[k] for k in inp.kinds] + inp.transients(0.0)
+    (_, _, tau, delay, *_), _ = _parametric("pole", TAUS_S, inp, t, v, fit, test, whole, jackknife=False)
+    kernel = _shape_kernel("pole", tau)
+    kernel = kernel / kernel.sum()
+    best = None
+    for rec in RECOVERY_S:
+        signals = [inp.cells[k] for k in inp.kinds] + inp.transients(rec)
+        _, r = _lstsq([inp.seen(x, kernel, delay, t) for x in signals], v, fit)
+        cand = (_rms(r, test), float(rec))
+        if best is None or cand[0] < best[0]:
+            best = cand
+    assert best is not None
+    return best[1]
+
+
+def _coefficients(inp: _Inputs, t, v, fit, signals, response: SensorResponse) -> np.ndarray:
+    """Base, levels and transients by least squares, the samples read through `response`."""
+    coef, _ = _lstsq([inp.seen(x, response.kernel, response.lag0_s, t) for x in signals], v, fit)
+    return coef
+
+
+def _transients(inp: _Inputs, coef: np.ndarray) -> dict[str, list[float]]:
+    """Per kind with one, the fitted transient on each TRANSIENT_EDGES_S bin (W)."""
+    k, j = len(inp.kinds), len(TRANSIENT_EDGES_S) - 1
+    tr = np.asarray(coef[1 + k :], dtype=float).reshape(-1, j)
+    return {kind: [float(x) for x in tr[i]] for i, kind in enumerate(inp.transient_kinds)}
 
 
 def _levels(inp: _Inputs, coef: np.ndarray) -> dict[str, float]:
@@ -278,16 +445,18 @@ def _levels(inp: _Inputs, coef: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _free_response(inp, t, v, fit, test, coef):
-    """Impulse response on FIR_BIN_S bins from many edges: the schedule weighted by the levels of
-    the best parametric fit is the input, the bins' weights the unknowns, with a penalty on their
-    second difference (strength chosen on held-out runs)."""
-    signal = sum(coef[1 + i] * inp.cells[k] for i, k in enumerate(inp.kinds))
+def _free_response(inp, t, v, fit, test, coef, signals):
+    """Impulse response on FIR_BIN_S bins from many edges: the fine-grid signals (the kinds' cells,
+    then any transients') weighted by the coefficients of a fit through another response are
+    the input, the bins' weights the unknowns, with a penalty on their second difference
+    (strength chosen on held-out runs)."""
+    signal = sum(c * x for c, x in zip(coef[1:], signals))
     per_bin = int(round(FIR_BIN_S / GRID_S))
     lo, hi = FIR_LAGS_S
     n_bins = int(round((hi - lo) / FIR_BIN_S))
     box = np.ones(per_bin) / per_bin
-    feats = [inp.seen(signal, box, lo + j * FIR_BIN_S, t) for j in range(n_bins)]
+    boxed = inp.filtered(signal, box)
+    feats = [inp.at(boxed, lo + j * FIR_BIN_S, t) for j in range(n_bins)]
     X = np.column_stack([np.ones(t.size), *feats])
     D = np.zeros((n_bins - 2, n_bins + 1))
     for j in range(n_bins - 2):

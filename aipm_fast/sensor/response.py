@@ -41,8 +41,8 @@ class SensorResponse:
     noise_w: float = float("nan")
     timing_sigma_s: float = 0.0  # 1 sigma of where the response lies in time (its delay's interval)
     #: what the model misplaces at a load change, per W of step (J/W, 1 sigma): its held-out
-    #: residual over the response's width, for the steps it was fitted on; the GPU's own
-    #: transients, which a linear response cannot tell from the sensor's, are in it
+    #: residual over the response's width, for the steps it was fitted on; whatever the GPU's own
+    #: transients do that the fit's model of the power (sensor/fit.py) leaves out is in it
     edge_error_j_per_w: float = 0.0
 
     def __post_init__(self):
