@@ -62,8 +62,9 @@ TRANSIENT_EDGES_S: tuple[float, ...] = (
     0.090,
     0.100,
     0.120,
+    0.150,
+    0.200,
 )
-TRANSIENT_EDGES_S = (*TRANSIENT_EDGES_S, 0.150, 0.200)
 #: candidate recovery times of a transient after its kind stopped (s; 0: every start gets it whole)
 RECOVERY_S = (0.0, 0.005, 0.010, 0.020, 0.050, 0.100, 0.200)
 #: a kind has a transient where a levels-only fit puts it at least this share of the largest step
