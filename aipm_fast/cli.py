@@ -20,6 +20,7 @@ from rich.table import Table
 from aipm_fast.config import HARDWARE_OPTIONS, PERIODS_ENV, EngineConfig, HardwareOption, parse_periods
 from aipm_fast.sensor.models import DEFAULT_MODEL as DEFAULT_FIT_MODEL
 from aipm_fast.sensor.models import MODELS as FIT_MODELS
+from aipm_fast.sensor.models import TRANSIENT_MODELS as FIT_TRANSIENT_MODELS
 
 
 def _console(stderr: bool) -> Console:
@@ -380,7 +381,8 @@ def probe(seconds, as_json, **kwargs):
     show_default=True,
     help="the true power the response is fitted under: the load's levels, or the levels plus the GPU's own "
     "transient after a rise (an H200 overshoots its power limit for ~100 ms, which the levels' fit takes "
-    "for the sensor responding early)",
+    "for the sensor responding early), or those plus its transient after a fall (rise-fall: the H200 dips "
+    "below idle for ~100 ms after a fall from its limit)",
 )
 @click.option("--json", "as_json", is_flag=True, help="print JSON on stdout")
 @engine_options
@@ -437,8 +439,12 @@ def calibrate(
         "power_model": result.model,
         "levels_w": result.levels_w,
         **(
-            {"transients_w": result.transients_w, "recovery_s": result.recovery_s}
-            if result.model == "transient"
+            {
+                "transients_w": result.transients_w,
+                "recovery_s": result.recovery_s,
+                **({"fall_transients_w": result.fall_transients_w} if result.fall_transients_w else {}),
+            }
+            if result.model in FIT_TRANSIENT_MODELS
             else {}
         ),
         "candidates": {

@@ -11,9 +11,13 @@ load's levels cannot say, measured from the recorded captures (no GPU needed).
   and the overshoot above the settled level;
 - a response fitted on falls alone (no transient of the GPU's after them), written as a
   calibration file that `bench/profile_refold.py --calibration-file` reads;
-- the calibration fit with each of its models (sensor/fit.py: "levels", "transient") on every
-  calibration capture: held-out RMS, the centroid kept, and a calibration file per capture and
-  model.
+- the calibration fit with each of its models (sensor/fit.py: "levels", "transient",
+  "rise-fall") on every calibration capture: held-out RMS, the centroid kept, and a calibration
+  file per capture and model.
+
+    python bench/sensor_nonlinear.py bench/results/cpu/sensor_nonlinear --models-only rise-fall
+
+fits only the named models (report_models.txt, sensor_nonlinear_models.json).
 
 Writes OUTDIR/report.txt (what it prints), OUTDIR/sensor_nonlinear.json (every figure),
 OUTDIR/falls_only.json, OUTDIR/<capture>_<model>.json (calibration files).
@@ -36,7 +40,7 @@ if str(ROOT) not in sys.path:
 from aipm_fast.sensor import capture as cap  # noqa: E402
 from aipm_fast.sensor import store  # noqa: E402
 from aipm_fast.sensor.fit import FIR_LAGS_S, FIR_SMOOTHING, JACKKNIFE_CHUNKS, fit_response  # noqa: E402
-from aipm_fast.sensor.models import MODELS  # noqa: E402
+from aipm_fast.sensor.models import MODELS, TRANSIENT_MODELS  # noqa: E402
 from aipm_fast.sensor.response import GRID_S, SensorResponse  # noqa: E402
 from bench.sensor_analysis import counter_between, trapezoid  # noqa: E402
 
@@ -288,12 +292,12 @@ def falls_only(falls: list[dict]) -> tuple[SensorResponse, dict]:
 
 
 # -- the calibration fit's models --------------------------------------------------------------
-def compare_models(out: Path, loaded: dict) -> dict:
+def compare_models(out: Path, loaded: dict, models=MODELS, captures=CALIBRATIONS) -> dict:
     res: dict = {}
-    for name in CALIBRATIONS:
+    for name in captures:
         c = loaded[name]
         res[name] = {}
-        for model in MODELS:
+        for model in models:
             f = fit_response(c.samples[:, 0], c.samples[:, 1], c.blocks, heldout=c.heldout(), model=model)
             path = out / f"{name}_{model}.json"
             info = {
@@ -304,11 +308,13 @@ def compare_models(out: Path, loaded: dict) -> dict:
                 },
                 "levels_w": f.levels_w,
                 "transients_w": f.transients_w,
+                **({"fall_transients_w": f.fall_transients_w} if f.fall_transients_w else {}),
             }
             if path.exists():
                 path.unlink()
             store.save(c.info.get("gpu", "NVIDIA H200"), c.info.get("driver", ""), f.chosen, info, str(path))
             chosen = next(x for x in f.candidates if x.response is f.chosen)
+            print(f"  {name} {model}: {f.chosen.describe()}; held-out {chosen.heldout_rms_w:.1f} W", flush=True)
             res[name][model] = {
                 "report": f.report(),
                 "kept": f.chosen.kind,
@@ -320,6 +326,7 @@ def compare_models(out: Path, loaded: dict) -> dict:
                 "levels_w": f.levels_w,
                 "transients_w": f.transients_w,
                 "recovery_ms": 1e3 * f.recovery_s,
+                "fall_transients_w": f.fall_transients_w,
                 "calibration_file": str(path),
             }
     return res
@@ -329,7 +336,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path, help="output folder")
     ap.add_argument("--skip-models", action="store_true", help="leave out the fit's models (minutes)")
+    ap.add_argument(
+        "--models-only",
+        nargs="*",
+        choices=MODELS,
+        metavar="MODEL",
+        help="only the fit's models (these, all if none named), written as report_models.txt and"
+        " sensor_nonlinear_models.json beside the rest",
+    )
+    ap.add_argument(
+        "--captures", nargs="+", choices=CALIBRATIONS, default=list(CALIBRATIONS), help="calibration captures to fit"
+    )
     args = ap.parse_args()
+    if args.models_only is not None:
+        return models_only(args.out, args.models_only or list(MODELS), args.captures)
     args.out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
 
@@ -422,25 +442,46 @@ def main() -> int:
 
     if not args.skip_models:
         say()
-        say("## The calibration fit's models, on each calibration capture (held-out: every other run)")
-        models = compare_models(args.out, loaded)
-        result["models"] = models
-        head = "| capture | model | kept | centroid ms | held-out RMS W | free response: centroid ms, held-out RMS W"
-        say(head + " | levels W |")
-        say("| --- | --- | --- | --- | --- | --- | --- |")
-        for name, ms in models.items():
-            for model, m in ms.items():
-                lv = ", ".join(f"{k} {x:.0f}" for k, x in m["levels_w"].items())
-                say(
-                    f"| {name} | {model} | {m['kept']} | {m['centroid_ms']:.1f} | {m['heldout_rms_w']:.1f} "
-                    f"| {m['fir_centroid_ms']:.1f}, {m['fir_heldout_rms_w']:.1f} | {lv} |"
-                )
-        for name, ms in models.items():
-            say(f"{name}, transient model:")
-            say("  " + ms["transient"]["report"].replace("\n", "\n  "))
+        result["models"] = models_section(args.out, loaded, MODELS, args.captures, say)
 
     (args.out / "sensor_nonlinear.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
     (args.out / "report.txt").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def models_section(out: Path, loaded: dict, models, captures, say) -> dict:
+    say("## The calibration fit's models, on each calibration capture (held-out: every other run)")
+    res = compare_models(out, loaded, models, captures)
+    head = "| capture | model | kept | centroid ms | held-out RMS W | free response: centroid ms, held-out RMS W"
+    say(head + " | levels W |")
+    say("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, ms in res.items():
+        for model, m in ms.items():
+            lv = ", ".join(f"{k} {x:.0f}" for k, x in m["levels_w"].items())
+            say(
+                f"| {name} | {model} | {m['kept']} | {m['centroid_ms']:.1f} | {m['heldout_rms_w']:.1f} "
+                f"| {m['fir_centroid_ms']:.1f}, {m['fir_heldout_rms_w']:.1f} | {lv} |"
+            )
+    for name, ms in res.items():
+        for model in (x for x in ms if x in TRANSIENT_MODELS):
+            say(f"{name}, {model} model:")
+            say("  " + ms[model]["report"].replace("\n", "\n  "))
+    return res
+
+
+def models_only(out: Path, models, captures) -> int:
+    """The fit's models alone, on the named captures (what --models-only writes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def say(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    loaded = {name: cap.load(str(CAPTURES[name])) for name in captures}
+    res = {"models": models_section(out, loaded, models, captures, say)}
+    (out / "sensor_nonlinear_models.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+    (out / "report_models.txt").write_text("\n".join(lines) + "\n")
     return 0
 
 

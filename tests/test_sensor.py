@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from aipm_fast import attribution, cli, energy
 from aipm_fast.sensor import capture as cap
 from aipm_fast.sensor import store
-from aipm_fast.sensor.fit import Block, fit_response
+from aipm_fast.sensor.fit import FALL_EDGES_S, Block, fit_response
 from aipm_fast.sensor.response import SensorResponse
 from tests.fakes.nvml_clock import NvmlClock
 
@@ -368,10 +368,12 @@ def test_the_meter_reconstructs_marks_through_a_stored_calibration(fake_nvml_lib
 
 
 # -- the GPU's own transient after a rise (the H200's overshoot at its power limit) ------------
-def overshoot_capture(overshoot_w, seed=3, noise_w=5.0, tau_s=0.008, delay_s=0.005):
+def overshoot_capture(overshoot_w, seed=3, noise_w=5.0, tau_s=0.008, delay_s=0.005, dip_w=0.0):
     """Samples of a known sensor (a single pole after a delay) on a schedule of steps and square
     waves whose true power overshoots by `overshoot_w` for 80 ms after each rise to "hot" (then
-    decays within 30 ms, as the H200 does), only while the block runs: (stamps, watts, blocks, the response)."""
+    decays within 30 ms, as the H200 does), only while the block runs, and after each fall dips
+    `dip_w` below idle at its deepest (a triangle 0-60-120 ms after the end, as the H200's dip,
+    until the next block): (stamps, watts, blocks, the response)."""
     rng = np.random.default_rng(seed)
     blocks, t = [], 0.5
     for _ in range(3):
@@ -389,6 +391,12 @@ def overshoot_capture(overshoot_w, seed=3, noise_w=5.0, tau_s=0.008, delay_s=0.0
         on = (grid >= b.start_s) & (grid < b.end_s)
         age = grid[on] - b.start_s
         p[on] = HOT_W + overshoot_w * np.clip((0.110 - age) / 0.030, 0.0, 1.0)
+    if dip_w:
+        starts = np.array([b.start_s for b in blocks] + [np.inf])
+        for i, b in enumerate(blocks):
+            after = (grid >= b.end_s) & (grid < starts[i + 1])
+            age = grid[after] - b.end_s
+            p[after] -= dip_w * np.clip(1.0 - np.abs(age - 0.060) / 0.060, 0.0, 1.0)
     lag = np.arange(0.0, 10 * tau_s, dt)
     kernel = np.exp(-lag / tau_s)
     seen = np.convolve(p, kernel / kernel.sum())[: grid.size]
@@ -426,6 +434,28 @@ def test_without_an_overshoot_the_transient_fit_finds_none_and_the_same_response
     new = fit_response(t, w, blocks, model="transient")
     assert new.chosen.centroid_s == pytest.approx(truth.centroid_s, abs=0.001)
     assert np.max(np.abs(new.transients_w["hot"])) < 30.0
+
+
+def test_a_dip_after_falls_biases_the_start_only_fit_and_the_rise_fall_fit_recovers_the_response():
+    t, w, blocks, truth = overshoot_capture(overshoot_w=200.0, dip_w=60.0)
+    old = fit_response(t, w, blocks, model="transient")
+    new = fit_response(t, w, blocks, model="rise-fall")
+    # the start-only transient leaves the dip to the response: its free response is off
+    assert abs(old.candidates[2].response.centroid_s - truth.centroid_s) > 0.0015
+    # with the dip in the load's model, the response is the sensor's
+    assert new.chosen.centroid_s == pytest.approx(truth.centroid_s, abs=0.001)
+    assert new.candidates[2].response.centroid_s == pytest.approx(truth.centroid_s, abs=0.001)
+    # and it says what the GPU drew after a fall: the dip, deepest 40-90 ms after the end
+    fall = np.asarray(new.fall_transients_w["hot"])
+    mid = (np.asarray(FALL_EDGES_S[:-1]) + np.asarray(FALL_EDGES_S[1:])) / 2
+    deep = (mid > 0.040) & (mid < 0.090)
+    assert fall[deep].mean() == pytest.approx(-60.0 * 0.78, abs=20)
+    assert np.abs(fall[mid > 0.150]).max() < 20.0
+    assert new.levels_w["base"] == pytest.approx(IDLE_W, abs=10)
+    old_heldout = next(c for c in old.candidates if c.response is old.chosen).heldout_rms_w
+    new_heldout = next(c for c in new.candidates if c.response is new.chosen).heldout_rms_w
+    assert new_heldout < 0.9 * old_heldout
+    assert "transient after a hot end" in new.report()
 
 
 def test_the_transient_model_is_asked_for_by_name():

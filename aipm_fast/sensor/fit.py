@@ -1,7 +1,7 @@
 """Measure a sensor's response from samples taken against a known load schedule.
 
 The input known is the schedule (when each block of load ran, from CUDA events), not the power.
-Two models of the true power (`models.MODELS`; `models.DEFAULT_MODEL` the one used unless asked):
+Three models of the true power (`models.MODELS`; `models.DEFAULT_MODEL` the one used unless asked):
 - "levels": a base level plus one level per kind of load while it runs. What the GPU itself
   does at a load change is then folded into the response: on the H200, whose power overshoots
   its limit by about 30% of the step for about 100 ms after a rise to it, falls alone give a
@@ -12,7 +12,11 @@ Two models of the true power (`models.MODELS`; `models.DEFAULT_MODEL` the one us
   ends first has no more of it: no load, no overshoot), scaled by 1 - exp(-off / recovery), off
   the time since that kind last ran and the recovery chosen among `RECOVERY_S` on held-out runs.
   Only kinds well above the base get one (`TRANSIENT_MIN_STEP`).
-  The transient is power the GPU draws (the counter sees it), so the response fitted with it is
+- "rise-fall": the transient model plus, after each end of a run of a kind that has a start
+  transient, free power on `FALL_EDGES_S` bins of time since that end, until the kind next starts
+  (whatever else runs then): the H200 dips below idle after a fall from its limit (to ~101 W
+  at ~69 ms against 121 W idle), which the transient model leaves in the response.
+  The transients are power the GPU draws (the counter sees it), so the response fitted with them is
   the sensor's alone; levels, transients and response are fitted in turn (`ALTERNATIONS`).
 The levels and the transient are the fit's, not the meter's: downstream, a span gets the energy
 that the samples, read through the response, place within it.
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aipm_fast.sensor.models import DEFAULT_MODEL, MODELS
+from aipm_fast.sensor.models import DEFAULT_MODEL, FALL_MODELS, MODELS, TRANSIENT_MODELS
 from aipm_fast.sensor.response import GRID_S, SensorResponse
 
 #: the free response must beat the best parametric one on held-out runs by this share of RMS
@@ -65,6 +69,11 @@ TRANSIENT_EDGES_S: tuple[float, ...] = (
     0.150,
     0.200,
 )
+#: bins of time since a run's end on which the "rise-fall" model's transient after it is free (s):
+#: from 20 ms on, past the response's own rise: power free on both edges within the response's
+#: width trades with where the response lies (on recorded and synthetic captures alike it moved
+#: the response 1 ms early), so the falls keep anchoring it; out past the H200's dip (~69 ms)
+FALL_EDGES_S: tuple[float, ...] = TRANSIENT_EDGES_S[4:]
 #: candidate recovery times of a transient after its kind stopped (s; 0: every start gets it whole)
 RECOVERY_S = (0.0, 0.005, 0.010, 0.020, 0.050, 0.100, 0.200)
 #: a kind has a transient where a levels-only fit puts it at least this share of the largest step
@@ -91,6 +100,7 @@ class Candidate:
     fit_rms_w: float
     heldout_rms_w: float
     transients_w: dict[str, list[float]] = field(default_factory=dict)
+    fall_transients_w: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,10 +115,12 @@ class Calibration:
     stamp_gaps_ms: dict[str, float] = field(default_factory=dict)
     why: str = ""
     model: str = "levels"
-    #: with model "transient": per kind, the chosen candidate's power above the kind's level on
-    #: each TRANSIENT_EDGES_S bin after a start (W), and the recovery time chosen (s)
+    #: with model "transient" or "rise-fall": per kind, the chosen candidate's power above the
+    #: kind's level on each TRANSIENT_EDGES_S bin after a start (W), and the recovery time chosen (s)
     transients_w: dict[str, list[float]] = field(default_factory=dict)
     recovery_s: float = float("nan")
+    #: with model "rise-fall": per kind, the power on each FALL_EDGES_S bin after an end (W)
+    fall_transients_w: dict[str, list[float]] = field(default_factory=dict)
 
     def report(self) -> str:
         lines = [f"{'model':<8} {'fit RMS W':>10} {'held-out RMS W':>15}  response"]
@@ -118,16 +130,20 @@ class Calibration:
                 f"{mark}{c.response.kind:<7} {c.fit_rms_w:>10.1f} {c.heldout_rms_w:>15.1f}  {c.response.describe()}"
             )
         lines.append(f"kept: {self.chosen.kind} ({self.why})")
-        if self.model == "transient":
+        if self.model in TRANSIENT_MODELS:
             lines.append("levels: " + ", ".join(f"{k} {v:.1f} W" for k, v in self.levels_w.items()))
-            edges = np.asarray(TRANSIENT_EDGES_S) * 1e3
-            for k, w in self.transients_w.items():
-                peak = int(np.argmax(np.abs(w)))
-                energy = float(np.dot(w, np.diff(edges))) * 1e-3
-                lines.append(
-                    f"transient after a {k} start: {w[peak]:+.0f} W at {edges[peak]:.0f}-{edges[peak + 1]:.0f} ms,"
-                    f" {energy:+.2f} J over {edges[-1]:.0f} ms"
-                )
+            for what, tr, e in (
+                ("start", self.transients_w, TRANSIENT_EDGES_S),
+                ("end", self.fall_transients_w, FALL_EDGES_S),
+            ):
+                edges = np.asarray(e) * 1e3
+                for k, w in tr.items():
+                    peak = int(np.argmax(np.abs(w)))
+                    energy = float(np.dot(w, np.diff(edges))) * 1e-3
+                    lines.append(
+                        f"transient after a {k} {what}: {w[peak]:+.0f} W at {edges[peak]:.0f}-{edges[peak + 1]:.0f} ms,"
+                        f" {energy:+.2f} J over {edges[-1]:.0f} ms"
+                    )
             lines.append(f"recovery of a transient after its kind stopped: {self.recovery_s * 1e3:.0f} ms")
         else:
             lines.append(
@@ -161,10 +177,16 @@ class _Inputs:
             self.cells[k] = np.diff(cum) / GRID_S
         self.runs = {k: _runs(blocks, k) for k in self.kinds}
         self.transient_kinds: list[str] = []
+        #: whether each transient kind also has a transient after its runs' ends
+        self.falls = False
 
     def transients(self, recovery_s: float) -> list[np.ndarray]:
-        """The transient bins of every kind in transient_kinds, in that order."""
-        return [x for k in self.transient_kinds for x in self.transient_cells(k, recovery_s)]
+        """The transient bins of every kind in transient_kinds, in that order, then (with falls)
+        the bins after the ends, in the same order."""
+        out = [x for k in self.transient_kinds for x in self.transient_cells(k, recovery_s)]
+        if self.falls:
+            out += [x for k in self.transient_kinds for x in self.fall_cells(k)]
+        return out
 
     def transient_cells(self, kind: str, recovery_s: float) -> list[np.ndarray]:
         """Per TRANSIENT_EDGES_S bin, the share of each cell that lies that long after a start of a
@@ -175,6 +197,16 @@ class _Inputs:
         w = np.ones(a.size) if not recovery_s > 0 else -np.expm1(-off / recovery_s)
         e = np.asarray(TRANSIENT_EDGES_S)
         return [_occupancy(self.n, self.t0, a + lo, np.minimum(a + hi, b), w) for lo, hi in zip(e[:-1], e[1:])]
+
+    def fall_cells(self, kind: str) -> list[np.ndarray]:
+        """Per FALL_EDGES_S bin, the share of each cell that lies that long after an end of a
+        run of `kind` and before that kind next starts."""
+        runs = self.runs[kind]
+        b = runs[:, 1]
+        nxt = np.concatenate((runs[1:, 0], [np.inf]))
+        e = np.asarray(FALL_EDGES_S)
+        w = np.ones(b.size)
+        return [_occupancy(self.n, self.t0, b + lo, np.minimum(b + hi, nxt), w) for lo, hi in zip(e[:-1], e[1:])]
 
     def filtered(self, signal: np.ndarray, kernel: np.ndarray) -> np.ndarray:
         """y[n] = sum_i k_i signal[n - i]: the response at the end of cell n to lags i cells back."""
@@ -329,9 +361,10 @@ def fit_response(
     inp = _Inputs(blocks, min(first, t.min()) - 0.1, max(last, t.max()) + 0.1)
     signals = [inp.cells[k] for k in inp.kinds]
     recovery = float("nan")
-    if model == "transient":
+    if model in TRANSIENT_MODELS:
         say("choosing which kinds rise and how a transient recovers")
         inp.transient_kinds = _rising_kinds(inp, t, v, fit, test)
+        inp.falls = model in FALL_MODELS
         recovery = _recovery(inp, t, v, fit, test)
         signals += inp.transients(recovery)
     say("fitting an averaging window after a delay")
@@ -340,7 +373,7 @@ def fit_response(
     (pf, pt, pp, pd, pcoef, *_), pci = _parametric("pole", TAUS_S, inp, t, v, fit, test, signals)
     say("estimating a free impulse response")
     fir, fir_f, fir_t, fir_coef = _free_response(inp, t, v, fit, test, wcoef if wt <= pt else pcoef, signals)
-    if model == "transient":
+    if model in TRANSIENT_MODELS:
         for _ in range(ALTERNATIONS):  # the transients under the free response, then it under them
             coef = _coefficients(inp, t, v, fit, signals, fir)
             fir, fir_f, fir_t, fir_coef = _free_response(inp, t, v, fit, test, coef, signals)
@@ -352,9 +385,9 @@ def fit_response(
     )
     fir = dataclasses.replace(fir, noise_w=fir_t)
     cands = [
-        Candidate(window, _levels(inp, wcoef), wf, wt, _transients(inp, wcoef)),
-        Candidate(pole, _levels(inp, pcoef), pf, pt, _transients(inp, pcoef)),
-        Candidate(fir, _levels(inp, fir_coef), fir_f, fir_t, _transients(inp, fir_coef)),
+        Candidate(window, _levels(inp, wcoef), wf, wt, *_transients(inp, wcoef)),
+        Candidate(pole, _levels(inp, pcoef), pf, pt, *_transients(inp, pcoef)),
+        Candidate(fir, _levels(inp, fir_coef), fir_f, fir_t, *_transients(inp, fir_coef)),
     ]
     # where the response lies in time is known to the parametric fits' delay intervals
     timing = float(np.mean([wci[1], pci[1]]) / 1.96)
@@ -393,6 +426,7 @@ def fit_response(
         model=model,
         transients_w=chosen.transients_w,
         recovery_s=recovery,
+        fall_transients_w=chosen.fall_transients_w,
     )
 
 
@@ -431,11 +465,16 @@ def _coefficients(inp: _Inputs, t, v, fit, signals, response: SensorResponse) ->
     return coef
 
 
-def _transients(inp: _Inputs, coef: np.ndarray) -> dict[str, list[float]]:
-    """Per kind with one, the fitted transient on each TRANSIENT_EDGES_S bin (W)."""
-    k, j = len(inp.kinds), len(TRANSIENT_EDGES_S) - 1
-    tr = np.asarray(coef[1 + k :], dtype=float).reshape(-1, j)
-    return {kind: [float(x) for x in tr[i]] for i, kind in enumerate(inp.transient_kinds)}
+def _transients(inp: _Inputs, coef: np.ndarray) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per kind with one, the fitted transient on each TRANSIENT_EDGES_S bin (W): after a start,
+    and after an end (empty without falls)."""
+    k, j, jf = len(inp.kinds), len(TRANSIENT_EDGES_S) - 1, len(FALL_EDGES_S) - 1
+    n = len(inp.transient_kinds)
+    tr = np.asarray(coef[1 + k : 1 + k + n * j], dtype=float).reshape(-1, j)
+    fa = np.asarray(coef[1 + k + n * j :], dtype=float).reshape(-1, jf)
+    starts = {kind: [float(x) for x in tr[i]] for i, kind in enumerate(inp.transient_kinds)}
+    ends = {kind: [float(x) for x in fa[i]] for i, kind in enumerate(inp.transient_kinds)} if inp.falls else {}
+    return starts, ends
 
 
 def _levels(inp: _Inputs, coef: np.ndarray) -> dict[str, float]:
