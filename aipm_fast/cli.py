@@ -438,21 +438,16 @@ def calibrate(
         "measured": capture.info.get("date", ""),
         "power_model": result.model,
         "levels_w": result.levels_w,
-        **(
-            {
-                "transients_w": result.transients_w,
-                "recovery_s": result.recovery_s,
-                **({"fall_transients_w": result.fall_transients_w} if result.fall_transients_w else {}),
-            }
-            if result.model in FIT_TRANSIENT_MODELS
-            else {}
-        ),
         "candidates": {
             c.response.kind: {"fit_rms_w": c.fit_rms_w, "heldout_rms_w": c.heldout_rms_w} for c in result.candidates
         },
         "stamp_gaps_ms": result.stamp_gaps_ms,
         "update_intervals_ms": capture.update_intervals_ms(),
     }
+    if result.model in FIT_TRANSIENT_MODELS:  # the GPU's own transients the response was fitted under
+        info.update(transients_w=result.transients_w, recovery_s=result.recovery_s)
+        if result.fall_transients_w:
+            info["fall_transients_w"] = result.fall_transients_w
     saved = None
     if not no_save:
         saved = store.save(gpu_name, driver, result.chosen, info, config.calibration_file)

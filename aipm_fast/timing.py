@@ -104,12 +104,13 @@ class EventTimer:
     Tokens: `begin()` returns `(event, stream)`, or the previous mark's end claim when it shares
     that boundary; `end(start)` records on the start's stream (the stream the mark's work was
     queued on: one lookup of the current stream a mark) and returns a claim `(event, stream,
-    thread id, window edges so far)`; `ended(claim)`, once the caller's bookkeeping is done, starts the gap that a
-    next begin must fall within to share. A token's event is its [0] and its stream its [1]. The claim decides who
-    gives the end's event back to the pool, once: a next mark that takes it as its start (then
-    that mark gives it back as its start), or else the coordinator when it resolves the mark.
-    Both take the claim out of `_claims` with one dict.pop, which the GIL makes atomic, so an
-    event is never given back while a mark still needs it."""
+    thread id, window edges so far)`; `ended(claim)`, once the caller's bookkeeping is done,
+    starts the gap that a next begin must fall within to share. A token's event is its [0] and
+    its stream its [1]. The claim decides who gives the end's event back to the pool, once: a
+    next mark that takes it as its start (then that mark gives it back as its start), or else the
+    coordinator when it resolves the mark. Both take the claim out of `_claims` with one
+    dict.pop, which the GIL makes atomic, so an event is never given back while a mark still
+    needs it."""
 
     def __init__(self, events, synchronize, kind: str = "events"):
         self._events = events
@@ -185,8 +186,9 @@ class EventTimer:
     def reanchor(self) -> Anchor:
         """Synchronise, record an anchor on the idle stream, take the host time around it."""
         self._synchronize()
-        self._edges += 1  # no mark after this edge starts at an event before it, even one whose
-        self._last = None  # end another thread re-stamps (`ended`) after the edge
+        # no mark after this edge starts at an event before it (begin compares a claim's count),
+        # even one whose end another thread re-stamps (`ended`) after the edge
+        self._edges += 1
         t0 = now_ns()
         ev = self._recorded(self._stream())
         self._events.wait(ev)

@@ -293,7 +293,8 @@ def raw_record_modes(step, in_place: dict) -> dict:
 
     def made(flags: int) -> int:
         ev = ctypes.c_void_p()
-        assert rt.cudaEventCreateWithFlags(ctypes.byref(ev), flags) == 0
+        if rc := rt.cudaEventCreateWithFlags(ctypes.byref(ev), flags):
+            raise RuntimeError(f"cudaEventCreateWithFlags({flags}): CUDA runtime error {rc}")
         return int(ev.value or 0)
 
     timed, untimed = made(0), made(2)  # cudaEventDefault, cudaEventDisableTiming
@@ -435,7 +436,12 @@ def loops(env: Env) -> dict:
                 out[name] = paired_rounds(modes, rounds, sub_blocks, steps)
                 # of the marks made in the blocks (the first of each block follows a sync, so at
                 # most (steps - 1) / steps): how many began at the previous mark's end event
-                out[name]["shared_starts_fraction"] = sharing["shared_starts"] / max(1, sharing["marks"])
+                # (host-timed marks record no events: nothing to share, NaN)
+                out[name]["shared_starts_fraction"] = (
+                    sharing["shared_starts"] / max(1, sharing["marks"])
+                    if hasattr(m.timer, "shared_starts")
+                    else float("nan")
+                )
                 out[name]["shared_starts_fraction_at_most"] = (steps - 1) / steps
                 if in_place["gpu_step_ms"]:
                     out[name]["in_place"] = {
